@@ -1,0 +1,38 @@
+# The two commands of the README: `make demo` and `make test`. Each creates
+# .venv when missing and installs the project into it first, so either one
+# works as the only command after `git clone`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: venv demo test bench proto clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+# Reinstall when the dependency list changes.
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider
+
+demo: $(STAMP)
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m scripts.demo
+
+bench: $(STAMP)
+	$(PY) -m pip install -q -e '.[test,bench]'
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m benchmarks.run_all
+
+# Regenerate datakit/formats/caffe_pb2.py from caffe.proto.
+proto: $(STAMP)
+	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m grpc_tools.protoc -Idatakit/formats --python_out=datakit/formats datakit/formats/caffe.proto
+
+clean:
+	rm -rf $(VENV) demo-out bench-out .pytest_cache

@@ -1,0 +1,1 @@
+"""Thin argument parsing for the `datakit` and `trainer` commands; no logic lives here."""

@@ -1,0 +1,20 @@
+"""`datakit`: the data side of the workflow, one subcommand per stage."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from cli.dispatch import run_main
+
+# name -> module defining HELP, add_arguments(parser), run(args)
+COMMANDS: dict[str, str] = {
+    "check-list": "cli.cmd_check_list",
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_main("datakit", "From image URLs to Caffe databases and mean images.", COMMANDS, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,49 @@
+"""Subcommand dispatch shared by `datakit` and `trainer`.
+
+Each subcommand lives in its own module under cli/ that defines
+``HELP: str``, ``add_arguments(parser)`` and ``run(args) -> int``. Keeping one
+module per command lets each stage grow its options without touching the
+others. Errors raised as DatakitError become one line on stderr and a
+non-zero exit; Ctrl-C exits 130 after the command has written its summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+from datakit import __version__
+from datakit.errors import DatakitError
+
+
+def build_parser(prog: str, description: str, commands: dict[str, str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--version", action="version", version=f"{prog} {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module_name in commands.items():
+        module = importlib.import_module(module_name)
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def run_main(prog: str, description: str, commands: dict[str, str],
+             argv: Sequence[str] | None = None) -> int:
+    parser = build_parser(prog, description, commands)
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except DatakitError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0

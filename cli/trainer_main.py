@@ -1,0 +1,19 @@
+"""`trainer`: Caffe's `caffe` tool (train, test, time) and friends."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from cli.dispatch import run_main
+
+# name -> module defining HELP, add_arguments(parser), run(args)
+COMMANDS: dict[str, str] = {
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_main("trainer", "Train, fine-tune and test Caffe nets on NumPy or CuPy.", COMMANDS, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

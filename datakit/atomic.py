@@ -1,0 +1,52 @@
+"""Files that appear whole or not at all.
+
+Every output of datakit (image files, lists, reports, means, snapshots) is
+written to a temporary name in the destination folder, flushed, fsynced and
+renamed over the final name, so that an interrupted run never leaves a
+half-written file under a name a later run would trust.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Iterator
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb", *, fsync: bool = True,
+                 encoding: str | None = None) -> Iterator[IO]:
+    """Open a temporary file beside `path`; on success rename it to `path`.
+
+    On any exception the temporary file is removed and `path` is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        if "b" not in mode and encoding is None:
+            encoding = "utf-8"
+        with os.fdopen(fd, mode, encoding=encoding) as fh:
+            yield fh
+            fh.flush()
+            if fsync:
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, fsync: bool = True) -> None:
+    """Write `data` to `path` atomically."""
+    with atomic_write(path, "wb", fsync=fsync) as fh:
+        fh.write(data)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str, *, fsync: bool = True) -> None:
+    """Write `text` (UTF-8) to `path` atomically."""
+    with atomic_write(path, "w", fsync=fsync) as fh:
+        fh.write(text)

@@ -1,0 +1,39 @@
+"""Typed exceptions shared by every stage.
+
+Library code raises these with a one-line message that already names the
+file, line, record or layer at fault and what was expected; the CLI prints the
+message as it is and exits non-zero. Keeping the wording in the exception (not
+in the CLI) means the same clear line reaches API users too.
+"""
+
+from __future__ import annotations
+
+
+class DatakitError(Exception):
+    """Base class: str(err) is the complete one-line message for the user."""
+
+    exit_code: int = 1
+
+
+class FormatError(DatakitError):
+    """A Caffe file (prototxt, binaryproto, caffemodel, Datum) is malformed."""
+
+
+class ListError(DatakitError):
+    """An image list file has bad lines (labels, paths, duplicates)."""
+
+
+class ImageError(DatakitError):
+    """An image could not be read, decoded or failed validation."""
+
+
+class DatabaseError(DatakitError):
+    """A database is missing, incomplete, or not what was expected."""
+
+
+class DownloadError(DatakitError):
+    """Downloading a manifest or its images failed as a whole."""
+
+
+class ConfigError(DatakitError):
+    """Command-line options or parameters contradict each other or are out of range."""

@@ -1,0 +1,213 @@
+"""Caffe image lists: one ``relative/path label`` per line.
+
+This is the format of Caffe's ``train.txt`` / ``val.txt`` as read by
+``convert_imageset`` and the ImageData layer. Caffe takes the label from after
+the *last* space, so paths may contain spaces; we do the same.
+
+Caffe reads these lists without any checks, and a bad list shows up much
+later as a net that never converges (labels not starting at 0, gaps, labels
+>= num_output) or as a crash halfway through a conversion (missing file). The
+checks here run before any work starts and name ``LIST:LINE`` for every
+problem.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Iterable, Iterator
+
+from datakit.atomic import atomic_write
+from datakit.errors import ListError
+
+
+@dataclass(frozen=True, slots=True)
+class ListEntry:
+    """One line of an image list: the path as written, its label, its 1-based line number."""
+
+    path: str
+    label: int
+    line: int
+
+
+@dataclass
+class ListCheck:
+    """The result of checking a whole list: its entries and every problem found."""
+
+    list_path: str
+    entries: list[ListEntry] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def labels(self) -> Counter:
+        return Counter(e.label for e in self.entries)
+
+    @property
+    def num_classes(self) -> int:
+        """Classes a classifier needs for this list: max label + 1 (0 when empty)."""
+        return max((e.label for e in self.entries), default=-1) + 1
+
+    def summary(self) -> str:
+        return (f"{self.list_path}: {len(self.entries)} records, {len(self.labels)} classes "
+                f"(labels {min(self.labels, default=0)}..{max(self.labels, default=-1)})")
+
+    def raise_if_problems(self) -> None:
+        if self.problems:
+            more = f" (and {len(self.problems) - 1} more problems)" if len(self.problems) > 1 else ""
+            raise ListError(self.problems[0] + more)
+
+
+def _path_escapes(path: str) -> bool:
+    """True when `path` is absolute or climbs out of its root with '..'."""
+    if path.startswith(("/", "\\")) or PureWindowsPath(path).drive:
+        return True
+    parts = PurePosixPath(path.replace("\\", "/")).parts
+    return ".." in parts
+
+
+def safe_join(root: str | os.PathLike, relpath: str) -> Path:
+    """Join `relpath` under `root`, refusing absolute paths and '..' components.
+
+    Used for every path that comes from a list file or a URL, so that no input
+    can make datakit read or write outside the folder the user named.
+    """
+    if not relpath or _path_escapes(relpath):
+        raise ListError(f"path {relpath!r} escapes its root folder {str(root)!r} "
+                        "(absolute paths and '..' are not allowed)")
+    return Path(root) / relpath
+
+
+def parse_line(text: str, where: str) -> tuple[str, int]:
+    """Split one list line into (path, label); `where` is 'LIST:LINE' for errors."""
+    stripped = text.rstrip("\r\n").rstrip()
+    cut = max(stripped.rfind(" "), stripped.rfind("\t"))
+    if cut <= 0:
+        raise ListError(f"{where}: expected 'PATH LABEL', got {stripped!r}")
+    path, label_text = stripped[:cut].rstrip(), stripped[cut + 1:]
+    try:
+        label = int(label_text)
+    except ValueError:
+        raise ListError(f"{where}: label {label_text!r} is not an integer") from None
+    if label < 0:
+        raise ListError(f"{where}: label {label} is negative (labels must be 0..K-1)")
+    return path, label
+
+
+def iter_list(list_path: str | os.PathLike) -> Iterator[ListEntry]:
+    """Stream the entries of a list file; raises ListError at the first malformed line.
+
+    Blank lines are skipped. Only the syntax of each line is checked here; use
+    `check_list` for the whole-list checks (labels, duplicates, files).
+    """
+    name = str(list_path)
+    try:
+        fh = open(list_path, encoding="utf-8")
+    except FileNotFoundError:
+        raise ListError(f"{name}: list file not found") from None
+    with fh:
+        try:
+            for number, text in enumerate(fh, start=1):
+                if not text.strip():
+                    continue
+                path, label = parse_line(text, f"{name}:{number}")
+                yield ListEntry(path, label, number)
+        except UnicodeDecodeError as err:
+            raise ListError(f"{name}: not a UTF-8 text file ({err.reason} at byte {err.start})") from None
+
+
+def check_list(list_path: str | os.PathLike, *, root: str | os.PathLike | None = None,
+               allow_label_gaps: bool = False, check_files: bool = False,
+               allow_absolute: bool = False) -> ListCheck:
+    """Read a whole list and collect every problem as 'LIST:LINE: message'.
+
+    Checks: syntax and integer labels >= 0; paths that escape the root
+    (absolute or '..', unless `allow_absolute` for Caffe's absolute lists);
+    duplicate paths; labels that do not start at 0 or leave gaps (unless
+    `allow_label_gaps`); and, with `check_files`, files missing under `root`.
+    """
+    name = str(list_path)
+    result = ListCheck(name)
+    seen: dict[str, int] = {}
+    try:
+        fh = open(list_path, encoding="utf-8")
+    except FileNotFoundError:
+        raise ListError(f"{name}: list file not found") from None
+    with fh:
+        try:
+            lines = list(enumerate(fh, start=1))
+        except UnicodeDecodeError as err:
+            raise ListError(f"{name}: not a UTF-8 text file ({err.reason} at byte {err.start})") from None
+    for number, text in lines:
+        if not text.strip():
+            continue
+        where = f"{name}:{number}"
+        try:
+            path, label = parse_line(text, where)
+        except ListError as err:
+            result.problems.append(str(err))
+            continue
+        entry = ListEntry(path, label, number)
+        result.entries.append(entry)
+        if _path_escapes(path) and not (allow_absolute and os.path.isabs(path) and ".." not in Path(path).parts):
+            result.problems.append(f"{where}: path {path!r} escapes the image root "
+                                   "(absolute paths and '..' are not allowed)")
+            continue
+        if path in seen:
+            result.problems.append(f"{where}: duplicate of line {seen[path]} ({path!r})")
+        else:
+            seen[path] = number
+        if check_files:
+            full = Path(path) if os.path.isabs(path) else Path(root or ".") / path
+            if not full.is_file():
+                result.problems.append(f"{where}: file not found: {full}")
+    if not allow_label_gaps and result.entries:
+        result.problems.extend(_label_gap_problems(name, result.entries))
+    return result
+
+
+def _label_gap_problems(name: str, entries: list[ListEntry]) -> list[str]:
+    """Labels must be exactly 0..K-1: report a start above 0 and each missing label."""
+    first_line: dict[int, int] = {}
+    for e in entries:
+        first_line.setdefault(e.label, e.line)
+    present = sorted(first_line)
+    problems = []
+    hint = "Caffe's classifiers need labels 0..K-1 with no gaps; --allow-label-gaps accepts this list"
+    if present[0] != 0:
+        problems.append(f"{name}:{first_line[present[0]]}: labels start at {present[0]}, not 0 ({hint})")
+    for lower, upper in zip(present, present[1:]):
+        if upper != lower + 1:
+            missing = f"{lower + 1}" if upper == lower + 2 else f"{lower + 1}..{upper - 1}"
+            problems.append(f"{name}:{first_line[upper]}: label {upper} leaves a gap: "
+                            f"no record has label {missing} ({hint})")
+    return problems
+
+
+def read_list(list_path: str | os.PathLike, **checks) -> list[ListEntry]:
+    """`check_list` then raise ListError on the first problem; returns the entries."""
+    result = check_list(list_path, **checks)
+    result.raise_if_problems()
+    return result.entries
+
+
+def format_line(path: str, label: int) -> str:
+    if "\n" in path or "\r" in path:
+        raise ListError(f"path {path!r} contains a line break and cannot be written to a list")
+    return f"{path} {int(label)}\n"
+
+
+def write_list(list_path: str | os.PathLike, entries: Iterable[tuple[str, int] | ListEntry]) -> int:
+    """Write 'PATH LABEL' lines atomically; returns the number of lines written."""
+    count = 0
+    with atomic_write(list_path, "w") as fh:
+        for entry in entries:
+            path, label = (entry.path, entry.label) if isinstance(entry, ListEntry) else entry
+            fh.write(format_line(path, label))
+            count += 1
+    return count

@@ -1,0 +1,40 @@
+"""Shared fixtures: where the real Caffe reference files are, and a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# CI lays ../shared beside the checkout; DATAKIT_SHARED overrides for other layouts.
+SHARED_DATA = Path(os.environ.get("DATAKIT_SHARED", ROOT.parent / "shared")) / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The folder of real Caffe files and datasets; skips the test when absent."""
+    if not (SHARED_DATA / "PROVENANCE.md").is_file():
+        pytest.skip(f"reference data not found at {SHARED_DATA} (set DATAKIT_SHARED to the shared/ folder)")
+    return SHARED_DATA
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run `python -m cli.<tool>_main ARGS` as a user would run the console script."""
+    tool, *rest = args
+    module = {"datakit": "cli.datakit_main", "trainer": "cli.trainer_main"}[tool]
+    full_env = dict(os.environ)
+    full_env["PYTHONPATH"] = str(ROOT) + os.pathsep + full_env.get("PYTHONPATH", "")
+    if env:
+        full_env.update(env)
+    return subprocess.run([sys.executable, "-m", module, *rest], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env=full_env)
+
+
+@pytest.fixture
+def cli():
+    return run_cli
