@@ -1,0 +1,141 @@
+"""BlobProto <-> numpy, and the .binaryproto files Caffe writes means in.
+
+A BlobProto gives its dimensions either in `shape` (current Caffe) or in the
+legacy num/channels/height/width fields (every mean made by
+compute_image_mean, and old caffemodels). We read both. Means are returned as
+(C, H, W) whatever the file stored, because that is the shape `caffe.io`,
+transformers and our trainer expect: a legacy 1xCxHxW blob never leaks out as
+a 4-D array.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from google.protobuf.message import DecodeError
+
+from datakit.atomic import write_bytes_atomic
+from datakit.errors import FormatError
+from datakit.formats import caffe_pb2
+
+
+def blob_shape(blob: caffe_pb2.BlobProto) -> tuple[int, ...]:
+    """The blob's dimensions: `shape` when present, else the legacy 4-D fields, else flat."""
+    if blob.HasField("shape"):
+        return tuple(int(d) for d in blob.shape.dim)
+    if any(blob.HasField(f) for f in ("num", "channels", "height", "width")):
+        return (blob.num, blob.channels, blob.height, blob.width)
+    count = len(blob.data) or len(blob.double_data)
+    return (count,)
+
+
+def blob_to_array(blob: caffe_pb2.BlobProto, *, diff: bool = False, where: str = "blob") -> np.ndarray:
+    """The blob's data (or diff) as an array of its shape: float32, or float64 for double_data."""
+    if diff:
+        values = blob.double_diff if len(blob.double_diff) else blob.diff
+        dtype = np.float64 if len(blob.double_diff) else np.float32
+    else:
+        values = blob.double_data if len(blob.double_data) else blob.data
+        dtype = np.float64 if len(blob.double_data) else np.float32
+    shape = blob_shape(blob)
+    arr = np.asarray(values, dtype=dtype)
+    expected = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    if arr.size != expected:
+        raise FormatError(f"{where}: holds {arr.size} values but its shape {shape} needs {expected} "
+                          "(file truncated or not written by Caffe?)")
+    return arr.reshape(shape)
+
+
+def array_to_blob(arr: np.ndarray, *, diff: np.ndarray | None = None,
+                  legacy_4d: bool = False) -> caffe_pb2.BlobProto:
+    """A BlobProto holding `arr` as float32 `data` (and `diff` if given).
+
+    With `legacy_4d` the dimensions go in num/channels/height/width (padded
+    with leading 1s to 4-D), as compute_image_mean writes them; otherwise in
+    `shape`, as current Caffe writes caffemodels.
+    """
+    arr = np.asarray(arr)
+    blob = caffe_pb2.BlobProto()
+    if legacy_4d:
+        if arr.ndim > 4:
+            raise FormatError(f"a legacy 4-D blob cannot hold a {arr.ndim}-D array {arr.shape}")
+        dims = (1,) * (4 - arr.ndim) + tuple(arr.shape)
+        blob.num, blob.channels, blob.height, blob.width = (int(d) for d in dims)
+    else:
+        blob.shape.dim.extend(int(d) for d in arr.shape)
+    blob.data.extend(arr.astype(np.float32, copy=False).ravel())
+    if diff is not None:
+        blob.diff.extend(np.asarray(diff, dtype=np.float32).ravel())
+    return blob
+
+
+def parse_blobproto(data: bytes, *, where: str) -> caffe_pb2.BlobProto:
+    blob = caffe_pb2.BlobProto()
+    try:
+        blob.ParseFromString(data)
+    except DecodeError as err:
+        raise FormatError(f"{where}: not a valid BlobProto, file truncated or corrupt ({err})") from None
+    return blob
+
+
+def read_binaryproto(path: str | os.PathLike) -> np.ndarray:
+    """Read a .binaryproto BlobProto file as an array of its stored shape."""
+    where = str(path)
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise FormatError(f"{where}: file not found") from None
+    if not data:
+        raise FormatError(f"{where}: empty file, not a BlobProto")
+    return blob_to_array(parse_blobproto(data, where=where), where=where)
+
+
+def write_binaryproto(path: str | os.PathLike, arr: np.ndarray, *, legacy_4d: bool = False) -> None:
+    """Write `arr` as a BlobProto file, atomically."""
+    write_bytes_atomic(path, array_to_blob(arr, legacy_4d=legacy_4d).SerializeToString())
+
+
+def mean_to_chw(arr: np.ndarray, *, where: str) -> np.ndarray:
+    """Bring a stored mean to (C, H, W): drop a leading num of 1, refuse anything else."""
+    if arr.ndim == 4 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3:
+        raise FormatError(f"{where}: a mean image must be C x H x W (or 1 x C x H x W), got shape {arr.shape}")
+    return arr
+
+
+def read_mean(path: str | os.PathLike) -> np.ndarray:
+    """A mean image as float32 (C, H, W), from Caffe's .binaryproto or numpy's .npy."""
+    where = str(path)
+    if str(path).lower().endswith(".npy"):
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except FileNotFoundError:
+            raise FormatError(f"{where}: file not found") from None
+        except (ValueError, OSError) as err:
+            raise FormatError(f"{where}: not a readable .npy array ({err})") from None
+    else:
+        arr = read_binaryproto(path)
+    return mean_to_chw(np.asarray(arr), where=where).astype(np.float32, copy=False)
+
+
+def write_mean(path: str | os.PathLike, mean_chw: np.ndarray) -> None:
+    """Write a (C, H, W) mean: .npy as float32 C x H x W, else a BlobProto 1 x C x H x W.
+
+    The BlobProto uses the legacy num/channels/height/width fields, exactly as
+    Caffe's compute_image_mean does, so our file is byte-identical to Caffe's
+    for the same values.
+    """
+    mean_chw = mean_to_chw(np.asarray(mean_chw), where=str(path))
+    if str(path).lower().endswith(".npy"):
+        import io
+
+        buf = io.BytesIO()
+        np.save(buf, mean_chw.astype(np.float32), allow_pickle=False)
+        write_bytes_atomic(path, buf.getvalue())
+    else:
+        write_binaryproto(path, mean_chw[None], legacy_4d=True)

@@ -1,0 +1,69 @@
+"""Read and write .caffemodel files (a binary NetParameter whose layers carry blobs).
+
+Models from every Caffe generation are accepted: V0 and V1 models keep their
+blobs in the old `layers` field and are upgraded on read, so callers always
+get current-form layers and one {layer name: [arrays]} view of the weights.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from google.protobuf.message import DecodeError
+
+from datakit.atomic import write_bytes_atomic
+from datakit.errors import FormatError
+from datakit.formats import caffe_pb2
+from datakit.formats.blobproto import blob_to_array
+from datakit.formats.upgrade import upgrade_net
+
+
+@dataclass(frozen=True)
+class ModelLayer:
+    """One layer of a model file: its name, type and blobs (weights, bias, ...)."""
+
+    name: str
+    type: str
+    blobs: list[np.ndarray]
+
+
+def parse_caffemodel(data: bytes, *, source: str = "<caffemodel>") -> caffe_pb2.NetParameter:
+    net = caffe_pb2.NetParameter()
+    try:
+        net.ParseFromString(data)
+    except DecodeError as err:
+        raise FormatError(f"{source}: not a valid .caffemodel (binary NetParameter): {err}") from None
+    if not len(net.layer) and not len(net.layers):
+        raise FormatError(f"{source}: holds no layers; is it a .caffemodel? (a prototxt is text, "
+                          "a .solverstate or .binaryproto is another message)")
+    return upgrade_net(net, source=source)
+
+
+def read_caffemodel(path: str | os.PathLike) -> caffe_pb2.NetParameter:
+    """Read a .caffemodel as a current-form NetParameter (blobs included)."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise FormatError(f"{path}: file not found") from None
+    return parse_caffemodel(data, source=str(path))
+
+
+def model_layers(net: caffe_pb2.NetParameter, *, source: str = "<caffemodel>") -> list[ModelLayer]:
+    """Every layer in file order with its blobs as float32/float64 arrays."""
+    return [ModelLayer(layer.name, layer.type,
+                       [blob_to_array(b, where=f"{source}: layer {layer.name} blob {i}")
+                        for i, b in enumerate(layer.blobs)])
+            for layer in net.layer]
+
+
+def caffemodel_blobs(net: caffe_pb2.NetParameter, *, source: str = "<caffemodel>") -> dict[str, list[np.ndarray]]:
+    """{layer name: [arrays]} for the layers that carry blobs."""
+    return {m.name: m.blobs for m in model_layers(net, source=source) if m.blobs}
+
+
+def write_caffemodel(path: str | os.PathLike, net: caffe_pb2.NetParameter) -> None:
+    """Write a NetParameter (with blobs) as a .caffemodel, atomically."""
+    write_bytes_atomic(path, net.SerializeToString())
