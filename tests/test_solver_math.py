@@ -1,0 +1,168 @@
+"""lr policies against Caffe's formulas; update rules against hand-written reference steps."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from datakit.errors import ConfigError
+from datakit.formats import caffe_pb2
+from trainer import lr_policy
+from trainer.updates import make_rule, solver_type_name
+
+
+@pytest.mark.parametrize("it", [0, 1, 99, 100, 101, 2500, 9999])
+def test_lr_policies_match_caffe_formulas(it):
+    base, gamma, power, stepsize, max_iter = 0.01, 0.1, 0.75, 100, 10000
+    lr = lambda policy, **kw: lr_policy.learning_rate(policy, it, base_lr=base, **kw)  # noqa: E731
+    assert lr("fixed") == base
+    assert lr("step", gamma=gamma, stepsize=stepsize) == pytest.approx(base * gamma ** (it // stepsize))
+    assert lr("exp", gamma=0.999) == pytest.approx(base * 0.999 ** it)
+    assert lr("inv", gamma=1e-4, power=power) == pytest.approx(base * (1 + 1e-4 * it) ** -power)
+    steps = [50, 100, 3000]
+    passed = sum(1 for s in steps if it >= s)
+    assert lr("multistep", gamma=gamma, stepvalues=steps) == pytest.approx(base * gamma ** passed)
+    assert lr("poly", power=2.0, max_iter=max_iter) == pytest.approx(base * (1 - it / max_iter) ** 2)
+    assert lr("sigmoid", gamma=-0.01, stepsize=500) == pytest.approx(
+        base / (1 + math.exp(0.01 * (it - 500))))
+
+
+def test_lenet_inv_rate_at_known_iterations():
+    # Caffe's LeNet solver: lr at 10000 is 0.01 * (1 + 1)^-0.75 = 0.0059460...
+    rate = lr_policy.learning_rate("inv", 10000, base_lr=0.01, gamma=1e-4, power=0.75)
+    assert rate == pytest.approx(0.00594604, rel=1e-5)
+
+
+def test_current_step_for_snapshot():
+    assert lr_policy.current_step("step", 250, stepsize=100) == 2
+    assert lr_policy.current_step("multistep", 100, stepvalues=[50, 100, 200]) == 2
+    assert lr_policy.current_step("fixed", 123) == 0
+
+
+def test_unknown_policy_and_bad_fields_are_config_errors():
+    with pytest.raises(ConfigError, match="lr_policy"):
+        lr_policy.learning_rate("cosine", 1, base_lr=0.1)
+    p = caffe_pb2.SolverParameter(lr_policy="step", base_lr=0.1)
+    with pytest.raises(ConfigError, match="stepsize"):
+        lr_policy.check_policy(p)
+
+
+@dataclass
+class P:
+    data: np.ndarray
+    diff: np.ndarray
+    lr_mult: float = 1.0
+    decay_mult: float = 1.0
+
+
+def _params(rng):
+    return [P(rng.standard_normal((3, 4)).astype(np.float32), rng.standard_normal((3, 4)).astype(np.float32)),
+            P(rng.standard_normal(5).astype(np.float32), rng.standard_normal(5).astype(np.float32), 2.0, 0.0)]
+
+
+def _solver(**kw):
+    return caffe_pb2.SolverParameter(base_lr=0.1, **kw)
+
+
+def test_sgd_momentum_weight_decay_two_steps():
+    rng = np.random.default_rng(0)
+    params = _params(rng)
+    ref = [(p.data.astype(np.float64), np.zeros(p.data.shape)) for p in params]
+    rule = make_rule(_solver(momentum=0.9, weight_decay=0.01), params)
+    for step in range(2):
+        grads = [rng.standard_normal(p.data.shape).astype(np.float32) for p in params]
+        for p, g in zip(params, grads):
+            p.diff[...] = g
+        rule.apply(0.1, step)
+        new = []
+        for (w, v), g, p in zip(ref, grads, params):
+            g = g + 0.01 * p.decay_mult * w
+            v = 0.9 * v + 0.1 * p.lr_mult * g
+            new.append((w - v, v))
+        ref = new
+    for p, (w, v), h in zip(params, ref, rule.history):
+        np.testing.assert_allclose(p.data, w, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(h, v, rtol=1e-5, atol=1e-6)
+
+
+def test_l1_regularization_adds_sign():
+    params = [P(np.array([2.0, -3.0, 0.0], np.float32), np.zeros(3, np.float32))]
+    rule = make_rule(_solver(weight_decay=0.5, regularization_type="L1"), params)
+    rule.apply(1.0, 0)
+    np.testing.assert_allclose(params[0].data, [1.5, -2.5, 0.0])
+
+
+def test_nesterov_step():
+    w = np.array([1.0, 2.0], np.float32)
+    params = [P(w.copy(), np.array([0.5, -1.0], np.float32))]
+    rule = make_rule(_solver(type="Nesterov", momentum=0.9), params)
+    rule.history[0][...] = [0.1, 0.2]
+    rule.apply(0.1, 0)
+    v_prev = np.array([0.1, 0.2])
+    v = 0.9 * v_prev + 0.1 * np.array([0.5, -1.0])
+    update = 1.9 * v - 0.9 * v_prev
+    np.testing.assert_allclose(params[0].data, w - update, rtol=1e-6)
+
+
+def test_adam_matches_caffe_definition_over_three_steps():
+    rng = np.random.default_rng(1)
+    params = [P(rng.standard_normal(6).astype(np.float32), np.zeros(6, np.float32))]
+    rule = make_rule(_solver(type="Adam", momentum=0.9, momentum2=0.999, delta=1e-8), params)
+    assert len(rule.history) == 2  # m then v, as Caffe stores them
+    w = params[0].data.astype(np.float64)
+    m = np.zeros(6)
+    v = np.zeros(6)
+    for t in range(3):
+        g = rng.standard_normal(6).astype(np.float32)
+        params[0].diff[...] = g
+        rule.apply(0.001, t)
+        m = 0.9 * m + 0.1 * g
+        v = 0.999 * v + 0.001 * g * g
+        corr = math.sqrt(1 - 0.999 ** (t + 1)) / (1 - 0.9 ** (t + 1))
+        w = w - 0.001 * corr * m / (np.sqrt(v) + 1e-8)
+    np.testing.assert_allclose(params[0].data, w, rtol=1e-4, atol=1e-6)
+
+
+def test_lr_mult_zero_is_bit_identical_even_with_decay_and_momentum():
+    rng = np.random.default_rng(2)
+    frozen = P(rng.standard_normal(4).astype(np.float32), rng.standard_normal(4).astype(np.float32), 0.0, 1.0)
+    before = frozen.data.copy()
+    rule = make_rule(_solver(momentum=0.9, weight_decay=0.1, clip_gradients=0.5), [frozen])
+    for t in range(3):
+        frozen.diff[...] = rng.standard_normal(4)
+        rule.apply(0.5, t)
+    assert frozen.data.tobytes() == before.tobytes()
+
+
+def test_iter_size_divides_and_clip_rescales():
+    params = [P(np.zeros(2, np.float32), np.array([6.0, 8.0], np.float32))]
+    rule = make_rule(_solver(iter_size=2, clip_gradients=5.0), params)
+    rule.apply(1.0, 0)
+    # norm 10 > 5 -> [3, 4]; then / iter_size 2 -> [1.5, 2]; w = -lr * g
+    np.testing.assert_allclose(params[0].data, [-1.5, -2.0])
+
+
+def test_adagrad_rmsprop_adadelta_first_step():
+    g = np.array([0.5, -2.0], np.float32)
+    for kind, expect in [
+        ("AdaGrad", -0.1 * g / (np.abs(g) + 1e-8)),
+        ("RMSProp", -0.1 * g / (np.sqrt(0.01 * g * g) + 1e-8)),
+    ]:
+        params = [P(np.zeros(2, np.float32), g.copy())]
+        make_rule(_solver(type=kind), params).apply(0.1, 0)
+        np.testing.assert_allclose(params[0].data, expect, rtol=1e-5)
+    params = [P(np.zeros(2, np.float32), g.copy())]
+    make_rule(_solver(type="AdaDelta", momentum=0.95, delta=1e-6), params).apply(1.0, 0)
+    g2 = 0.05 * g * g
+    expect = -g * np.sqrt(1e-6 / (g2 + 1e-6))
+    np.testing.assert_allclose(params[0].data, expect, rtol=1e-4)
+
+
+def test_solver_type_from_legacy_enum_and_unknown():
+    assert solver_type_name(caffe_pb2.SolverParameter(solver_type=caffe_pb2.SolverParameter.NESTEROV)) == "Nesterov"
+    assert solver_type_name(caffe_pb2.SolverParameter(type="adam")) == "Adam"
+    with pytest.raises(ConfigError, match="unknown type"):
+        solver_type_name(caffe_pb2.SolverParameter(type="LBFGS"))

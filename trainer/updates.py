@@ -1,0 +1,208 @@
+"""Caffe's parameter update rules (SGD, Nesterov, AdaGrad, RMSProp, AdaDelta, Adam) on plain arrays.
+
+Written against a minimal Param shape (``data``, ``diff``, ``lr_mult``,
+``decay_mult``) so the arithmetic can be tested without a Net. The order of
+operations is Caffe's ``SGDSolver::ApplyUpdate``: clip all gradients by their
+global L2 norm, then per blob divide by ``iter_size``, add weight decay, turn
+the gradient into an update with the rule's history, and ``data -= update``.
+
+History layout follows Caffe's SolverState: one blob per learnable param, and
+for Adam/AdaDelta a second full set appended after the first (``m`` then ``v``;
+gradient-square then update-square).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+
+from datakit.errors import ConfigError
+
+
+class ParamLike(Protocol):
+    data: Any
+    diff: Any
+    lr_mult: float
+    decay_mult: float
+
+
+#: Caffe's `type` strings and the legacy `solver_type` enum values (SolverParameter.SolverType).
+RULE_NAMES = {"SGD": 0, "Nesterov": 1, "AdaGrad": 2, "RMSProp": 3, "AdaDelta": 4, "Adam": 5}
+
+
+def solver_type_name(param) -> str:
+    """The update rule a SolverParameter asks for (`type`, else the legacy `solver_type` enum)."""
+    if param.HasField("type"):
+        name = param.type
+    elif param.HasField("solver_type"):
+        name = {v: k for k, v in RULE_NAMES.items()}[param.solver_type]
+    else:
+        name = "SGD"
+    for known in RULE_NAMES:
+        if known.lower() == name.lower():
+            return known
+    raise ConfigError(f"solver: unknown type {name!r}; expected one of {', '.join(RULE_NAMES)}")
+
+
+class UpdateRule:
+    """One solver type: owns the history blobs and applies one update to a list of params."""
+
+    name = "SGD"
+    history_sets = 1
+
+    def __init__(self, params: Sequence[ParamLike], *, momentum: float = 0.0, weight_decay: float = 0.0,
+                 regularization: str = "L2", clip_gradients: float = -1.0, iter_size: int = 1,
+                 delta: float = 1e-8, momentum2: float = 0.999, rms_decay: float = 0.99, xp=np) -> None:
+        if regularization not in ("L1", "L2"):
+            raise ConfigError(f"solver: regularization_type must be L1 or L2, got {regularization!r}")
+        if iter_size < 1:
+            raise ConfigError(f"solver: iter_size must be >= 1, got {iter_size}")
+        self.params = list(params)
+        self.momentum = float(momentum)
+        self.weight_decay = float(weight_decay)
+        self.regularization = regularization
+        self.clip = float(clip_gradients)
+        self.iter_size = int(iter_size)
+        self.delta = float(delta)
+        self.momentum2 = float(momentum2)
+        self.rms_decay = float(rms_decay)
+        self.xp = xp
+        self.history = [xp.zeros_like(p.data) for _ in range(self.history_sets) for p in self.params]
+
+    # -- the pieces of ApplyUpdate -------------------------------------------------------------
+    def active(self) -> list[int]:
+        """Indices of the params that learn; lr_mult 0 blobs are left bit-identical."""
+        return [i for i, p in enumerate(self.params) if p.lr_mult != 0]
+
+    def clip_gradients(self) -> float:
+        """Rescale every diff when the global L2 norm exceeds ``clip_gradients``; returns the norm."""
+        if self.clip < 0:
+            return -1.0
+        sumsq = sum(float((self.params[i].diff.astype(np.float64) ** 2).sum()) for i in self.active())
+        norm = sumsq ** 0.5
+        if norm > self.clip:
+            factor = np.float32(self.clip / norm)
+            for i in self.active():
+                self.params[i].diff *= factor
+        return norm
+
+    def normalize(self, i: int) -> None:
+        if self.iter_size != 1:
+            self.params[i].diff *= np.float32(1.0 / self.iter_size)
+
+    def regularize(self, i: int) -> None:
+        p = self.params[i]
+        local_decay = np.float32(self.weight_decay * p.decay_mult)
+        if local_decay == 0:
+            return
+        if self.regularization == "L2":
+            p.diff += local_decay * p.data
+        else:
+            p.diff += local_decay * self.xp.sign(p.data)
+
+    def compute_update(self, i: int, rate: float, it: int) -> None:
+        """Turn ``params[i].diff`` into the value to subtract (Caffe's ComputeUpdateValue)."""
+        p = self.params[i]
+        h = self.history[i]
+        local_rate = np.float32(rate * p.lr_mult)
+        h *= np.float32(self.momentum)
+        h += local_rate * p.diff
+        p.diff[...] = h
+
+    def apply(self, rate: float, it: int) -> None:
+        """One full update at iteration ``it`` with learning rate ``rate``; data -= update."""
+        self.clip_gradients()
+        for i in self.active():
+            self.normalize(i)
+            self.regularize(i)
+            self.compute_update(i, rate, it)
+            self.params[i].data -= self.params[i].diff
+
+
+class Nesterov(UpdateRule):
+    name = "Nesterov"
+
+    def compute_update(self, i: int, rate: float, it: int) -> None:
+        p = self.params[i]
+        h = self.history[i]
+        m = np.float32(self.momentum)
+        before = h.copy()
+        h *= m
+        h += np.float32(rate * p.lr_mult) * p.diff
+        p.diff[...] = (np.float32(1) + m) * h - m * before
+
+
+class AdaGrad(UpdateRule):
+    name = "AdaGrad"
+
+    def compute_update(self, i: int, rate: float, it: int) -> None:
+        p = self.params[i]
+        h = self.history[i]
+        h += p.diff * p.diff
+        p.diff[...] = np.float32(rate * p.lr_mult) * p.diff / (self.xp.sqrt(h) + np.float32(self.delta))
+
+
+class RMSProp(UpdateRule):
+    name = "RMSProp"
+
+    def compute_update(self, i: int, rate: float, it: int) -> None:
+        p = self.params[i]
+        h = self.history[i]
+        d = np.float32(self.rms_decay)
+        h *= d
+        h += (np.float32(1) - d) * p.diff * p.diff
+        p.diff[...] = np.float32(rate * p.lr_mult) * p.diff / (self.xp.sqrt(h) + np.float32(self.delta))
+
+
+class AdaDelta(UpdateRule):
+    name = "AdaDelta"
+    history_sets = 2
+
+    def compute_update(self, i: int, rate: float, it: int) -> None:
+        p = self.params[i]
+        g2 = self.history[i]
+        u2 = self.history[i + len(self.params)]
+        m = np.float32(self.momentum)
+        eps = np.float32(self.delta)
+        g2 *= m
+        g2 += (np.float32(1) - m) * p.diff * p.diff
+        update = p.diff * self.xp.sqrt((u2 + eps) / (g2 + eps))
+        u2 *= m
+        u2 += (np.float32(1) - m) * update * update
+        p.diff[...] = np.float32(rate * p.lr_mult) * update
+
+
+class Adam(UpdateRule):
+    name = "Adam"
+    history_sets = 2
+
+    def compute_update(self, i: int, rate: float, it: int) -> None:
+        p = self.params[i]
+        m = self.history[i]
+        v = self.history[i + len(self.params)]
+        b1, b2 = np.float32(self.momentum), np.float32(self.momentum2)
+        t = it + 1
+        correction = np.float32(np.sqrt(1.0 - float(b2) ** t) / (1.0 - float(b1) ** t))
+        m *= b1
+        m += (np.float32(1) - b1) * p.diff
+        v *= b2
+        v += (np.float32(1) - b2) * p.diff * p.diff
+        p.diff[...] = np.float32(rate * p.lr_mult) * correction * m / (self.xp.sqrt(v) + np.float32(self.delta))
+
+
+RULES: dict[str, type[UpdateRule]] = {
+    "SGD": UpdateRule, "Nesterov": Nesterov, "AdaGrad": AdaGrad, "RMSProp": RMSProp,
+    "AdaDelta": AdaDelta, "Adam": Adam,
+}
+
+
+def make_rule(solver_param, params: Sequence[ParamLike], xp=np) -> UpdateRule:
+    """The update rule a SolverParameter names, configured from its fields."""
+    name = solver_type_name(solver_param)
+    # Adam's beta1 is `momentum` as in Caffe (no default: Caffe's examples set 0.9).
+    return RULES[name](params, momentum=solver_param.momentum, weight_decay=solver_param.weight_decay,
+                       regularization=solver_param.regularization_type or "L2",
+                       clip_gradients=solver_param.clip_gradients, iter_size=solver_param.iter_size,
+                       delta=solver_param.delta, momentum2=solver_param.momentum2,
+                       rms_decay=solver_param.rms_decay, xp=xp)
