@@ -9,6 +9,8 @@ from cli.dispatch import run_main
 # name -> module defining HELP, add_arguments(parser), run(args)
 COMMANDS: dict[str, str] = {
     "check-list": "cli.cmd_check_list",
+    "describe": "cli.cmd_describe",
+    "upgrade": "cli.cmd_upgrade",
 }
 
 

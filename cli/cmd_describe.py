@@ -1,0 +1,19 @@
+"""`datakit describe FILE`: what a Caffe file holds."""
+
+from __future__ import annotations
+
+import argparse
+
+from datakit.formats.describe import describe
+
+HELP = "Summarise a Caffe file: net or solver prototxt, .caffemodel, .binaryproto/.npy mean, .solverstate."
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", help="the file to describe")
+
+
+def run(args: argparse.Namespace) -> int:
+    for line in describe(args.file):
+        print(line)
+    return 0
