@@ -1,0 +1,23 @@
+"""`trainer plot LOG... -o curves.png`: training curves from our logs and real Caffe logs."""
+
+from __future__ import annotations
+
+import argparse
+
+from trainer.curves import parse_log, plot, summary
+
+HELP = "Plot train loss, test loss/accuracy and lr against iteration from Caffe-format logs (.gz ok)."
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("logs", nargs="+", help="log files written by `trainer fit` or by Caffe (plain or .gz)")
+    p.add_argument("-o", "--output", default="curves.png", help="PNG to write (default curves.png)")
+    p.add_argument("--title", help="figure title (default: the log names)")
+
+
+def run(args: argparse.Namespace) -> int:
+    for log in args.logs:
+        print(summary(parse_log(log)))
+    out = plot(args.logs, args.output, title=args.title)
+    print(f"wrote {out}")
+    return 0

@@ -1,0 +1,222 @@
+"""Read training curves out of Caffe-format logs (ours and real Caffe logs) and plot them.
+
+Parsing goes by message text, never by glog's source file:line (those differ
+between Caffe builds). Quirks handled, all seen in real 2014 logs:
+- glog prefixes with a thread id padded to 5 columns (two spaces before a 4-digit id),
+  and non-glog lines (job headers, stack traces, shell messages) that are skipped;
+- 2014 test results as ``Test score #0: X`` / ``Test score #1: Y`` (the old accuracy
+  layer reported accuracy then loss), modern ones as ``Test net output #k: NAME = X``;
+- ``loss = 2`` printed without a decimal point, and ``nan`` / ``inf`` / ``-nan``;
+- modern Caffe's ``Iteration N (x iter/s, ...), loss = X``;
+- restarts: when the iteration goes back (a job restarted in the same file), a new
+  run segment begins, so curves are never drawn zig-zagging back in time.
+Gzip files are read transparently.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from datakit.errors import FormatError
+
+#: names given to 2014 ``Test score #k`` values (old Caffe's accuracy layer: accuracy, then loss).
+LEGACY_SCORE_NAMES = {0: "accuracy", 1: "loss"}
+
+_NUM = r"([-+]?(?:nan|inf|infinity|\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?))"
+_ITER = r"Iteration (\d+)(?: \([^)]*\))?"
+RE_LOSS = re.compile(_ITER + r", loss = " + _NUM, re.I)
+RE_LR = re.compile(_ITER + r", lr = " + _NUM, re.I)
+RE_TESTING = re.compile(r"Iteration (\d+), Testing net(?: \(#(\d+)\))?")
+RE_TEST_OUT = re.compile(r"Test net output #(\d+): (\S+) = " + _NUM, re.I)
+RE_TRAIN_OUT = re.compile(r"Train net output #(\d+): (\S+) = " + _NUM, re.I)
+RE_SCORE = re.compile(r"Test score #(\d+): " + _NUM, re.I)
+RE_TEST_LOSS = re.compile(r"Test loss: " + _NUM, re.I)
+
+
+def _num(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
+
+
+@dataclass
+class Run:
+    """One uninterrupted stretch of training in a log (iterations never go back inside it)."""
+
+    source: str
+    index: int
+    train: dict[str, list[tuple[int, float]]] = field(default_factory=dict)   # "loss", "lr", "output NAME"
+    test: dict[str, list[tuple[int, float]]] = field(default_factory=dict)    # "accuracy", "loss", ...
+
+    @property
+    def label(self) -> str:
+        return self.source if self.index == 0 else f"{self.source} (run {self.index + 1})"
+
+    @property
+    def last_iteration(self) -> int:
+        its = [pts[-1][0] for pts in list(self.train.values()) + list(self.test.values()) if pts]
+        return max(its) if its else -1
+
+    def add_train(self, name: str, it: int, value: float) -> None:
+        self.train.setdefault(name, []).append((it, value))
+
+    def add_test(self, name: str, it: int, value: float) -> None:
+        self.test.setdefault(name, []).append((it, value))
+
+    def empty(self) -> bool:
+        return not any(self.train.values()) and not any(self.test.values())
+
+
+def open_text(path: str | Path) -> Iterator[str]:
+    """Lines of a plain or gzip log, undecodable bytes replaced (logs hold odd binary junk)."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(2)
+        opener = gzip.open if magic == b"\x1f\x8b" else open
+        with opener(path, "rt", encoding="utf-8", errors="replace") as f:
+            yield from f
+    except OSError as err:
+        raise FormatError(f"{path}: cannot read log: {err}") from err
+
+
+def parse_lines(lines: Iterable[str], source: str = "log") -> list[Run]:
+    """Split a log into runs and collect train loss, lr, train outputs and test outputs."""
+    runs: list[Run] = [Run(source, 0)]
+    last_train_it = -1
+    test_it: int | None = None
+    test_net = 0
+
+    def current() -> Run:
+        return runs[-1]
+
+    def restart_if_back(it: int) -> None:
+        nonlocal last_train_it
+        if it < last_train_it and not current().empty():
+            runs.append(Run(source, len(runs)))
+        last_train_it = it
+
+    for line in lines:
+        if "Iteration" in line:
+            m = RE_LOSS.search(line)
+            if m:
+                it = int(m.group(1))
+                restart_if_back(it)
+                current().add_train("loss", it, _num(m.group(2)))
+                continue
+            m = RE_LR.search(line)
+            if m:
+                it = int(m.group(1))
+                restart_if_back(it)
+                current().add_train("lr", it, _num(m.group(2)))
+                continue
+            m = RE_TESTING.search(line)
+            if m:
+                it = int(m.group(1))
+                restart_if_back(it)
+                test_it = it
+                test_net = int(m.group(2) or 0)
+                continue
+        if "output #" in line:
+            m = RE_TRAIN_OUT.search(line)
+            if m:
+                it = last_train_it
+                current().add_train(f"output {m.group(2)}", it, _num(m.group(3)))
+                continue
+            m = RE_TEST_OUT.search(line)
+            if m and test_it is not None:
+                name = m.group(2) if test_net == 0 else f"{m.group(2)} (net #{test_net})"
+                current().add_test(name, test_it, _num(m.group(3)))
+                continue
+        if "Test score #" in line:
+            m = RE_SCORE.search(line)
+            if m and test_it is not None:
+                k = int(m.group(1))
+                current().add_test(LEGACY_SCORE_NAMES.get(k, f"score #{k}"), test_it, _num(m.group(2)))
+                continue
+        if "Test loss:" in line:
+            m = RE_TEST_LOSS.search(line)
+            if m and test_it is not None:
+                current().add_test("loss", test_it, _num(m.group(1)))
+    return [r for r in runs if not r.empty()]
+
+
+def parse_log(path: str | Path) -> list[Run]:
+    """Every run found in one log file (plain or .gz)."""
+    path = Path(path)
+    runs = parse_lines(open_text(path), source=path.name)
+    if not runs:
+        raise FormatError(f"{path}: no Caffe training lines found (expected 'Iteration N, loss = X')")
+    return runs
+
+
+def _split_outputs(runs: list[Run]) -> tuple[set[str], set[str]]:
+    test_names = {n for r in runs for n in r.test}
+    acc = {n for n in test_names if "acc" in n.lower()}
+    return acc, test_names - acc
+
+
+def plot(logs: Iterable[str | Path], out: str | Path, *, title: str | None = None) -> Path:
+    """Draw train loss, test loss, test accuracy and lr against iteration into a PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from datakit.atomic import write_bytes_atomic
+
+    runs = [run for log in logs for run in parse_log(log)]
+    acc_names, loss_names = _split_outputs(runs)
+    fig, (ax_loss, ax_acc, ax_lr) = plt.subplots(3, 1, figsize=(9, 10), sharex=True)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, run in enumerate(runs):
+        c = colours[i % len(colours)]
+        if run.train.get("loss"):
+            its, vals = zip(*run.train["loss"])
+            ax_loss.plot(its, vals, color=c, lw=0.8, alpha=0.8, label=f"{run.label} train loss")
+        for name in sorted(loss_names & set(run.test)):
+            its, vals = zip(*run.test[name])
+            ax_loss.plot(its, vals, color=c, lw=1.6, ls="--", marker=".", label=f"{run.label} test {name}")
+        for name in sorted(acc_names & set(run.test)):
+            its, vals = zip(*run.test[name])
+            ax_acc.plot(its, vals, color=c, marker=".", label=f"{run.label} {name}")
+        if run.train.get("lr"):
+            its, vals = zip(*run.train["lr"])
+            ax_lr.plot(its, vals, color=c, label=run.label)
+    ax_loss.set_ylabel("loss")
+    ax_acc.set_ylabel("test accuracy")
+    ax_lr.set_ylabel("learning rate")
+    ax_lr.set_xlabel("iteration")
+    if any(run.train.get("lr") and min(v for _, v in run.train["lr"]) > 0 for run in runs):
+        ax_lr.set_yscale("log")
+    for ax in (ax_loss, ax_acc, ax_lr):
+        ax.grid(True, alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="best")
+    fig.suptitle(title or ", ".join(sorted({r.source for r in runs})), fontsize=10)
+    fig.tight_layout()
+    import io
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    out = Path(out)
+    write_bytes_atomic(out, buf.getvalue())
+    return out
+
+
+def summary(runs: list[Run]) -> str:
+    """A one-line-per-run text summary (what `trainer plot` prints)."""
+    lines = []
+    for run in runs:
+        loss = run.train.get("loss", [])
+        parts = [f"{run.label}: iterations {loss[0][0]}..{loss[-1][0]}" if loss else f"{run.label}:"]
+        parts.append(f"{len(loss)} loss points")
+        for name, pts in sorted(run.test.items()):
+            parts.append(f"test {name} {len(pts)} points, last {pts[-1][1]:.6g} @ {pts[-1][0]}")
+        lines.append("; ".join(parts))
+    return "\n".join(lines)
