@@ -1,0 +1,83 @@
+"""LevelDB: Caffe's other key-value backend, a folder with CURRENT, LOG and .ldb tables.
+
+LevelDB allows one process at a time to open a database (it holds the LOCK
+file), so readers here are single-process; parallel consumers should read
+`raw_items()` in one process and hand the values to workers.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import plyvel
+
+from datakit.db import Reader
+from datakit.errors import DatabaseError
+
+
+def _open_db(path: Path, **kwargs) -> plyvel.DB:
+    try:
+        return plyvel.DB(str(path), **kwargs)
+    except plyvel.IOError as err:
+        if "lock" in str(err).lower():
+            raise DatabaseError(f"{path}: LevelDB is open in another process (it allows only one); "
+                                "wait for it to finish") from None
+        raise DatabaseError(f"{path}: cannot open LevelDB ({err})") from None
+    except plyvel.Error as err:
+        raise DatabaseError(f"{path}: cannot open LevelDB ({err})") from None
+
+
+class LevelDBReader(Reader):
+    """Iterate a LevelDB in key order."""
+
+    backend = "leveldb"
+
+    def __init__(self, path: str | os.PathLike, *, decode: bool = False, color: bool | None = True) -> None:
+        super().__init__(path, decode=decode, color=color)
+        self.db = _open_db(self.path, create_if_missing=False)
+        self._len: int | None = None
+
+    def __len__(self) -> int:
+        if self._len is None:
+            self._len = sum(1 for _ in self.db.iterator(include_value=False))
+        return self._len
+
+    def raw_items(self, start: bytes | None = None, stop: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+        yield from self.db.iterator(start=start, stop=stop)
+
+    def keys(self) -> Iterator[bytes]:
+        yield from self.db.iterator(include_value=False)
+
+    def close(self) -> None:
+        if not self.db.closed:
+            self.db.close()
+
+
+class LevelDBWriter:
+    """Write batches of (key, value) to a LevelDB, one synced write batch per call."""
+
+    backend = "leveldb"
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        # Caffe uses a 256 MB write buffer; 64 MB keeps memory bounded with little loss.
+        self.db = _open_db(self.path, create_if_missing=True, write_buffer_size=64 << 20,
+                           block_size=65536, max_open_files=100)
+
+    def write(self, items: Sequence[tuple[bytes, bytes]]) -> None:
+        with self.db.write_batch(sync=True) as batch:
+            for key, value in items:
+                batch.put(key, value)
+
+    def truncate_from(self, key: bytes) -> int:
+        keys = list(self.db.iterator(start=key, include_value=False))
+        with self.db.write_batch(sync=True) as batch:
+            for k in keys:
+                batch.delete(k)
+        return len(keys)
+
+    def close(self) -> None:
+        if not self.db.closed:
+            self.db.close()

@@ -1,0 +1,162 @@
+"""The database reader/writer API and Datum encoding (the contract the trainer reads through)."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import h5py
+import numpy as np
+import pytest
+
+from datakit.datum import decode_datum, encode_datum, encode_datum_bytes, parse_datum_fields
+from datakit.db import PROGRESS_NAME, detect_backend, incomplete_path, open_reader
+from datakit.db.hdf5_backend import HDF5Writer
+from datakit.db.leveldb_backend import LevelDBWriter
+from datakit.db.lmdb_backend import LmdbWriter
+from datakit.errors import DatabaseError, FormatError
+from datakit.formats import caffe_pb2
+
+
+def _images(n: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (3, 5 + i % 3, 7), dtype=np.uint8) for i in range(n)]
+
+
+def test_raw_datum_bytes_equal_protobuf_serialization():
+    img = _images(1)[0]
+    d = caffe_pb2.Datum(channels=3, height=img.shape[1], width=7, data=img.tobytes(), label=300, encoded=False)
+    assert encode_datum(img, 300) == d.SerializeToString()
+    parsed = caffe_pb2.Datum.FromString(encode_datum(img, 300))
+    assert (parsed.channels, parsed.height, parsed.width, parsed.label, parsed.encoded) == (3, img.shape[1], 7, 300, False)
+    assert parsed.HasField("encoded")  # Caffe sets encoded=false explicitly
+
+
+def test_encoded_datum_bytes_equal_protobuf_serialization():
+    d = caffe_pb2.Datum(data=b"\xff\xd8jpegbytes", label=2, encoded=True)
+    assert encode_datum_bytes(b"\xff\xd8jpegbytes", 2) == d.SerializeToString()
+
+
+def test_decode_datum_raw_float_and_encoded():
+    img = _images(1)[0]
+    arr, label = decode_datum(encode_datum(img, 4))
+    assert label == 4 and arr.dtype == np.uint8 and np.array_equal(arr, img)
+
+    fl = caffe_pb2.Datum(channels=1, height=2, width=2, label=1)
+    fl.float_data.extend([0.5, 1.5, 2.5, 3.5])
+    arr, label = decode_datum(fl.SerializeToString())
+    assert arr.dtype == np.float32 and arr.shape == (1, 2, 2) and arr[0, 1, 1] == 3.5 and label == 1
+
+    hwc = np.ascontiguousarray(img.transpose(1, 2, 0))
+    png = cv2.imencode(".png", hwc)[1].tobytes()
+    arr, label = decode_datum(encode_datum_bytes(png, 9))
+    assert label == 9 and np.array_equal(arr, img)
+    gray, _ = decode_datum(encode_datum_bytes(png, 9), color=False)
+    assert gray.shape == (1,) + img.shape[1:]
+    assert np.array_equal(gray[0], cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_GRAYSCALE))
+
+
+def test_bad_datum_bytes_raise_format_error():
+    with pytest.raises(FormatError, match="rec 7"):
+        parse_datum_fields(b"\x22\x50abc", "rec 7")  # length runs past the end
+    with pytest.raises(FormatError):
+        decode_datum(encode_datum(_images(1)[0], 1)[:-30])
+
+
+@pytest.mark.parametrize("backend", ["lmdb", "leveldb"])
+def test_kv_round_trip_in_key_order(tmp_path, backend):
+    imgs = _images(12)
+    items = [(f"{i:08d}_dir/img{i}.jpg".encode(), encode_datum(img, i % 4)) for i, img in enumerate(imgs)]
+    path = tmp_path / "db"
+    writer = LmdbWriter(path) if backend == "lmdb" else LevelDBWriter(path)
+    writer.write(items[:5])
+    writer.write(items[5:])
+    writer.close()
+    assert detect_backend(path) == backend
+    with open_reader(path) as reader:
+        assert reader.backend == backend and len(reader) == 12
+        records = list(reader)
+        raw = list(reader.raw_items())
+    assert [r.key for r in records] == [k.decode() for k, _ in items]
+    assert [r.label for r in records] == [i % 4 for i in range(12)]
+    for r, img in zip(records, imgs):
+        assert np.array_equal(r.image, img) and r.encoded is None
+    assert raw == items
+
+
+def test_lmdb_map_grows_instead_of_failing(tmp_path):
+    writer = LmdbWriter(tmp_path / "db", map_size=64 * 1024)
+    big = np.zeros((3, 64, 64), np.uint8)
+    writer.write([(f"{i:08d}".encode(), encode_datum(big, i)) for i in range(30)])  # ~370 KB
+    writer.close()
+    with open_reader(tmp_path / "db") as reader:
+        assert len(reader) == 30
+
+
+def test_truncate_from_removes_later_keys(tmp_path):
+    writer = LmdbWriter(tmp_path / "db")
+    writer.write([(f"{i:08d}_x".encode(), encode_datum(_images(1)[0], i)) for i in range(10)])
+    assert writer.truncate_from(b"00000006") == 4
+    writer.write([(b"00000006_y", encode_datum(_images(1)[0], 66))])
+    writer.close()
+    with open_reader(tmp_path / "db") as reader:
+        assert [r.key for r in reader][-2:] == ["00000005_x", "00000006_y"]
+
+
+def test_encoded_records_bytes_or_decoded(tmp_path):
+    img = _images(1)[0]
+    png = cv2.imencode(".png", np.ascontiguousarray(img.transpose(1, 2, 0)))[1].tobytes()
+    writer = LmdbWriter(tmp_path / "db")
+    writer.write([(b"00000000_a.png", encode_datum_bytes(png, 3))])
+    writer.close()
+    with open_reader(tmp_path / "db") as reader:
+        rec = next(iter(reader))
+    assert rec.image is None and rec.encoded == png and rec.label == 3
+    with open_reader(tmp_path / "db", decode=True) as reader:
+        rec = next(iter(reader))
+    assert np.array_equal(rec.image, img) and rec.encoded == png
+
+
+def test_hdf5_shards_list_and_reader(tmp_path):
+    imgs = [img for img in _images(10) if img.shape[1] == 5][:3] * 3
+    writer = HDF5Writer(tmp_path / "h", chunk=4)
+    assert writer.write([(img, i) for i, img in enumerate(imgs)]) is True
+    writer.finish(tmp_path / "h")
+    writer.close()
+    listed = (tmp_path / "h" / "list.txt").read_text().split()
+    assert [p.rsplit("/", 1)[1] for p in listed] == ["data_00000.h5", "data_00001.h5", "data_00002.h5"]
+    with h5py.File(listed[0], "r") as h5:
+        assert h5["data"].shape == (4, 3, 5, 7) and h5["data"].dtype == np.float32
+        assert list(h5["label"][:]) == [0.0, 1.0, 2.0, 3.0]
+    for path in (tmp_path / "h", tmp_path / "h" / "list.txt", tmp_path / "h" / "data_00002.h5"):
+        assert detect_backend(path) == "hdf5"
+    with open_reader(tmp_path / "h") as reader:
+        recs = list(reader)
+    assert len(recs) == 9 and [r.label for r in recs] == list(range(9))
+    assert all(np.array_equal(r.image, img.astype(np.float32)) for r, img in zip(recs, imgs))
+    with pytest.raises(DatabaseError, match="arrays, not serialized Datums"):
+        next(iter(open_reader(tmp_path / "h").raw_items()))
+
+
+def test_detect_backend_errors_name_the_path(tmp_path):
+    with pytest.raises(DatabaseError, match="not found"):
+        detect_backend(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatabaseError, match="not a database"):
+        detect_backend(tmp_path / "empty")
+    part = incomplete_path(tmp_path / "db")
+    part.mkdir()
+    (part / PROGRESS_NAME).write_text(json.dumps({"status": "incomplete", "written": 42}))
+    with pytest.raises(DatabaseError, match="interrupted.*42.*--resume"):
+        open_reader(tmp_path / "db")
+
+
+def test_reader_refuses_unfinished_database(tmp_path):
+    writer = LmdbWriter(tmp_path / "db")
+    writer.write([(b"00000000_a", encode_datum(_images(1)[0], 0))])
+    writer.close()
+    (tmp_path / "db" / PROGRESS_NAME).write_text(json.dumps({"status": "incomplete", "written": 1}))
+    with pytest.raises(DatabaseError, match="has not finished"):
+        open_reader(tmp_path / "db")
+    with open_reader(tmp_path / "db", allow_incomplete=True) as reader:
+        assert len(reader) == 1
