@@ -8,6 +8,8 @@ from cli.dispatch import run_main
 
 # name -> module defining HELP, add_arguments(parser), run(args)
 COMMANDS: dict[str, str] = {
+    "assemble": "cli.cmd_assemble",
+    "mirror": "cli.cmd_mirror",
     "check-list": "cli.cmd_check_list",
     "describe": "cli.cmd_describe",
     "upgrade": "cli.cmd_upgrade",
