@@ -1,0 +1,248 @@
+"""Device kernels behind plain functions: im2col/col2im, max/ave pooling, LRN.
+
+Each function takes ``xp`` arrays and dispatches on their module: the NumPy
+twin is written with strided slices (a loop over the kernel window only,
+never over pixels); the CuPy version is a RawKernel compiled on first use,
+one thread per output element, with the same conventions (im2col layout,
+window-local argmax index, Caffe's padding rules) so the two agree exactly.
+``tests/test_kernels.py`` checks the agreement where CuPy and a GPU exist.
+
+Layouts: images are N×C×H×W; im2col gives N × (C·kh·kw) × (oh·ow), rows
+ordered (c, i, j) as Caffe's im2col so conv weights reshape to (M, C·kh·kw).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from trainer.backend import get_array_module
+
+# ----------------------------------------------------------------- shapes ----
+
+
+def conv_out_size(size: int, kernel: int, pad: int, stride: int, dilation: int = 1) -> int:
+    """Caffe: floor((in + 2*pad - (dilation*(kernel-1)+1)) / stride) + 1."""
+    return (size + 2 * pad - (dilation * (kernel - 1) + 1)) // stride + 1
+
+
+def pool_out_size(size: int, kernel: int, pad: int, stride: int, ceil_mode: bool = True) -> int:
+    """Caffe's pooled size: ceil (or floor) mode, then drop a last window starting in the right pad."""
+    span = size + 2 * pad - kernel
+    out = (-(-span // stride) if ceil_mode else span // stride) + 1
+    if pad > 0 and (out - 1) * stride >= size + pad:
+        out -= 1
+    return out
+
+
+def ave_pool_divisor(size: int, out: int, kernel: int, pad: int, stride: int) -> np.ndarray:
+    """Per-output-position window size along one axis for AVE pooling (Caffe's rule).
+
+    hend = min(hstart + kernel, size + pad) with hstart = o*stride - pad,
+    counted before clipping to the image: padding inside ``size + pad`` counts.
+    """
+    start = np.arange(out) * stride - pad
+    end = np.minimum(start + kernel, size + pad)
+    return (end - start).astype(np.float64)
+
+
+# ----------------------------------------------------------------- im2col ----
+
+
+def im2col(x: Any, kh: int, kw: int, ph: int, pw: int, sh: int, sw: int,
+           dh: int = 1, dw: int = 1) -> Any:
+    """N×C×H×W → N×(C·kh·kw)×(oh·ow) columns (zero padding)."""
+    xp = get_array_module(x)
+    n, c, h, w = x.shape
+    oh = conv_out_size(h, kh, ph, sh, dh)
+    ow = conv_out_size(w, kw, pw, sw, dw)
+    if xp is not np:
+        return _cuda().im2col(x, kh, kw, ph, pw, sh, sw, dh, dw, oh, ow)
+    if ph or pw:
+        xpad = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=x.dtype)
+        xpad[:, :, ph:ph + h, pw:pw + w] = x
+    else:
+        xpad = x
+    col = np.empty((n, c, kh, kw, oh, ow), dtype=x.dtype)
+    for i in range(kh):
+        y0 = i * dh
+        for j in range(kw):
+            x0 = j * dw
+            col[:, :, i, j] = xpad[:, :, y0:y0 + sh * (oh - 1) + 1:sh, x0:x0 + sw * (ow - 1) + 1:sw]
+    return col.reshape(n, c * kh * kw, oh * ow)
+
+
+def col2im(col: Any, shape: tuple[int, int, int, int], kh: int, kw: int, ph: int, pw: int,
+           sh: int, sw: int, dh: int = 1, dw: int = 1) -> Any:
+    """The adjoint of im2col: sum columns back into an N×C×H×W image."""
+    xp = get_array_module(col)
+    n, c, h, w = shape
+    oh = conv_out_size(h, kh, ph, sh, dh)
+    ow = conv_out_size(w, kw, pw, sw, dw)
+    if xp is not np:
+        return _cuda().col2im(col, shape, kh, kw, ph, pw, sh, sw, dh, dw, oh, ow)
+    col6 = col.reshape(n, c, kh, kw, oh, ow)
+    xpad = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=col.dtype)
+    for i in range(kh):
+        y0 = i * dh
+        for j in range(kw):
+            x0 = j * dw
+            xpad[:, :, y0:y0 + sh * (oh - 1) + 1:sh, x0:x0 + sw * (ow - 1) + 1:sw] += col6[:, :, i, j]
+    if ph or pw:
+        return np.ascontiguousarray(xpad[:, :, ph:ph + h, pw:pw + w])
+    return xpad
+
+
+# ---------------------------------------------------------------- pooling ----
+
+
+def _pad_for_pool(x: np.ndarray, kh: int, kw: int, ph: int, pw: int, sh: int, sw: int,
+                  oh: int, ow: int, fill: float) -> np.ndarray:
+    """Pad so that every (ceil-mode) window lies inside; extra cells hold ``fill``."""
+    n, c, h, w = x.shape
+    hp = max(h + 2 * ph, (oh - 1) * sh + kh)
+    wp = max(w + 2 * pw, (ow - 1) * sw + kw)
+    if hp == h and wp == w:
+        return x
+    out = np.full((n, c, hp, wp), fill, dtype=x.dtype)
+    out[:, :, ph:ph + h, pw:pw + w] = x
+    return out
+
+
+def max_pool_forward(x: Any, kh: int, kw: int, ph: int, pw: int, sh: int, sw: int,
+                     oh: int, ow: int) -> tuple[Any, Any]:
+    """Max pooling; returns (y, argmax) with argmax the window-local index i*kw+j.
+
+    Padded cells never win (Caffe clips the window to the image); ties keep
+    the first maximum in row-major window order, as Caffe's strict ``>``.
+    """
+    xp = get_array_module(x)
+    if xp is not np:
+        return _cuda().max_pool_forward(x, kh, kw, ph, pw, sh, sw, oh, ow)
+    n, c = x.shape[:2]
+    xpad = _pad_for_pool(x, kh, kw, ph, pw, sh, sw, oh, ow, -np.inf)
+    y = np.full((n, c, oh, ow), -np.inf, dtype=x.dtype)
+    arg = np.zeros((n, c, oh, ow), dtype=np.int32)
+    better = np.empty((n, c, oh, ow), dtype=bool)
+    for i in range(kh):
+        for j in range(kw):
+            cand = xpad[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw]
+            np.greater(cand, y, out=better)
+            np.copyto(y, cand, where=better)
+            np.copyto(arg, i * kw + j, where=better)
+    return y, arg
+
+
+def max_pool_backward(dy: Any, arg: Any, shape: tuple[int, int, int, int], kh: int, kw: int,
+                      ph: int, pw: int, sh: int, sw: int) -> Any:
+    """Route each output gradient to the input cell that won its window."""
+    xp = get_array_module(dy)
+    if xp is not np:
+        return _cuda().max_pool_backward(dy, arg, shape, kh, kw, ph, pw, sh, sw)
+    n, c, h, w = shape
+    oh, ow = dy.shape[2:]
+    hp = max(h + 2 * ph, (oh - 1) * sh + kh)
+    wp = max(w + 2 * pw, (ow - 1) * sw + kw)
+    dx = np.zeros((n, c, hp, wp), dtype=dy.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            dx[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw] += \
+                np.where(arg == i * kw + j, dy, 0)
+    return np.ascontiguousarray(dx[:, :, ph:ph + h, pw:pw + w])
+
+
+def _ave_divisor(h: int, w: int, kh: int, kw: int, ph: int, pw: int, sh: int, sw: int,
+                 oh: int, ow: int, dtype: Any) -> np.ndarray:
+    dv = ave_pool_divisor(h, oh, kh, ph, sh)[:, None] * ave_pool_divisor(w, ow, kw, pw, sw)[None, :]
+    return dv.astype(dtype)
+
+
+def ave_pool_forward(x: Any, kh: int, kw: int, ph: int, pw: int, sh: int, sw: int,
+                     oh: int, ow: int) -> Any:
+    """Average pooling with Caffe's divisor (see ``ave_pool_divisor``)."""
+    xp = get_array_module(x)
+    if xp is not np:
+        return _cuda().ave_pool_forward(x, kh, kw, ph, pw, sh, sw, oh, ow)
+    n, c, h, w = x.shape
+    xpad = _pad_for_pool(x, kh, kw, ph, pw, sh, sw, oh, ow, 0.0)
+    y = np.zeros((n, c, oh, ow), dtype=x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            y += xpad[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw]
+    y /= _ave_divisor(h, w, kh, kw, ph, pw, sh, sw, oh, ow, x.dtype)
+    return y
+
+
+def ave_pool_backward(dy: Any, shape: tuple[int, int, int, int], kh: int, kw: int,
+                      ph: int, pw: int, sh: int, sw: int) -> Any:
+    xp = get_array_module(dy)
+    if xp is not np:
+        return _cuda().ave_pool_backward(dy, shape, kh, kw, ph, pw, sh, sw)
+    n, c, h, w = shape
+    oh, ow = dy.shape[2:]
+    g = dy / _ave_divisor(h, w, kh, kw, ph, pw, sh, sw, oh, ow, dy.dtype)
+    hp = max(h + 2 * ph, (oh - 1) * sh + kh)
+    wp = max(w + 2 * pw, (ow - 1) * sw + kw)
+    dx = np.zeros((n, c, hp, wp), dtype=dy.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            dx[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw] += g
+    return np.ascontiguousarray(dx[:, :, ph:ph + h, pw:pw + w])
+
+
+# -------------------------------------------------------------------- LRN ----
+
+
+def _channel_window_sum(a: np.ndarray, before: int, after: int) -> np.ndarray:
+    """s[:, c] = sum of a[:, c-before .. c+after] (zero beyond the edges)."""
+    n, c, h, w = a.shape
+    padded = np.zeros((n, c + before + after, h, w), dtype=a.dtype)
+    padded[:, before:before + c] = a
+    out = padded[:, 0:c].copy()
+    for k in range(1, before + after + 1):
+        out += padded[:, k:k + c]
+    return out
+
+
+def lrn_across_forward(x: Any, size: int, alpha: float, beta: float, k: float) -> tuple[Any, Any]:
+    """ACROSS_CHANNELS LRN: returns (y, scale), scale = k + alpha/size · Σ x² over the window."""
+    xp = get_array_module(x)
+    if xp is not np:
+        return _cuda().lrn_across_forward(x, size, alpha, beta, k)
+    pre = (size - 1) // 2
+    scale = _channel_window_sum(x * x, pre, size - pre - 1)
+    scale *= alpha / size
+    scale += k
+    y = x * np.power(scale, -beta)
+    return y, scale
+
+
+def lrn_across_backward(x: Any, y: Any, scale: Any, dy: Any, size: int, alpha: float,
+                        beta: float) -> Any:
+    """dx = dy·scale^-β − (2αβ/size)·x·Σ_window(dy·y/scale) (the window mirrored)."""
+    xp = get_array_module(x)
+    if xp is not np:
+        return _cuda().lrn_across_backward(x, y, scale, dy, size, alpha, beta)
+    pre = (size - 1) // 2
+    ratio = dy * y / scale
+    acc = _channel_window_sum(ratio, size - pre - 1, pre)
+    return dy * np.power(scale, -beta) - (2.0 * alpha * beta / size) * x * acc
+
+
+# --------------------------------------------------------------- CuPy side ----
+
+_CUDA_IMPL: Any = None
+
+
+def _cuda() -> Any:
+    global _CUDA_IMPL
+    if _CUDA_IMPL is None:
+        from trainer import kernels_cuda  # noqa: PLC0415 - compiled only when a GPU is used
+        _CUDA_IMPL = kernels_cuda
+    return _CUDA_IMPL
+
+
+def blocks(n: int, threads: int = 256) -> int:
+    return max(1, math.ceil(n / threads))

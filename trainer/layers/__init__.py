@@ -1,0 +1,61 @@
+"""Layer registry: Caffe type strings ("Convolution", "Data", ...) to classes.
+
+Each family lives in its own module and registers its classes with
+``@register("Type")``; importing this package imports the families, so a net
+can be built from any registered type. Modules written elsewhere (data
+layers with prefetching, for instance) register the same way; a later
+registration of a type replaces the earlier one on purpose.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, TypeVar
+
+from datakit.errors import FormatError
+
+from .base import Blob, Layer
+
+_REGISTRY: dict[str, type[Layer]] = {}
+
+L = TypeVar("L", bound=type[Layer])
+
+
+def register(type_name: str) -> Callable[[L], L]:
+    """Class decorator: make ``cls`` the implementation of Caffe type ``type_name``."""
+    def wrap(cls: L) -> L:
+        cls.type = type_name
+        _REGISTRY[type_name] = cls
+        return cls
+    return wrap
+
+
+def layer_class(type_name: str, layer_name: str = "?") -> type[Layer]:
+    """The class registered for ``type_name``; FormatError naming the layer otherwise."""
+    _load_families()
+    try:
+        return _REGISTRY[type_name]
+    except KeyError:
+        known = ", ".join(sorted(_REGISTRY))
+        raise FormatError(f"layer {layer_name}: unknown layer type {type_name!r} (known: {known})") from None
+
+
+def registered_types() -> list[str]:
+    _load_families()
+    return sorted(_REGISTRY)
+
+
+_loaded = False
+
+
+def _load_families() -> None:
+    """Import every layer family once (they register themselves)."""
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    from . import activation, common, conv, data, loss, norm, pool  # noqa: F401
+    # prefetching data layers (issue 6); data_db's "Data" replaces the basic one registered above
+    from . import data_db, data_hdf5, data_image, data_memory  # noqa: F401
+
+
+__all__ = ["Blob", "Layer", "register", "layer_class", "registered_types"]

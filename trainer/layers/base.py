@@ -1,0 +1,193 @@
+"""Blob and Layer: the two types every layer family builds on.
+
+A Blob holds a batch's values (``data``) and their gradients (``diff``) as
+``xp`` arrays, like Caffe's Blob. A Layer is Caffe's Layer: ``setup`` checks its
+parameters and creates its learnable blobs, ``reshape`` sets top shapes,
+``forward`` computes tops from bottoms, ``backward`` writes bottom gradients
+and *accumulates* parameter gradients (so ``iter_size`` and shared weights
+work as in Caffe). Layers know nothing about the solver.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any, Sequence
+
+import numpy as np
+
+from datakit.errors import FormatError
+from datakit.formats import caffe_pb2
+
+
+class Blob:
+    """A named N-d array pair (data, diff) on the net's device.
+
+    ``diff`` is allocated on first use: blobs that never carry a gradient (test
+    nets, data tops) then cost no second buffer.
+    """
+
+    __slots__ = ("name", "xp", "dtype", "_data", "_diff")
+
+    def __init__(self, xp: ModuleType, shape: Sequence[int] = (), dtype: Any = np.float32,
+                 name: str = "") -> None:
+        self.name = name
+        self.xp = xp
+        self.dtype = np.dtype(dtype)
+        self._data = xp.zeros(tuple(int(s) for s in shape), dtype=self.dtype)
+        self._diff: Any = None
+
+    # -- arrays ----------------------------------------------------------------
+    @property
+    def data(self) -> Any:
+        return self._data
+
+    @data.setter
+    def data(self, value: Any) -> None:
+        """Replace the values (keeps shape consistent with diff)."""
+        self._data = value
+        if self._diff is not None and self._diff.shape != value.shape:
+            self._diff = None
+
+    @property
+    def diff(self) -> Any:
+        if self._diff is None:
+            self._diff = self.xp.zeros(self._data.shape, dtype=self.dtype)
+        return self._diff
+
+    @diff.setter
+    def diff(self, value: Any) -> None:
+        self._diff = value
+
+    @property
+    def has_diff(self) -> bool:
+        return self._diff is not None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self._data.shape)
+
+    @property
+    def count(self) -> int:
+        return int(self._data.size)
+
+    @property
+    def num_axes(self) -> int:
+        return self._data.ndim
+
+    def reshape(self, shape: Sequence[int]) -> None:
+        """Give the blob a new shape; memory is kept when the count is unchanged."""
+        shape = tuple(int(s) for s in shape)
+        if any(s < 0 for s in shape):
+            raise ValueError(f"blob {self.name}: negative dimension in {shape}")
+        if shape == self.shape:
+            return
+        if int(np.prod(shape, dtype=np.int64)) == self.count and self._data.flags.c_contiguous:
+            self._data = self._data.reshape(shape)
+            if self._diff is not None:
+                self._diff = self._diff.reshape(shape) if self._diff.flags.c_contiguous else None
+        else:
+            self._data = self.xp.zeros(shape, dtype=self.dtype)
+            self._diff = None
+
+    def share_data(self, other: "Blob") -> None:
+        """Use ``other``'s data array (Caffe's ShareData), as Split and Flatten do."""
+        self._data = other._data
+
+    def zero_diff(self) -> None:
+        if self._diff is not None:
+            self._diff.fill(0)
+
+    def __repr__(self) -> str:
+        return f"Blob({self.name!r}, shape={self.shape})"
+
+
+def canonical_axis(axis: int, num_axes: int, layer: str) -> int:
+    """Caffe's CanonicalAxisIndex: negative axes count from the end."""
+    if not -num_axes <= axis < max(num_axes, 1):
+        raise FormatError(f"layer {layer}: axis {axis} is out of range for a {num_axes}-axis blob")
+    return axis + num_axes if axis < 0 else axis
+
+
+class Layer:
+    """Base class of every layer (Caffe's Layer).
+
+    Subclasses set ``type`` (the Caffe type string, via ``register``) and
+    override ``setup``/``reshape``/``forward``/``backward``. Class attributes
+    say how the net wires them: ``exact_num_bottoms`` etc. are checked before
+    ``setup``; ``is_loss`` gives top 0 a default loss weight of 1.
+    """
+
+    type: str = ""
+    min_bottoms: int = 0
+    max_bottoms: int | None = None
+    min_tops: int = 0
+    max_tops: int | None = None
+    is_loss: bool = False
+    is_data: bool = False
+
+    def __init__(self, param: caffe_pb2.LayerParameter, phase: int, xp: ModuleType, *,
+                 dtype: Any = np.float32, rng: np.random.Generator | None = None,
+                 base_dir: str = ".") -> None:
+        self.param = param
+        self.name = param.name
+        self.phase = phase
+        self.xp = xp
+        self.dtype = np.dtype(dtype)
+        self.rng = rng if rng is not None else np.random.default_rng()
+        self.base_dir = base_dir
+        self.blobs: list[Blob] = []
+        # Set by the Net: False when no backward pass will run through this
+        # layer, so layers need not keep forward buffers (im2col columns).
+        self.need_backward = True
+        # Set by the Net per learnable blob: False when its lr_mult is 0, so
+        # the layer skips that gradient (Caffe's param_propagate_down).
+        self.param_propagate_down: list[bool] = []
+
+    # -- the four methods a layer implements -----------------------------------
+    def setup(self, bottoms: list[Blob], tops: list[Blob]) -> None:
+        """Check parameters, create and fill ``self.blobs``."""
+
+    def reshape(self, bottoms: list[Blob], tops: list[Blob]) -> None:
+        """Set the top shapes from the bottom shapes."""
+        raise NotImplementedError
+
+    def forward(self, bottoms: list[Blob], tops: list[Blob]) -> None:
+        raise NotImplementedError
+
+    def backward(self, tops: list[Blob], propagate_down: list[bool], bottoms: list[Blob]) -> None:
+        """Write bottom ``diff`` where ``propagate_down``; add into param ``diff``."""
+
+    # -- helpers --------------------------------------------------------------
+    def param_needs_grad(self, k: int) -> bool:
+        """Whether learnable blob ``k`` wants its gradient (True when the net has not said)."""
+        return k >= len(self.param_propagate_down) or self.param_propagate_down[k]
+
+    def allow_force_backward(self, bottom_index: int) -> bool:
+        """False for bottoms that never get a gradient (labels of a loss)."""
+        return True
+
+    def check_counts(self, n_bottoms: int, n_tops: int) -> None:
+        """Caffe's CheckBlobCounts, with an error that names the layer."""
+        def bad(what: str, n: int, lo: int, hi: int | None) -> None:
+            want = f"{lo}" if hi == lo else (f"at least {lo}" if hi is None else f"{lo} to {hi}")
+            raise FormatError(f"layer {self.name} ({self.type}): takes {want} {what} blob(s), got {n}")
+        if n_bottoms < self.min_bottoms or (self.max_bottoms is not None and n_bottoms > self.max_bottoms):
+            bad("bottom", n_bottoms, self.min_bottoms, self.max_bottoms)
+        if n_tops < self.min_tops or (self.max_tops is not None and n_tops > self.max_tops):
+            bad("top", n_tops, self.min_tops, self.max_tops)
+
+    def error(self, message: str) -> FormatError:
+        """A FormatError whose message names this layer."""
+        return FormatError(f"layer {self.name} ({self.type}): {message}")
+
+    def new_blob(self, shape: Sequence[int], name: str = "") -> Blob:
+        return Blob(self.xp, shape, self.dtype, name=name or self.name)
+
+    def param_blob_from_host(self, values: np.ndarray, index: int) -> Blob:
+        """A learnable blob holding ``values`` (filled on the host, then moved)."""
+        blob = Blob(self.xp, values.shape, self.dtype, name=f"{self.name}[{index}]")
+        blob.data = self.xp.asarray(values.astype(self.dtype, copy=False))
+        return blob
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"

@@ -1,0 +1,291 @@
+"""Structural and dense layers: InnerProduct, Concat, Flatten, Reshape, Split, Eltwise, Silence."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from datakit.formats import caffe_pb2
+
+from . import register
+from .base import Blob, Layer, canonical_axis
+from .learnable import filler_or_default, make_param_blob
+
+
+@register("InnerProduct")
+class InnerProductLayer(Layer):
+    """y = x·Wᵀ + b on x flattened from ``axis``; W is (num_output, K), or (K, num_output) with transpose."""
+
+    min_bottoms = max_bottoms = 1
+    min_tops = max_tops = 1
+
+    def setup(self, bottoms: list[Blob], tops: list[Blob]) -> None:
+        p = self.param.inner_product_param
+        if not p.HasField("num_output") or p.num_output < 1:
+            raise self.error("num_output must be given and positive")
+        self.num_output = int(p.num_output)
+        self.axis = canonical_axis(p.axis, len(bottoms[0].shape), self.name)
+        self.k = int(np.prod(bottoms[0].shape[self.axis:], dtype=np.int64))
+        self.transpose = bool(p.transpose)
+        self.bias_term = bool(p.bias_term)
+        wshape = (self.k, self.num_output) if self.transpose else (self.num_output, self.k)
+        self.blobs = [make_param_blob(self, 0, wshape,
+                                      filler_or_default(p.HasField("weight_filler"), p.weight_filler))]
+        if self.bias_term:
+            self.blobs.append(make_param_blob(self, 1, (self.num_output,),
+                                              filler_or_default(p.HasField("bias_filler"), p.bias_filler)))
+
+    def reshape(self, bottoms: list[Blob], tops: list[Blob]) -> None:
+        shape = bottoms[0].shape
+        k = int(np.prod(shape[self.axis:], dtype=np.int64))
+        if k != self.k:
+            raise self.error(f"bottom {bottoms[0].name} has {k} inputs per sample from axis "
+                             f"{self.axis} (shape {shape}); the weights expect {self.k}")
+        tops[0].reshape(tuple(shape[:self.axis]) + (self.num_output,))
+
+    def forward(self, bottoms: list[Blob], tops: list[Blob]) -> None:
+        x = bottoms[0].data.reshape(-1, self.k)
+        w = self.blobs[0].data
+        y = x @ w if self.transpose else x @ w.T
+        if self.bias_term:
+            y += self.blobs[1].data
+        tops[0].data = y.reshape(tops[0].shape)
+
+    def backward(self, tops: list[Blob], propagate_down: list[bool], bottoms: list[Blob]) -> None:
+        dy = tops[0].diff.reshape(-1, self.num_output)
+        x = bottoms[0].data.reshape(-1, self.k)
+        if not self.param_needs_grad(0):
+            pass
+        elif self.transpose:
+            self.blobs[0].diff += x.T @ dy
+        else:
+            self.blobs[0].diff += dy.T @ x
+        if self.bias_term and self.param_needs_grad(1):
+            self.blobs[1].diff += dy.sum(axis=0)
+        if propagate_down[0]:
+            w = self.blobs[0].data
+            dx = dy @ w.T if self.transpose else dy @ w
+            bottoms[0].diff = dx.reshape(bottoms[0].shape)
+
+
+@register("Split")
+class SplitLayer(Layer):
+    """Tops share the bottom's data; the bottom's gradient is the sum of the tops'."""
+
+    min_bottoms = max_bottoms = 1
+    min_tops = 1
+
+    def reshape(self, bottoms: list[Blob], tops: list[Blob]) -> None:
+        for t in tops:
+            t.reshape(bottoms[0].shape)
+            t.share_data(bottoms[0])
+
+    def forward(self, bottoms: list[Blob], tops: list[Blob]) -> None:
+        for t in tops:
+            t.share_data(bottoms[0])
+
+    def backward(self, tops: list[Blob], propagate_down: list[bool], bottoms: list[Blob]) -> None:
+        if not propagate_down[0]:
+            return
+        total = tops[0].diff.copy()
+        for t in tops[1:]:
+            total += t.diff
+        bottoms[0].diff = total
+
+
+@register("Silence")
+class SilenceLayer(Layer):
+    """Consumes blobs so they are not net outputs; gradients are zero."""
+
+    min_bottoms = 1
+    max_tops = 0
+
+    def reshape(self, bottoms: list[Blob], tops: list[Blob]) -> None:
+        pass
+
+    def forward(self, bottoms: list[Blob], tops: list[Blob]) -> None:
+        pass
+
+    def backward(self, tops: list[Blob], propagate_down: list[bool], bottoms: list[Blob]) -> None:
+        for b, down in zip(bottoms, propagate_down):
+            if down:
+                b.diff = self.xp.zeros(b.shape, dtype=self.dtype)
+
+
+@register("Flatten")
+class FlattenLayer(Layer):
+    """Collapse axes [axis, end_axis] into one; the top views the bottom's data."""
+
+    min_bottoms = max_bottoms = 1
+    min_tops = max_tops = 1
+
+    def reshape(self, bottoms: list[Blob], tops: list[Blob]) -> None:
+        p = self.param.flatten_param
+        shape = bottoms[0].shape
+        a = canonical_axis(p.axis, len(shape), self.name)
+        e = canonical_axis(p.end_axis, len(shape), self.name)
+        if e < a:
+            raise self.error(f"end_axis {p.end_axis} comes before axis {p.axis}")
+        new = shape[:a] + (int(np.prod(shape[a:e + 1], dtype=np.int64)),) + shape[e + 1:]
+        tops[0].reshape(new)
+
+    def forward(self, bottoms: list[Blob], tops: list[Blob]) -> None:
+        tops[0].data = bottoms[0].data.reshape(tops[0].shape)
+
+    def backward(self, tops: list[Blob], propagate_down: list[bool], bottoms: list[Blob]) -> None:
+        if propagate_down[0]:
+            bottoms[0].diff = tops[0].diff.reshape(bottoms[0].shape)
+
+
+@register("Reshape")
+class ReshapeLayer(Layer):
+    """Caffe's Reshape: 0 copies a bottom dim, -1 is inferred; axis/num_axes select a range."""
+
+    min_bottoms = max_bottoms = 1
+    min_tops = max_tops = 1
+
+    def reshape(self, bottoms: list[Blob], tops: list[Blob]) -> None:
+        p = self.param.reshape_param
+        shape = bottoms[0].shape
+        dims = [int(d) for d in p.shape.dim]
+        start = p.axis + len(shape) + 1 if p.axis < 0 else p.axis
+        if not 0 <= start <= len(shape):
+            raise self.error(f"axis {p.axis} is out of range for shape {shape}")
+        end = len(shape) if p.num_axes == -1 else start + p.num_axes
+        if p.num_axes < -1 or end > len(shape):
+            raise self.error(f"num_axes {p.num_axes} is out of range for shape {shape}")
+        out: list[int] = []
+        infer = -1
+        for i, d in enumerate(dims):
+            if d == 0:
+                if start + i >= len(shape):
+                    raise self.error(f"dim {i} is 0 (copy) but the bottom has no axis {start + i}")
+                out.append(shape[start + i])
+            elif d == -1:
+                if infer >= 0:
+                    raise self.error("only one dimension may be -1")
+                infer = i
+                out.append(1)
+            elif d < -1:
+                raise self.error(f"dimension {d} is invalid")
+            else:
+                out.append(d)
+        new = list(shape[:start]) + out + list(shape[end:])
+        count = int(np.prod(shape, dtype=np.int64))
+        known = int(np.prod(new, dtype=np.int64))
+        if infer >= 0:
+            if known == 0 or count % known:
+                raise self.error(f"cannot infer -1: {count} values do not fit {new}")
+            new[start + infer] = count // known
+        if int(np.prod(new, dtype=np.int64)) != count:
+            raise self.error(f"reshape of {shape} to {tuple(new)} changes the number of values")
+        tops[0].reshape(tuple(new))
+
+    def forward(self, bottoms: list[Blob], tops: list[Blob]) -> None:
+        tops[0].data = bottoms[0].data.reshape(tops[0].shape)
+
+    def backward(self, tops: list[Blob], propagate_down: list[bool], bottoms: list[Blob]) -> None:
+        if propagate_down[0]:
+            bottoms[0].diff = tops[0].diff.reshape(bottoms[0].shape)
+
+
+@register("Concat")
+class ConcatLayer(Layer):
+    min_bottoms = 1
+    min_tops = max_tops = 1
+
+    def reshape(self, bottoms: list[Blob], tops: list[Blob]) -> None:
+        p = self.param.concat_param
+        first = bottoms[0].shape
+        if p.HasField("concat_dim") and not p.HasField("axis"):
+            axis = int(p.concat_dim)
+        else:
+            axis = int(p.axis)
+        self.axis = canonical_axis(axis, len(first), self.name)
+        total = 0
+        for b in bottoms:
+            s = b.shape
+            if len(s) != len(first) or s[:self.axis] != first[:self.axis] or s[self.axis + 1:] != first[self.axis + 1:]:
+                raise self.error(f"bottom {b.name} has shape {s}; all bottoms must match {first} "
+                                 f"except on axis {self.axis}")
+            total += s[self.axis]
+        tops[0].reshape(first[:self.axis] + (total,) + first[self.axis + 1:])
+
+    def forward(self, bottoms: list[Blob], tops: list[Blob]) -> None:
+        if len(bottoms) == 1:
+            tops[0].share_data(bottoms[0])
+            return
+        tops[0].data = self.xp.concatenate([b.data for b in bottoms], axis=self.axis)
+
+    def backward(self, tops: list[Blob], propagate_down: list[bool], bottoms: list[Blob]) -> None:
+        dy = tops[0].diff
+        offset = 0
+        for b, down in zip(bottoms, propagate_down):
+            size = b.shape[self.axis]
+            if down:
+                index: list[Any] = [slice(None)] * dy.ndim
+                index[self.axis] = slice(offset, offset + size)
+                bottoms_diff = dy[tuple(index)]
+                b.diff = self.xp.ascontiguousarray(bottoms_diff)
+            offset += size
+
+
+@register("Eltwise")
+class EltwiseLayer(Layer):
+    """SUM (with coeff), PROD or MAX of same-shaped bottoms."""
+
+    min_bottoms = 2
+    min_tops = max_tops = 1
+
+    def setup(self, bottoms: list[Blob], tops: list[Blob]) -> None:
+        p = self.param.eltwise_param
+        self.op = p.operation
+        if p.coeff and (self.op != caffe_pb2.EltwiseParameter.SUM or len(p.coeff) != len(bottoms)):
+            raise self.error("coeff needs operation SUM and one value per bottom")
+        self.coeff = [float(c) for c in p.coeff] or [1.0] * len(bottoms)
+        self._argmax: Any = None
+
+    def reshape(self, bottoms: list[Blob], tops: list[Blob]) -> None:
+        for b in bottoms[1:]:
+            if b.shape != bottoms[0].shape:
+                raise self.error(f"bottom {b.name} has shape {b.shape}, expected {bottoms[0].shape}")
+        tops[0].reshape(bottoms[0].shape)
+
+    def forward(self, bottoms: list[Blob], tops: list[Blob]) -> None:
+        xp = self.xp
+        E = caffe_pb2.EltwiseParameter
+        if self.op == E.SUM:
+            y = bottoms[0].data * self.coeff[0]
+            for c, b in zip(self.coeff[1:], bottoms[1:]):
+                y = y + c * b.data
+        elif self.op == E.PROD:
+            y = bottoms[0].data.copy()
+            for b in bottoms[1:]:
+                y = y * b.data
+        else:
+            y = bottoms[0].data.copy()
+            arg = xp.zeros(y.shape, dtype=np.int32)
+            for i, b in enumerate(bottoms[1:], start=1):
+                better = b.data > y  # Caffe keeps the first maximum
+                y = xp.where(better, b.data, y)
+                arg = xp.where(better, i, arg)
+            self._argmax = arg
+        tops[0].data = y
+
+    def backward(self, tops: list[Blob], propagate_down: list[bool], bottoms: list[Blob]) -> None:
+        E = caffe_pb2.EltwiseParameter
+        dy = tops[0].diff
+        for i, (b, down) in enumerate(zip(bottoms, propagate_down)):
+            if not down:
+                continue
+            if self.op == E.SUM:
+                b.diff = dy * self.coeff[i] if self.coeff[i] != 1.0 else dy.copy()
+            elif self.op == E.PROD:
+                g = dy.copy()
+                for j, other in enumerate(bottoms):
+                    if j != i:
+                        g = g * other.data
+                b.diff = g
+            else:
+                b.diff = dy * (self._argmax == i)

@@ -1,0 +1,141 @@
+"""Convolution (Caffe's ConvolutionLayer): im2col + one GEMM per group."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from trainer import kernels
+
+from . import register
+from .base import Blob, Layer
+from .learnable import filler_or_default, make_param_blob
+
+
+def _pair(repeated: Any, h_set: bool, h: int, w_set: bool, w: int, default: int,
+          what: str, layer: Layer) -> tuple[int, int]:
+    """Caffe's rule: kernel_h/kernel_w when given, else the repeated field (1 or 2 values)."""
+    if h_set or w_set:
+        if not (h_set and w_set):
+            raise layer.error(f"{what}_h and {what}_w must be given together")
+        if len(repeated):
+            raise layer.error(f"give either {what}_size/{what} or {what}_h and {what}_w, not both")
+        return int(h), int(w)
+    values = list(repeated)
+    if not values:
+        return default, default
+    if len(values) == 1:
+        return int(values[0]), int(values[0])
+    if len(values) == 2:
+        return int(values[0]), int(values[1])
+    raise layer.error(f"{what} has {len(values)} values; only 2-D convolution is supported")
+
+
+@register("Convolution")
+class ConvolutionLayer(Layer):
+    """y[n] = W_g · im2col(x[n])_g + b for each group g; N bottoms share the weights."""
+
+    min_bottoms = 1
+    min_tops = 1
+
+    def setup(self, bottoms: list[Blob], tops: list[Blob]) -> None:
+        p = self.param.convolution_param
+        if len(bottoms) != len(tops):
+            raise self.error(f"needs as many tops as bottoms, got {len(bottoms)} and {len(tops)}")
+        if p.axis != 1:
+            raise self.error(f"axis {p.axis} is not supported (channels must be axis 1)")
+        if len(bottoms[0].shape) != 4:
+            raise self.error(f"expects a 4-D bottom (N,C,H,W), got {bottoms[0].shape}")
+        if not p.kernel_size and not (p.HasField("kernel_h") or p.HasField("kernel_w")):
+            raise self.error("kernel_size (or kernel_h and kernel_w) is required")
+        self.kh, self.kw = _pair(p.kernel_size, p.HasField("kernel_h"), p.kernel_h,
+                                 p.HasField("kernel_w"), p.kernel_w, 1, "kernel", self)
+        self.ph, self.pw = _pair(p.pad, p.HasField("pad_h"), p.pad_h, p.HasField("pad_w"), p.pad_w,
+                                 0, "pad", self)
+        self.sh, self.sw = _pair(p.stride, p.HasField("stride_h"), p.stride_h,
+                                 p.HasField("stride_w"), p.stride_w, 1, "stride", self)
+        self.dh, self.dw = _pair(p.dilation, False, 0, False, 0, 1, "dilation", self)
+        if min(self.kh, self.kw, self.sh, self.sw, self.dh, self.dw) < 1:
+            raise self.error("kernel, stride and dilation must be positive")
+        if not p.HasField("num_output") or p.num_output < 1:
+            raise self.error("num_output must be given and positive")
+        self.num_output = int(p.num_output)
+        self.group = int(p.group)
+        self.channels = bottoms[0].shape[1]
+        if self.group < 1 or self.channels % self.group or self.num_output % self.group:
+            raise self.error(f"group {self.group} must divide both the input channels "
+                             f"({self.channels}) and num_output ({self.num_output})")
+        self.bias_term = bool(p.bias_term)
+        wshape = (self.num_output, self.channels // self.group, self.kh, self.kw)
+        self.blobs = [make_param_blob(self, 0, wshape,
+                                      filler_or_default(p.HasField("weight_filler"), p.weight_filler))]
+        if self.bias_term:
+            self.blobs.append(make_param_blob(self, 1, (self.num_output,),
+                                              filler_or_default(p.HasField("bias_filler"), p.bias_filler)))
+        self._cols: list[Any] = [None] * len(bottoms)
+
+    def reshape(self, bottoms: list[Blob], tops: list[Blob]) -> None:
+        for b, t in zip(bottoms, tops):
+            if len(b.shape) != 4 or b.shape[1] != self.channels:
+                raise self.error(f"bottom {b.name} has shape {b.shape}; expected (N,{self.channels},H,W)")
+            n, _, h, w = b.shape
+            oh = kernels.conv_out_size(h, self.kh, self.ph, self.sh, self.dh)
+            ow = kernels.conv_out_size(w, self.kw, self.pw, self.sw, self.dw)
+            if oh < 1 or ow < 1:
+                raise self.error(f"input {h}x{w} is smaller than the kernel: output would be {oh}x{ow}")
+            t.reshape((n, self.num_output, oh, ow))
+
+    def _im2col(self, x: Any) -> Any:
+        return kernels.im2col(x, self.kh, self.kw, self.ph, self.pw, self.sh, self.sw, self.dh, self.dw)
+
+    def forward(self, bottoms: list[Blob], tops: list[Blob]) -> None:
+        xp = self.xp
+        w = self.blobs[0].data.reshape(self.num_output, -1)
+        g, mg = self.group, self.num_output // self.group
+        for i, (b, t) in enumerate(zip(bottoms, tops)):
+            n = b.shape[0]
+            col = self._im2col(b.data)
+            self._cols[i] = col if self.need_backward else None
+            kk = col.shape[1] // g
+            if g == 1:
+                y = xp.matmul(w, col)
+            else:
+                y = xp.empty((n, self.num_output, col.shape[2]), dtype=col.dtype)
+                for gi in range(g):
+                    y[:, gi * mg:(gi + 1) * mg] = xp.matmul(w[gi * mg:(gi + 1) * mg],
+                                                            col[:, gi * kk:(gi + 1) * kk])
+            if self.bias_term:
+                y += self.blobs[1].data.reshape(1, -1, 1)
+            t.data = y.reshape(t.shape)
+
+    def backward(self, tops: list[Blob], propagate_down: list[bool], bottoms: list[Blob]) -> None:
+        xp = self.xp
+        w = self.blobs[0].data.reshape(self.num_output, -1)
+        g, mg = self.group, self.num_output // self.group
+        for i, (t, b) in enumerate(zip(tops, bottoms)):
+            n = t.shape[0]
+            dy = t.diff.reshape(n, self.num_output, -1)
+            if self.bias_term and self.param_needs_grad(1):
+                self.blobs[1].diff += dy.sum(axis=(0, 2))
+            if not (self.param_needs_grad(0) or propagate_down[i]):
+                continue
+            col = self._cols[i]
+            if col is None:
+                col = self._im2col(b.data)
+            kk = col.shape[1] // g
+            wdiff = self.blobs[0].diff.reshape(self.num_output, -1)
+            for gi in range(g if self.param_needs_grad(0) else 0):
+                dyg = dy[:, gi * mg:(gi + 1) * mg]
+                colg = col[:, gi * kk:(gi + 1) * kk]
+                # Σ_n dy[n] · col[n]ᵀ as one GEMM over the (n, position) axis.
+                wdiff[gi * mg:(gi + 1) * mg] += xp.tensordot(dyg, colg, axes=([0, 2], [0, 2]))
+            if propagate_down[i]:
+                if g == 1:
+                    dcol = xp.matmul(w.T, dy)
+                else:
+                    dcol = xp.empty_like(col)
+                    for gi in range(g):
+                        dcol[:, gi * kk:(gi + 1) * kk] = xp.matmul(w[gi * mg:(gi + 1) * mg].T,
+                                                                   dy[:, gi * mg:(gi + 1) * mg])
+                b.diff = kernels.col2im(dcol, b.shape, self.kh, self.kw, self.ph, self.pw,
+                                        self.sh, self.sw, self.dh, self.dw)
+            self._cols[i] = None

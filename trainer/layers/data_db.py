@@ -1,0 +1,118 @@
+"""Caffe's Data layer: LMDB or LevelDB of Datums (raw or encoded), prefetched and transformed.
+
+Records are read in database order from the first, wrapping at the end, as
+Caffe does (``rand_skip`` skips a random number of records at the start). Batch
+k holds records ``k*B .. k*B+B-1`` (mod the record count), so a resumed run
+re-reads exactly the records the interrupted one would have.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from datakit.datum import datum_to_array, parse_datum_fields
+from datakit.db import detect_backend, open_reader
+from datakit.errors import DatabaseError
+
+from trainer.layers import register
+from trainer.prefetch import HostBatch, PrefetchingDataLayer, decode_pool
+
+LABEL_SAMPLE = 5000
+
+
+@register("Data")
+class DataLayer(PrefetchingDataLayer):
+    """LMDB / LevelDB Datums (``data_param``: source, batch_size, backend, rand_skip)."""
+
+    def open_source(self):
+        p = self.param.data_param
+        self.batch_size = int(p.batch_size)
+        if not p.source:
+            raise self.error("data_param.source is empty; give the database folder")
+        self.source = Path(self.base_dir) / p.source
+        backend_names = {0: "leveldb", 1: "lmdb"}
+        wanted = backend_names.get(p.backend, "lmdb") if p.HasField("backend") else None
+        found = detect_backend(self.source)
+        if wanted and found != wanted:
+            # Caffe would fail; the database on disk tells the truth, so follow it and say so.
+            self.log_warning(f"layer {self.name}: data_param.backend is {wanted.upper()} but {self.source} "
+                             f"is {found}; reading it as {found}")
+        if found not in ("lmdb", "leveldb"):
+            raise self.error(f"{self.source} is a {found} database; use an HDF5Data layer for it")
+        self.reader = open_reader(self.source, found)
+        n = len(self.reader)
+        if n == 0:
+            raise DatabaseError(f"{self.source}: the database is empty")
+        tp = self.param.transform_param
+        self.color = False if tp.force_gray else True if tp.force_color else None
+        self.skip = int(self.rng.integers(0, p.rand_skip + 1)) if p.rand_skip else 0
+        key, value = next(iter(self.reader.raw_items()))
+        first = self._decode(key, value)
+        self.first_encoded = parse_datum_fields(value).encoded
+        return first[0].shape, n
+
+    def _where(self, key: bytes) -> str:
+        return f"{self.source}: record {key.decode('utf-8', 'backslashreplace')!r}"
+
+    def _decode(self, key: bytes, value: bytes) -> tuple[np.ndarray, int]:
+        where = self._where(key)
+        fields = parse_datum_fields(value, where)
+        # Encoded records decode in colour unless force_gray (Caffe's DecodeDatumToCVMat default);
+        # we keep the file's own channels when neither force flag is set, as DecodeDatumNative.
+        color = self.color if fields.encoded else True
+        return datum_to_array(fields, color=color, where=where), fields.label
+
+    def source_label_sample(self) -> list[int]:
+        labels = []
+        for i, (_, value) in enumerate(self.reader.raw_items()):
+            if i >= LABEL_SAMPLE:
+                break
+            labels.append(parse_datum_fields(value).label)
+        return labels
+
+    # -- reading in the prefetch thread -------------------------------------------------------
+    def _cursor(self, start_record: int):
+        """An endless iterator over (key, value), wrapping at the end, from record ``start_record``."""
+        pos = start_record % self.num_records
+        start_key = None
+        if pos:
+            for i, key in enumerate(self.reader.keys()):
+                if i == pos:
+                    start_key = key
+                    break
+        while True:
+            yield from self.reader.raw_items(start=start_key)
+            start_key = None
+
+    def read_batch(self, k: int) -> HostBatch:
+        start = self.skip + k * self.batch_size
+        if getattr(self, "_next_start", None) != start:
+            self._iter = self._cursor(start)
+        items = [next(self._iter) for _ in range(self.batch_size)]
+        self._next_start = start + self.batch_size
+        encoded = [parse_datum_fields(v).encoded for _, v in items]
+        if any(encoded):
+            decoded = list(decode_pool().map(lambda kv: self._decode(*kv), items))
+        else:
+            decoded = [self._decode(kk, v) for kk, v in items]
+        shape = self.item_shape
+        data = np.empty((len(items), *shape), dtype=decoded[0][0].dtype)
+        labels = np.empty(len(items), dtype=np.int64)
+        keys = []
+        for i, ((key, _), (img, label)) in enumerate(zip(items, decoded)):
+            if img.shape != shape:
+                raise DatabaseError(f"{self._where(key)}: image is {'x'.join(map(str, img.shape))} but the "
+                                    f"first record is {'x'.join(map(str, shape))} (CxHxW); a Data layer "
+                                    f"needs one size: convert with --resize")
+            data[i] = img
+            labels[i] = label
+            keys.append(key.decode("utf-8", "backslashreplace"))
+        return HostBatch(data, labels, keys)
+
+    def close(self) -> None:
+        super().close()
+        reader = getattr(self, "reader", None)
+        if reader is not None:
+            reader.close()

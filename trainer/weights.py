@@ -1,0 +1,31 @@
+"""Weights in and out of a Net: .caffemodel files (current and V0/V1 formats).
+
+Loading copies by layer name with shape checks (the error names the layer,
+the blob and both shapes), leaves layers the model lacks to their fillers and
+reports them, so a user fine-tuning a net sees exactly what was transferred.
+Saving writes a NetParameter with blobs that Caffe's CopyTrainedLayersFrom reads.
+"""
+
+from __future__ import annotations
+
+import os
+
+from datakit.formats.caffemodel import read_caffemodel, write_caffemodel
+
+from trainer.net import CopyReport, Net
+
+
+def load_weights(net: Net, path: str | os.PathLike) -> CopyReport:
+    """Copy a .caffemodel's blobs into ``net`` by layer name; what was copied/initialised/ignored."""
+    model = read_caffemodel(path)
+    return net.copy_from(model, source=str(path))
+
+
+def load_weights_list(net: Net, paths: str) -> list[CopyReport]:
+    """Caffe's ``--weights a.caffemodel,b.caffemodel``: each file in turn, later ones win."""
+    return [load_weights(net, p) for p in paths.split(",") if p]
+
+
+def save_weights(net: Net, path: str | os.PathLike, *, write_diff: bool = False) -> None:
+    """Write the net's weights as a .caffemodel (atomically: a crash leaves the old file)."""
+    write_caffemodel(path, net.to_proto(write_diff=write_diff))
