@@ -8,6 +8,7 @@ re-reads exactly the records the interrupted one would have.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,33 @@ from trainer.layers import register
 from trainer.prefetch import HostBatch, PrefetchingDataLayer, decode_pool
 
 LABEL_SAMPLE = 5000
+
+# LMDB refuses to open one environment twice in a process; a TRAIN and a TEST net (or a
+# resumed net) reading the same database share one reader, closed with its last user.
+_READERS: dict[tuple[str, str], list] = {}
+_READERS_LOCK = threading.Lock()
+
+
+def _acquire_reader(path: Path, backend: str):
+    key = (str(path.resolve()), backend)
+    with _READERS_LOCK:
+        entry = _READERS.get(key)
+        if entry is None:
+            entry = _READERS[key] = [open_reader(path, backend), 0]
+        entry[1] += 1
+        return entry[0]
+
+
+def _release_reader(path: Path, backend: str) -> None:
+    key = (str(path.resolve()), backend)
+    with _READERS_LOCK:
+        entry = _READERS.get(key)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] <= 0:
+            del _READERS[key]
+            entry[0].close()
 
 
 @register("Data")
@@ -41,7 +69,8 @@ class DataLayer(PrefetchingDataLayer):
                              f"is {found}; reading it as {found}")
         if found not in ("lmdb", "leveldb"):
             raise self.error(f"{self.source} is a {found} database; use an HDF5Data layer for it")
-        self.reader = open_reader(self.source, found)
+        self.reader = _acquire_reader(self.source, found)
+        self.backend = found
         n = len(self.reader)
         if n == 0:
             raise DatabaseError(f"{self.source}: the database is empty")
@@ -113,6 +142,6 @@ class DataLayer(PrefetchingDataLayer):
 
     def close(self) -> None:
         super().close()
-        reader = getattr(self, "reader", None)
-        if reader is not None:
-            reader.close()
+        if getattr(self, "reader", None) is not None:
+            self.reader = None
+            _release_reader(self.source, self.backend)
