@@ -149,6 +149,11 @@ class HDF5Writer:
             with h5py.File(self.folder / shard_name(0), "r") as h5:
                 self.shape = tuple(h5["data"].shape[1:])
 
+    @property
+    def rows(self) -> int:
+        """Records in the shard being written (not yet on disk under its final name)."""
+        return self._rows
+
     def _tmp(self) -> Path:
         return self.folder / f".{shard_name(self.shards)}.part"
 

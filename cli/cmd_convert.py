@@ -1,0 +1,60 @@
+"""`datakit convert ROOT LIST DB`: Caffe's convert_imageset, parallel and resumable."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from datakit.atomic import write_text_atomic
+from datakit.convert import ENCODE_TYPES, ConvertOptions, convert
+
+HELP = ("Convert a Caffe image list into an LMDB, LevelDB or HDF5 database of Datums "
+        "(convert_imageset's options and bytes; parallel, resumable).")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("root", help="image root folder; list paths are relative to it")
+    p.add_argument("list", help="Caffe image list: 'relative/path label' per line")
+    p.add_argument("db", help="output database (a folder for lmdb/leveldb/hdf5)")
+    p.add_argument("--backend", choices=["lmdb", "leveldb", "hdf5"], default="lmdb", help="default: lmdb")
+    p.add_argument("--resize-height", type=int, default=0, metavar="H", help="resize to H rows (0 = keep)")
+    p.add_argument("--resize-width", type=int, default=0, metavar="W", help="resize to W columns (0 = keep)")
+    p.add_argument("--gray", action="store_true", help="read images as one gray channel")
+    p.add_argument("--shuffle", action="store_true", help="shuffle the list order (seeded; see --seed)")
+    p.add_argument("--seed", type=int, help="shuffle seed, for a repeatable order (default: random, recorded)")
+    p.add_argument("--encoded", action="store_true",
+                   help="store JPEG/PNG bytes (the file itself unless resized or --encode-type differs)")
+    p.add_argument("--encode-type", choices=ENCODE_TYPES, default="",
+                   help="with --encoded: encode as this type (default: the file's own extension)")
+    p.add_argument("--check-size", action="store_true", help="fail unless every record has the same size")
+    p.add_argument("--hdf5-chunk", type=int, default=1000, metavar="N", help="records per .h5 file (default 1000)")
+    p.add_argument("--allow-absolute", action="store_true", help="accept absolute paths in the list")
+    p.add_argument("--workers", type=int, default=0, help="decode processes (default 0 = all cores)")
+    p.add_argument("--commit-every", type=int, default=1000, metavar="N",
+                   help="records per transaction and progress checkpoint (default 1000, as Caffe)")
+    p.add_argument("--strict", action="store_true", help="stop at the first unreadable image instead of skipping it")
+    p.add_argument("--resume", action="store_true", help="finish an interrupted conversion into DB")
+    p.add_argument("--overwrite", action="store_true", help="replace DB (only once the new one is complete)")
+    p.add_argument("--report", metavar="JSON", help="write a machine-readable summary (skipped files, counts)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    options = ConvertOptions(
+        backend=args.backend, resize_height=args.resize_height, resize_width=args.resize_width, gray=args.gray,
+        shuffle=args.shuffle, seed=args.seed, encoded=args.encoded, encode_type=args.encode_type,
+        check_size=args.check_size, hdf5_chunk=args.hdf5_chunk, allow_absolute=args.allow_absolute,
+        workers=args.workers, commit_every=args.commit_every, strict=args.strict, resume=args.resume,
+        overwrite=args.overwrite, progress=False if args.no_progress else None)
+    summary = convert(args.root, args.list, args.db, options)
+    if summary.already_complete:
+        print(f"{args.db}: already complete ({summary.written} records); nothing to resume")
+    else:
+        print(summary.line())
+    if args.report:
+        write_text_atomic(args.report, json.dumps(summary.to_json(), indent=1) + "\n")
+    if summary.skipped:
+        print(f"{len(summary.skipped)} images skipped (listed above{' and in ' + args.report if args.report else ''})",
+              file=sys.stderr)
+    return 0

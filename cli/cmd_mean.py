@@ -1,0 +1,41 @@
+"""`datakit mean DB OUT`: Caffe's compute_image_mean; `--convert IN OUT` between .binaryproto and .npy."""
+
+from __future__ import annotations
+
+import argparse
+
+from datakit.errors import ConfigError
+from datakit.mean import compute_mean, convert_mean, save_mean
+
+HELP = ("Per-pixel mean image of a database (compute_image_mean) as .binaryproto and/or .npy; "
+        "--convert IN OUT between the two formats.")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", metavar="DB", help="database (LMDB/LevelDB folder, HDF5 .h5/.txt/folder); "
+                   "with --convert, the mean file to convert")
+    p.add_argument("out", metavar="OUT", help="output: .npy (float32 C x H x W) or anything else for "
+                   "Caffe's BlobProto (.binaryproto)")
+    p.add_argument("--npy", action="store_true", help="also write OUT with a .npy suffix")
+    p.add_argument("--convert", action="store_true",
+                   help="convert the mean file DB (.binaryproto or .npy) to OUT instead of computing")
+    p.add_argument("--backend", choices=["lmdb", "leveldb", "hdf5"], help="default: detected from DB")
+    p.add_argument("--workers", type=int, default=0, help="reader/decoder processes (default 0 = all cores)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.convert:
+        if args.npy or args.backend:
+            raise ConfigError("--convert takes only IN and OUT")
+        mean = convert_mean(args.source, args.out)
+        print(f"{args.source} -> {args.out}: {'x'.join(map(str, mean.shape))}")
+        return 0
+    result = compute_mean(args.source, args.backend, workers=args.workers,
+                          progress=False if args.no_progress else None)
+    paths = save_mean(result, args.out, also_npy=args.npy)
+    for c, value in enumerate(result.per_channel):
+        print(f"mean_value channel [{c}]: {value:.6g}")
+    print(f"{args.source}: mean of {result.count} records, {'x'.join(map(str, result.mean.shape))}, "
+          f"{result.seconds:.1f} s -> {', '.join(map(str, paths))}")
+    return 0

@@ -1,0 +1,567 @@
+"""Image list -> LMDB / LevelDB / HDF5: Caffe's ``convert_imageset``, in parallel and resumable.
+
+What matches convert_imageset byte for byte: the keys ``%08d_<path as listed>``
+(the index is the record's position in the output order, so a skipped image
+leaves a gap exactly as in Caffe), the Datum bytes (raw C x H x W BGR pixels,
+or with ``--encoded`` the file bytes unchanged when no resize is asked and the
+file's extension matches the encoding, otherwise ``cv::imencode``), the
+resize (cv::resize INTER_LINEAR, only when both sizes are > 0) and ``--gray``.
+
+What differs on purpose:
+
+* ``--shuffle`` uses our own seeded shuffle (Python's ``random.Random(seed)``),
+  not ``std::random_shuffle``: the order is repeatable with ``--seed`` but not
+  the order Caffe would pick.
+* Decoding and resizing run in worker processes; one writer puts the results
+  in order, in transactions of ``--commit-every`` records (Caffe's 1000).
+* The database is built at ``DB.incomplete`` and renamed to ``DB`` at the end,
+  with a progress file saved after every commit, so an interruption never
+  leaves a database that looks whole, and ``--resume`` finishes it with the
+  same bytes an uninterrupted run would have written.
+* Unreadable images are skipped with a warning naming list line and file
+  (Caffe logs and skips too); ``--strict`` makes them fatal. With
+  ``--check-size`` a record of another size is fatal, as in Caffe.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import hashlib
+import json
+import multiprocessing
+import os
+import random
+import secrets
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import cv2
+import numpy as np
+
+from datakit.atomic import write_text_atomic
+from datakit.datum import encode_datum, encode_datum_bytes
+from datakit.db import BACKENDS, PROGRESS_NAME, detect_backend, incomplete_path, read_progress
+from datakit.errors import ConfigError, DatabaseError, DatakitError, ImageError, ListError
+from datakit.images import DEFAULT_MAX_PIXELS, decode_image, encode_image, hwc_to_chw, resize_exact
+from datakit.imagelist import ListEntry, iter_list, safe_join
+
+__all__ = ["ConvertOptions", "ConvertSummary", "Skipped", "convert", "caffe_key", "default_workers"]
+
+ENCODE_TYPES = ("jpg", "jpeg", "png", "bmp")
+# Options that decide the bytes written; a resumed run must use the same ones.
+_RESUME_KEYS = ("backend", "resize_height", "resize_width", "gray", "shuffle", "seed", "encoded",
+                "encode_type", "check_size", "hdf5_chunk", "allow_absolute")
+
+
+def default_workers() -> int:
+    """All the cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def caffe_key(index: int, path: str) -> bytes:
+    """convert_imageset's key: the 8-digit position in the output order, '_', the path as listed."""
+    return f"{index:08d}_{path}".encode("utf-8")
+
+
+@dataclass
+class ConvertOptions:
+    """convert_imageset's flags (same meanings) plus ours for speed and safety."""
+
+    backend: str = "lmdb"
+    resize_height: int = 0
+    resize_width: int = 0
+    gray: bool = False
+    shuffle: bool = False
+    seed: int | None = None
+    encoded: bool = False
+    encode_type: str = ""
+    check_size: bool = False
+    hdf5_chunk: int = 1000
+    allow_absolute: bool = False
+    workers: int = 0            # 0 = all cores
+    commit_every: int = 1000    # records per transaction, as convert_imageset
+    strict: bool = False
+    resume: bool = False
+    overwrite: bool = False
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    progress: bool | None = None  # None: a progress bar when stderr is a terminal
+
+    def validate(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"--backend {self.backend!r}: expected one of {', '.join(BACKENDS)}")
+        if self.resize_height < 0 or self.resize_width < 0:
+            raise ConfigError("--resize-height/--resize-width must be >= 0 (0 keeps the size)")
+        if (self.resize_height > 0) != (self.resize_width > 0):
+            raise ConfigError("give both --resize-height and --resize-width (convert_imageset resizes only "
+                              "when both are > 0 and would silently ignore one alone)")
+        if self.encode_type and not self.encoded:
+            raise ConfigError("--encode-type needs --encoded")
+        if self.encode_type and self.encode_type.lower() not in ENCODE_TYPES:
+            raise ConfigError(f"--encode-type {self.encode_type!r}: expected one of {', '.join(ENCODE_TYPES)}")
+        if self.encoded and self.backend == "hdf5":
+            raise ConfigError("--encoded is for lmdb/leveldb; HDF5 stores float pixels")
+        if self.commit_every <= 0 or self.hdf5_chunk <= 0:
+            raise ConfigError("--commit-every and --hdf5-chunk must be positive")
+        if self.workers < 0:
+            raise ConfigError("--workers must be >= 0 (0 = all cores)")
+        if self.resume and self.overwrite:
+            raise ConfigError("--resume and --overwrite contradict each other: choose one")
+
+
+@dataclass
+class Skipped:
+    """One list entry that was not converted, and why."""
+
+    index: int
+    line: int
+    path: str
+    reason: str
+
+
+@dataclass
+class ConvertSummary:
+    db: str
+    backend: str
+    listed: int
+    written: int
+    skipped: list[Skipped] = field(default_factory=list)
+    seconds: float = 0.0
+    shapes: list[list[int]] = field(default_factory=list)
+    seed: int | None = None
+    resumed_at: int | None = None
+    already_complete: bool = False
+
+    def line(self) -> str:
+        shapes = ", ".join("x".join(map(str, s)) for s in self.shapes[:3]) + (" ..." if len(self.shapes) > 3 else "")
+        rate = self.written / self.seconds if self.seconds > 0 else 0.0
+        resumed = f", resumed at record {self.resumed_at}" if self.resumed_at else ""
+        return (f"{self.db}: {self.written} records written ({self.backend}"
+                f"{', ' + shapes if shapes else ''}), {len(self.skipped)} skipped of {self.listed} listed, "
+                f"{self.seconds:.1f} s ({rate:.0f} images/s){resumed}")
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+# ----------------------------------------------------------------- workers --
+
+@dataclass(frozen=True)
+class _Job:
+    """Everything a worker needs, sent once when the pool starts."""
+
+    root: str
+    backend: str
+    resize_height: int
+    resize_width: int
+    gray: bool
+    encoded: bool
+    encode_type: str
+    allow_absolute: bool
+    max_pixels: int
+
+
+_JOB: _Job | None = None
+
+
+def _init_worker(job: _Job) -> None:
+    global _JOB
+    _JOB = job
+    cv2.setNumThreads(1)  # one core per worker; the pool is the parallelism
+
+
+def _same_ext(path: str, enc: str) -> bool:
+    """Caffe's matchExt: case-insensitive, and 'jpg' also matches '.jpeg'."""
+    ext = path.rsplit(".", 1)[-1].lower() if "." in path else ""
+    enc = enc.lower()
+    return ext == enc or (enc == "jpg" and ext == "jpeg")
+
+
+def _convert_one(job: _Job, path: str, label: int) -> tuple[object, tuple[int, int, int]]:
+    """One list entry -> (serialized Datum, or C x H x W uint8 for HDF5; its shape). Raises ImageError."""
+    if os.path.isabs(path) and job.allow_absolute:
+        full = Path(path)
+    else:
+        try:
+            full = safe_join(job.root, path)
+        except ListError as err:
+            raise ImageError(str(err)) from None
+    try:
+        with open(full, "rb") as fh:
+            data = fh.read()
+    except FileNotFoundError:
+        raise ImageError(f"file not found: {full}") from None
+    except OSError as err:
+        raise ImageError(f"cannot read {full}: {err.strerror or err}") from None
+    img = decode_image(data, color=not job.gray, max_pixels=job.max_pixels)
+    img = resize_exact(img, job.resize_height, job.resize_width)
+    c_h_w = (img.shape[2], img.shape[0], img.shape[1])
+    if job.backend == "hdf5":
+        return hwc_to_chw(img), c_h_w
+    if job.encoded:
+        enc = job.encode_type
+        if not enc:
+            if "." not in os.path.basename(path):
+                raise ImageError(f"cannot guess the encoding of {path!r} (no extension); pass --encode-type")
+            enc = path.rsplit(".", 1)[-1].lower()
+        if job.resize_height == 0 and job.resize_width == 0 and _same_ext(path, enc):
+            return encode_datum_bytes(data, label), c_h_w
+        try:
+            return encode_datum_bytes(encode_image(img, enc), label), c_h_w
+        except (ImageError, cv2.error):
+            raise ImageError(f"OpenCV cannot encode as {enc!r}; pass --encode-type jpg or png") from None
+    return encode_datum(hwc_to_chw(img), label), c_h_w
+
+
+_Result = tuple[int, object, tuple[int, int, int] | None, str | None]
+
+
+def _convert_batch(items: Sequence[tuple[int, str, int]]) -> list[_Result]:
+    """Worker entry: (index, path, label) -> (index, payload, shape, error)."""
+    assert _JOB is not None
+    out: list[_Result] = []
+    for index, path, label in items:
+        try:
+            payload, shape = _convert_one(_JOB, path, label)
+            out.append((index, payload, shape, None))
+        except ImageError as err:
+            out.append((index, None, None, str(err)))
+        except (cv2.error, ValueError, MemoryError) as err:
+            out.append((index, None, None, f"{type(err).__name__}: {str(err).strip().splitlines()[-1][:200]}"))
+    return out
+
+
+def ordered_parallel_map(fn: Callable[[Sequence], list], items: Iterable, *, workers: int,
+                         initializer: Callable, initargs: tuple, batch: int = 8,
+                         window_per_worker: int = 4) -> Iterator:
+    """Apply `fn` to batches of `items` in worker processes; yield results in input order.
+
+    At most `workers * window_per_worker` batches are in flight, so memory
+    stays bounded however long the input is and however slow the consumer.
+    With `workers <= 1` everything runs in this process (same code path).
+    """
+    iterator = iter(items)
+
+    def batches() -> Iterator[list]:
+        while True:
+            chunk = [x for _, x in zip(range(batch), iterator)]
+            if not chunk:
+                return
+            yield chunk
+
+    if workers <= 1:
+        initializer(*initargs)
+        for chunk in batches():
+            yield from fn(chunk)
+        return
+    ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+    pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=initializer, initargs=initargs)
+    try:
+        pending: collections.deque[cf.Future] = collections.deque()
+        source = batches()
+        for chunk in source:
+            pending.append(pool.submit(fn, chunk))
+            if len(pending) >= workers * window_per_worker:
+                break
+        while pending:
+            results = pending.popleft().result()
+            nxt = next(source, None)
+            if nxt is not None:
+                pending.append(pool.submit(fn, nxt))
+            yield from results
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+# ------------------------------------------------------------------ driver --
+
+def _list_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _read_entries(list_path: Path, root: Path, allow_absolute: bool,
+                  warn: Callable[[str], None]) -> list[ListEntry]:
+    """The whole list, syntax- and path-checked; duplicates and label gaps are warnings, as Caffe accepts them."""
+    entries = list(iter_list(list_path))
+    seen: dict[str, int] = {}
+    for e in entries:
+        if not (allow_absolute and os.path.isabs(e.path)):
+            try:
+                safe_join(root, e.path)
+            except ListError:
+                raise ListError(f"{list_path}:{e.line}: path {e.path!r} escapes the image root "
+                                "(absolute paths and '..' are not allowed; --allow-absolute accepts absolute ones)") from None
+        if e.path in seen:
+            warn(f"{list_path}:{e.line}: duplicate of line {seen[e.path]} ({e.path!r}); converting both")
+        seen.setdefault(e.path, e.line)
+    labels = sorted({e.label for e in entries})
+    if labels and (labels[0] != 0 or labels[-1] != len(labels) - 1):
+        warn(f"{list_path}: labels are not exactly 0..K-1 (found {len(labels)} values from {labels[0]} to "
+             f"{labels[-1]}); a classifier needs num_output >= {labels[-1] + 1}")
+    return entries
+
+
+class _Progress:
+    """The progress file inside the database being built: written atomically after every commit."""
+
+    def __init__(self, folder: Path, state: dict) -> None:
+        self.folder = folder
+        self.state = state
+
+    def save(self, **changes) -> None:
+        self.state.update(changes)
+        write_text_atomic(self.folder / PROGRESS_NAME, json.dumps(self.state, indent=1) + "\n")
+
+
+def _open_writer(backend: str, folder: Path, chunk: int):
+    if backend == "lmdb":
+        from datakit.db.lmdb_backend import LmdbWriter
+        return LmdbWriter(folder)
+    if backend == "leveldb":
+        from datakit.db.leveldb_backend import LevelDBWriter
+        return LevelDBWriter(folder)
+    from datakit.db.hdf5_backend import HDF5Writer
+    return HDF5Writer(folder, chunk=chunk)
+
+
+def _is_ours_or_db(path: Path) -> bool:
+    """Whether `path` may be replaced by --overwrite: a database or a folder this tool made."""
+    if path.is_dir() and (path / PROGRESS_NAME).exists():
+        return True
+    try:
+        detect_backend(path)
+        return True
+    except DatabaseError:
+        return path.is_dir() and not any(path.iterdir())
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _install(work: Path, final: Path) -> None:
+    """Rename the finished database into place; an old one (--overwrite) goes only after that."""
+    old = None
+    if final.exists() or final.is_symlink():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, old)
+    os.replace(work, final)
+    _fsync_dir(final.parent)
+    if old is not None:
+        shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
+
+
+def _stderr_warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def convert(root: str | os.PathLike, list_path: str | os.PathLike, db_path: str | os.PathLike,
+            options: ConvertOptions | None = None, *,
+            warn: Callable[[str], None] = _stderr_warn) -> ConvertSummary:
+    """Convert the images of a Caffe list under `root` into the database `db_path`.
+
+    Returns the summary; raises DatakitError subclasses with one-line messages
+    (list problems before any work starts; with --strict, the first bad image).
+    """
+    opts = options or ConvertOptions()
+    opts.validate()
+    started = time.perf_counter()
+    root, list_path, final = Path(root), Path(list_path), Path(db_path)
+    if not root.is_dir():
+        raise ConfigError(f"{root}: image root folder not found")
+    if final.suffix.lower() == ".incomplete":
+        raise ConfigError(f"{final}: name the database without '.incomplete' (that is where unfinished work lives)")
+    work = incomplete_path(final)
+    fingerprint = {"list": str(list_path.resolve()), "list_sha256": _list_sha256(list_path),
+                   "root": str(root.resolve())}
+
+    prior = read_progress(work) if work.is_dir() else None
+    if opts.resume:
+        if prior is None and final.exists():
+            done = read_progress(final) if final.is_dir() else None
+            if done is not None and done.get("status") == "complete":
+                s = done.get("summary", {})
+                return ConvertSummary(str(final), done["options"]["backend"], s.get("listed", 0), s.get("written", 0),
+                                      [Skipped(**k) for k in done.get("skipped", [])], 0.0,
+                                      s.get("shapes", []), done["options"].get("seed"), None, True)
+            raise DatabaseError(f"{final}: exists and has no unfinished conversion to resume; "
+                                "use --overwrite to convert again")
+        if prior is None and work.exists():
+            raise DatabaseError(f"{work}: unfinished conversion without a progress file; delete it and start over")
+    else:
+        if work.exists():
+            if not opts.overwrite:
+                raise DatabaseError(f"{work}: an interrupted conversion is there; pass --resume to finish it "
+                                    "or --overwrite to start over")
+            if prior is None:
+                raise DatabaseError(f"{work}: not made by datakit convert; remove it yourself")
+            shutil.rmtree(work)
+            prior = None
+        if final.exists() and not opts.overwrite:
+            raise DatabaseError(f"{final}: already exists; pass --overwrite to replace it "
+                                "(it is replaced only once the new database is complete)")
+        if final.exists() and not _is_ours_or_db(final):
+            raise DatabaseError(f"{final}: exists and is not a database; refusing to overwrite it")
+
+    entries = _read_entries(list_path, root, opts.allow_absolute, warn)
+    seed = opts.seed
+    if prior is not None:
+        _check_resumable(prior, opts, fingerprint, work)
+        seed = prior["options"]["seed"]
+    elif opts.shuffle and seed is None:
+        seed = secrets.randbits(32)
+    order = list(range(len(entries)))
+    if opts.shuffle:
+        random.Random(seed).shuffle(order)
+
+    recorded = {k: getattr(opts, k) for k in _RESUME_KEYS}
+    recorded["seed"] = seed
+    if prior is None:
+        work.mkdir(parents=True)
+        progress = _Progress(work, {"status": "incomplete", "tool": "datakit convert", "options": recorded,
+                                    **fingerprint, "listed": len(entries), "next_index": 0, "written": 0,
+                                    "shards": 0, "shapes": [], "skipped": []})
+        progress.save()
+    else:
+        progress = _Progress(work, prior)
+
+    start = int(progress.state["next_index"])
+    written = int(progress.state["written"])
+    skipped = [Skipped(**k) for k in progress.state["skipped"]]
+    shapes: list[tuple[int, int, int]] = [tuple(s) for s in progress.state["shapes"]]
+    writer = _open_writer(opts.backend, work, opts.hdf5_chunk)
+    try:
+        if opts.backend == "hdf5":
+            _drop_extra_shards(work, int(progress.state["shards"]), writer)
+        elif start or written:
+            writer.truncate_from(f"{start:08d}".encode())
+        summary = _run(entries, order, start, written, skipped, shapes, opts, root, list_path, writer,
+                       progress, warn)
+        if opts.backend == "hdf5":
+            writer.finish(final)
+    finally:
+        writer.close()
+    summary.db = str(final)
+    summary.seed = seed
+    summary.resumed_at = start or None
+    summary.seconds = time.perf_counter() - started
+    progress.save(status="complete", next_index=len(entries),
+                  summary={"listed": summary.listed, "written": summary.written, "shapes": summary.shapes,
+                           "seconds": round(summary.seconds, 3)})
+    _install(work, final)
+    return summary
+
+
+def _check_resumable(prior: dict, opts: ConvertOptions, fingerprint: dict, work: Path) -> None:
+    changed = [k for k in ("list_sha256", "root") if prior.get(k) != fingerprint[k]]
+    if changed:
+        what = "the list file changed" if "list_sha256" in changed else "the image root changed"
+        raise ConfigError(f"{work}: cannot resume: {what} since the interrupted run; "
+                          "use --overwrite to start over")
+    before = prior.get("options", {})
+    diffs = [f"{k}={before.get(k)!r} (now {getattr(opts, k)!r})" for k in _RESUME_KEYS
+             if k != "seed" and before.get(k) != getattr(opts, k)]
+    if opts.seed is not None and before.get("seed") != opts.seed:
+        diffs.append(f"seed={before.get('seed')!r} (now {opts.seed!r})")
+    if diffs:
+        raise ConfigError(f"{work}: cannot resume with different options: " + ", ".join(diffs))
+
+
+def _drop_extra_shards(work: Path, keep: int, writer) -> None:
+    """Shards completed after the last saved progress are redone, so remove them."""
+    from datakit.db.hdf5_backend import shard_name
+    index = keep
+    while (work / shard_name(index)).exists():
+        (work / shard_name(index)).unlink()
+        index += 1
+    writer.shards = keep
+
+
+def _run(entries: list[ListEntry], order: list[int], start: int, written: int, skipped: list[Skipped],
+         shapes: list[tuple[int, int, int]], opts: ConvertOptions, root: Path, list_path: Path, writer,
+         progress: _Progress, warn: Callable[[str], None]) -> ConvertSummary:
+    job = _Job(str(root), opts.backend, opts.resize_height, opts.resize_width, opts.gray, opts.encoded,
+               opts.encode_type.lower(), opts.allow_absolute, opts.max_pixels)
+    workers = opts.workers or default_workers()
+    tasks = ((i, entries[order[i]].path, entries[order[i]].label) for i in range(start, len(entries)))
+    show = sys.stderr.isatty() if opts.progress is None else opts.progress
+    bar = None
+    if show:
+        from tqdm import tqdm
+        bar = tqdm(total=len(entries), initial=start, unit="img", desc="convert", file=sys.stderr)
+    hdf5 = opts.backend == "hdf5"
+    batch: list = []
+    warned = 0
+    next_index = start
+
+    def commit() -> None:
+        nonlocal batch
+        if hdf5:
+            if writer.write(batch):
+                progress.save(next_index=next_index, written=written, shards=writer.shards,
+                              shapes=[list(s) for s in shapes], skipped=[asdict(s) for s in skipped])
+        else:
+            writer.write(batch)
+            progress.save(next_index=next_index, written=written, shapes=[list(s) for s in shapes],
+                          skipped=[asdict(s) for s in skipped])
+        batch = []
+
+    try:
+        for index, payload, shape, error in ordered_parallel_map(
+                _convert_batch, tasks, workers=workers, initializer=_init_worker, initargs=(job,)):
+            entry = entries[order[index]]
+            where = f"{list_path}:{entry.line}: {entry.path}"
+            if error is None and shape is not None and shapes and shape != shapes[0] and (opts.check_size or hdf5):
+                c, h, w = shapes[0]
+                raise ImageError(f"{where}: size {shape[0]}x{shape[1]}x{shape[2]} differs from the first record's "
+                                 f"{c}x{h}x{w} (" + ("HDF5 needs one size" if hdf5 else "--check-size") +
+                                 "; use --resize-height/--resize-width)")
+            if error is not None:
+                if opts.strict:
+                    raise ImageError(f"{where}: {error} (--strict)")
+                skipped.append(Skipped(index, entry.line, entry.path, error))
+                warned += 1
+                if warned <= 50:
+                    warn(f"{where}: {error}; skipped")
+                elif warned == 51:
+                    warn("more images skipped; see the summary and --report")
+            else:
+                if shape not in shapes and len(shapes) < 100:
+                    shapes.append(shape)
+                if hdf5:
+                    batch.append((payload, entry.label))
+                else:
+                    batch.append((caffe_key(index, entry.path), payload))
+                written += 1
+            next_index = index + 1
+            if bar is not None:
+                bar.update(1)
+            limit = min(opts.commit_every, writer.chunk - writer.rows) if hdf5 else opts.commit_every
+            if len(batch) >= limit:
+                commit()
+        commit()
+        if hdf5:  # the last, partial shard is closed by finish(); record it
+            progress.save(next_index=next_index, written=written, shapes=[list(s) for s in shapes],
+                          skipped=[asdict(s) for s in skipped])
+    finally:
+        if bar is not None:
+            bar.close()
+    return ConvertSummary("", opts.backend, len(entries), written, skipped, 0.0, [list(s) for s in shapes])
