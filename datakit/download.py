@@ -55,6 +55,9 @@ PERMANENT_KINDS = frozenset({
 # Kinds worth another attempt within the same run.
 TRANSIENT_KINDS = frozenset({"timeout", "connection", "truncated", "http_5xx", "http_429"})
 
+# aiohttp >= 3.10 names a redirect to ftp:, file:, ... with its own error class.
+_NonHttpUrl = getattr(aiohttp, "NonHttpUrlClientError", aiohttp.InvalidURL)
+
 _OK_CONTENT_TYPES = ("image/", "application/octet-stream", "binary/octet-stream")
 
 
@@ -101,6 +104,7 @@ class Outcome:
     detail: str = ""
     attempts: int = 0
     nbytes: int = 0
+    waited: float = 0.0  # seconds spent in backoff / Retry-After before the last attempt
 
     @property
     def ok(self) -> bool:
@@ -155,7 +159,7 @@ def _status_kind(status: int) -> str:
 
 
 def _is_transient(kind: str) -> bool:
-    return kind in TRANSIENT_KINDS or (kind.startswith("http_5") and kind != "http_5xx") or kind == "http_5xx"
+    return kind in TRANSIENT_KINDS or kind.startswith("http_5")
 
 
 def _retry_after_seconds(value: str | None) -> float | None:
@@ -226,18 +230,21 @@ class Downloader:
         if scheme not in ("http", "https"):
             return Outcome(job, "bad_url", f"scheme {scheme or '(none)'!r} is not http or https", 0)
         attempt = 0
+        waited = 0.0
         while True:
             attempt += 1
             try:
                 data = await self._get(session, job.url)
                 loop = asyncio.get_running_loop()
                 kind, detail = await loop.run_in_executor(self._executor, validate_image, data, job.dest, o)
-                return Outcome(job, kind, detail, attempt, len(data) if kind == "ok" else 0)
+                return Outcome(job, kind, detail, attempt, len(data) if kind == "ok" else 0, waited)
             except _Failure as fail:
                 if not _is_transient(fail.kind) or attempt > o.retries:
-                    return Outcome(job, fail.kind, fail.detail, attempt)
+                    return Outcome(job, fail.kind, fail.detail, attempt, 0, waited)
                 delay = fail.retry_after if fail.retry_after is not None else self._backoff(attempt - 1)
-                await asyncio.sleep(min(delay, o.retry_after_max))
+                delay = min(delay, o.retry_after_max)
+                waited += delay
+                await asyncio.sleep(delay)
 
     async def _get(self, session: aiohttp.ClientSession, url: str) -> bytes:
         o = self.options
@@ -269,7 +276,7 @@ class Downloader:
             raise
         except aiohttp.TooManyRedirects:
             raise _Failure("too_many_redirects", f"more than {o.max_redirects} redirects") from None
-        except aiohttp.InvalidURL as err:
+        except (aiohttp.InvalidURL, _NonHttpUrl) as err:
             raise _Failure("bad_url", f"invalid URL or redirect target {err}") from None
         except (asyncio.TimeoutError, TimeoutError):
             raise _Failure("timeout", "no answer in time") from None
