@@ -308,24 +308,41 @@ class Net:
                 self._param_owner[pname] = (blob, ParamSpecInfo(layer.name, float(spec.lr_mult)))
 
     def _prune_backward(self) -> None:
-        """Caffe's second pass: drop backward for layers that do not lead to a loss."""
+        """Caffe's second pass (Net::Init): walk down from the losses.
+
+        A layer keeps its backward only if one of its tops is a loss or feeds
+        a layer that needs it; a layer whose every top is a blob no consumer
+        wants a gradient for (``propagate_down: false``) skips backward too.
+        """
         under_loss: set[str] = set()
+        skip_backprop: set[str] = set()
         for i in range(len(self.layers) - 1, -1, -1):
-            contributes = any(w != 0 for w in self.loss_weights[i]) or \
-                any(t in under_loss for t in self.top_names[i])
+            tops = self.top_names[i]
+            contributes = any(w != 0 for w in self.loss_weights[i]) or any(t in under_loss for t in tops)
+            skip_down = bool(tops) and all(t in skip_backprop for t in tops)
+            if self.layer_need_backward[i] and skip_down:
+                self.layer_need_backward[i] = False
+                self.bottom_need_backward[i] = [False] * len(self.bottom_names[i])
             if not contributes:
                 self.layer_need_backward[i] = False
-            if self.force_backward and not self.layers[i].is_data:
+            for j, b in enumerate(self.bottom_names[i]):
+                if contributes:
+                    under_loss.add(b)
+                else:
+                    self.bottom_need_backward[i][j] = False
+                if not self.bottom_need_backward[i][j]:
+                    skip_backprop.add(b)
+        if self.force_backward:
+            for i, layer in enumerate(self.layers):
+                if layer.is_data:
+                    continue
                 self.layer_need_backward[i] = True
+                pd = layer.param.propagate_down
                 self.bottom_need_backward[i] = [
-                    self.layers[i].allow_force_backward(j) and
-                    not (self.layers[i].param.propagate_down and not self.layers[i].param.propagate_down[j])
+                    layer.allow_force_backward(j) and not (pd and not pd[j])
                     for j in range(len(self.bottom_names[i]))]
-            if not self.layer_need_backward[i]:
-                self.bottom_need_backward[i] = [False] * len(self.bottom_names[i])
-            else:
-                under_loss.update(self.bottom_names[i])
-            self.layers[i].need_backward = self.layer_need_backward[i]
+        for layer, need in zip(self.layers, self.layer_need_backward):
+            layer.need_backward = need
 
     # -- access ---------------------------------------------------------------
     def layer(self, name: str) -> Layer:
