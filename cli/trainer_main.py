@@ -8,6 +8,7 @@ from cli.dispatch import run_main
 
 # name -> module defining HELP, add_arguments(parser), run(args)
 COMMANDS: dict[str, str] = {
+    "fit": "cli.trainer_cmd_fit",
     "plot": "cli.trainer_cmd_plot",
 }
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -50,12 +49,14 @@ def test_unknown_policy_and_bad_fields_are_config_errors():
         lr_policy.check_policy(p)
 
 
-@dataclass
 class P:
-    data: np.ndarray
-    diff: np.ndarray
-    lr_mult: float = 1.0
-    decay_mult: float = 1.0
+    """Like trainer.net.Param: data/diff are read-only properties (updates must be in place)."""
+
+    def __init__(self, data, diff, lr_mult=1.0, decay_mult=1.0):
+        self._data, self._diff, self.lr_mult, self.decay_mult = data, diff, lr_mult, decay_mult
+
+    data = property(lambda self: self._data)
+    diff = property(lambda self: self._diff)
 
 
 def _params(rng):

@@ -84,22 +84,25 @@ class UpdateRule:
         if norm > self.clip:
             factor = np.float32(self.clip / norm)
             for i in self.active():
-                self.params[i].diff *= factor
+                diff = self.params[i].diff
+                diff *= factor
         return norm
 
     def normalize(self, i: int) -> None:
         if self.iter_size != 1:
-            self.params[i].diff *= np.float32(1.0 / self.iter_size)
+            diff = self.params[i].diff
+            diff *= np.float32(1.0 / self.iter_size)
 
     def regularize(self, i: int) -> None:
         p = self.params[i]
         local_decay = np.float32(self.weight_decay * p.decay_mult)
         if local_decay == 0:
             return
+        diff = p.diff
         if self.regularization == "L2":
-            p.diff += local_decay * p.data
+            diff += local_decay * p.data
         else:
-            p.diff += local_decay * self.xp.sign(p.data)
+            diff += local_decay * self.xp.sign(p.data)
 
     def compute_update(self, i: int, rate: float, it: int) -> None:
         """Turn ``params[i].diff`` into the value to subtract (Caffe's ComputeUpdateValue)."""
@@ -117,7 +120,8 @@ class UpdateRule:
             self.normalize(i)
             self.regularize(i)
             self.compute_update(i, rate, it)
-            self.params[i].data -= self.params[i].diff
+            data = self.params[i].data  # Param exposes data/diff as read-only properties: update in place
+            data -= self.params[i].diff
 
 
 class Nesterov(UpdateRule):

@@ -1,0 +1,183 @@
+"""`trainer fit` end to end on tiny nets: loss falls, exact resume, frozen layers, rails, signals."""
+
+from __future__ import annotations
+
+import io
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from datakit.datum import encode_datum
+from datakit.db.lmdb_backend import LmdbWriter
+from datakit.formats.caffemodel import read_caffemodel
+from trainer.curves import parse_log
+from trainer.fit import FitOptions, build, fit
+from trainer.rails import DivergedError, LabelError
+from trainer.snapshot import read_solverstate
+
+NET = """
+name: "tiny"
+layer {{ name: "data" type: "Data" top: "data" top: "label" include {{ phase: TRAIN }}
+  transform_param {{ crop_size: 6 mirror: true scale: 0.0078125 mean_value: 128 }}
+  data_param {{ source: "{train}" batch_size: 8 backend: LMDB }} }}
+layer {{ name: "data" type: "Data" top: "data" top: "label" include {{ phase: TEST }}
+  transform_param {{ crop_size: 6 scale: 0.0078125 mean_value: 128 }}
+  data_param {{ source: "{test}" batch_size: 10 backend: LMDB }} }}
+layer {{ name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+  param {{ lr_mult: {conv_lr} }} param {{ lr_mult: {conv_lr} }}
+  convolution_param {{ num_output: 4 kernel_size: 3 weight_filler {{ type: "gaussian" std: 0.1 }} }} }}
+layer {{ name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }}
+layer {{ name: "drop" type: "Dropout" bottom: "conv1" top: "conv1" dropout_param {{ dropout_ratio: 0.2 }} }}
+layer {{ name: "{fc}" type: "InnerProduct" bottom: "conv1" top: "fc"
+  inner_product_param {{ num_output: {classes} weight_filler {{ type: "gaussian" std: 0.1 }} }} }}
+layer {{ name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "loss" }}
+layer {{ name: "accuracy" type: "Accuracy" bottom: "fc" bottom: "label" top: "accuracy" include {{ phase: TEST }} }}
+"""
+
+SOLVER = """
+net: "{net}"
+test_iter: 3
+test_interval: {test_interval}
+base_lr: {base_lr}
+momentum: 0.9
+weight_decay: 0.0005
+lr_policy: "inv"
+gamma: 0.0001
+power: 0.75
+display: 5
+max_iter: {max_iter}
+snapshot: {snapshot}
+snapshot_prefix: "{prefix}"
+random_seed: 7
+"""
+
+
+def make_db(path, n, seed, classes=3, size=8, bad_label_at=None):
+    """Images whose colour says their class: a net can learn it in a few dozen iterations."""
+    rng = np.random.default_rng(seed)
+    items = []
+    for i in range(n):
+        label = int(rng.integers(0, classes))
+        img = rng.integers(0, 60, size=(3, size, size)).astype(np.uint8)
+        img[label] += 150
+        if i == bad_label_at:
+            label = classes + 2
+        items.append((f"{i:08d}_img{i}.png".encode(), encode_datum(img, label)))
+    LmdbWriter(path).write(items)
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    make_db(tmp_path / "train_lmdb", 64, 0)
+    make_db(tmp_path / "test_lmdb", 30, 1)
+
+    def write(name="solver.prototxt", *, conv_lr=1, fc="fc", classes=3, max_iter=40, snapshot=0,
+              base_lr=0.05, test_interval=20, train="train_lmdb", prefix="snap/tiny"):
+        (tmp_path / f"{name}.net").write_text(NET.format(train=train, test="test_lmdb", conv_lr=conv_lr, fc=fc,
+                                                          classes=classes))
+        (tmp_path / name).write_text(SOLVER.format(net=f"{name}.net", max_iter=max_iter, snapshot=snapshot,
+                                                   prefix=prefix, base_lr=base_lr, test_interval=test_interval))
+        return name
+    return write
+
+
+def opts(solver, **kw):
+    return FitOptions(solver=solver, device="cpu", stream=io.StringIO(), handle_signals=False, **kw)
+
+
+def test_fit_learns_logs_and_snapshots(project, tmp_path):
+    result = fit(opts(project()))
+    losses = [l for _, l in result.train_losses]
+    assert np.mean(losses[-10:]) < 0.6 * np.mean(losses[:5])
+    assert result.test_scores[0]["accuracy"] > 0.8
+    final = tmp_path / "snap/tiny_iter_40.caffemodel"
+    assert final.is_file() and (tmp_path / "snap/tiny_iter_40.solverstate").is_file()
+    model = read_caffemodel(final)
+    assert [l.name for l in model.layer if len(l.blobs)] == ["conv1", "fc"]
+    state = read_solverstate(tmp_path / "snap/tiny_iter_40.solverstate")
+    assert state.iter == 40 and len(state.history) == 4 and state.history[0].shape == (4, 3, 3, 3)
+    text = (tmp_path / "snap/tiny.log").read_text()
+    for line in ("] Iteration 0, Testing net (#0)", "    Test net output #1: accuracy = ",
+                 "] Iteration 5, loss = ", "] Iteration 5, lr = ", "    Train net output #0: loss = ",
+                 "Optimization Done."):
+        assert line in text
+    [run] = parse_log(tmp_path / "snap/tiny.log")
+    assert [it for it, _ in run.test["accuracy"]] == [0, 20, 40]
+    assert run.train["lr"][1] == (5, pytest.approx(0.05 * (1 + 0.0001 * 5) ** -0.75, rel=1e-5))
+    assert (tmp_path / "snap/tiny.metrics.csv").read_text().count(",test,accuracy,") == 3
+
+
+def test_resume_reproduces_the_uninterrupted_losses(project, tmp_path):
+    whole = fit(opts(project("a.prototxt", max_iter=30, prefix="a/run")))
+    half = fit(opts(project("b.prototxt", max_iter=30, snapshot=12, prefix="b/run"), max_iter=12))
+    assert [l for _, l in half.train_losses] == [l for _, l in whole.train_losses[:12]]
+    rest = fit(opts("b.prototxt", snapshot="b/run_iter_12.solverstate"))
+    assert rest.train_losses[0][0] == 12
+    assert [l for _, l in rest.train_losses] == [l for _, l in whole.train_losses[12:]]
+    a = read_caffemodel(tmp_path / "a/run_iter_30.caffemodel")
+    b = read_caffemodel(tmp_path / "b/run_iter_30.caffemodel")
+    blobs = lambda m: {l.name: [list(b.data) for b in l.blobs] for l in m.layer if len(l.blobs)}  # noqa: E731
+    assert blobs(a) == blobs(b) and set(blobs(a)) == {"conv1", "fc"}
+
+
+def test_frozen_layer_stays_bit_identical_and_finetune_renamed_layer(project, tmp_path):
+    fit(opts(project("base.prototxt", max_iter=10, prefix="base/b")))
+    base = read_caffemodel(tmp_path / "base/b_iter_10.caffemodel")
+    log = io.StringIO()
+    name = project("ft.prototxt", conv_lr=0, fc="fc_new", classes=3, max_iter=10, prefix="ft/f")
+    fit(FitOptions(solver=name, device="cpu", stream=log, handle_signals=False,
+                   weights="base/b_iter_10.caffemodel"))
+    tuned = read_caffemodel(tmp_path / "ft/f_iter_10.caffemodel")
+    conv_before = [l for l in base.layer if l.name == "conv1"][0]
+    conv_after = [l for l in tuned.layer if l.name == "conv1"][0]
+    assert conv_before.blobs[0].data == conv_after.blobs[0].data
+    assert conv_before.blobs[1].data == conv_after.blobs[1].data
+    text = log.getvalue()
+    assert "copied layer conv1" in text
+    assert "initialised layer fc_new" in text and "ignored layer fc" in text
+
+
+def test_label_out_of_range_names_record_and_classifier(project, tmp_path):
+    make_db(tmp_path / "bad_lmdb", 16, 3, bad_label_at=5)
+    name = project("bad.prototxt", train="bad_lmdb")
+    with pytest.raises(LabelError, match=r"record '00000005_img5.png' has label 5 but layer fc \(InnerProduct\)"
+                                         r" feeding loss has num_output 3"):
+        fit(opts(name))
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_nan_loss_names_first_layer_and_suggests_lower_lr(project):
+    name = project("nan.prototxt", base_lr=1e30, test_interval=0)
+    with pytest.raises(DivergedError, match=r"lower base_lr.*87\.3365") as err:
+        fit(opts(name))
+    assert "layer conv1 (Convolution) is the first" in str(err.value) or "layer fc" in str(err.value)
+
+
+def test_cli_fit_and_sigterm_writes_snapshot(project, tmp_path, cli):
+    name = project("cli.prototxt", max_iter=20, prefix="cli/run")
+    res = cli("trainer", "fit", "--solver", name, "--device", "cpu", "--quiet", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "trained to iteration 20" in res.stdout and "accuracy" in res.stdout
+    long = project("long.prototxt", max_iter=100000, prefix="long/run")
+    import os
+    from tests.conftest import ROOT
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "cli.trainer_main", "fit", "--solver", long, "--device", "cpu"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "long/run.log"
+    for _ in range(600):
+        if log.exists() and "Iteration 5, loss" in log.read_text():
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "resume with --snapshot long/run_iter_" in out
+    snaps = list((tmp_path / "long").glob("run_iter_*.solverstate"))
+    assert len(snaps) == 1
+    assert read_solverstate(snaps[0]).iter >= 5

@@ -1,0 +1,146 @@
+"""Safety rails from the fine-tuning folklore: wrong labels, diverging loss, unshuffled data.
+
+Caffe trains happily on labels >= num_output (the loss never converges) and
+prints ``loss = 87.3365`` (-log(FLT_MIN)) when the softmax underflows; both are
+classic lost afternoons. Here a bad label stops training with the record and the
+classifier named, and a non-finite loss stops it with the first layer whose
+output went non-finite and what to try.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from datakit.errors import DatakitError
+
+from trainer.backend import to_host
+
+#: layers whose second bottom is a class label checked against the classes of the first.
+LABEL_CONSUMERS = {"SoftmaxWithLoss", "Accuracy", "MultinomialLogisticLoss", "InfogainLoss",
+                   "HingeLoss"}
+
+
+class TrainingError(DatakitError):
+    """Training cannot go on: bad labels, a diverging loss."""
+
+
+class LabelError(TrainingError):
+    """A label outside 0..num_output-1."""
+
+
+class DivergedError(TrainingError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class LabelLimit:
+    classes: int
+    classifier: str
+    classifier_type: str
+    consumer: str
+    ignore_label: int | None
+
+
+def _producer(net, blob: str, before: int) -> int | None:
+    """Index of the layer that last wrote ``blob`` before layer ``before`` (through Splits, in-place)."""
+    for i in range(before - 1, -1, -1):
+        if blob in net.top_names[i]:
+            layer = net.layers[i]
+            if layer.type == "Split":
+                return _producer(net, net.bottom_names[i][0], i)
+            if blob in net.bottom_names[i]:  # in-place (ReLU, Dropout): keep looking for the producer
+                continue
+            return i
+    return None
+
+
+def label_limits(net) -> dict[str, list[LabelLimit]]:
+    """{data layer name: limits} for every label blob that feeds a classifier loss/accuracy."""
+    limits: dict[str, list[LabelLimit]] = {}
+    for i, layer in enumerate(net.layers):
+        if layer.type not in LABEL_CONSUMERS or len(net.bottom_names[i]) < 2:
+            continue
+        label_src = _producer(net, net.bottom_names[i][1], i)
+        score_src = _producer(net, net.bottom_names[i][0], i)
+        if label_src is None or score_src is None or not getattr(net.layers[label_src], "is_data", False):
+            continue
+        scores = net.bottom_vecs[i][0]
+        if scores.num_axes < 2:
+            continue
+        lp = layer.param
+        ignore = lp.loss_param.ignore_label if lp.loss_param.HasField("ignore_label") else None
+        if layer.type == "Accuracy" and lp.accuracy_param.HasField("ignore_label"):
+            ignore = lp.accuracy_param.ignore_label
+        axis = lp.softmax_param.axis if lp.HasField("softmax_param") else 1
+        classes = scores.shape[axis]
+        src = net.layers[score_src]
+        limits.setdefault(net.layers[label_src].name, []).append(
+            LabelLimit(classes, src.name, src.type, layer.name, ignore))
+    return limits
+
+
+def make_label_check(data_layer, limits: list[LabelLimit]) -> Callable[[np.ndarray, list[str]], None]:
+    """The callback a data layer runs on each batch's host labels before the net sees them."""
+    def check(labels: np.ndarray, keys: list[str]) -> None:
+        for lim in limits:
+            bad = (labels < 0) | (labels >= lim.classes)
+            if lim.ignore_label is not None:
+                bad &= labels != lim.ignore_label
+            if bad.any():
+                j = int(np.flatnonzero(bad)[0])
+                source = getattr(data_layer, "source", None) or getattr(data_layer, "list_path", "")
+                where = f"{source}: " if source else ""
+                raise LabelError(
+                    f"{where}record {keys[j]!r} has label {int(labels[j])} but layer {lim.classifier} "
+                    f"({lim.classifier_type}) feeding {lim.consumer} has num_output {lim.classes} "
+                    f"(labels must be 0..{lim.classes - 1}); fix the labels in the list/database or raise "
+                    f"{lim.classifier}'s num_output (Caffe would train on silently and never converge)")
+    return check
+
+
+def install(net, warn: Callable[[str], None] | None = None) -> dict[str, list[LabelLimit]]:
+    """Attach label checks (and the warning sink) to every data layer of ``net``."""
+    limits = label_limits(net)
+    for layer in net.layers:
+        if getattr(layer, "is_data", False) and hasattr(layer, "label_check"):
+            if warn is not None:
+                layer.warn = warn
+            if layer.name in limits:
+                layer.label_check = make_label_check(layer, limits[layer.name])
+    return limits
+
+
+def first_non_finite_layer(net) -> tuple[str, str, str] | None:
+    """(layer name, type, top) of the first layer, in forward order, whose top holds NaN/inf."""
+    xp = net.xp
+    for i, layer in enumerate(net.layers):
+        for name, blob in zip(net.top_names[i], net.top_vecs[i]):
+            if blob.count and not bool(xp.isfinite(blob.data).all()):
+                return layer.name, layer.type, name
+    return None
+
+
+def check_loss(net, loss: float, it: int, base_lr: float) -> None:
+    """Stop with a clear error when the loss is NaN or infinite."""
+    if math.isfinite(loss):
+        return
+    culprit = first_non_finite_layer(net)
+    where = (f"layer {culprit[0]} ({culprit[1]}) is the first to output non-finite values (top {culprit[2]!r})"
+             if culprit else "no layer output is non-finite now (the weights may have diverged)")
+    raise DivergedError(
+        f"iteration {it}: loss is {loss} ; {where}. The learning rate is probably too high: lower base_lr "
+        f"(now {base_lr:g}) by 10x, or check the data scale/mean (Caffe would print loss = 87.3365, "
+        f"-log(FLT_MIN), and keep going)")
+
+
+def near_flt_min_loss(loss: float) -> bool:
+    """True for Caffe's tell-tale 87.3365 (p[label] underflowed to FLT_MIN)."""
+    return abs(loss - 87.3365) < 1e-3
+
+
+def host_scalar(x: Any) -> float:
+    return float(np.asarray(to_host(x)).reshape(-1)[0])

@@ -1,0 +1,275 @@
+"""Caffe's Solver loop: iterations, averaged loss, display, testing, snapshots, resume, stop.
+
+The arithmetic of one update lives in :mod:`trainer.updates` and the rates in
+:mod:`trainer.lr_policy`; this module is the order of events of Caffe's
+``Solver::Step``/``Solve``, so logs, snapshot iterations and test points fall
+where a Caffe user expects them:
+
+    for each iteration: clear diffs; test if iter % test_interval == 0 (iter 0 only with
+    test_initialization); iter_size × forward/backward; display the loss averaged over
+    average_loss iterations; update (logs the lr); iter += 1; snapshot every `snapshot`.
+
+After ``max_iter`` a final snapshot (``snapshot_after_train``), a final loss line and
+a final test. ``request_stop()`` (SIGINT/SIGTERM in ``trainer fit``) ends the run at the
+end of the current iteration with a snapshot, so no finished iteration is lost.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from datakit.errors import ConfigError
+
+from trainer import lr_policy, rails
+from trainer.backend import to_host
+from trainer.caffelog import CaffeLog, fmt
+from trainer.snapshot import (LoadedState, SnapshotPaths, read_solverstate, rng_state, set_rng_state,
+                              write_snapshot)
+from trainer.updates import make_rule
+
+
+@dataclass
+class SolveResult:
+    iterations: int
+    stopped_early: bool = False
+    stop_reason: str = ""
+    snapshots: list[SnapshotPaths] = field(default_factory=list)
+    last_loss: float = float("nan")
+    test_scores: list[dict[str, float]] = field(default_factory=list)   # the last test of each test net
+    train_losses: list[tuple[int, float]] = field(default_factory=list)  # (iter, loss of that iteration)
+
+
+def output_weights(net) -> dict[str, float]:
+    """Loss weight of each output blob (0 for accuracies), as Caffe's display shows them."""
+    weights: dict[str, float] = {}
+    for names, ws in zip(net.top_names, net.loss_weights):
+        for name, w in zip(names, ws):
+            weights[name] = float(w)
+    return {name: weights.get(name, 0.0) for name in net.output_names}
+
+
+class Solver:
+    """Trains ``net`` with the SolverParameter ``param``; ``test_nets`` share its weights."""
+
+    def __init__(self, param, net, test_nets: Sequence[Any] = (), *, log: CaffeLog | None = None,
+                 snapshot_prefix: str | None = None, seed: int | None = None) -> None:
+        self.param = param
+        self.net = net
+        self.test_nets = list(test_nets)
+        self.log = log if log is not None else CaffeLog()
+        self.xp = net.xp
+        lr_policy.check_policy(param)
+        if param.max_iter <= 0:
+            raise ConfigError("solver: max_iter must be > 0")
+        if len(param.test_iter) != len(self.test_nets):
+            raise ConfigError(f"solver: {len(param.test_iter)} test_iter value(s) for {len(self.test_nets)} "
+                              "test net(s); give one test_iter per test net")
+        if param.test_interval and not self.test_nets:
+            raise ConfigError("solver: test_interval is set but there is no test net (add TEST-phase layers "
+                              "or test_net)")
+        self.snapshot_prefix = snapshot_prefix or param.snapshot_prefix
+        if param.snapshot and not self.snapshot_prefix:
+            raise ConfigError("solver: snapshot is set but snapshot_prefix is empty")
+        if param.snapshot_format == param.HDF5 and param.HasField("snapshot_format"):
+            raise ConfigError("solver: snapshot_format HDF5 is not supported; use BINARYPROTO (the default)")
+        for t in self.test_nets:
+            t.share_trained_layers_with(net)
+        self.rule = make_rule(param, net.learnable_params, self.xp)
+        self.iter = 0
+        self.seed = seed
+        self.average_loss = max(1, int(param.average_loss))
+        self.losses: collections.deque[float] = collections.deque(maxlen=self.average_loss)
+        self.stop_reason = ""
+        self.result = SolveResult(0)
+        self._weights = output_weights(net)
+
+    # -- control --------------------------------------------------------------------------------
+    def request_stop(self, reason: str = "interrupted") -> None:
+        """Finish the current iteration, snapshot, and return (safe to call from a signal handler)."""
+        self.stop_reason = reason
+
+    def rate(self) -> float:
+        return lr_policy.rate_for(self.param, self.iter)
+
+    # -- one iteration --------------------------------------------------------------------------
+    def _display(self) -> bool:
+        return bool(self.param.display) and self.iter % self.param.display == 0
+
+    def step(self, iters: int) -> None:
+        stop_iter = self.iter + iters
+        started = time.perf_counter()
+        start_iter = self.iter
+        while self.iter < stop_iter:
+            self.net.clear_param_diffs()
+            if (self.param.test_interval and self.iter % self.param.test_interval == 0
+                    and (self.iter > 0 or self.param.test_initialization)):
+                self.test_all()
+                if self.stop_reason:
+                    break
+            display = self._display()
+            loss = 0.0
+            for _ in range(max(1, self.param.iter_size)):
+                one = self.net.forward()
+                rails.check_loss(self.net, one, self.iter, self.param.base_lr)
+                self.net.backward()
+                loss += one
+            loss /= max(1, self.param.iter_size)
+            self.losses.append(loss)
+            smoothed = sum(self.losses) / len(self.losses)
+            self.result.train_losses.append((self.iter, loss))
+            self.result.last_loss = loss
+            if display:
+                self.log.train_loss(self.iter, smoothed)
+                outs = self.net.outputs()
+                self.log.train_outputs(self.iter, [(name, float(np.asarray(outs[name]).reshape(-1)[0]),
+                                                    self._weights[name]) for name in self.net.output_names
+                                                   if np.asarray(outs[name]).size == 1])
+                done = self.iter - start_iter + 1
+                speed = done / max(time.perf_counter() - started, 1e-9)
+                left = (self.param.max_iter - self.iter - 1) / speed if speed > 0 else 0
+                self.log.info(f"Iteration {self.iter}, {speed:.2f} iter/s, {_hms(left)} left")
+            rate = self.rate()
+            if display:
+                self.log.learning_rate(self.iter, rate)
+            self.rule.apply(rate, self.iter)
+            self.iter += 1
+            if self.param.snapshot and self.iter % self.param.snapshot == 0:
+                self.snapshot()
+            if self.stop_reason:
+                break
+
+    # -- testing --------------------------------------------------------------------------------
+    def test_all(self) -> list[dict[str, float]]:
+        scores = [self.test(i) for i in range(len(self.test_nets))]
+        self.result.test_scores = scores
+        return scores
+
+    def test(self, net_id: int) -> dict[str, float]:
+        net = self.test_nets[net_id]
+        self.log.testing(self.iter, net_id)
+        sums: dict[str, Any] = {}
+        weights = output_weights(net)
+        n_iter = int(self.param.test_iter[net_id])
+        loss_total = 0.0
+        for _ in range(n_iter):
+            loss_total += net.forward()
+            for name in net.output_names:
+                value = to_host(net.blobs[name].data).astype(np.float64)
+                sums[name] = sums[name] + value if name in sums else value.copy()
+            if self.stop_reason:
+                n_iter = _ + 1
+                break
+        if self.param.test_compute_loss:
+            self.log.info(f"Test loss: {fmt(loss_total / max(n_iter, 1))}")
+        means: dict[str, float] = {}
+        lines = []
+        for name in net.output_names:
+            mean = sums[name] / max(n_iter, 1)
+            for j, v in enumerate(np.asarray(mean).reshape(-1)):
+                key = name if np.asarray(mean).size == 1 else f"{name}[{j}]"
+                means[key] = float(v)
+                lines.append((name, float(v), weights[name]))
+        self.log.test_outputs(self.iter, lines, net_id)
+        return means
+
+    # -- snapshots ------------------------------------------------------------------------------
+    def _extra_state(self) -> dict[str, Any]:
+        def data_states(net) -> dict[str, Any]:
+            return {layer.name: layer.get_state() for layer in net.layers if hasattr(layer, "get_state")}
+        return {
+            "iter": self.iter,
+            "seed": self.seed,
+            "losses": list(self.losses),
+            "train": {"rng": rng_state(self.net.rng), "data": data_states(self.net)},
+            "test": [{"rng": rng_state(t.rng), "data": data_states(t)} for t in self.test_nets],
+        }
+
+    def snapshot(self) -> SnapshotPaths:
+        paths = write_snapshot(self.snapshot_prefix, self.iter, self.net.to_proto(),
+                               [to_host(h) for h in self.rule.history],
+                               lr_policy.current_step(self.param.lr_policy or "fixed", self.iter,
+                                                      stepsize=self.param.stepsize,
+                                                      stepvalues=list(self.param.stepvalue)),
+                               self._extra_state())
+        self.log.info(f"Snapshotting to binary proto file {paths.caffemodel}")
+        self.log.info(f"Snapshotting solver state to binary proto file {paths.solverstate}")
+        self.result.snapshots.append(paths)
+        return paths
+
+    def restore(self, path: str | Path) -> LoadedState:
+        """Resume from a .solverstate: weights, iteration, history, and (ours) RNG/data positions."""
+        from trainer.weights import load_weights
+        state = read_solverstate(path)
+        if state.learned_net is not None:
+            load_weights(self.net, state.learned_net)
+        if len(state.history) != len(self.rule.history):
+            raise ConfigError(f"{path}: {len(state.history)} history blobs, but this solver ("
+                              f"{type(self.rule).__name__}) keeps {len(self.rule.history)}; resume with "
+                              "the same net and solver type")
+        for k, (mine, saved) in enumerate(zip(self.rule.history, state.history)):
+            if tuple(mine.shape) != tuple(saved.shape) and mine.size == saved.size:
+                saved = saved.reshape(mine.shape)
+            if tuple(mine.shape) != tuple(saved.shape):
+                raise ConfigError(f"{path}: history blob {k} has shape {saved.shape}, the net's param has "
+                                  f"{tuple(mine.shape)}; resume with the same net")
+            mine[...] = self.xp.asarray(saved)
+        self.iter = state.iter
+        extra = state.extra
+        if extra:
+            self.losses.extend(float(x) for x in extra.get("losses", []))
+            self.seed = extra.get("seed", self.seed)
+            _restore_net(self.net, extra["train"])
+            for t, st in zip(self.test_nets, extra.get("test", [])):
+                _restore_net(t, st)
+        self.log.info(f"Restored solver state from {path}: iteration {self.iter}"
+                      + ("" if extra else " (a Caffe solverstate: data layers start from the first record)"))
+        return state
+
+    # -- the whole run --------------------------------------------------------------------------
+    def solve(self) -> SolveResult:
+        self.log.info("Solving " + (self.net.name or "net"))
+        self.log.info(f"Learning Rate Policy: {self.param.lr_policy or 'fixed'}")
+        self.step(self.param.max_iter - self.iter)
+        res = self.result
+        res.iterations = self.iter
+        if self.stop_reason:
+            if not res.snapshots or res.snapshots[-1] != _paths_for(self):
+                self.snapshot()
+            res.stopped_early = True
+            res.stop_reason = self.stop_reason
+            self.log.info(f"Optimization stopped early ({self.stop_reason}) at iteration {self.iter}; "
+                          f"resume with --snapshot {res.snapshots[-1].solverstate}")
+            return res
+        if self.param.snapshot_after_train and (not self.param.snapshot or self.iter % self.param.snapshot):
+            self.snapshot()
+        if self._display():
+            loss = self.net.forward()
+            self.log.train_loss(self.iter, loss)
+        if self.param.test_interval and self.iter % self.param.test_interval == 0:
+            self.test_all()
+        self.log.info("Optimization Done.")
+        return res
+
+
+def _paths_for(solver: Solver) -> SnapshotPaths:
+    from trainer.snapshot import snapshot_paths
+    return snapshot_paths(solver.snapshot_prefix, solver.iter)
+
+
+def _restore_net(net, state: dict) -> None:
+    set_rng_state(net.rng, state["rng"])
+    data = state.get("data", {})
+    for layer in net.layers:
+        if layer.name in data and hasattr(layer, "set_state"):
+            layer.set_state(data[layer.name])
+
+
+def _hms(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
