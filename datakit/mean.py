@@ -249,6 +249,7 @@ def compute_mean(db: str | os.PathLike, backend: str | None = None, *, workers: 
         elif reader.backend == "lmdb" and workers > 1 and n >= 2 * 256:
             parts = min(workers, n // 256)
             ranges = _split_keys(reader, parts)
+            reader.close()  # py-lmdb refuses an environment a forked child inherited open
             counter = multiprocessing.get_context("fork").Value("q", 0)
             with _pool(parts, counter) as pool:
                 futures = [pool.submit(_sum_lmdb_range, str(reader.path), a, b, color) for a, b in ranges]
@@ -266,7 +267,9 @@ def _settle_color(reader: Reader, color: bool | None) -> bool | None:
     """Native decoding, except that a color first record makes every record color (gray ones promoted)."""
     if color is not None:
         return color
-    key, value = next(reader.raw_items())
+    items = reader.raw_items()
+    key, value = next(items)
+    items.close()
     where = f"{reader.path}: record {key!r}"
     f = parse_datum_fields(value, where)
     if f.encoded and datum_to_array(f, color=None, where=where).shape[0] == 3:

@@ -36,6 +36,7 @@ class LmdbReader(Reader):
     def __init__(self, path: str | os.PathLike, *, decode: bool = False, color: bool | None = True) -> None:
         super().__init__(path, decode=decode, color=color)
         self.env = _open_env(self.path, readonly=True, lock=False, max_readers=512)
+        self._closed = False
 
     def __len__(self) -> int:
         return int(self.env.stat()["entries"])
@@ -62,7 +63,10 @@ class LmdbReader(Reader):
             yield from txn.cursor().iternext(keys=True, values=False)
 
     def close(self) -> None:
-        self.env.close()
+        """Close the environment. Do this before forking: a child must open its own."""
+        if not self._closed:
+            self._closed = True
+            self.env.close()
 
 
 class LmdbWriter:
