@@ -1,0 +1,227 @@
+"""`datakit assemble` end to end against the mirror: Caffe's lists, reports, resume after SIGKILL, hostile URLs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import numpy as np
+import pytest
+
+from datakit.assemble import AssembleConfig, assemble, name_from_url
+from datakit.download import DownloadOptions
+from datakit.errors import ConfigError, DownloadError, ListError
+from datakit.imagelist import check_list
+from datakit.manifest import open_manifest
+from datakit.mirror import EXPECTED_REASON, PLACEHOLDER_PATH, MirrorConfig, fault_for, serve_mirror
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def demo_rows():
+    return open_manifest("demo")[1]
+
+
+def _expected_lines(rows, images: int, seed: int, keep=lambda r: True) -> dict[str, list[str]]:
+    """Caffe's selection recomputed independently, as list lines per split."""
+    order = np.random.RandomState(seed).permutation(len(rows))[:images]
+    out: dict[str, list[str]] = {"train": [], "test": []}
+    for i in order:
+        r = rows[i]
+        if keep(r):
+            out[r.split].append(f"images/{r.url.rsplit('/', 1)[-1]} {r.label}")
+    return out
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().splitlines()
+
+
+def _fast(**kw) -> DownloadOptions:
+    base = dict(concurrency=16, retries=1, backoff=0.01, read_timeout=0.3, timeout=10, workers=2)
+    base.update(kw)
+    return DownloadOptions(**base)
+
+
+def test_cli_assembles_the_demo_like_caffe(cli, tmp_path: Path, demo_rows) -> None:
+    with serve_mirror(MirrorConfig.from_rows(demo_rows)) as m:
+        r = cli("datakit", "assemble", "--manifest", "demo", "--mirror", m.url, "--out", str(tmp_path / "d"),
+                "--images", "120", "--seed", "5", "--report", str(tmp_path / "r.json"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "Writing train/val for 120 successfully downloaded images." in r.stdout.splitlines()
+    want = _expected_lines(demo_rows, 120, 5)
+    assert _lines(tmp_path / "d" / "train.txt") == want["train"]
+    assert _lines(tmp_path / "d" / "test.txt") == want["test"]
+    assert len(list((tmp_path / "d" / "images").iterdir())) == 120
+    check = check_list(tmp_path / "d" / "train.txt", root=tmp_path / "d", check_files=True, allow_label_gaps=True)
+    assert check.ok, check.problems
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["selected"] == report["downloaded"] == report["succeeded"] == 120 and report["failed"] == 0
+    assert _lines(tmp_path / "d" / "failed.csv") == ["id,name,url,reason,detail"]
+
+
+def test_faults_reach_the_report_failed_csv_and_reruns(tmp_path: Path, demo_rows) -> None:
+    faults = {"not_found": 0.1, "server_error": 0.1, "placeholder": 0.1, "corrupt": 0.05, "flaky": 0.1}
+    out = tmp_path / "d"
+    cfg = AssembleConfig(manifest="demo", out=out, images=200, seed=2, report=tmp_path / "r.json",
+                         options=_fast(), progress=False)
+    picked = [demo_rows[i] for i in np.random.RandomState(2).permutation(len(demo_rows))[:200]]
+    fault = {r.url.rsplit("/", 1)[-1]: fault_for(urlsplit(r.url).path, faults, 9) for r in picked}
+    expected = Counter(EXPECTED_REASON[f] for f in fault.values() if f and EXPECTED_REASON[f] != "ok")
+    with serve_mirror(MirrorConfig.from_rows(demo_rows, faults=faults, seed=9)) as m:
+        cfg.mirror = m.url
+        result = assemble(cfg, log=lambda s: None)
+        report = json.loads((tmp_path / "r.json").read_text())
+        assert report["failures"] == dict(expected)
+        assert result.succeeded == 200 - sum(expected.values())
+        with open(out / "failed.csv", newline="") as fh:
+            failed = list(csv.DictReader(fh))
+        assert Counter(rec["reason"] for rec in failed) == expected
+        assert {rec["name"] for rec in failed} == {n for n, f in fault.items() if f and EXPECTED_REASON[f] != "ok"}
+        listed = {line.split()[0][len("images/"):] for line in _lines(out / "train.txt") + _lines(out / "test.txt")}
+        assert listed == {n for n, f in fault.items() if not f or EXPECTED_REASON[f] == "ok"}
+
+        # a plain re-run asks again only for the transient failures (500s), never for finished files
+        before = Counter(m.stats.hits)
+        assemble(cfg, log=lambda s: None)
+        asked = {p.rsplit("/", 1)[-1] for p in m.stats.hits if m.stats.hits[p] > before[p]}
+        assert asked == {n for n, f in fault.items() if f == "server_error"}
+        # --retry-failed asks for every failed row and nothing else
+        before = Counter(m.stats.hits)
+        cfg.retry_failed = True
+        assemble(cfg, log=lambda s: None)
+        asked = {p.rsplit("/", 1)[-1] for p in m.stats.hits if m.stats.hits[p] > before[p] and p != PLACEHOLDER_PATH}
+        assert asked == {rec["name"] for rec in failed}
+    # the lists are the same after both re-runs
+    assert {line.split()[0][len("images/"):] for line in _lines(out / "train.txt") + _lines(out / "test.txt")} == listed
+
+
+def _wait_for_files(folder: Path, count: int, proc: subprocess.Popen, limit: float = 60) -> None:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline and proc.poll() is None:
+        if folder.is_dir() and sum(1 for p in folder.iterdir() if not p.name.startswith(".")) >= count:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"fewer than {count} files appeared in {folder} (exit {proc.poll()})")
+
+
+def _assemble_proc(out: Path, url: str, *extra: str) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.Popen([sys.executable, "-m", "cli.datakit_main", "assemble", "--manifest", "demo", "--mirror",
+                             url, "--out", str(out), "--images", "400", "--seed", "11", "--concurrency", "4",
+                             "--no-progress", *extra], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def test_sigkill_then_rerun_loses_nothing_and_refetches_nothing(tmp_path: Path, demo_rows, cli) -> None:
+    out = tmp_path / "d"
+    with serve_mirror(MirrorConfig.from_rows(demo_rows, latency=0.02)) as m:
+        proc = _assemble_proc(out, m.url)
+        _wait_for_files(out / "images", 60, proc)
+        proc.kill()
+        proc.wait()
+        finished = {p.name: p.stat().st_ino for p in (out / "images").iterdir() if not p.name.startswith(".")}
+        assert 60 <= len(finished) < 400 and not (out / "train.txt").exists()
+        hits_before = Counter(m.stats.hits)
+        r = cli("datakit", "assemble", "--manifest", "demo", "--mirror", m.url, "--out", str(out), "--images", "400",
+                "--seed", "11", "--no-progress")
+        assert r.returncode == 0, r.stderr
+        refetched = [p for p in m.stats.hits if m.stats.hits[p] > hits_before[p] and p.rsplit("/", 1)[-1] in finished]
+        assert refetched == []
+    assert f"({len(finished)} already present" in r.stdout
+    for name, ino in finished.items():  # the very same files, untouched
+        assert (out / "images" / name).stat().st_ino == ino
+    assert not list((out / "images").glob(".*"))
+    want = _expected_lines(demo_rows, 400, 11)
+    assert _lines(out / "train.txt") == want["train"] and _lines(out / "test.txt") == want["test"]
+
+
+def test_ctrl_c_exits_cleanly_with_a_summary(tmp_path: Path, demo_rows) -> None:
+    out = tmp_path / "d"
+    with serve_mirror(MirrorConfig.from_rows(demo_rows, latency=0.05)) as m:
+        proc = _assemble_proc(out, m.url)
+        _wait_for_files(out / "images", 20, proc)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130, stderr
+    assert "Interrupted:" in stdout and "re-run the same command to resume" in stdout
+    assert "Traceback" not in stderr
+    assert not (out / "train.txt").exists()
+
+
+HOSTILE = [
+    "http://h/a/..%2F..%2Fevil1.jpg", "http://h/a/%2e%2e", "http://h/a/", "http://h/a/..", "http://h/a/%2Fetc%2Fevil2",
+    "http://h/a/x%5C..%5Cevil3.jpg", "http://h/a/.hidden.jpg", "http://h/a/na%0Ame.jpg", "http://h/a/nul%00.jpg",
+    "http://h/a/%2E%2E%2F%2E%2E%2Fevil4.jpg", "http://h/a/ok1.jpg", "http://h/b/ok%252F2.jpg",
+]
+
+
+def test_hostile_urls_never_write_outside_the_images_folder(tmp_path: Path) -> None:
+    manifest = tmp_path / "m.csv"
+    with open(manifest, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["", "image_url", "page_url", "label", "_split"])
+        for i, url in enumerate(HOSTILE):
+            w.writerow([i, url, "", 0, "train"])
+    out = tmp_path / "work" / "out"
+    with serve_mirror(MirrorConfig(any_path=True)) as m:
+        result = assemble(AssembleConfig(manifest=str(manifest), out=out, options=_fast(), progress=False,
+                                         mirror=m.url), log=lambda s: None)
+    every = {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")}
+    assert every == {"m.csv", "work", "work/out", "work/out/images", "work/out/images/ok1.jpg",
+                     "work/out/images/ok%2F2.jpg", "work/out/train.txt", "work/out/test.txt", "work/out/failed.csv"}
+    assert result.report["failures"] == {"bad_name": 10}
+    assert sorted(_lines(out / "train.txt")) == ["images/ok%2F2.jpg 0", "images/ok1.jpg 0"]
+
+
+@pytest.mark.parametrize("url", ["http://h/a/..", "http://h/%2e%2E", "http://h/x%2Fy", "http://h/", "http://h/.x",
+                                 "http://h/a%5Cb", "http://h/a%0d"])
+def test_name_from_url_refuses(url: str) -> None:
+    with pytest.raises(ListError):
+        name_from_url(url)
+
+
+def test_dead_list_stops_early_with_one_line(cli, tmp_path: Path, demo_rows) -> None:
+    with serve_mirror(MirrorConfig.from_rows(demo_rows, faults={"not_found": 1.0})) as m:
+        r = cli("datakit", "assemble", "--manifest", "demo", "--mirror", m.url, "--out", str(tmp_path / "d"),
+                "--images", "1000", "--dead-after", "40", "--concurrency", "8", "--no-progress")
+        asked = sum(m.stats.hits.values())
+    assert r.returncode == 1
+    errors = r.stderr.strip().splitlines()
+    assert len(errors) == 1 and "looks dead" in errors[0] and "--rewrite flickr" in errors[0] and "--mirror" in errors[0]
+    assert 40 <= asked <= 48  # stopped after 40 failures (plus those already in flight), not 1000
+    assert not (tmp_path / "d" / "train.txt").exists()
+    assert len(_lines(tmp_path / "d" / "failed.csv")) - 1 >= 40
+
+
+def test_absolute_paths_resize_and_option_errors(tmp_path: Path, demo_rows) -> None:
+    out = tmp_path / "d"
+    with serve_mirror(MirrorConfig.from_rows(demo_rows)) as m:
+        cfg = AssembleConfig(manifest="demo", out=out, images=20, seed=1, mirror=m.url, absolute_paths=True,
+                             options=_fast(resize=48), progress=False)
+        assemble(cfg, log=lambda s: None)
+        with pytest.raises(ConfigError, match="no such rule"):
+            assemble(AssembleConfig(manifest="demo", out=out, rewrite="nope", mirror=m.url), log=lambda s: None)
+        with pytest.raises(ConfigError, match="--images 0"):
+            assemble(AssembleConfig(manifest="demo", out=out, images=0), log=lambda s: None)
+    lines = _lines(out / "train.txt") + _lines(out / "test.txt")
+    assert len(lines) == 20 and all(line.startswith(str(out.resolve() / "images") + "/") for line in lines)
+    import cv2
+    shapes = {min(cv2.imread(line.rsplit(" ", 1)[0]).shape[:2]) for line in lines}
+    assert shapes == {48}  # the shorter side was brought down to 48
+
+
+def test_dead_list_library_error_names_the_kind(tmp_path: Path, demo_rows) -> None:
+    with serve_mirror(MirrorConfig.from_rows(demo_rows, faults={"gone": 1.0})) as m:
+        with pytest.raises(DownloadError, match=r"http_410 x\d+"):
+            assemble(AssembleConfig(manifest="demo", out=tmp_path, images=60, dead_after=10, mirror=m.url,
+                                    options=_fast(concurrency=2), progress=False), log=lambda s: None)
