@@ -7,8 +7,9 @@ one thread per output element, with the same conventions (im2col layout,
 window-local argmax index, Caffe's padding rules) so the two agree exactly.
 ``tests/test_kernels.py`` checks the agreement where CuPy and a GPU exist.
 
-Layouts: images are N×C×H×W; im2col gives N × (C·kh·kw) × (oh·ow), rows
-ordered (c, i, j) as Caffe's im2col so conv weights reshape to (M, C·kh·kw).
+Layouts: images are N×C×H×W; im2col gives (C·kh·kw) × (N·oh·ow), rows
+ordered (c, i, j) as Caffe's im2col so conv weights reshape to (M, C·kh·kw),
+columns ordered (n, y, x) so the whole batch is one GEMM.
 """
 
 from __future__ import annotations
@@ -53,7 +54,11 @@ def ave_pool_divisor(size: int, out: int, kernel: int, pad: int, stride: int) ->
 
 def im2col(x: Any, kh: int, kw: int, ph: int, pw: int, sh: int, sw: int,
            dh: int = 1, dw: int = 1) -> Any:
-    """N×C×H×W → N×(C·kh·kw)×(oh·ow) columns (zero padding)."""
+    """N×C×H×W → (C·kh·kw)×(N·oh·ow) columns (zero padding).
+
+    The batch sits in the columns so a convolution is one large GEMM per
+    group (W · col), which is what keeps BLAS (or cuBLAS) busy.
+    """
     xp = get_array_module(x)
     n, c, h, w = x.shape
     oh = conv_out_size(h, kh, ph, sh, dh)
@@ -65,34 +70,34 @@ def im2col(x: Any, kh: int, kw: int, ph: int, pw: int, sh: int, sw: int,
         xpad[:, :, ph:ph + h, pw:pw + w] = x
     else:
         xpad = x
-    col = np.empty((n, c, kh, kw, oh, ow), dtype=x.dtype)
+    # Walk the padded input channel-major so each copy below reads long rows.
+    xt = xpad.transpose(1, 0, 2, 3)
+    col = np.empty((c, kh, kw, n, oh, ow), dtype=x.dtype)
     for i in range(kh):
         y0 = i * dh
         for j in range(kw):
             x0 = j * dw
-            col[:, :, i, j] = xpad[:, :, y0:y0 + sh * (oh - 1) + 1:sh, x0:x0 + sw * (ow - 1) + 1:sw]
-    return col.reshape(n, c * kh * kw, oh * ow)
+            col[:, i, j] = xt[:, :, y0:y0 + sh * (oh - 1) + 1:sh, x0:x0 + sw * (ow - 1) + 1:sw]
+    return col.reshape(c * kh * kw, n * oh * ow)
 
 
 def col2im(col: Any, shape: tuple[int, int, int, int], kh: int, kw: int, ph: int, pw: int,
            sh: int, sw: int, dh: int = 1, dw: int = 1) -> Any:
-    """The adjoint of im2col: sum columns back into an N×C×H×W image."""
+    """The adjoint of im2col: sum (C·kh·kw)×(N·oh·ow) columns back into an N×C×H×W image."""
     xp = get_array_module(col)
     n, c, h, w = shape
     oh = conv_out_size(h, kh, ph, sh, dh)
     ow = conv_out_size(w, kw, pw, sw, dw)
     if xp is not np:
         return _cuda().col2im(col, shape, kh, kw, ph, pw, sh, sw, dh, dw, oh, ow)
-    col6 = col.reshape(n, c, kh, kw, oh, ow)
-    xpad = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=col.dtype)
+    col6 = col.reshape(c, kh, kw, n, oh, ow)
+    xpad = np.zeros((c, n, h + 2 * ph, w + 2 * pw), dtype=col.dtype)
     for i in range(kh):
         y0 = i * dh
         for j in range(kw):
             x0 = j * dw
-            xpad[:, :, y0:y0 + sh * (oh - 1) + 1:sh, x0:x0 + sw * (ow - 1) + 1:sw] += col6[:, :, i, j]
-    if ph or pw:
-        return np.ascontiguousarray(xpad[:, :, ph:ph + h, pw:pw + w])
-    return xpad
+            xpad[:, :, y0:y0 + sh * (oh - 1) + 1:sh, x0:x0 + sw * (ow - 1) + 1:sw] += col6[:, i, j]
+    return np.ascontiguousarray(xpad[:, :, ph:ph + h, pw:pw + w].transpose(1, 0, 2, 3))
 
 
 # ---------------------------------------------------------------- pooling ----

@@ -2,7 +2,7 @@
 
 One thread per output element (im2col, pooling forward, LRN) or per input
 element (col2im, pooling backward: a gather, so no atomics). The conventions
-equal the NumPy twins in trainer.kernels: im2col layout N×(C·kh·kw)×(oh·ow),
+equal the NumPy twins in trainer.kernels: im2col layout (C·kh·kw)×(N·oh·ow),
 window-local argmax, Caffe's AVE divisor. Compiled per dtype on first use.
 """
 
@@ -23,11 +23,13 @@ __global__ void im2col(const T* x, T* col, long long total, int C, int H, int W,
                        int oh, int ow) {
   for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < total;
        idx += (long long)blockDim.x * gridDim.x) {
+    // col[(c,i,j), (n,oy,ox)]: rows C*kh*kw, columns N*oh*ow
     int ox = idx % ow; long long r = idx / ow;
     int oy = r % oh; r /= oh;
+    long long N = total / ((long long)C * kh * kw * oh * ow);
+    long long n = r % N; r /= N;
     int j = r % kw; r /= kw;
-    int i = r % kh; r /= kh;
-    int c = r % C; long long n = r / C;
+    int i = r % kh; int c = r / kh;
     int y = oy * sh - ph + i * dh;
     int xx = ox * sw - pw + j * dw;
     T v = 0;
@@ -44,6 +46,7 @@ __global__ void col2im(const T* col, T* x, long long total, int C, int H, int W,
     int xx = idx % W; long long r = idx / W;
     int y = r % H; r /= H;
     int c = r % C; long long n = r / C;
+    long long N = total / ((long long)C * H * W);
     T acc = 0;
     for (int i = 0; i < kh; ++i) {
       int ty = y + ph - i * dh;
@@ -55,7 +58,7 @@ __global__ void col2im(const T* col, T* x, long long total, int C, int H, int W,
         if (tx < 0 || tx % sw) continue;
         int ox = tx / sw;
         if (ox >= ow) continue;
-        acc += col[((((n * C + c) * kh + i) * kw + j) * oh + oy) * ow + ox];
+        acc += col[((((long long)(c * kh + i) * kw + j) * N + n) * oh + oy) * ow + ox];
       }
     }
     x[idx] = acc;
@@ -210,7 +213,7 @@ def im2col(x: Any, kh: int, kw: int, ph: int, pw: int, sh: int, sw: int, dh: int
     cp = cupy_module()
     x = cp.ascontiguousarray(x)
     n, c, h, w = x.shape
-    col = cp.empty((n, c * kh * kw, oh * ow), dtype=x.dtype)
+    col = cp.empty((c * kh * kw, n * oh * ow), dtype=x.dtype)
     total = col.size
     _launch("im2col", x.dtype, total,
             (x, col, cp.int64(total)) + _i(c, h, w, kh, kw, ph, pw, sh, sw, dh, dw, oh, ow))

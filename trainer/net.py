@@ -215,6 +215,7 @@ class Net:
         for lp in layer_params:
             self._add_layer(lp, blob_needs_grad, available)
         self.output_names = list(available)
+        self._blob_needs_grad = blob_needs_grad
         self._prune_backward()
 
     # -- construction ---------------------------------------------------------
@@ -343,6 +344,29 @@ class Net:
                     for j in range(len(self.bottom_names[i]))]
         for layer, need in zip(self.layers, self.layer_need_backward):
             layer.need_backward = need
+
+    @property
+    def has_loss(self) -> bool:
+        return any(w != 0 for ws in self.loss_weights for w in ws)
+
+    def enable_full_backward(self) -> None:
+        """Run backward through every non-data layer even without a loss (what `caffe time` does).
+
+        Bottoms coming straight from data layers still get no gradient, as in Caffe.
+        """
+        for i, layer in enumerate(self.layers):
+            if layer.is_data:
+                continue
+            self.layer_need_backward[i] = True
+            layer.need_backward = True
+            self.bottom_need_backward[i] = [self._blob_needs_grad.get(b, False) and layer.allow_force_backward(j)
+                                            for j, b in enumerate(self.bottom_names[i])]
+
+    @classmethod
+    def from_file(cls, path: str | Path, phase: int = TEST, **kwargs: Any) -> "Net":
+        """Read a net prototxt (any Caffe generation, upgraded on read) and build it."""
+        from datakit.formats.prototxt import read_net  # noqa: PLC0415
+        return cls(read_net(path), phase, **kwargs)
 
     # -- access ---------------------------------------------------------------
     def layer(self, name: str) -> Layer:

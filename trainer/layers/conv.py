@@ -93,19 +93,20 @@ class ConvolutionLayer(Layer):
         g, mg = self.group, self.num_output // self.group
         for i, (b, t) in enumerate(zip(bottoms, tops)):
             n = b.shape[0]
-            col = self._im2col(b.data)
+            col = self._im2col(b.data)  # (C·kh·kw, N·oh·ow)
             self._cols[i] = col if self.need_backward else None
-            kk = col.shape[1] // g
+            kk = col.shape[0] // g
             if g == 1:
-                y = xp.matmul(w, col)
+                y = w @ col
             else:
-                y = xp.empty((n, self.num_output, col.shape[2]), dtype=col.dtype)
+                y = xp.empty((self.num_output, col.shape[1]), dtype=col.dtype)
                 for gi in range(g):
-                    y[:, gi * mg:(gi + 1) * mg] = xp.matmul(w[gi * mg:(gi + 1) * mg],
-                                                            col[:, gi * kk:(gi + 1) * kk])
+                    xp.matmul(w[gi * mg:(gi + 1) * mg], col[gi * kk:(gi + 1) * kk], out=y[gi * mg:(gi + 1) * mg])
             if self.bias_term:
-                y += self.blobs[1].data.reshape(1, -1, 1)
-            t.data = y.reshape(t.shape)
+                y += self.blobs[1].data.reshape(-1, 1)
+            # (M, N·P) -> (N, M, P): one copy into the top's layout.
+            out = y.reshape(self.num_output, n, -1).transpose(1, 0, 2)
+            t.data = xp.ascontiguousarray(out).reshape(t.shape)
 
     def backward(self, tops: list[Blob], propagate_down: list[bool], bottoms: list[Blob]) -> None:
         xp = self.xp
@@ -118,24 +119,23 @@ class ConvolutionLayer(Layer):
                 self.blobs[1].diff += dy.sum(axis=(0, 2))
             if not (self.param_needs_grad(0) or propagate_down[i]):
                 continue
+            dy2 = xp.ascontiguousarray(dy.transpose(1, 0, 2)).reshape(self.num_output, -1)  # (M, N·P)
             col = self._cols[i]
             if col is None:
                 col = self._im2col(b.data)
-            kk = col.shape[1] // g
-            wdiff = self.blobs[0].diff.reshape(self.num_output, -1)
-            for gi in range(g if self.param_needs_grad(0) else 0):
-                dyg = dy[:, gi * mg:(gi + 1) * mg]
-                colg = col[:, gi * kk:(gi + 1) * kk]
-                # Σ_n dy[n] · col[n]ᵀ as one GEMM over the (n, position) axis.
-                wdiff[gi * mg:(gi + 1) * mg] += xp.tensordot(dyg, colg, axes=([0, 2], [0, 2]))
+            kk = col.shape[0] // g
+            if self.param_needs_grad(0):
+                wdiff = self.blobs[0].diff.reshape(self.num_output, -1)
+                for gi in range(g):
+                    wdiff[gi * mg:(gi + 1) * mg] += dy2[gi * mg:(gi + 1) * mg] @ col[gi * kk:(gi + 1) * kk].T
             if propagate_down[i]:
                 if g == 1:
-                    dcol = xp.matmul(w.T, dy)
+                    dcol = w.T @ dy2
                 else:
                     dcol = xp.empty_like(col)
                     for gi in range(g):
-                        dcol[:, gi * kk:(gi + 1) * kk] = xp.matmul(w[gi * mg:(gi + 1) * mg].T,
-                                                                   dy[:, gi * mg:(gi + 1) * mg])
+                        xp.matmul(w[gi * mg:(gi + 1) * mg].T, dy2[gi * mg:(gi + 1) * mg],
+                                  out=dcol[gi * kk:(gi + 1) * kk])
                 b.diff = kernels.col2im(dcol, b.shape, self.kh, self.kw, self.ph, self.pw,
                                         self.sh, self.sw, self.dh, self.dw)
             self._cols[i] = None

@@ -1,0 +1,89 @@
+"""`trainer classify`: top-k classes of image files with a deploy net (Caffe's classify.py)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from datakit.errors import ConfigError
+
+from cli.trainer_options import add_device_options, check_exists, positive
+
+HELP = "Classify image files with a deploy net + weights: top-k classes with their names."
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v != ""]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v != ""]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--model", required=True, help="deploy prototxt (Input layer)")
+    p.add_argument("--weights", required=True, help=".caffemodel")
+    mean = p.add_mutually_exclusive_group()
+    mean.add_argument("--mean", help="mean image (.binaryproto or .npy); its per-channel mean is subtracted")
+    mean.add_argument("--mean-value", type=_floats, metavar="B,G,R", help="per-channel mean in net channel order")
+    p.add_argument("--labels", help="class names, one per line (e.g. synset_words.txt)")
+    p.add_argument("--top-k", type=positive, default=5, help="classes to print per image (default 5)")
+    crop = p.add_mutually_exclusive_group()
+    crop.add_argument("--center-only", action="store_true", help="one center crop instead of 10 crops")
+    crop.add_argument("--oversample", action="store_true", default=True,
+                      help="Caffe's 10 crops (corners, center, mirrored), averaged (default)")
+    p.add_argument("--image-dims", type=_ints, metavar="H,W",
+                   help="resize images to this before cropping (default: the net input size)")
+    p.add_argument("--channel-swap", type=_ints, default=[2, 1, 0], metavar="2,1,0",
+                   help="order of the RGB channels fed to the net (default 2,1,0: BGR, as Caffe models)")
+    p.add_argument("--raw-scale", type=float, default=255.0, help="multiply [0,1] pixels by this (default 255)")
+    p.add_argument("--input-scale", type=float, help="multiply after mean subtraction")
+    p.add_argument("--output-blob", help="blob to read scores from (default: the last net output)")
+    p.add_argument("--json", metavar="FILE", help="also write the predictions as JSON")
+    add_device_options(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from datakit.atomic import write_text_atomic
+    from datakit.formats import caffe_pb2
+    from datakit.formats.blobproto import read_mean
+    from trainer import backend
+    from trainer.classify import Classifier, read_labels
+    from trainer.net import Net
+    from trainer.weights import load_weights_list
+
+    check_exists(args.model, "model prototxt")
+    xp = backend.select(args.device, args.gpu)
+    net = Net.from_file(args.model, caffe_pb2.TEST, xp=xp)
+    load_weights_list(net, args.weights)
+    mean = None
+    if args.mean:
+        mean = read_mean(args.mean)
+    elif args.mean_value:
+        mean = np.array(args.mean_value, dtype=np.float32)
+    dims = None
+    if args.image_dims:
+        if len(args.image_dims) != 2:
+            raise ConfigError("--image-dims takes H,W")
+        dims = (args.image_dims[0], args.image_dims[1])
+    clf = Classifier(net, mean=mean, raw_scale=args.raw_scale, channel_swap=args.channel_swap,
+                     input_scale=args.input_scale, image_dims=dims, oversample=not args.center_only,
+                     output_blob=args.output_blob)
+    labels = read_labels(args.labels) if args.labels else None
+    preds = clf.classify_files(args.images, labels, top_k=args.top_k)
+    for pred in preds:
+        print(pred.format())
+    if args.json:
+        data = [{"image": p.path, "top": [{"class": i, "prob": pr, "name": n} for i, pr, n in p.top]}
+                for p in preds]
+        write_text_atomic(args.json, json.dumps(data, indent=2) + "\n")
+    return 0

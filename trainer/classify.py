@@ -1,0 +1,186 @@
+"""Classify image files with a deploy net, as Caffe's python/classify.py does.
+
+The pipeline is Caffe's Classifier: load the image as RGB in [0, 1]; resize
+it to ``image_dims`` (default 256×256); take the center crop of the net's
+input size, or Caffe's 10-crop oversampling (four corners and the center,
+and their mirrors) with the predictions averaged; transpose to C×H×W; swap
+channels (default 2,1,0: RGB to the BGR order Caffe models are trained in);
+multiply by ``raw_scale`` (255); subtract the mean; multiply by
+``input_scale``. The mean is the per-channel mean of a mean file (as
+classify.py does with ``mean.mean(1).mean(1)``) or explicit values.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from datakit.errors import ConfigError, FormatError
+from datakit.images import read_image
+
+from trainer.backend import to_host
+from trainer.net import Net
+
+
+def load_image(path: str | os.PathLike, color: bool = True) -> np.ndarray:
+    """H×W×C float32 in [0, 1], RGB (caffe.io.load_image); H×W×1 when not ``color``."""
+    img = read_image(str(path), color=color)
+    if img.ndim == 2:
+        img = img[:, :, None]
+    if color:
+        img = img[:, :, ::-1]  # decode gives BGR
+    return np.ascontiguousarray(img, dtype=np.float32) / 255.0
+
+
+def resize(img: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear resize of an H×W×C float image (caffe.io.resize_image, order 1)."""
+    if img.shape[:2] == (height, width):
+        return img
+    out = cv2.resize(img, (width, height), interpolation=cv2.INTER_LINEAR)
+    return out[:, :, None] if out.ndim == 2 else out
+
+
+def oversample(images: Sequence[np.ndarray], crop: tuple[int, int]) -> np.ndarray:
+    """Caffe's 10 crops per image: 4 corners + center, then the same mirrored. (10N)×h×w×C."""
+    ch, cw = crop
+    out = []
+    for img in images:
+        h, w = img.shape[:2]
+        if ch > h or cw > w:
+            raise ConfigError(f"crop {ch}x{cw} is larger than the resized image {h}x{w}; "
+                              "raise --image-dims")
+        hc, wc = (h - ch) / 2.0, (w - cw) / 2.0
+        starts = [(0, 0), (0, w - cw), (h - ch, 0), (h - ch, w - cw), (int(hc), int(wc))]
+        crops = [img[y:y + ch, x:x + cw] for y, x in starts]
+        crops += [c[:, ::-1] for c in crops]
+        out.extend(crops)
+    return np.stack(out)
+
+
+def center_crop(images: Sequence[np.ndarray], crop: tuple[int, int]) -> np.ndarray:
+    ch, cw = crop
+    out = []
+    for img in images:
+        h, w = img.shape[:2]
+        if ch > h or cw > w:
+            raise ConfigError(f"crop {ch}x{cw} is larger than the resized image {h}x{w}; "
+                              "raise --image-dims")
+        y, x = int((h - ch) / 2.0), int((w - cw) / 2.0)
+        out.append(img[y:y + ch, x:x + cw])
+    return np.stack(out)
+
+
+def read_labels(path: str | os.PathLike) -> list[str]:
+    """One name per line (synset_words.txt, style_names.txt); blank lines are kept as ''."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: labels file not found") from None
+    return [line.strip() for line in text.splitlines()]
+
+
+@dataclass
+class Prediction:
+    path: str
+    probs: np.ndarray
+    top: list[tuple[int, float, str]]
+
+    def format(self) -> str:
+        lines = [f"{self.path}:"]
+        for rank, (idx, p, name) in enumerate(self.top, start=1):
+            label = f"  {name}" if name else ""
+            lines.append(f"  {rank}. {p:.4f}  [{idx}]{label}")
+        return "\n".join(lines)
+
+
+class Classifier:
+    """A deploy net wrapped with Caffe's preprocessing (see the module docstring)."""
+
+    def __init__(self, net: Net, *, mean: np.ndarray | None = None, raw_scale: float = 255.0,
+                 channel_swap: Sequence[int] | None = (2, 1, 0), input_scale: float | None = None,
+                 image_dims: tuple[int, int] | None = None, oversample: bool = True,
+                 input_blob: str | None = None, output_blob: str | None = None) -> None:
+        self.net = net
+        inputs = net.input_names
+        self.input_blob = input_blob or (inputs[0] if inputs else "data")
+        if self.input_blob not in net.blobs:
+            raise ConfigError(f"the net has no input blob {self.input_blob!r}")
+        shape = net.blobs[self.input_blob].shape
+        if len(shape) != 4:
+            raise ConfigError(f"input blob {self.input_blob!r} has shape {shape}; a deploy net needs N×C×H×W")
+        self.channels, self.crop = shape[1], (shape[2], shape[3])
+        self.output_blob = output_blob or net.output_names[-1]
+        self.image_dims = image_dims or self.crop
+        self.oversample = oversample
+        self.raw_scale = raw_scale
+        self.input_scale = input_scale
+        if self.channels == 1:
+            channel_swap = None
+        if channel_swap is not None and sorted(channel_swap) != list(range(self.channels)):
+            raise ConfigError(f"channel swap {tuple(channel_swap)} is not a permutation of the net's "
+                              f"{self.channels} channels")
+        self.channel_swap = list(channel_swap) if channel_swap is not None else None
+        if mean is not None:
+            mean = np.asarray(mean, dtype=np.float32)
+            if mean.ndim == 3:
+                mean = mean.mean(axis=(1, 2))
+            mean = mean.reshape(-1)
+            if mean.size not in (1, self.channels):
+                raise ConfigError(f"mean has {mean.size} channels, the net takes {self.channels}")
+        self.mean = mean
+
+    @property
+    def color(self) -> bool:
+        return self.channels == 3
+
+    def preprocess(self, crops: np.ndarray) -> np.ndarray:
+        """(N×h×w×C float RGB [0,1]) → N×C×h×w net input."""
+        x = crops.transpose(0, 3, 1, 2)
+        if self.channel_swap is not None:
+            x = x[:, self.channel_swap]
+        x = x * self.raw_scale
+        if self.mean is not None:
+            x = x - self.mean.reshape(1, -1, 1, 1)
+        if self.input_scale is not None:
+            x = x * self.input_scale
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+    def predict(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """Class probabilities (or whatever the output blob holds), one row per image."""
+        resized = [resize(img, *self.image_dims) for img in images]
+        crops = oversample(resized, self.crop) if self.oversample else center_crop(resized, self.crop)
+        x = self.preprocess(crops)
+        blob = self.net.blobs[self.input_blob]
+        outs = []
+        batch = blob.shape[0]
+        for start in range(0, len(x), batch):
+            chunk = x[start:start + batch]
+            if chunk.shape[0] != blob.shape[0]:
+                blob.reshape(chunk.shape)
+            blob.data[...] = self.net.xp.asarray(chunk)
+            self.net.forward()
+            out = np.array(to_host(self.net.blobs[self.output_blob].data))
+            outs.append(out.reshape(out.shape[0], -1))
+        preds = np.concatenate(outs)
+        if self.oversample:
+            preds = preds.reshape(len(images), 10, -1).mean(axis=1)
+        return preds
+
+    def classify_files(self, paths: Sequence[str | os.PathLike], labels: Sequence[str] | None = None,
+                       top_k: int = 5) -> list[Prediction]:
+        images = [load_image(p, color=self.color) for p in paths]
+        probs = self.predict(images)
+        if labels is not None and len(labels) < probs.shape[1]:
+            raise FormatError(f"the labels file has {len(labels)} names but the net predicts "
+                              f"{probs.shape[1]} classes")
+        out = []
+        for path, row in zip(paths, probs):
+            order = np.argsort(-row, kind="stable")[:top_k]
+            top = [(int(i), float(row[i]), labels[i] if labels else "") for i in order]
+            out.append(Prediction(str(path), row, top))
+        return out

@@ -1,0 +1,71 @@
+"""`caffe test`: run a net for N batches and average each output blob.
+
+Every element of every output blob is averaged over the batches (Caffe's
+test_score), so a scalar loss or accuracy gives one number and a
+multi-valued output (per-class accuracy) gives one per element.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from trainer.net import Net
+
+
+@dataclass
+class TestResult:
+    iterations: int
+    names: list[str]
+    means: dict[str, np.ndarray]
+    loss_weights: dict[str, float]
+    mean_loss: float
+    batches: list[dict[str, np.ndarray]] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        """`Loss: X` then `NAME = VALUE` per output element, as `caffe test` ends."""
+        out = [f"Loss: {self.mean_loss:.6g}"]
+        for name in self.names:
+            for v in np.asarray(self.means[name]).reshape(-1):
+                out.append(f"{name} = {float(v):.6g}")
+        return out
+
+    def as_dict(self) -> dict:
+        return {"iterations": self.iterations, "loss": self.mean_loss,
+                "outputs": {n: np.asarray(self.means[n]).reshape(-1).tolist() for n in self.names}}
+
+
+def output_loss_weights(net: Net) -> dict[str, float]:
+    """Loss weight of each output blob (0 for accuracy and other non-losses)."""
+    weights: dict[str, float] = {}
+    for names, ws in zip(net.top_names, net.loss_weights):
+        for n, w in zip(names, ws):
+            if n in net.output_names:
+                weights[n] = float(w)
+    return weights
+
+
+def test_net(net: Net, iterations: int,
+             on_batch: Callable[[int, dict[str, np.ndarray]], None] | None = None) -> TestResult:
+    """Forward ``iterations`` batches; the mean of every output and of the weighted loss."""
+    if iterations < 1:
+        raise ValueError("iterations must be at least 1")
+    names = list(net.output_names)
+    sums: dict[str, np.ndarray] = {}
+    loss_total = 0.0
+    for it in range(iterations):
+        loss_total += net.forward()
+        outs = net.outputs()
+        for n in names:
+            v = np.asarray(outs[n], dtype=np.float64)
+            sums[n] = sums[n] + v if n in sums else v.copy()
+        if on_batch is not None:
+            on_batch(it, outs)
+    means = {n: sums[n] / iterations for n in names}
+    return TestResult(iterations, names, means, output_loss_weights(net), loss_total / iterations)
+
+
+test_net.__test__ = False  # type: ignore[attr-defined]  # not a pytest test
+TestResult.__test__ = False  # type: ignore[attr-defined]

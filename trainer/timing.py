@@ -1,0 +1,109 @@
+"""`caffe time` for our nets: average forward and backward milliseconds per layer.
+
+The measurement follows Caffe's tool: one untimed forward/backward to warm
+up (allocations, kernel compilation), then for each iteration every layer's
+forward in order and every layer's backward in reverse, each timed on its
+own (with a device synchronisation on the GPU so the time is the layer's).
+Layers that the net prunes from backward report 0 backward time, as they
+cost nothing when training.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from trainer.backend import synchronize
+from trainer.net import Net
+
+
+@dataclass
+class LayerTiming:
+    name: str
+    type: str
+    forward_ms: float = 0.0
+    backward_ms: float = 0.0
+
+
+@dataclass
+class TimingReport:
+    layers: list[LayerTiming] = field(default_factory=list)
+    iterations: int = 0
+    batch_size: int = 0
+    forward_ms: float = 0.0
+    backward_ms: float = 0.0
+    total_ms: float = 0.0
+    forward_only: bool = False
+
+    @property
+    def forward_backward_ms(self) -> float:
+        return self.forward_ms + self.backward_ms
+
+    @property
+    def ms_per_image(self) -> float:
+        return self.forward_backward_ms / self.batch_size if self.batch_size else 0.0
+
+    def format(self) -> str:
+        """Lines as `caffe time` prints them (plus ms per image)."""
+        width = max((len(t.name) for t in self.layers), default=4)
+        out = ["Average time per layer:"]
+        for t in self.layers:
+            out.append(f"{t.name:>{width}}\tforward: {t.forward_ms:.4f} ms.")
+            if not self.forward_only:
+                out.append(f"{t.name:>{width}}\tbackward: {t.backward_ms:.4f} ms.")
+        out.append(f"Average Forward pass: {self.forward_ms:.4f} ms.")
+        if not self.forward_only:
+            out.append(f"Average Backward pass: {self.backward_ms:.4f} ms.")
+            out.append(f"Average Forward-Backward: {self.forward_backward_ms:.4f} ms.")
+        if self.batch_size:
+            per = self.forward_backward_ms / self.batch_size
+            out.append(f"Average per image (batch {self.batch_size}): {per:.4f} ms.")
+        out.append(f"Total Time: {self.total_ms:.4f} ms.")
+        return "\n".join(out)
+
+
+def _batch_size(net: Net) -> int:
+    """The leading dimension of the first data/input top (0 when unknown)."""
+    for layer, tops in zip(net.layers, net.top_vecs):
+        if layer.is_data and tops and tops[0].shape:
+            return int(tops[0].shape[0])
+    return 0
+
+
+def time_net(net: Net, iterations: int = 50, *, forward_only: bool = False, warmup: int = 1,
+             progress: Callable[[int], None] | None = None) -> TimingReport:
+    """Time ``iterations`` forward(+backward) passes layer by layer."""
+    if iterations < 1:
+        raise ValueError("iterations must be at least 1")
+    xp = net.xp
+    for _ in range(warmup):
+        net.forward()
+        if not forward_only:
+            net.backward()
+    synchronize(xp)
+    report = TimingReport([LayerTiming(n, layer.type) for n, layer in zip(net.layer_names, net.layers)],
+                          iterations=iterations, batch_size=_batch_size(net), forward_only=forward_only)
+    started = time.perf_counter()
+    clock = time.perf_counter
+    for it in range(iterations):
+        for i, t in enumerate(report.layers):
+            t0 = clock()
+            net.forward_layer(i)
+            synchronize(xp)
+            t.forward_ms += (clock() - t0) * 1000.0
+        if not forward_only:
+            for i in range(len(report.layers) - 1, -1, -1):
+                t0 = clock()
+                net.backward_layer(i)
+                synchronize(xp)
+                report.layers[i].backward_ms += (clock() - t0) * 1000.0
+        if progress is not None:
+            progress(it + 1)
+    report.total_ms = (clock() - started) * 1000.0
+    for t in report.layers:
+        t.forward_ms /= iterations
+        t.backward_ms /= iterations
+    report.forward_ms = sum(t.forward_ms for t in report.layers)
+    report.backward_ms = sum(t.backward_ms for t in report.layers)
+    return report
