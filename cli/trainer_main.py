@@ -10,6 +10,9 @@ from cli.dispatch import run_main
 COMMANDS: dict[str, str] = {
     "fit": "cli.trainer_cmd_fit",
     "plot": "cli.trainer_cmd_plot",
+    "test": "cli.trainer_cmd_test",
+    "time": "cli.trainer_cmd_time",
+    "classify": "cli.trainer_cmd_classify",
 }
 
 
