@@ -187,9 +187,12 @@ def plot(logs: Iterable[str | Path], out: str | Path, *, title: str | None = Non
             ax_acc.plot(its, vals, color=c, marker=".", label=f"{run.label} {name}")
         if run.train.get("lr"):
             its, vals = zip(*run.train["lr"])
-            ax_lr.plot(its, vals, color=c, label=run.label)
+            ax_lr.plot(its, vals, color=c, label=run.label, drawstyle="steps-post")
     ax_loss.set_ylabel("loss")
     ax_acc.set_ylabel("test accuracy")
+    acc_values = [v for run in runs for n in acc_names & set(run.test) for _, v in run.test[n]]
+    if acc_values and all(0 <= v <= 1 for v in acc_values):
+        ax_acc.set_ylim(0, 1.02)
     ax_lr.set_ylabel("learning rate")
     ax_lr.set_xlabel("iteration")
     if any(run.train.get("lr") and min(v for _, v in run.train["lr"]) > 0 for run in runs):

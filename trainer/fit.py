@@ -44,30 +44,42 @@ class FitOptions:
     handle_signals: bool = True
 
 
-def _net_from(param: caffe_pb2.SolverParameter, which: str) -> list[tuple[str, caffe_pb2.NetParameter]]:
+def _locate(path: str, solver_dir: Path | None) -> str:
+    """A net path from the solver: relative to the current directory as in Caffe; when nothing is
+    there, beside the solver file (so shipped models/*/solver.prototxt run from any directory)."""
+    if Path(path).exists() or solver_dir is None or Path(path).is_absolute():
+        return path
+    beside = solver_dir / path
+    return str(beside) if beside.exists() else path
+
+
+def _net_from(param: caffe_pb2.SolverParameter, which: str,
+              solver_dir: Path | None = None) -> list[tuple[str, caffe_pb2.NetParameter]]:
     """(source name, NetParameter) for the train net ('train') or the test nets ('test')."""
+    def read(path: str) -> caffe_pb2.NetParameter:
+        return read_net(_locate(path, solver_dir))
     if which == "train":
         found = []
         if param.HasField("train_net_param"):
             found.append(("train_net_param", upgrade_net(param.train_net_param, source="train_net_param")))
         if param.train_net:
-            found.append((param.train_net, read_net(param.train_net)))
+            found.append((param.train_net, read(param.train_net)))
         if param.HasField("net_param"):
             found.append(("net_param", upgrade_net(param.net_param, source="net_param")))
         if param.net:
-            found.append((param.net, read_net(param.net)))
+            found.append((param.net, read(param.net)))
         if len(found) != 1:
             raise ConfigError("solver: give exactly one of net, net_param, train_net, train_net_param "
                               f"(found {len(found)})")
         return found
     nets = [("test_net_param", upgrade_net(p, source="test_net_param")) for p in param.test_net_param]
-    nets += [(f, read_net(f)) for f in param.test_net]
+    nets += [(f, read(f)) for f in param.test_net]
     generic = len(param.test_iter) - len(nets)
     if generic > 0:
         if param.HasField("net_param"):
             nets += [("net_param", upgrade_net(param.net_param, source="net_param"))] * generic
         elif param.net:
-            shared = read_net(param.net)
+            shared = read(param.net)
             nets += [(param.net, shared)] * generic
         else:
             raise ConfigError(f"solver: {len(param.test_iter)} test_iter values but only {len(nets)} test nets")
@@ -95,13 +107,14 @@ def build(opts: FitOptions) -> tuple[Solver, CaffeLog, Any]:
     log.info(f"Using {backend.device_name(xp)}; random_seed {seed}"
              + ("" if param.random_seed >= 0 else " (drawn: set random_seed in the solver to repeat this run)"))
     from trainer.net import Net  # the core; imported late so `trainer plot` never needs it
-    [(train_src, train_param)] = _net_from(param, "train")
+    solver_dir = Path(opts.solver).parent
+    [(train_src, train_param)] = _net_from(param, "train", solver_dir)
     state = caffe_pb2.NetState()
     state.CopyFrom(param.train_state)
     log.info(f"Creating training net from {train_src}")
     train_net = Net(train_param, TRAIN, xp=xp, stages=list(state.stage), level=state.level, seed=seed)
     test_nets = []
-    for i, (src, net_param) in enumerate(_net_from(param, "test")):
+    for i, (src, net_param) in enumerate(_net_from(param, "test", solver_dir)):
         ts = param.test_state[i] if i < len(param.test_state) else caffe_pb2.NetState()
         log.info(f"Creating test net (#{i}) specified by {src}")
         test_nets.append(Net(net_param, TEST, xp=xp, stages=list(ts.stage), level=ts.level, seed=seed + 1 + i))
