@@ -20,7 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpu", type=int, default=0, help="CUDA device id with --device gpu/auto")
     p.add_argument("--log", help="log file in Caffe's format (default <snapshot_prefix>.log, appended)")
     p.add_argument("--metrics", help="metrics CSV (default <snapshot_prefix>.metrics.csv)")
-    p.add_argument("--max-iter", type=int, help="override the solver's max_iter")
+    p.add_argument("--max-iter", type=int, help="override the solver's max_iter (the test nets then also run after the last iteration)")
     p.add_argument("--quiet", action="store_true", help="no log lines on stderr (the log file is still written)")
 
 

@@ -123,6 +123,7 @@ def build(opts: FitOptions) -> tuple[Solver, CaffeLog, Any]:
     if opts.weights and opts.snapshot:
         raise ConfigError("give --weights or --snapshot, not both (a snapshot already holds its weights)")
     solver = Solver(param, train_net, test_nets, log=log, snapshot_prefix=prefix, seed=seed)
+    solver.final_test = opts.max_iter is not None
     if opts.weights:
         from trainer.weights import load_weights
         for path in [p for p in opts.weights.split(",") if p]:

@@ -87,6 +87,9 @@ class Solver:
         self.losses: collections.deque[float] = collections.deque(maxlen=self.average_loss)
         self.stop_reason = ""
         self.result = SolveResult(0)
+        #: test after the last iteration even when max_iter is not a multiple of test_interval
+        #: (``trainer fit --max-iter`` sets it: a shortened run should still report its accuracy)
+        self.final_test = False
         self._weights = output_weights(net)
 
     # -- control --------------------------------------------------------------------------------
@@ -251,7 +254,8 @@ class Solver:
         if self._display():
             loss = self.net.forward()
             self.log.train_loss(self.iter, loss)
-        if self.param.test_interval and self.iter % self.param.test_interval == 0:
+        if self.test_nets and ((self.param.test_interval and self.iter % self.param.test_interval == 0)
+                               or self.final_test):
             self.test_all()
         self.log.info("Optimization Done.")
         return res
