@@ -345,6 +345,17 @@ class Net:
         for layer, need in zip(self.layers, self.layer_need_backward):
             layer.need_backward = need
 
+    def close(self) -> None:
+        """Close every layer's files and threads (data layers); the net is unusable afterwards."""
+        for layer in self.layers:
+            layer.close()
+
+    def __enter__(self) -> "Net":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
     @property
     def has_loss(self) -> bool:
         return any(w != 0 for ws in self.loss_weights for w in ws)

@@ -94,6 +94,8 @@ def time_net(net: Net, iterations: int = 50, *, forward_only: bool = False, warm
             t.forward_ms += (clock() - t0) * 1000.0
         if not forward_only:
             for i in range(len(report.layers) - 1, -1, -1):
+                if not net.layer_need_backward[i]:
+                    continue
                 t0 = clock()
                 net.backward_layer(i)
                 synchronize(xp)

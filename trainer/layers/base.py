@@ -157,6 +157,9 @@ class Layer:
     def backward(self, tops: list[Blob], propagate_down: list[bool], bottoms: list[Blob]) -> None:
         """Write bottom ``diff`` where ``propagate_down``; add into param ``diff``."""
 
+    def close(self) -> None:
+        """Release files, databases and threads the layer holds (data layers)."""
+
     # -- helpers --------------------------------------------------------------
     def param_needs_grad(self, k: int) -> bool:
         """Whether learnable blob ``k`` wants its gradient (True when the net has not said)."""

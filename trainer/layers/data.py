@@ -156,6 +156,12 @@ class DataLayer(Layer):
     def reshape(self, bottoms: list[Blob], tops: list[Blob]) -> None:
         pass
 
+    def close(self) -> None:
+        reader = getattr(self, "reader", None)
+        if reader is not None:
+            reader.close()
+            self.reader = None
+
     def forward(self, bottoms: list[Blob], tops: list[Blob]) -> None:
         c, h, w = self.in_shape
         batch = np.empty((self.batch_size, c, h, w), dtype=np.uint8)
