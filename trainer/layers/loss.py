@@ -119,9 +119,8 @@ class SoftmaxWithLossLayer(Layer):
             return
         xp = self.xp
         g = self._prob.reshape(self.outer, self.channels, self.inner).copy()
-        onehot_idx = self._safe[:, None, :]
-        cur = xp.take_along_axis(g, onehot_idx, axis=1)
-        xp.put_along_axis(g, onehot_idx, cur - 1, axis=1)
+        # p - onehot(label): a comparison mask works the same on NumPy and CuPy.
+        g -= xp.arange(self.channels).reshape(1, -1, 1) == self._safe[:, None, :]
         g *= self._valid[:, None, :]
         weight = tops[0].diff.reshape(-1)[0]
         g *= weight / self._norm

@@ -1,0 +1,174 @@
+"""Device kernels: the NumPy twins against Caffe's per-pixel loops, and CuPy against NumPy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from trainer import backend, kernels
+
+CASES = [  # kh, kw, ph, pw, sh, sw
+    (3, 3, 0, 0, 2, 2), (3, 3, 1, 1, 2, 2), (2, 3, 1, 0, 1, 2), (3, 3, 1, 1, 1, 1), (2, 2, 0, 0, 2, 2),
+]
+
+
+def ref_im2col(x, kh, kw, ph, pw, sh, sw, dh=1, dw=1):
+    n, c, h, w = x.shape
+    oh = (h + 2 * ph - (dh * (kh - 1) + 1)) // sh + 1
+    ow = (w + 2 * pw - (dw * (kw - 1) + 1)) // sw + 1
+    col = np.zeros((c, kh, kw, n, oh, ow), x.dtype)
+    for ci in range(c):
+        for i in range(kh):
+            for j in range(kw):
+                for ni in range(n):
+                    for oy in range(oh):
+                        for ox in range(ow):
+                            y, xx = oy * sh - ph + i * dh, ox * sw - pw + j * dw
+                            if 0 <= y < h and 0 <= xx < w:
+                                col[ci, i, j, ni, oy, ox] = x[ni, ci, y, xx]
+    return col.reshape(c * kh * kw, n * oh * ow)
+
+
+def ref_pool(x, kh, kw, ph, pw, sh, sw, method):
+    """Caffe's pooling_layer.cpp loops (MAX with window-local argmax, AVE with its divisor)."""
+    n, c, h, w = x.shape
+    oh = kernels.pool_out_size(h, kh, ph, sh)
+    ow = kernels.pool_out_size(w, kw, pw, sw)
+    y = np.zeros((n, c, oh, ow), x.dtype)
+    arg = np.zeros((n, c, oh, ow), np.int32)
+    for ni in range(n):
+        for ci in range(c):
+            for py in range(oh):
+                for px in range(ow):
+                    hs, ws = py * sh - ph, px * sw - pw
+                    if method == "max":
+                        he, we = min(hs + kh, h), min(ws + kw, w)
+                        best, besti = -np.inf, 0
+                        for yy in range(max(hs, 0), he):
+                            for xx in range(max(ws, 0), we):
+                                if x[ni, ci, yy, xx] > best:
+                                    best, besti = x[ni, ci, yy, xx], (yy - hs) * kw + (xx - ws)
+                        y[ni, ci, py, px], arg[ni, ci, py, px] = best, besti
+                    else:
+                        he, we = min(hs + kh, h + ph), min(ws + kw, w + pw)
+                        size = (he - hs) * (we - ws)
+                        hs2, ws2, he2, we2 = max(hs, 0), max(ws, 0), min(he, h), min(we, w)
+                        y[ni, ci, py, px] = x[ni, ci, hs2:he2, ws2:we2].sum() / size
+    return y, arg
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_im2col_matches_loop_and_col2im_is_its_adjoint(case):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 6, 7))
+    col = kernels.im2col(x, *case)
+    np.testing.assert_array_equal(col, ref_im2col(x, *case))
+    c = rng.standard_normal(col.shape)
+    back = kernels.col2im(c, x.shape, *case)
+    assert np.vdot(col, c) == pytest.approx(np.vdot(x, back))
+
+
+def test_im2col_dilation():
+    x = np.random.default_rng(1).standard_normal((1, 2, 7, 7))
+    np.testing.assert_array_equal(kernels.im2col(x, 3, 3, 2, 2, 1, 1, 2, 2),
+                                  ref_im2col(x, 3, 3, 2, 2, 1, 1, 2, 2))
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_pooling_matches_caffe_loops(case):
+    x = np.random.default_rng(2).standard_normal((2, 2, 7, 6))
+    kh, kw, ph, pw, sh, sw = case
+    oh = kernels.pool_out_size(7, kh, ph, sh)
+    ow = kernels.pool_out_size(6, kw, pw, sw)
+    y, arg = kernels.max_pool_forward(x, kh, kw, ph, pw, sh, sw, oh, ow)
+    ry, rarg = ref_pool(x, *case, "max")
+    np.testing.assert_array_equal(y, ry)
+    np.testing.assert_array_equal(arg, rarg)
+    ya = kernels.ave_pool_forward(x, kh, kw, ph, pw, sh, sw, oh, ow)
+    np.testing.assert_allclose(ya, ref_pool(x, *case, "ave")[0], rtol=1e-12)
+
+
+def test_lrn_window_sum_at_channel_edges():
+    x = np.random.default_rng(3).standard_normal((1, 6, 2, 2))
+    y, scale = kernels.lrn_across_forward(x, 5, 1e-1, 0.75, 1.0)
+    for c in range(6):
+        s = 1.0 + 0.1 / 5 * (x[0, max(0, c - 2):c + 3] ** 2).sum(axis=0)
+        np.testing.assert_allclose(scale[0, c], s)
+        np.testing.assert_allclose(y[0, c], x[0, c] * s ** -0.75)
+
+
+# ------------------------------------------------------------- CuPy twins ----
+
+needs_gpu = pytest.mark.skipif(not backend.gpu_available(),
+                               reason=f"CuPy kernels need a GPU: {backend.gpu_unavailable_reason()}")
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", CASES)
+def test_cupy_kernels_agree_with_numpy(case, dtype):
+    cp = backend.cupy_module()
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 3, 9, 8)).astype(dtype)
+    kh, kw, ph, pw, sh, sw = case
+    gx = cp.asarray(x)
+    col = kernels.im2col(x, *case)
+    gcol = kernels.im2col(gx, *case)
+    np.testing.assert_array_equal(cp.asnumpy(gcol), col)
+    c = rng.standard_normal(col.shape).astype(dtype)
+    np.testing.assert_allclose(cp.asnumpy(kernels.col2im(cp.asarray(c), x.shape, *case)),
+                               kernels.col2im(c, x.shape, *case), rtol=1e-5, atol=1e-5)
+    oh = kernels.pool_out_size(9, kh, ph, sh)
+    ow = kernels.pool_out_size(8, kw, pw, sw)
+    y, arg = kernels.max_pool_forward(x, kh, kw, ph, pw, sh, sw, oh, ow)
+    gy, garg = kernels.max_pool_forward(gx, kh, kw, ph, pw, sh, sw, oh, ow)
+    np.testing.assert_array_equal(cp.asnumpy(gy), y)
+    np.testing.assert_array_equal(cp.asnumpy(garg), arg)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    np.testing.assert_allclose(
+        cp.asnumpy(kernels.max_pool_backward(cp.asarray(dy), garg, x.shape, kh, kw, ph, pw, sh, sw)),
+        kernels.max_pool_backward(dy, arg, x.shape, kh, kw, ph, pw, sh, sw), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(cp.asnumpy(kernels.ave_pool_forward(gx, kh, kw, ph, pw, sh, sw, oh, ow)),
+                               kernels.ave_pool_forward(x, kh, kw, ph, pw, sh, sw, oh, ow), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        cp.asnumpy(kernels.ave_pool_backward(cp.asarray(dy), x.shape, kh, kw, ph, pw, sh, sw)),
+        kernels.ave_pool_backward(dy, x.shape, kh, kw, ph, pw, sh, sw), rtol=1e-5, atol=1e-6)
+    y, scale = kernels.lrn_across_forward(x, 5, 1e-1, 0.75, 1.0)
+    gy, gscale = kernels.lrn_across_forward(gx, 5, 1e-1, 0.75, 1.0)
+    np.testing.assert_allclose(cp.asnumpy(gy), y, rtol=1e-5, atol=1e-6)
+    dyl = rng.standard_normal(x.shape).astype(dtype)
+    np.testing.assert_allclose(
+        cp.asnumpy(kernels.lrn_across_backward(gx, gy, gscale, cp.asarray(dyl), 5, 1e-1, 0.75)),
+        kernels.lrn_across_backward(x, y, scale, dyl, 5, 1e-1, 0.75), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_net_on_gpu_matches_cpu():
+    from google.protobuf import text_format
+
+    from datakit.formats import caffe_pb2
+    from trainer.net import Net
+    cp = backend.cupy_module()
+    text = '''
+    layer { name: "in" type: "Input" top: "data" top: "label" input_param { shape { dim: 4 dim: 3 dim: 12 dim: 12 } shape { dim: 4 } } }
+    layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" convolution_param { num_output: 6 kernel_size: 3 group: 3 pad: 1 weight_filler { type: "gaussian" std: 0.3 } } }
+    layer { name: "relu" type: "ReLU" bottom: "conv" top: "conv" }
+    layer { name: "pool" type: "Pooling" bottom: "conv" top: "pool" pooling_param { kernel_size: 3 stride: 2 } }
+    layer { name: "norm" type: "LRN" bottom: "pool" top: "norm" }
+    layer { name: "ip" type: "InnerProduct" bottom: "norm" top: "ip" inner_product_param { num_output: 5 weight_filler { type: "gaussian" std: 0.1 } } }
+    layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }
+    '''
+    param = text_format.Parse(text, caffe_pb2.NetParameter())
+    nets = [Net(param, caffe_pb2.TRAIN, xp=xp, seed=0, dtype=np.float64) for xp in (np, cp)]
+    rng = np.random.default_rng(0)
+    x, lab = rng.standard_normal((4, 3, 12, 12)), np.array([0, 1, 2, 4.0])
+    losses = []
+    for net in nets:
+        net.blobs["data"].data[...] = net.xp.asarray(x)
+        net.blobs["label"].data[...] = net.xp.asarray(lab)
+        losses.append(net.forward_backward())
+    assert losses[0] == pytest.approx(losses[1], rel=1e-10)
+    for a, b in zip(nets[0].learnable_params, nets[1].learnable_params):
+        np.testing.assert_allclose(cp.asnumpy(b.diff), a.diff, rtol=1e-8, atol=1e-10)
