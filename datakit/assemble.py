@@ -105,10 +105,15 @@ def name_from_url(url: str) -> str:
 
 
 def image_path(images_dir: Path, name: str) -> Path:
-    """`images_dir / name`, proven to stay inside `images_dir`."""
+    """`images_dir / name`, proven to stay directly inside `images_dir`.
+
+    `name` has passed `name_from_url`; the normalised join must still have
+    `images_dir` as its parent (belt and braces against any name the checks
+    above let through). Files are renamed into place, and a rename replaces a
+    symlink rather than following it, so a planted link cannot redirect a write.
+    """
     dest = safe_join(images_dir, name)
-    root = images_dir.resolve()
-    if dest.resolve().parent != root:
+    if os.path.dirname(os.path.normpath(dest)) != os.path.normpath(images_dir):
         raise ListError(f"file name {name!r} would land outside {images_dir}")
     return dest
 
