@@ -30,6 +30,8 @@ from trainer.transform import Transformer, transformer_for
 
 #: how many batches are prepared ahead (Caffe's PREFETCH_COUNT is 3-4).
 PREFETCH_DEPTH = 3
+#: read (stage 1) and transform (stage 2) in separate threads, so they overlap
+TWO_STAGE = True
 
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
@@ -68,43 +70,88 @@ class ReadyBatch:
 
 
 class Prefetcher:
-    """Runs ``make(k)`` for k = start, start+1, ... in a thread; ``get()`` returns them in order."""
+    """Runs ``make(k)`` for k = start, start+1, ... in a thread; ``get()`` returns them in order.
 
-    def __init__(self, make: Callable[[int], Any], start: int = 0, depth: int = PREFETCH_DEPTH,
-                 name: str = "prefetch", on_thread_start: Callable[[], None] | None = None) -> None:
+    With ``read`` given the work is a two-stage pipeline: one thread runs ``read(k)`` (database
+    reads, decoding) while another runs ``make(k, read_result)`` (transform, device copy) on the
+    previous batch, so both kinds of work overlap.
+    """
+
+    def __init__(self, make: Callable[..., Any], start: int = 0, depth: int = PREFETCH_DEPTH,
+                 name: str = "prefetch", on_thread_start: Callable[[], None] | None = None,
+                 read: Callable[[int], Any] | None = None) -> None:
         self.make = make
+        self.read = read
         self.depth = depth
         self.name = name
         self.on_thread_start = on_thread_start
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self.next_index = start
 
-    def _run(self, start: int) -> None:
+    def _put(self, q: queue.Queue, item: Any) -> None:
+        while not self._stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def _get(self, q: queue.Queue) -> Any:
+        while not self._stop.is_set():
+            try:
+                return q.get(timeout=0.1)
+            except queue.Empty:
+                continue
+        return ("stopped", None)
+
+    def _read_loop(self, start: int, out: queue.Queue) -> None:
+        k = start
+        while not self._stop.is_set():
+            try:
+                item: Any = ("ok", self.read(k))
+            except BaseException as err:
+                item = ("error", err)
+            self._put(out, item)
+            if item[0] == "error":
+                return
+            k += 1
+
+    def _run(self, start: int, src: queue.Queue | None) -> None:
         if self.on_thread_start is not None:
             self.on_thread_start()
         k = start
         while not self._stop.is_set():
             try:
-                item: Any = ("ok", self.make(k))
+                if src is None:
+                    item: Any = ("ok", self.make(k))
+                else:
+                    kind, value = self._get(src)
+                    if kind == "stopped":
+                        return
+                    if kind == "error":
+                        raise value
+                    item = ("ok", self.make(k, value))
             except BaseException as err:  # handed to the consumer, raised there
                 item = ("error", err)
-            while not self._stop.is_set():
-                try:
-                    self._queue.put(item, timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
+            self._put(self._queue, item)
             if item[0] == "error":
                 return
             k += 1
 
     def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, args=(self.next_index,), name=self.name,
-                                            daemon=True)
-            self._thread.start()
+        if self._threads:
+            return
+        src = None
+        if self.read is not None:
+            src = queue.Queue(maxsize=2)
+            self._threads.append(threading.Thread(target=self._read_loop, args=(self.next_index, src),
+                                                  name=f"{self.name}-read", daemon=True))
+        self._threads.append(threading.Thread(target=self._run, args=(self.next_index, src), name=self.name,
+                                              daemon=True))
+        for t in self._threads:
+            t.start()
 
     def get(self) -> Any:
         self.start()
@@ -116,16 +163,16 @@ class Prefetcher:
         return value
 
     def close(self) -> None:
-        """Stop the thread and drop what it prepared (a restart begins at ``next_index``)."""
+        """Stop the threads and drop what they prepared (a restart begins at ``next_index``)."""
         self._stop.set()
-        if self._thread is not None:
-            while self._thread.is_alive():
+        for t in self._threads:
+            while t.is_alive():
                 try:
                     self._queue.get_nowait()
                 except queue.Empty:
                     pass
-                self._thread.join(timeout=0.05)
-        self._thread = None
+                t.join(timeout=0.05)
+        self._threads = []
         self._queue = queue.Queue(maxsize=self.depth)
         self._stop = threading.Event()
 
@@ -225,14 +272,15 @@ class PrefetchingDataLayer(Layer):
         if len(tops) > 1:
             tops[1].reshape((self.batch_size,))
 
-    def make_batch(self, k: int) -> ReadyBatch:
-        """Read, move to the device, transform (runs in the prefetch thread)."""
-        host = self.read_batch(k)
+    def make_batch(self, k: int, host: HostBatch | None = None) -> ReadyBatch:
+        """Move batch k to the device and transform it (the prefetch pipeline's second stage)."""
+        if host is None:
+            host = self.read_batch(k)
         xp = self.xp
         if self.transformer is not None and host.data.ndim == 4 and not self.transformer.is_identity:
             n, _, h, w = host.data.shape
             plan = self.transformer.plan(n, h, w, np.random.default_rng([self.seed, k]))
-            data = self.transformer.apply(xp.asarray(host.data), plan, xp)
+            data = self.transformer.apply(xp.asarray(host.data), plan, xp, out=self._ring_buffer(k, n))
         else:
             data = xp.asarray(host.data, dtype=np.float32)
         labels = None if host.labels is None else xp.asarray(host.labels.astype(np.float32))
@@ -240,6 +288,21 @@ class PrefetchingDataLayer(Layer):
         if xp is not np:
             xp.cuda.get_current_stream().synchronize()
         return ReadyBatch(k, data, labels, host.labels, host.keys, extra)
+
+    def _ring_buffer(self, k: int, n: int) -> Any:
+        """A reused output array for batch k (NumPy): fresh 40 MB arrays per batch cost page faults.
+
+        RING buffers rotate; batch k's buffer is rewritten for batch k + RING, which the producer
+        can only start once the net has taken batch k + RING - PREFETCH_DEPTH - 1, i.e. two
+        forwards after batch k left the top blob. CuPy has its own memory pool: None there.
+        """
+        if self.xp is not np:
+            return None
+        shape = (n, *self.out_shape)
+        ring = getattr(self, "_ring", None)
+        if ring is None or ring[0].shape != shape:
+            ring = self._ring = [np.empty(shape, np.float32) for _ in range(PREFETCH_DEPTH + 3)]
+        return ring[k % len(ring)]
 
     def _device_id_hook(self) -> Callable[[], None] | None:
         if self.xp is np:
@@ -255,7 +318,8 @@ class PrefetchingDataLayer(Layer):
     def next_batch(self) -> ReadyBatch:
         if self.prefetcher is None:
             self.prefetcher = Prefetcher(self.make_batch, self.consumed, name=f"prefetch-{self.name}",
-                                         on_thread_start=self._device_id_hook())
+                                         on_thread_start=self._device_id_hook(),
+                                         read=self.read_batch if TWO_STAGE else None)
         batch = self.prefetcher.get()
         self.consumed += 1
         return batch
@@ -265,7 +329,8 @@ class PrefetchingDataLayer(Layer):
         if self.label_check is not None and batch.host_labels is not None:
             self.label_check(batch.host_labels, batch.keys)
         self.last_keys = batch.keys
-        tops[0].data[...] = batch.data
+        # Hand the prepared array over rather than copying it (layers replace top arrays freely).
+        tops[0].data = batch.data.reshape(tops[0].shape)
         if len(tops) > 1 and batch.labels is not None:
             tops[1].data[...] = batch.labels.reshape(tops[1].shape)
 

@@ -112,7 +112,9 @@ class Solver:
             self.net.clear_param_diffs()
             if (self.param.test_interval and self.iter % self.param.test_interval == 0
                     and (self.iter > 0 or self.param.test_initialization)):
+                t_test = time.perf_counter()
                 self.test_all()
+                started += time.perf_counter() - t_test  # the speed shown is training speed
                 if self.stop_reason:
                     break
             display = self._display()

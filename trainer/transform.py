@@ -23,6 +23,7 @@ what the uninterrupted run drew. Draws are made on the host; the arithmetic runs
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -70,6 +71,8 @@ class Transformer:
             from datakit.formats.blobproto import read_mean
             self.mean = np.ascontiguousarray(read_mean(self.mean_file), dtype=np.float32)
         self._dev_cache: dict[int, Any] = {}
+        #: threads for the NumPy path (1 keeps everything in the calling thread)
+        self.threads = max(1, min(4, os.cpu_count() or 1))
         self.in_shape: tuple[int, int, int] | None = None
 
     # -- setup ----------------------------------------------------------------------------
@@ -145,11 +148,28 @@ class Transformer:
         return out
 
     def _apply_host(self, batch: np.ndarray, plan: Plan, out: np.ndarray) -> None:
-        """NumPy: one slice per image (views; the uint8→float cast fuses with the subtraction)."""
+        """NumPy: one slice per image (views; the uint8→float cast fuses with the subtraction).
+
+        Large batches are split over the decode pool's threads: NumPy releases the GIL
+        inside each per-image operation, so the chunks run on separate cores.
+        """
+        n = batch.shape[0]
+        chunks = min(self.threads, max(1, n // 8))
+        if chunks <= 1:
+            self._apply_host_range(batch, plan, out, 0, n)
+            return
+        from trainer.prefetch import decode_pool
+        bounds = np.linspace(0, n, chunks + 1).astype(int)
+        futures = [decode_pool().submit(self._apply_host_range, batch, plan, out, int(a), int(b))
+                   for a, b in zip(bounds[:-1], bounds[1:])]
+        for f in futures:
+            f.result()
+
+    def _apply_host_range(self, batch: np.ndarray, plan: Plan, out: np.ndarray, lo: int, hi: int) -> None:
         mean = self._mean_on(np)
         oh, ow = out.shape[2], out.shape[3]
         per_image_mean = mean is not None and mean.shape[1] > 1
-        for i in range(batch.shape[0]):
+        for i in range(lo, hi):
             hs = slice(int(plan.h_off[i]), int(plan.h_off[i]) + oh)
             ws = slice(int(plan.w_off[i]), int(plan.w_off[i]) + ow)
             src = batch[i, :, hs, ws]
