@@ -76,5 +76,7 @@ def run(args: argparse.Namespace) -> int:
     failures = ", ".join(f"{k} {v}" for k, v in r["failures"].items())
     print(f"{r['downloaded']} downloaded, {r['already_present']} already present, {r['failed']} failed"
           + (f" ({failures}; see {r['failed_csv']})" if failures else "")
-          + f" in {r['elapsed_s']:.1f} s")
+          + f" in {r['elapsed_s']:.1f} s"
+          + (f"; {r['skipped_permanent_failures']} not asked again (failed for good last time; --retry-failed asks)"
+             if r["skipped_permanent_failures"] else ""))
     return 0

@@ -151,6 +151,8 @@ class _Failure(Exception):
 
 
 def _status_kind(status: int) -> str:
+    if status == 408:
+        return "timeout"
     if status in (404, 410, 429):
         return f"http_{status}"
     if status >= 500:
@@ -218,6 +220,21 @@ class Downloader:
         self.options = options or DownloadOptions()
         self._executor = executor
         self._rng = random.Random()
+        self._hosts: dict[str, asyncio.Semaphore] = {}
+
+    def _host_slot(self, url: str) -> asyncio.Semaphore | contextlib.nullcontext:
+        """The per-host bound, held only while a request is on the wire (not during backoff or decoding).
+
+        Kept here rather than in aiohttp's connector so that waiting for a
+        busy host does not eat into the request's own timeout.
+        """
+        if self.options.per_host <= 0:
+            return contextlib.nullcontext()
+        host = urlsplit(url).netloc.lower()
+        slot = self._hosts.get(host)
+        if slot is None:
+            slot = self._hosts[host] = asyncio.Semaphore(self.options.per_host)
+        return slot
 
     def _backoff(self, attempt: int) -> float:
         o = self.options
@@ -234,7 +251,8 @@ class Downloader:
         while True:
             attempt += 1
             try:
-                data = await self._get(session, job.url)
+                async with self._host_slot(job.url):
+                    data = await self._get(session, job.url)
                 loop = asyncio.get_running_loop()
                 kind, detail = await loop.run_in_executor(self._executor, validate_image, data, job.dest, o)
                 return Outcome(job, kind, detail, attempt, len(data) if kind == "ok" else 0, waited)
@@ -289,8 +307,7 @@ class Downloader:
 
     def session(self) -> aiohttp.ClientSession:
         o = self.options
-        connector = aiohttp.TCPConnector(limit=o.concurrency, limit_per_host=max(0, o.per_host),
-                                         ttl_dns_cache=300)
+        connector = aiohttp.TCPConnector(limit=o.concurrency, ttl_dns_cache=300)
         timeout = aiohttp.ClientTimeout(total=o.timeout, sock_connect=o.connect_timeout, sock_read=o.read_timeout)
         return aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=True,
                                      headers={"User-Agent": o.user_agent})

@@ -367,7 +367,8 @@ def serve_mirror(config: MirrorConfig, host: str = "127.0.0.1", port: int = 0) -
     box: dict = {}
 
     async def start() -> None:
-        runner = web.AppRunner(mirror.app(), access_log=None, handle_signals=False)
+        # a short shutdown: drips and endless bodies must not hold the caller's exit
+        runner = web.AppRunner(mirror.app(), access_log=None, handle_signals=False, shutdown_timeout=0.5)
         await runner.setup()
         site = web.TCPSite(runner, host, port, reuse_address=True)
         await site.start()
@@ -380,6 +381,7 @@ def serve_mirror(config: MirrorConfig, host: str = "127.0.0.1", port: int = 0) -
             loop.run_until_complete(start())
         except BaseException as err:  # report bind errors to the caller
             box["error"] = err
+            loop.close()
             started.set()
             return
         started.set()
@@ -402,7 +404,7 @@ def serve_mirror(config: MirrorConfig, host: str = "127.0.0.1", port: int = 0) -
 def run_mirror(config: MirrorConfig, host: str = "127.0.0.1", port: int = 0, *, announce=print) -> None:
     """Serve until interrupted (the `datakit mirror` command); announces the URL once listening."""
     async def main() -> None:
-        runner = web.AppRunner(Mirror(config).app(), access_log=None)
+        runner = web.AppRunner(Mirror(config).app(), access_log=None, shutdown_timeout=1.0)
         await runner.setup()
         site = web.TCPSite(runner, host, port, reuse_address=True)
         try:
