@@ -181,3 +181,28 @@ def test_cli_fit_and_sigterm_writes_snapshot(project, tmp_path, cli):
     snaps = list((tmp_path / "long").glob("run_iter_*.solverstate"))
     assert len(snaps) == 1
     assert read_solverstate(snaps[0]).iter >= 5
+
+
+def test_resume_from_a_caffe_solverstate_without_sidecar(project, tmp_path):
+    fit(opts(project("c.prototxt", max_iter=10, snapshot=5, prefix="c/run"), max_iter=5))
+    (tmp_path / "c/run_iter_5.solverstate.json").unlink()
+    log = io.StringIO()
+    rest = fit(FitOptions(solver="c.prototxt", device="cpu", stream=log, handle_signals=False,
+                          snapshot="c/run_iter_5.solverstate"))
+    assert rest.iterations == 10 and rest.train_losses[0][0] == 5
+    assert "a Caffe solverstate: data layers start from the first record" in log.getvalue()
+
+
+def test_cli_errors_are_one_line(project, tmp_path, cli):
+    res = cli("trainer", "fit", "--solver", "nope.prototxt", cwd=tmp_path)
+    assert res.returncode == 1 and "nope.prototxt" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    fit(opts(project("w.prototxt", max_iter=2, prefix="w/run")))
+    name = project("w4.prototxt", classes=4, max_iter=2, prefix="w4/run")
+    res = cli("trainer", "fit", "--solver", name, "--device", "cpu", "--weights", "w/run_iter_2.caffemodel",
+              cwd=tmp_path)
+    assert res.returncode == 1
+    assert "layer fc" in res.stderr and "shape" in res.stderr
+    (tmp_path / "adam.prototxt").write_text((tmp_path / "w.prototxt").read_text() + 'type: "Adam"\n')
+    res = cli("trainer", "fit", "--solver", "adam.prototxt", "--device", "cpu", "--snapshot",
+              "w/run_iter_2.solverstate", cwd=tmp_path)
+    assert res.returncode == 1 and "history blobs" in res.stderr
