@@ -95,7 +95,9 @@ class DataLayer(PrefetchingDataLayer):
 
     def source_label_sample(self) -> list[int]:
         labels = []
-        for i, (_, value) in enumerate(self.reader.raw_items()):
+        scan = getattr(self.reader, "scan", None)   # zero-copy on LMDB: only the label is read
+        items = scan(buffers=True) if scan is not None else self.reader.raw_items()
+        for i, (_, value) in enumerate(items):
             if i >= LABEL_SAMPLE:
                 break
             labels.append(parse_datum_fields(value).label)
