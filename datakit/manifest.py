@@ -158,7 +158,7 @@ def fetch_manifest(recipe: Recipe, cache_dir: str | os.PathLike | None = None, *
                                         "corrupt (nothing was cached)")
     except OSError as err:
         raise DownloadError(f"{source}: cannot download manifest ({getattr(err, 'reason', err)}); "
-                            f"download it yourself and pass --manifest PATH") from None
+                            f"download it yourself and pass --manifest PATH (or put it at {target})") from None
     return target
 
 
@@ -238,7 +238,7 @@ def open_manifest(name_or_path: str | os.PathLike, cache_dir: str | os.PathLike 
     """
     target = Path(name_or_path)
     if target.is_file() and target.suffix != ".json":
-        recipe, path = Recipe(name=target.name.split(".")[0]), target
+        recipe, path = recipe_for_file(target) or Recipe(name=target.name.split(".")[0]), target
     else:
         recipe = load_recipe(name_or_path)
         path = fetch_manifest(recipe, cache_dir)
@@ -247,6 +247,22 @@ def open_manifest(name_or_path: str | os.PathLike, cache_dir: str | os.PathLike 
         if value is not None:
             setattr(recipe, attr, value)
     return recipe, read_recipe_manifest(recipe, path), path
+
+
+def recipe_for_file(path: str | os.PathLike) -> Recipe | None:
+    """The bundled recipe whose sha256 this file has (a local copy of a known manifest), else None.
+
+    So that ``--manifest caffe/examples/finetune_flickr_style/flickr_style.csv.gz``
+    gets Flickr Style's label names, placeholder hash and ``--rewrite flickr``.
+    """
+    digest = None
+    for name in list_recipes():
+        recipe = load_recipe(name)
+        if recipe.sha256:
+            digest = digest or sha256_file(path)
+            if digest == recipe.sha256:
+                return recipe
+    return None
 
 
 def caffe_subset_indices(num_rows: int, labels: Sequence[int] | np.ndarray, *, images: int = -1,

@@ -225,3 +225,21 @@ def test_dead_list_library_error_names_the_kind(tmp_path: Path, demo_rows) -> No
         with pytest.raises(DownloadError, match=r"http_410 x\d+"):
             assemble(AssembleConfig(manifest="demo", out=tmp_path, images=60, dead_after=10, mirror=m.url,
                                     options=_fast(concurrency=2), progress=False), log=lambda s: None)
+
+
+def test_real_flickr_csv_through_the_mirror_gives_caffes_lists(tmp_path: Path, shared_data: Path) -> None:
+    """The real Flickr Style CSV (recognised by its sha256 as the flickr_style recipe), served by the mirror."""
+    csv_path = shared_data / "flickr_style" / "flickr_style.csv.gz"
+    recipe, rows, _ = open_manifest(str(csv_path))
+    assert recipe.name == "flickr_style" and "flickr" in recipe.rewrites
+    out = tmp_path / "fs"
+    with serve_mirror(MirrorConfig.from_rows(rows, num_labels=20)) as m:
+        result = assemble(AssembleConfig(manifest=str(csv_path), out=out, images=60, seed=831486, labels=10,
+                                         rewrite="flickr", mirror=m.url, options=_fast(), progress=False),
+                          log=lambda s: None)
+    assert result.succeeded == 60
+    order = np.random.RandomState(831486).permutation(len(rows))
+    picked = [rows[i] for i in order if rows[i].label < 10][:60]
+    for split in ("train", "test"):
+        assert _lines(out / f"{split}.txt") == [f"images/{r.url.rsplit('/', 1)[-1]} {r.label}"
+                                                 for r in picked if r.split == split]
