@@ -38,7 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resize", type=int, default=0, metavar="PIXELS", help="shrink images on the way in (0: keep as downloaded)")
     p.add_argument("--resize-mode", choices=["shorter", "longer"], default="shorter",
                    help="which side --resize sets (default: shorter)")
-    p.add_argument("-w", "--workers", type=int, default=0, help="threads that validate and write images (0: CPUs + 2)")
+    p.add_argument("-w", "--workers", type=int, default=0, help="threads that validate and write images (0 or less: CPUs + 2; Caffe's -w -1 works)")
     p.add_argument("--dead-after", type=int, default=300,
                    help="stop when the first N attempts all fail (default 300; 0: never)")
     p.add_argument("--partition-size", type=int, default=1000, help="rows per partition (default 1000)")

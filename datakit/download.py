@@ -325,8 +325,8 @@ class Downloader:
         queue: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=2 * self.options.concurrency)
         own_executor = self._executor is None
         if own_executor:
-            self._executor = ThreadPoolExecutor(max_workers=self.options.workers or (os.cpu_count() or 2) + 2,
-                                                thread_name_prefix="datakit-validate")
+            threads = self.options.workers if self.options.workers > 0 else (os.cpu_count() or 2) + 2
+            self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="datakit-validate")
         n_workers = max(1, self.options.concurrency)
 
         async def produce() -> None:

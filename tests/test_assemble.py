@@ -67,6 +67,13 @@ def test_cli_assembles_the_demo_like_caffe(cli, tmp_path: Path, demo_rows) -> No
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["selected"] == report["downloaded"] == report["succeeded"] == 120 and report["failed"] == 0
     assert _lines(tmp_path / "d" / "failed.csv") == ["id,name,url,reason,detail"]
+    assert "img/s" not in r.stderr  # no progress bar when stderr is not a terminal
+    with serve_mirror(MirrorConfig.from_rows(demo_rows)) as m:
+        r = cli("datakit", "assemble", "--manifest", "demo", "--mirror", m.url, "--out", str(tmp_path / "d"),
+                "--images", "130", "--seed", "5", "--progress", "-w", "-1", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "10/10" in r.stderr and "img/s" in r.stderr  # forced bar: only the 10 new images were downloaded
+    assert "(120 already present, 130 selected)" in r.stdout
 
 
 def test_faults_reach_the_report_failed_csv_and_reruns(tmp_path: Path, demo_rows) -> None:
