@@ -241,7 +241,6 @@ def assemble(cfg: AssembleConfig, log: Callable[[str], None] = print) -> Assembl
     present: set[str] = set()
     carried: list[dict] = []
     jobs: list[Job] = []
-    part_of: dict[int, int] = {}
     unique: dict[str, Item] = {}
     for item in items:
         unique.setdefault(item.name, item)
@@ -259,7 +258,6 @@ def assemble(cfg: AssembleConfig, log: Callable[[str], None] = print) -> Assembl
                 carried.append(prev)
                 continue
             jobs.append(Job(item.row.position, item.url, dest, pidx))
-            part_of[item.row.position] = pidx
     if cfg.retry_failed:
         # rows neither present nor in failed.csv stay as they were: keep their failure records
         carried = [rec for name, rec in previous.items() if name not in unique]
@@ -279,10 +277,11 @@ def assemble(cfg: AssembleConfig, log: Callable[[str], None] = print) -> Assembl
     succeeded = 0
     if stopped is None:
         by_split: dict[str, list[tuple[str, int]]] = {"train": [], "test": []}
+        prefix = f"{images_dir.resolve()}{os.sep}" if cfg.absolute_paths else "images/"
         for item in items:
             if item.name not in ok_names:
                 continue
-            path = (str((images_dir / item.name).resolve()) if cfg.absolute_paths else f"images/{item.name}")
+            path = prefix + item.name
             by_split.setdefault(item.row.split or "train", []).append((path, item.row.label))
             succeeded += 1
         for split, entries in by_split.items():

@@ -14,7 +14,7 @@ import pytest
 
 from datakit.errors import ConfigError
 from datakit.manifest import open_manifest
-from datakit.mirror import (FAULT_KINDS, MIRROR_PLACEHOLDER_SHA1, PLACEHOLDER_PATH, MirrorConfig, fault_for,
+from datakit.mirror import (MIRROR_PLACEHOLDER_SHA1, PLACEHOLDER_PATH, MirrorConfig, fault_for,
                             mirror_subprocess, placeholder_bytes, serve_mirror, synthetic_image)
 
 
