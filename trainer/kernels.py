@@ -53,11 +53,13 @@ def ave_pool_divisor(size: int, out: int, kernel: int, pad: int, stride: int) ->
 
 
 def im2col(x: Any, kh: int, kw: int, ph: int, pw: int, sh: int, sw: int,
-           dh: int = 1, dw: int = 1) -> Any:
+           dh: int = 1, dw: int = 1, out: Any = None) -> Any:
     """N×C×H×W → (C·kh·kw)×(N·oh·ow) columns (zero padding).
 
     The batch sits in the columns so a convolution is one large GEMM per
-    group (W · col), which is what keeps BLAS (or cuBLAS) busy.
+    group (W · col), which is what keeps BLAS (or cuBLAS) busy. ``out``
+    (NumPy): a buffer of the result's shape to fill instead of a new array, so
+    a layer reuses one buffer per iteration (no page faults on big batches).
     """
     xp = get_array_module(x)
     n, c, h, w = x.shape
@@ -72,7 +74,11 @@ def im2col(x: Any, kh: int, kw: int, ph: int, pw: int, sh: int, sw: int,
         xpad = x
     # Walk the padded input channel-major so each copy below reads long rows.
     xt = xpad.transpose(1, 0, 2, 3)
-    col = np.empty((c, kh, kw, n, oh, ow), dtype=x.dtype)
+    shape6 = (c, kh, kw, n, oh, ow)
+    if out is not None and out.shape == (c * kh * kw, n * oh * ow) and out.dtype == x.dtype:
+        col = out.reshape(shape6)
+    else:
+        col = np.empty(shape6, dtype=x.dtype)
     for i in range(kh):
         y0 = i * dh
         for j in range(kw):

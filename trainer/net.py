@@ -438,7 +438,7 @@ class Net:
 
     def clear_param_diffs(self) -> None:
         for p in self.learnable_params:
-            p.blob.diff.fill(0)
+            p.blob.zero_diff()
 
     def outputs(self) -> dict[str, np.ndarray]:
         """Host copies of the output blobs (produced and never consumed), e.g. loss, accuracy."""

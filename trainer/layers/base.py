@@ -26,7 +26,7 @@ class Blob:
     nets, data tops) then cost no second buffer.
     """
 
-    __slots__ = ("name", "xp", "dtype", "_data", "_diff")
+    __slots__ = ("name", "xp", "dtype", "_data", "_diff", "diff_zero")
 
     def __init__(self, xp: ModuleType, shape: Sequence[int] = (), dtype: Any = np.float32,
                  name: str = "") -> None:
@@ -35,6 +35,11 @@ class Blob:
         self.dtype = np.dtype(dtype)
         self._data = xp.zeros(tuple(int(s) for s in shape), dtype=self.dtype)
         self._diff: Any = None
+        # True while diff is known to be all zeros (fresh, or just cleared by
+        # zero_diff): layers then write a param gradient instead of adding it,
+        # which spares a temporary and a pass over memory. Anything that writes
+        # diff in place between a clear and a backward must set this to False.
+        self.diff_zero = True
 
     # -- arrays ----------------------------------------------------------------
     @property
@@ -57,6 +62,7 @@ class Blob:
     @diff.setter
     def diff(self, value: Any) -> None:
         self._diff = value
+        self.diff_zero = False
 
     @property
     def has_diff(self) -> bool:
@@ -88,6 +94,7 @@ class Blob:
         else:
             self._data = self.xp.zeros(shape, dtype=self.dtype)
             self._diff = None
+            self.diff_zero = True
 
     def share_data(self, other: "Blob") -> None:
         """Use ``other``'s data array (Caffe's ShareData), as Split and Flatten do."""
@@ -96,6 +103,7 @@ class Blob:
     def zero_diff(self) -> None:
         if self._diff is not None:
             self._diff.fill(0)
+        self.diff_zero = True
 
     def __repr__(self) -> str:
         return f"Blob({self.name!r}, shape={self.shape})"
@@ -182,6 +190,22 @@ class Layer:
     def error(self, message: str) -> FormatError:
         """A FormatError whose message names this layer."""
         return FormatError(f"layer {self.name} ({self.type}): {message}")
+
+    def add_param_grad(self, k: int, value: Any, index: Any = None) -> None:
+        """Caffe's gradient accumulation into ``blobs[k].diff`` (or a slice of its 2-D view).
+
+        When the diff is known to be zero the value is written, not added.
+        Call ``finish_param_grad(k)`` after the last slice.
+        """
+        blob = self.blobs[k]
+        target = blob.diff if index is None else blob.diff.reshape(blob.shape[0], -1)[index]
+        if blob.diff_zero:
+            target[...] = value
+        else:
+            target += value
+
+    def finish_param_grad(self, k: int) -> None:
+        self.blobs[k].diff_zero = False
 
     def new_blob(self, shape: Sequence[int], name: str = "") -> Blob:
         return Blob(self.xp, shape, self.dtype, name=name or self.name)

@@ -45,27 +45,41 @@ class InnerProductLayer(Layer):
         tops[0].reshape(tuple(shape[:self.axis]) + (self.num_output,))
 
     def forward(self, bottoms: list[Blob], tops: list[Blob]) -> None:
+        xp = self.xp
         x = bottoms[0].data.reshape(-1, self.k)
         w = self.blobs[0].data
-        y = x @ w if self.transpose else x @ w.T
+        # GEMMs with plain row-major operands only (see ConvolutionLayer.backward).
+        if self.transpose:
+            y = x @ w
+        else:
+            y = xp.ascontiguousarray((w @ xp.ascontiguousarray(x.T)).T)
         if self.bias_term:
             y += self.blobs[1].data
         tops[0].data = y.reshape(tops[0].shape)
 
     def backward(self, tops: list[Blob], propagate_down: list[bool], bottoms: list[Blob]) -> None:
+        xp = self.xp
         dy = tops[0].diff.reshape(-1, self.num_output)
         x = bottoms[0].data.reshape(-1, self.k)
         if not self.param_needs_grad(0):
             pass
-        elif self.transpose:
-            self.blobs[0].diff += x.T @ dy
         else:
-            self.blobs[0].diff += dy.T @ x
+            a, b = (xp.ascontiguousarray(x.T), dy) if self.transpose else (xp.ascontiguousarray(dy.T), x)
+            wblob = self.blobs[0]
+            if wblob.diff_zero:
+                xp.matmul(a, b, out=wblob.diff)  # straight into the gradient, no temporary
+            else:
+                wblob.diff += a @ b
+            self.finish_param_grad(0)
         if self.bias_term and self.param_needs_grad(1):
-            self.blobs[1].diff += dy.sum(axis=0)
+            self.add_param_grad(1, dy.sum(axis=0))
+            self.finish_param_grad(1)
         if propagate_down[0]:
             w = self.blobs[0].data
-            dx = dy @ w.T if self.transpose else dy @ w
+            if self.transpose:
+                dx = xp.ascontiguousarray((w @ xp.ascontiguousarray(dy.T)).T)
+            else:
+                dx = dy @ w
             bottoms[0].diff = dx.reshape(bottoms[0].shape)
 
 

@@ -72,6 +72,7 @@ class ConvolutionLayer(Layer):
             self.blobs.append(make_param_blob(self, 1, (self.num_output,),
                                               filler_or_default(p.HasField("bias_filler"), p.bias_filler)))
         self._cols: list[Any] = [None] * len(bottoms)
+        self._colbufs: list[Any] = [None] * len(bottoms)
 
     def reshape(self, bottoms: list[Blob], tops: list[Blob]) -> None:
         for b, t in zip(bottoms, tops):
@@ -84,8 +85,11 @@ class ConvolutionLayer(Layer):
                 raise self.error(f"input {h}x{w} is smaller than the kernel: output would be {oh}x{ow}")
             t.reshape((n, self.num_output, oh, ow))
 
-    def _im2col(self, x: Any) -> Any:
-        return kernels.im2col(x, self.kh, self.kw, self.ph, self.pw, self.sh, self.sw, self.dh, self.dw)
+    def _im2col(self, x: Any, i: int = 0) -> Any:
+        col = kernels.im2col(x, self.kh, self.kw, self.ph, self.pw, self.sh, self.sw, self.dh, self.dw,
+                             out=self._colbufs[i])
+        self._colbufs[i] = col
+        return col
 
     def forward(self, bottoms: list[Blob], tops: list[Blob]) -> None:
         xp = self.xp
@@ -93,7 +97,7 @@ class ConvolutionLayer(Layer):
         g, mg = self.group, self.num_output // self.group
         for i, (b, t) in enumerate(zip(bottoms, tops)):
             n = b.shape[0]
-            col = self._im2col(b.data)  # (C·kh·kw, N·oh·ow)
+            col = self._im2col(b.data, i)  # (C·kh·kw, N·oh·ow)
             self._cols[i] = col if self.need_backward else None
             kk = col.shape[0] // g
             if g == 1:
@@ -102,11 +106,17 @@ class ConvolutionLayer(Layer):
                 y = xp.empty((self.num_output, col.shape[1]), dtype=col.dtype)
                 for gi in range(g):
                     xp.matmul(w[gi * mg:(gi + 1) * mg], col[gi * kk:(gi + 1) * kk], out=y[gi * mg:(gi + 1) * mg])
+            # (M, N·P) -> (N, M, P) in one pass that also adds the bias; the top's
+            # buffer is reused when its shape is unchanged.
+            shape = (n, self.num_output, col.shape[1] // n)
+            out = t.data.reshape(shape) if t.count == n * y.shape[1] and t.data.flags.c_contiguous else \
+                xp.empty(shape, dtype=y.dtype)
+            src = y.reshape(self.num_output, n, -1).transpose(1, 0, 2)
             if self.bias_term:
-                y += self.blobs[1].data.reshape(-1, 1)
-            # (M, N·P) -> (N, M, P): one copy into the top's layout.
-            out = y.reshape(self.num_output, n, -1).transpose(1, 0, 2)
-            t.data = xp.ascontiguousarray(out).reshape(t.shape)
+                xp.add(src, self.blobs[1].data.reshape(1, -1, 1), out=out)
+            else:
+                out[...] = src
+            t.data = out.reshape(t.shape)
 
     def backward(self, tops: list[Blob], propagate_down: list[bool], bottoms: list[Blob]) -> None:
         xp = self.xp
@@ -116,26 +126,31 @@ class ConvolutionLayer(Layer):
             n = t.shape[0]
             dy = t.diff.reshape(n, self.num_output, -1)
             if self.bias_term and self.param_needs_grad(1):
-                self.blobs[1].diff += dy.sum(axis=(0, 2))
+                self.add_param_grad(1, dy.sum(axis=(0, 2)))
+                self.finish_param_grad(1)
             if not (self.param_needs_grad(0) or propagate_down[i]):
                 continue
-            dy2 = xp.ascontiguousarray(dy.transpose(1, 0, 2)).reshape(self.num_output, -1)  # (M, N·P)
             col = self._cols[i]
             if col is None:
-                col = self._im2col(b.data)
+                col = self._im2col(b.data, i)
             kk = col.shape[0] // g
+            # Every GEMM below has plain (non-transposed) row-major operands: OpenBLAS
+            # runs transposed operands of these shapes several times slower.
             if self.param_needs_grad(0):
-                wdiff = self.blobs[0].diff.reshape(self.num_output, -1)
+                dyt = xp.ascontiguousarray(dy.transpose(0, 2, 1)).reshape(-1, self.num_output)  # (N·P, M)
                 for gi in range(g):
-                    wdiff[gi * mg:(gi + 1) * mg] += dy2[gi * mg:(gi + 1) * mg] @ col[gi * kk:(gi + 1) * kk].T
+                    self.add_param_grad(0, (col[gi * kk:(gi + 1) * kk] @ dyt[:, gi * mg:(gi + 1) * mg]).T,
+                                        slice(gi * mg, (gi + 1) * mg))
+                self.finish_param_grad(0)
             if propagate_down[i]:
+                dy2 = xp.ascontiguousarray(dy.transpose(1, 0, 2)).reshape(self.num_output, -1)  # (M, N·P)
                 if g == 1:
-                    dcol = w.T @ dy2
+                    dcol = xp.ascontiguousarray(w.T) @ dy2
                 else:
                     dcol = xp.empty_like(col)
                     for gi in range(g):
-                        xp.matmul(w[gi * mg:(gi + 1) * mg].T, dy2[gi * mg:(gi + 1) * mg],
-                                  out=dcol[gi * kk:(gi + 1) * kk])
+                        wt = xp.ascontiguousarray(w[gi * mg:(gi + 1) * mg].T)
+                        xp.matmul(wt, dy2[gi * mg:(gi + 1) * mg], out=dcol[gi * kk:(gi + 1) * kk])
                 b.diff = kernels.col2im(dcol, b.shape, self.kh, self.kw, self.ph, self.pw,
                                         self.sh, self.sw, self.dh, self.dw)
             self._cols[i] = None
