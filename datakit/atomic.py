@@ -11,8 +11,27 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import IO, Iterator
+
+
+_umask_lock = threading.Lock()
+_umask: int | None = None
+
+
+def _default_mode() -> int:
+    """0o666 less the process umask: the mode open() would have given the file.
+
+    mkstemp creates files 0600; without this, every image, list and model we
+    write would be private to the user even where their umask says otherwise.
+    """
+    global _umask
+    with _umask_lock:
+        if _umask is None:
+            _umask = os.umask(0)
+            os.umask(_umask)
+    return 0o666 & ~_umask
 
 
 @contextlib.contextmanager
@@ -33,6 +52,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", *, fsync: bool = Tru
             fh.flush()
             if fsync:
                 os.fsync(fh.fileno())
+        os.chmod(tmp, _default_mode())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
