@@ -40,7 +40,7 @@ def run_forward(layer, bottoms, tops):
 
 
 def check_gradients(layer, bottoms, tops, *, check_bottoms=None, eps=1e-6, tol=1e-5, samples=40,
-                    seed=1, top_weights=None):
+                    seed=1, top_weights=None, check_params=True):
     """Compare analytic bottom/param gradients of L = Σ_t Σ R_t·top_t with central differences."""
     rng = np.random.default_rng(seed)
     outs = run_forward(layer, bottoms, tops)
@@ -61,7 +61,8 @@ def check_gradients(layer, bottoms, tops, *, check_bottoms=None, eps=1e-6, tol=1
         b.diff = np.zeros(b.shape)
     layer.backward(tops, down, bottoms)
     targets = [(bottoms[i], bottoms[i].diff.copy(), f"bottom {i}") for i in check_bottoms]
-    targets += [(b, b.diff.copy(), f"param {k}") for k, b in enumerate(layer.blobs)]
+    if check_params:
+        targets += [(b, b.diff.copy(), f"param {k}") for k, b in enumerate(layer.blobs)]
     checked = 0
     for blob, analytic, what in targets:
         flat = blob.data.reshape(-1)
@@ -402,3 +403,48 @@ def test_fillers_follow_caffe_definitions():
 def test_unknown_layer_type_is_a_clear_error():
     with pytest.raises(FormatError, match="unknown layer type 'Nope'"):
         layer_class("Nope", "mylayer")
+
+
+# ------------------------------------------------------- BatchNorm / Scale ----
+
+def test_batchnorm_train_gradients_and_running_stats():
+    x = rand(4, 3, 2, 2) * 2 + 1
+    layer, b, t = make_layer('type: "BatchNorm" batch_norm_param { use_global_stats: false }', [x])
+    check_gradients(layer, b, t)
+    layer, b, t = make_layer('type: "BatchNorm" batch_norm_param { moving_average_fraction: 0.5 }', [x])
+    (y,) = run_forward(layer, b, t)
+    np.testing.assert_allclose(y.mean(axis=(0, 2, 3)), 0, atol=1e-12)
+    np.testing.assert_allclose(y.var(axis=(0, 2, 3)), 1, rtol=1e-4)
+    m = 16
+    np.testing.assert_allclose(layer.blobs[0].data, x.mean(axis=(0, 2, 3)))
+    np.testing.assert_allclose(layer.blobs[1].data, x.var(axis=(0, 2, 3)) * m / (m - 1))
+    assert layer.blobs[2].data[0] == 1.0
+    run_forward(layer, b, t)
+    assert layer.blobs[2].data[0] == 1.5  # 1 * 0.5 + 1
+
+
+def test_batchnorm_test_phase_uses_stored_statistics():
+    x = rand(2, 2, 3)
+    layer, b, t = make_layer('type: "BatchNorm" batch_norm_param { eps: 0.001 }', [x], phase=TEST)
+    layer.blobs[0].data[...] = [2.0, 4.0]
+    layer.blobs[1].data[...] = [8.0, 18.0]
+    layer.blobs[2].data[...] = [2.0]
+    (y,) = run_forward(layer, b, t)
+    mean, var = np.array([1.0, 2.0]), np.array([4.0, 9.0])
+    np.testing.assert_allclose(y, (x - mean[None, :, None]) / np.sqrt(var[None, :, None] + 0.001))
+    check_gradients(layer, b, t, check_params=False)  # statistics are not learned
+
+
+def test_batchnorm_refuses_learned_statistics():
+    with pytest.raises(FormatError, match="lr_mult"):
+        make_layer('type: "BatchNorm" param { lr_mult: 1 }', [rand(2, 2)])
+
+
+@pytest.mark.parametrize("params,shapes", [
+    ("bias_term: true filler { type: 'gaussian' } bias_filler { type: 'gaussian' }", [(2, 3, 4)]),
+    ("axis: 0 num_axes: 2 filler { type: 'gaussian' }", [(2, 3, 4)]),
+    ("axis: 1", [(2, 3, 4), (3,)]),
+])
+def test_scale_gradients(params, shapes):
+    layer, b, t = make_layer(f'type: "Scale" scale_param {{ {params} }}', [rand(*s) for s in shapes])
+    check_gradients(layer, b, t)

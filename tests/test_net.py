@@ -220,3 +220,18 @@ def test_share_trained_layers_with():
     train.layer("ip").blobs[0].data[...] = 0.5
     assert (test.layer("ip").blobs[0].data == 0.5).all()
     assert test.learnable_params[0].blob is train.learnable_params[0].blob
+
+
+def test_batchnorm_statistics_are_never_learned():
+    text = INPUTS + '''
+    layer { name: "bn" type: "BatchNorm" bottom: "data" top: "bn" }
+    layer { name: "sc" type: "Scale" bottom: "bn" top: "bn" scale_param { bias_term: true } }
+    layer { name: "ip" type: "InnerProduct" bottom: "bn" top: "ip" inner_product_param { num_output: 4 } }
+    layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }
+    '''
+    net = Net(net_param(text), TRAIN, seed=0)
+    mults = {(p.layer_name, p.index): p.lr_mult for p in net.learnable_params}
+    assert mults[("bn", 0)] == mults[("bn", 1)] == mults[("bn", 2)] == 0.0
+    assert mults[("sc", 0)] == 1.0
+    need = dict(zip(net.layer_names, net.layer_need_backward))
+    assert need["bn"] is False and need["sc"] is True

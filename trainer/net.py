@@ -262,7 +262,7 @@ class Net:
             if lp.propagate_down and not lp.propagate_down[j]:
                 need = False
             bottom_need.append(need)
-        param_need = [self._lr_mult(lp, k) != 0 for k in range(len(layer.blobs))]
+        param_need = [self._lr_mult(lp, k, layer) != 0 for k in range(len(layer.blobs))]
         need = (not layer.is_data) and (any(blob_needs_grad.get(b, False) for b in lp.bottom) or any(param_need))
         layer.param_propagate_down = param_need
         for t in lp.top:
@@ -281,7 +281,9 @@ class Net:
                                 len(lp.bottom) == 1 and all(t.startswith(f"{lp.bottom[0]}_") for t in lp.top))
 
     @staticmethod
-    def _lr_mult(lp: caffe_pb2.LayerParameter, k: int) -> float:
+    def _lr_mult(lp: caffe_pb2.LayerParameter, k: int, layer: Layer) -> float:
+        if getattr(layer, "fixed_params", False):
+            return 0.0  # statistics (BatchNorm), never learned
         return float(lp.param[k].lr_mult) if k < len(lp.param) else 1.0
 
     def _share_params(self, layer: Layer, lp: caffe_pb2.LayerParameter) -> None:
@@ -303,7 +305,9 @@ class Net:
                                       f"{spec.lr_mult} here but {info.lr_mult} in layer {info.layer}")
                 layer.blobs[k] = owner
                 continue
-            p = Param(blob, float(spec.lr_mult), float(spec.decay_mult), layer.name, k, pname)
+            fixed = getattr(layer, "fixed_params", False)
+            p = Param(blob, 0.0 if fixed else float(spec.lr_mult), 0.0 if fixed else float(spec.decay_mult),
+                      layer.name, k, pname)
             self.learnable_params.append(p)
             if pname:
                 self._param_owner[pname] = (blob, ParamSpecInfo(layer.name, float(spec.lr_mult)))

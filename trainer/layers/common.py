@@ -303,3 +303,79 @@ class EltwiseLayer(Layer):
                 b.diff = g
             else:
                 b.diff = dy * (self._argmax == i)
+
+
+@register("Scale")
+class ScaleLayer(Layer):
+    """y = x · s (+ b), s broadcast over axes [axis, axis+num_axes) of x (Caffe's Scale).
+
+    With one bottom, s is learned (filler default constant 1); with two, the
+    second bottom is s. ``bias_term`` adds a learned b of s's shape (ResNet's
+    BatchNorm + Scale pairs).
+    """
+
+    min_bottoms = 1
+    max_bottoms = 2
+    min_tops = max_tops = 1
+
+    def setup(self, bottoms: list[Blob], tops: list[Blob]) -> None:
+        p = self.param.scale_param
+        x_shape = bottoms[0].shape
+        self.axis = canonical_axis(p.axis, len(x_shape), self.name) if x_shape else 0
+        if len(bottoms) == 2:
+            s_shape = bottoms[1].shape
+        else:
+            n = len(x_shape) - self.axis if p.num_axes == -1 else int(p.num_axes)
+            if n < 0 or self.axis + n > len(x_shape):
+                raise self.error(f"num_axes {p.num_axes} does not fit a bottom of shape {x_shape}")
+            s_shape = tuple(x_shape[self.axis:self.axis + n])
+            filler = p.filler if p.HasField("filler") else caffe_pb2.FillerParameter(type="constant", value=1.0)
+            self.blobs.append(make_param_blob(self, 0, s_shape, filler))
+        self.s_shape = s_shape
+        self.bias_term = bool(p.bias_term)
+        if self.bias_term:
+            self.blobs.append(make_param_blob(self, len(self.blobs), s_shape,
+                                              filler_or_default(p.HasField("bias_filler"), p.bias_filler)))
+        self._x: Any = None
+
+    def _bshape(self, ndim: int) -> tuple[int, ...]:
+        trailing = ndim - self.axis - len(self.s_shape)
+        return (1,) * self.axis + tuple(self.s_shape) + (1,) * trailing
+
+    def reshape(self, bottoms: list[Blob], tops: list[Blob]) -> None:
+        x_shape = bottoms[0].shape
+        if tuple(x_shape[self.axis:self.axis + len(self.s_shape)]) != tuple(self.s_shape):
+            raise self.error(f"scale of shape {self.s_shape} does not match bottom {x_shape} at axis {self.axis}")
+        tops[0].reshape(x_shape)
+
+    def _scale(self, bottoms: list[Blob]) -> Any:
+        return bottoms[1].data if len(bottoms) == 2 else self.blobs[0].data
+
+    def forward(self, bottoms: list[Blob], tops: list[Blob]) -> None:
+        x = bottoms[0].data
+        bs = self._bshape(x.ndim)
+        self._x = x.copy() if tops[0] is bottoms[0] and self.need_backward else x
+        y = x * self._scale(bottoms).reshape(bs)
+        if self.bias_term:
+            y += self.blobs[-1].data.reshape(bs)
+        tops[0].data = y
+
+    def backward(self, tops: list[Blob], propagate_down: list[bool], bottoms: list[Blob]) -> None:
+        dy = tops[0].diff
+        bs = self._bshape(dy.ndim)
+        reduce_axes = tuple(i for i in range(dy.ndim) if bs[i] == 1 and dy.shape[i] != 1 or
+                            (bs[i] == 1 and i < self.axis) or (bs[i] == 1 and i >= self.axis + len(self.s_shape)))
+        s = self._scale(bottoms)
+        if self.bias_term and self.param_needs_grad(len(self.blobs) - 1):
+            k = len(self.blobs) - 1
+            self.add_param_grad(k, dy.sum(axis=reduce_axes).reshape(self.s_shape))
+            self.finish_param_grad(k)
+        ds = (dy * self._x).sum(axis=reduce_axes).reshape(self.s_shape)
+        if len(bottoms) == 2:
+            if propagate_down[1]:
+                bottoms[1].diff = ds.reshape(bottoms[1].shape)
+        elif self.param_needs_grad(0):
+            self.add_param_grad(0, ds)
+            self.finish_param_grad(0)
+        if propagate_down[0]:
+            bottoms[0].diff = dy * s.reshape(bs)
