@@ -172,3 +172,26 @@ def test_net_on_gpu_matches_cpu():
     assert losses[0] == pytest.approx(losses[1], rel=1e-10)
     for a, b in zip(nets[0].learnable_params, nets[1].learnable_params):
         np.testing.assert_allclose(cp.asnumpy(b.diff), a.diff, rtol=1e-8, atol=1e-10)
+
+
+def test_threaded_split_gives_the_same_results(monkeypatch):
+    """Force the multi-thread path (chunks over channels / images) on small arrays."""
+    monkeypatch.setattr(kernels, "_MIN_SPLIT", 1)
+    monkeypatch.setattr(kernels, "_WORKERS", 3)
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((4, 5, 7, 6))
+    case = (3, 3, 1, 1, 2, 2)
+    col = kernels.im2col(x, *case)
+    np.testing.assert_array_equal(col, ref_im2col(x, *case))
+    c = rng.standard_normal(col.shape)
+    assert np.vdot(col, c) == pytest.approx(np.vdot(x, kernels.col2im(c, x.shape, *case)))
+    oh, ow = kernels.pool_out_size(7, 3, 1, 2), kernels.pool_out_size(6, 3, 1, 2)
+    y, arg = kernels.max_pool_forward(x, 3, 3, 1, 1, 2, 2, oh, ow)
+    ry, rarg = ref_pool(x, *case, "max")
+    np.testing.assert_array_equal(y, ry)
+    np.testing.assert_array_equal(arg, rarg)
+    dy = rng.standard_normal(y.shape)
+    monkeypatch.setattr(kernels, "_MIN_SPLIT", 1 << 60)
+    single = kernels.max_pool_backward(dy, arg, x.shape, 3, 3, 1, 1, 2, 2)
+    monkeypatch.setattr(kernels, "_MIN_SPLIT", 1)
+    np.testing.assert_array_equal(kernels.max_pool_backward(dy, arg, x.shape, 3, 3, 1, 1, 2, 2), single)

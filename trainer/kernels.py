@@ -15,7 +15,9 @@ columns ordered (n, y, x) so the whole batch is one GEMM.
 from __future__ import annotations
 
 import math
-from typing import Any
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
 
 import numpy as np
 
@@ -49,6 +51,30 @@ def ave_pool_divisor(size: int, out: int, kernel: int, pad: int, stride: int) ->
     return (end - start).astype(np.float64)
 
 
+# ------------------------------------------------------------ threading ----
+# NumPy runs one thread per call outside BLAS; the slice copies below release
+# the GIL, so splitting them over the cores lets im2col and pooling use the
+# whole CPU as the GEMMs do.
+_WORKERS = max(1, min(os.cpu_count() or 1, 8))
+_POOL: ThreadPoolExecutor | None = None
+_MIN_SPLIT = 1 << 18  # elements below which threads cost more than they save
+
+
+def _parallel(total: int, work: int, fn: Callable[[int, int], None]) -> None:
+    """Run ``fn(lo, hi)`` over [0, total) in contiguous chunks, one per core when ``work`` is large."""
+    global _POOL
+    parts = min(_WORKERS, total) if work >= _MIN_SPLIT else 1
+    if parts <= 1:
+        fn(0, total)
+        return
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(_WORKERS, thread_name_prefix="kernels")
+    bounds = [total * k // parts for k in range(parts + 1)]
+    futures = [_POOL.submit(fn, bounds[k], bounds[k + 1]) for k in range(parts) if bounds[k] < bounds[k + 1]]
+    for f in futures:
+        f.result()
+
+
 # ----------------------------------------------------------------- im2col ----
 
 
@@ -79,11 +105,15 @@ def im2col(x: Any, kh: int, kw: int, ph: int, pw: int, sh: int, sw: int,
         col = out.reshape(shape6)
     else:
         col = np.empty(shape6, dtype=x.dtype)
-    for i in range(kh):
-        y0 = i * dh
-        for j in range(kw):
-            x0 = j * dw
-            col[:, i, j] = xt[:, :, y0:y0 + sh * (oh - 1) + 1:sh, x0:x0 + sw * (ow - 1) + 1:sw]
+
+    def fill(lo: int, hi: int) -> None:
+        for i in range(kh):
+            y0 = i * dh
+            for j in range(kw):
+                x0 = j * dw
+                col[lo:hi, i, j] = xt[lo:hi, :, y0:y0 + sh * (oh - 1) + 1:sh, x0:x0 + sw * (ow - 1) + 1:sw]
+
+    _parallel(c, col.size, fill)
     return col.reshape(c * kh * kw, n * oh * ow)
 
 
@@ -98,11 +128,15 @@ def col2im(col: Any, shape: tuple[int, int, int, int], kh: int, kw: int, ph: int
         return _cuda().col2im(col, shape, kh, kw, ph, pw, sh, sw, dh, dw, oh, ow)
     col6 = col.reshape(c, kh, kw, n, oh, ow)
     xpad = np.zeros((c, n, h + 2 * ph, w + 2 * pw), dtype=col.dtype)
-    for i in range(kh):
-        y0 = i * dh
-        for j in range(kw):
-            x0 = j * dw
-            xpad[:, :, y0:y0 + sh * (oh - 1) + 1:sh, x0:x0 + sw * (ow - 1) + 1:sw] += col6[:, i, j]
+
+    def add(lo: int, hi: int) -> None:
+        for i in range(kh):
+            y0 = i * dh
+            for j in range(kw):
+                x0 = j * dw
+                xpad[lo:hi, :, y0:y0 + sh * (oh - 1) + 1:sh, x0:x0 + sw * (ow - 1) + 1:sw] += col6[lo:hi, i, j]
+
+    _parallel(c, col.size, add)
     return np.ascontiguousarray(xpad[:, :, ph:ph + h, pw:pw + w].transpose(1, 0, 2, 3))
 
 
@@ -137,12 +171,17 @@ def max_pool_forward(x: Any, kh: int, kw: int, ph: int, pw: int, sh: int, sw: in
     y = np.full((n, c, oh, ow), -np.inf, dtype=x.dtype)
     arg = np.zeros((n, c, oh, ow), dtype=np.int32)
     better = np.empty((n, c, oh, ow), dtype=bool)
-    for i in range(kh):
-        for j in range(kw):
-            cand = xpad[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw]
-            np.greater(cand, y, out=better)
-            np.copyto(y, cand, where=better)
-            np.copyto(arg, i * kw + j, where=better)
+
+    def run(lo: int, hi: int) -> None:
+        yv, av, bv = y[lo:hi], arg[lo:hi], better[lo:hi]
+        for i in range(kh):
+            for j in range(kw):
+                cand = xpad[lo:hi, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw]
+                np.greater(cand, yv, out=bv)
+                np.copyto(yv, cand, where=bv)
+                np.copyto(av, i * kw + j, where=bv)
+
+    _parallel(n, y.size * kh * kw, run)
     return y, arg
 
 
@@ -157,10 +196,15 @@ def max_pool_backward(dy: Any, arg: Any, shape: tuple[int, int, int, int], kh: i
     hp = max(h + 2 * ph, (oh - 1) * sh + kh)
     wp = max(w + 2 * pw, (ow - 1) * sw + kw)
     dx = np.zeros((n, c, hp, wp), dtype=dy.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            dx[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw] += \
-                np.where(arg == i * kw + j, dy, 0)
+
+    def run(lo: int, hi: int) -> None:
+        a, d = arg[lo:hi], dy[lo:hi]
+        for i in range(kh):
+            for j in range(kw):
+                dx[lo:hi, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw] += \
+                    np.where(a == i * kw + j, d, 0)
+
+    _parallel(n, dy.size * kh * kw, run)
     return np.ascontiguousarray(dx[:, :, ph:ph + h, pw:pw + w])
 
 
