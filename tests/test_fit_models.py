@@ -71,11 +71,17 @@ def test_demo_nets_train_and_finetune(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write_mean("mean.binaryproto", _demo_db(tmp_path / "train_lmdb", 200, 0))
     _demo_db(tmp_path / "test_lmdb", 100, 1)
-    scratch = fit(FitOptions(solver=str(MODELS / "demo/demo_solver.prototxt"), device="cpu", max_iter=40,
+    # The shipped solvers, with fewer test batches (the nets and every other setting as shipped).
+    for name in ("demo_solver", "demo_finetune_solver"):
+        text = (MODELS / f"demo/{name}.prototxt").read_text()
+        text = text.replace('net: "demo_', f'net: "{MODELS}/demo/demo_').replace("test_iter: 12", "test_iter: 2")
+        assert "test_iter: 2" in text and str(MODELS) in text
+        (tmp_path / f"{name}.prototxt").write_text(text)
+    scratch = fit(FitOptions(solver="demo_solver.prototxt", device="cpu", max_iter=40,
                              stream=io.StringIO(), handle_signals=False))
     assert scratch.test_scores[0]["accuracy"] > 0.5   # chance is 0.2
     log = io.StringIO()
-    tuned = fit(FitOptions(solver=str(MODELS / "demo/demo_finetune_solver.prototxt"), device="cpu", max_iter=20,
+    tuned = fit(FitOptions(solver="demo_finetune_solver.prototxt", device="cpu", max_iter=20,
                            weights="snapshots/demo_iter_40.caffemodel", stream=log, handle_signals=False))
     assert "initialised layer fc_style_ft" in log.getvalue() and "copied layer conv1" in log.getvalue()
     assert tuned.test_scores[0]["accuracy"] > 0.5
