@@ -196,7 +196,8 @@ class Solver:
         }
 
     def snapshot(self) -> SnapshotPaths:
-        paths = write_snapshot(self.snapshot_prefix, self.iter, self.net.to_proto(),
+        paths = write_snapshot(self.snapshot_prefix, self.iter,
+                               self.net.to_proto(write_diff=bool(self.param.snapshot_diff)),
                                [to_host(h) for h in self.rule.history],
                                lr_policy.current_step(self.param.lr_policy or "fixed", self.iter,
                                                       stepsize=self.param.stepsize,
