@@ -5,7 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from trainer.fit import FitOptions, fit
+import json
+import time
+
+from datakit.atomic import write_text_atomic
+from trainer.fit import FitOptions, fit, report_dict
 
 HELP = "Train or fine-tune the net a Caffe solver prototxt names (Caffe's `caffe train`)."
 
@@ -21,13 +25,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log", help="log file in Caffe's format (default <snapshot_prefix>.log, appended)")
     p.add_argument("--metrics", help="metrics CSV (default <snapshot_prefix>.metrics.csv)")
     p.add_argument("--max-iter", type=int, help="override the solver's max_iter (the test nets then also run after the last iteration)")
+    p.add_argument("--report", metavar="JSON", help="write a JSON summary (iterations, snapshots, test scores)")
     p.add_argument("--quiet", action="store_true", help="no log lines on stderr (the log file is still written)")
 
 
 def run(args: argparse.Namespace) -> int:
-    result = fit(FitOptions(solver=args.solver, weights=args.weights, snapshot=args.snapshot, device=args.device,
-                            gpu=args.gpu, log=args.log, metrics=args.metrics, max_iter=args.max_iter,
-                            stream=None if args.quiet else sys.stderr))
+    opts = FitOptions(solver=args.solver, weights=args.weights, snapshot=args.snapshot, device=args.device,
+                      gpu=args.gpu, log=args.log, metrics=args.metrics, max_iter=args.max_iter,
+                      stream=None if args.quiet else sys.stderr)
+    started = time.perf_counter()
+    result = fit(opts)
+    if args.report:
+        write_text_atomic(args.report, json.dumps(report_dict(result, opts, time.perf_counter() - started),
+                                                  indent=1) + "\n")
     last = result.snapshots[-1].caffemodel if result.snapshots else None
     scores = "; ".join(f"test net #{i}: " + ", ".join(f"{k} = {v:.4g}" for k, v in s.items())
                        for i, s in enumerate(result.test_scores))

@@ -160,9 +160,13 @@ def test_nan_loss_names_first_layer_and_suggests_lower_lr(project):
 
 def test_cli_fit_and_sigterm_writes_snapshot(project, tmp_path, cli):
     name = project("cli.prototxt", max_iter=20, prefix="cli/run")
-    res = cli("trainer", "fit", "--solver", name, "--device", "cpu", "--quiet", cwd=tmp_path)
+    res = cli("trainer", "fit", "--solver", name, "--device", "cpu", "--quiet", "--report", "r.json", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert "trained to iteration 20" in res.stdout and "accuracy" in res.stdout
+    import json
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["iterations"] == 20 and report["snapshots"][-1]["caffemodel"] == "cli/run_iter_20.caffemodel"
+    assert 0 <= report["test_scores"][0]["accuracy"] <= 1
     long = project("long.prototxt", max_iter=100000, prefix="long/run")
     import os
     from tests.conftest import ROOT

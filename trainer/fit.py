@@ -164,3 +164,21 @@ def fit(opts: FitOptions) -> SolveResult:
                 if close is not None:
                     close()
         log.close()
+
+
+def report_dict(result: SolveResult, opts: FitOptions, seconds: float) -> dict[str, Any]:
+    """A machine-readable summary of a run (`trainer fit --report`)."""
+    return {
+        "solver": opts.solver,
+        "weights": opts.weights,
+        "resumed_from": opts.snapshot,
+        "iterations": result.iterations,
+        "stopped_early": result.stopped_early,
+        "stop_reason": result.stop_reason,
+        "seconds": round(seconds, 3),
+        "last_train_loss": result.last_loss,
+        "test_scores": result.test_scores,
+        "snapshots": [{"caffemodel": str(p.caffemodel), "solverstate": str(p.solverstate)}
+                      for p in result.snapshots],
+    }
+
