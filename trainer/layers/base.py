@@ -150,6 +150,7 @@ class Layer:
         # Set by the Net per learnable blob: False when its lr_mult is 0, so
         # the layer skips that gradient (Caffe's param_propagate_down).
         self.param_propagate_down: list[bool] = []
+        self._workspace: dict[str, Any] = {}
 
     # -- the four methods a layer implements -----------------------------------
     def setup(self, bottoms: list[Blob], tops: list[Blob]) -> None:
@@ -206,6 +207,20 @@ class Layer:
 
     def finish_param_grad(self, k: int) -> None:
         self.blobs[k].diff_zero = False
+
+    def workspace(self, key: str, shape: Sequence[int], dtype: Any = None) -> Any:
+        """A scratch array kept between iterations (contents undefined), like Caffe's buffers.
+
+        Reusing big temporaries (GEMM results, transposed gradients) spares
+        the page faults a fresh allocation of hundreds of MB costs each step.
+        """
+        shape = tuple(int(s) for s in shape)
+        dtype = self.dtype if dtype is None else np.dtype(dtype)
+        buf = self._workspace.get(key)
+        if buf is None or buf.shape != shape or buf.dtype != dtype:
+            buf = self.xp.empty(shape, dtype=dtype)
+            self._workspace[key] = buf
+        return buf
 
     def new_blob(self, shape: Sequence[int], name: str = "") -> Blob:
         return Blob(self.xp, shape, self.dtype, name=name or self.name)

@@ -100,10 +100,10 @@ class ConvolutionLayer(Layer):
             col = self._im2col(b.data, i)  # (C·kh·kw, N·oh·ow)
             self._cols[i] = col if self.need_backward else None
             kk = col.shape[0] // g
+            y = self.workspace("y", (self.num_output, col.shape[1]))
             if g == 1:
-                y = w @ col
+                xp.matmul(w, col, out=y)
             else:
-                y = xp.empty((self.num_output, col.shape[1]), dtype=col.dtype)
                 for gi in range(g):
                     xp.matmul(w[gi * mg:(gi + 1) * mg], col[gi * kk:(gi + 1) * kk], out=y[gi * mg:(gi + 1) * mg])
             # (M, N·P) -> (N, M, P) in one pass that also adds the bias; the top's
@@ -137,17 +137,21 @@ class ConvolutionLayer(Layer):
             # Every GEMM below has plain (non-transposed) row-major operands: OpenBLAS
             # runs transposed operands of these shapes several times slower.
             if self.param_needs_grad(0):
-                dyt = xp.ascontiguousarray(dy.transpose(0, 2, 1)).reshape(-1, self.num_output)  # (N·P, M)
+                dyt3 = self.workspace("dyt", (n, dy.shape[2], self.num_output))
+                dyt3[...] = dy.transpose(0, 2, 1)
+                dyt = dyt3.reshape(-1, self.num_output)  # (N·P, M)
                 for gi in range(g):
                     self.add_param_grad(0, (col[gi * kk:(gi + 1) * kk] @ dyt[:, gi * mg:(gi + 1) * mg]).T,
                                         slice(gi * mg, (gi + 1) * mg))
                 self.finish_param_grad(0)
             if propagate_down[i]:
-                dy2 = xp.ascontiguousarray(dy.transpose(1, 0, 2)).reshape(self.num_output, -1)  # (M, N·P)
+                dy23 = self.workspace("dy2", (self.num_output, n, dy.shape[2]))
+                dy23[...] = dy.transpose(1, 0, 2)
+                dy2 = dy23.reshape(self.num_output, -1)  # (M, N·P)
+                dcol = self.workspace("dcol", col.shape)
                 if g == 1:
-                    dcol = xp.ascontiguousarray(w.T) @ dy2
+                    xp.matmul(xp.ascontiguousarray(w.T), dy2, out=dcol)
                 else:
-                    dcol = xp.empty_like(col)
                     for gi in range(g):
                         wt = xp.ascontiguousarray(w[gi * mg:(gi + 1) * mg].T)
                         xp.matmul(wt, dy2[gi * mg:(gi + 1) * mg], out=dcol[gi * kk:(gi + 1) * kk])
