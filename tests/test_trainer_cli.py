@@ -185,3 +185,11 @@ def test_classify_color_pipeline_and_names(cli, tmp_path):
     assert res.returncode == 0, res.stderr
     rows = re.findall(r"^  \d\. ([\d.]+)  \[(\d)\]  (\w+)$", res.stdout, flags=re.M)
     assert [(float(v), int(i), n) for v, i, n in rows] == [(100.0, 1, "green"), (50.0, 2, "red"), (5.0, 0, "blue")]
+
+
+def test_trainer_test_refuses_a_deploy_net(cli, shared_data):
+    root = Path(__file__).resolve().parents[1]
+    res = cli("trainer", "test", "--model", str(root / "models/lenet/lenet_deploy.prototxt"),
+              "--weights", str(shared_data / "models/lenet/lenet_iter_10000.caffemodel"), "--iterations", "1")
+    assert res.returncode != 0
+    assert "Input layers" in res.stderr and "train_val" in res.stderr

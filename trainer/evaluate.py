@@ -12,6 +12,8 @@ from typing import Callable
 
 import numpy as np
 
+from datakit.errors import ConfigError
+
 from trainer.net import Net
 
 
@@ -52,6 +54,10 @@ def test_net(net: Net, iterations: int,
     """Forward ``iterations`` batches; the mean of every output and of the weighted loss."""
     if iterations < 1:
         raise ValueError("iterations must be at least 1")
+    sources = [layer for layer in net.layers if layer.is_data]
+    if sources and all(layer.type == "Input" for layer in sources):
+        raise ConfigError(f"net {net.name!r}: its only inputs are Input layers ({sources[0].name}), so there "
+                          "is nothing to score; give the train_val net, whose TEST phase reads a database")
     names = list(net.output_names)
     sums: dict[str, np.ndarray] = {}
     loss_total = 0.0

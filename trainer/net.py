@@ -130,8 +130,12 @@ def _default_loss_weights(lp: caffe_pb2.LayerParameter, cls: type[Layer]) -> lis
     return [1.0 if (cls.is_loss and i == 0) else 0.0 for i in range(n)]
 
 
-def insert_splits(layers: list[caffe_pb2.LayerParameter]) -> list[caffe_pb2.LayerParameter]:
-    """Caffe's InsertSplits: a Split layer after every top that feeds more than one bottom."""
+def insert_splits(layers: list[caffe_pb2.LayerParameter],
+                  inserted: set[str] | None = None) -> list[caffe_pb2.LayerParameter]:
+    """Caffe's InsertSplits: a Split layer after every top that feeds more than one bottom.
+
+    The names of the Split layers added are put in ``inserted`` when given.
+    """
     last_top: dict[str, tuple[int, int]] = {}
     source_of: dict[tuple[int, int], tuple[int, int]] = {}
     consumers: dict[tuple[int, int], int] = {}
@@ -165,6 +169,8 @@ def insert_splits(layers: list[caffe_pb2.LayerParameter]) -> list[caffe_pb2.Laye
                 split.bottom.append(name)
                 split.top.extend(_split_blob_name(name, lp.name, j, k) for k in range(count))
                 out.append(split)
+                if inserted is not None:
+                    inserted.add(split.name)
     return out
 
 
@@ -193,7 +199,8 @@ class Net:
         state = caffe_pb2.NetState(phase=phase, level=level)
         state.stage.extend(stages)
         layer_params = _legacy_inputs(param) + filter_net(param, state)
-        layer_params = insert_splits(layer_params)
+        self._inserted_splits: set[str] = set()
+        layer_params = insert_splits(layer_params, self._inserted_splits)
 
         self.blobs: dict[str, Blob] = {}
         self.layers: list[Layer] = []
@@ -277,8 +284,7 @@ class Net:
         self.loss_weights.append(weights)
         self.layer_need_backward.append(need)
         self.bottom_need_backward.append(bottom_need)
-        self._auto_split.append(lp.type == "Split" and lp.name.endswith("_split") and
-                                len(lp.bottom) == 1 and all(t.startswith(f"{lp.bottom[0]}_") for t in lp.top))
+        self._auto_split.append(lp.type == "Split" and name in self._inserted_splits)
 
     @staticmethod
     def _lr_mult(lp: caffe_pb2.LayerParameter, k: int, layer: Layer) -> float:
