@@ -94,8 +94,19 @@ def default_prefix(solver_path: str, param: caffe_pb2.SolverParameter) -> str:
     return str(p.with_suffix("")) if p.suffix == ".prototxt" else str(p)
 
 
+def close_nets(nets: list[Any]) -> None:
+    """Stop the data layers' prefetch threads and release their databases."""
+    for net in nets:
+        for layer in net.layers:
+            close = getattr(layer, "close", None)
+            if close is not None:
+                close()
+
+
 def build(opts: FitOptions) -> tuple[Solver, CaffeLog, Any]:
     """Everything ``fit`` needs, ready to ``solve()`` (separate so tests and the API can step)."""
+    if opts.weights and opts.snapshot:
+        raise ConfigError("give --weights or --snapshot, not both (a snapshot already holds its weights)")
     param = read_solver(opts.solver)
     if opts.max_iter is not None:
         param.max_iter = int(opts.max_iter)
@@ -106,6 +117,17 @@ def build(opts: FitOptions) -> tuple[Solver, CaffeLog, Any]:
     seed = int(param.random_seed) if param.random_seed >= 0 else random.SystemRandom().randrange(2**31)
     log.info(f"Using {backend.device_name(xp)}; random_seed {seed}"
              + ("" if param.random_seed >= 0 else " (drawn: set random_seed in the solver to repeat this run)"))
+    nets: list[Any] = []
+    try:
+        return _build(opts, param, prefix, log, xp, seed, nets)
+    except BaseException:
+        close_nets(nets)
+        log.close()
+        raise
+
+
+def _build(opts: FitOptions, param, prefix: str, log: CaffeLog, xp, seed: int,
+           nets: list[Any]) -> tuple[Solver, CaffeLog, Any]:
     from trainer.net import Net  # the core; imported late so `trainer plot` never needs it
     solver_dir = Path(opts.solver).parent
     [(train_src, train_param)] = _net_from(param, "train", solver_dir)
@@ -113,15 +135,15 @@ def build(opts: FitOptions) -> tuple[Solver, CaffeLog, Any]:
     state.CopyFrom(param.train_state)
     log.info(f"Creating training net from {train_src}")
     train_net = Net(train_param, TRAIN, xp=xp, stages=list(state.stage), level=state.level, seed=seed)
+    nets.append(train_net)
     test_nets = []
     for i, (src, net_param) in enumerate(_net_from(param, "test", solver_dir)):
         ts = param.test_state[i] if i < len(param.test_state) else caffe_pb2.NetState()
         log.info(f"Creating test net (#{i}) specified by {src}")
         test_nets.append(Net(net_param, TEST, xp=xp, stages=list(ts.stage), level=ts.level, seed=seed + 1 + i))
+        nets.append(test_nets[-1])
     for net in [train_net, *test_nets]:
         rails.install(net, warn=log.warning)
-    if opts.weights and opts.snapshot:
-        raise ConfigError("give --weights or --snapshot, not both (a snapshot already holds its weights)")
     solver = Solver(param, train_net, test_nets, log=log, snapshot_prefix=prefix, seed=seed)
     solver.final_test = opts.max_iter is not None
     if opts.weights:
@@ -158,11 +180,7 @@ def fit(opts: FitOptions) -> SolveResult:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        for net in [solver.net, *solver.test_nets]:
-            for layer in net.layers:
-                close = getattr(layer, "close", None)
-                if close is not None:
-                    close()
+        close_nets([solver.net, *solver.test_nets])
         log.close()
 
 
