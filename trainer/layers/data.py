@@ -1,19 +1,13 @@
-"""Input, DummyData and a first Data layer (LMDB/LevelDB Datums, read in order, wrapping).
+"""Input and DummyData: the data layers that read nothing.
 
 Data layers have no bottoms; their forward fetches the next batch itself, so
-the net's forward() is the same for a data net and a deploy net. The Data
-layer here reads synchronously; a prefetching one can replace it through the
-registry without the net noticing.
+the net's forward() is the same for a data net and a deploy net. The layers
+that read files (Data for LMDB/LevelDB, ImageData, HDF5Data, with prefetching
+and transforms) live in data_db.py, data_image.py and data_hdf5.py.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Iterator
-
-import numpy as np
-
-from datakit.errors import DatabaseError
 from datakit.formats import caffe_pb2
 
 from trainer.fillers import fill
@@ -90,95 +84,3 @@ class DummyDataLayer(Layer):
             if f.type != "constant":
                 t.data = self.xp.asarray(fill(t.shape, f, self.rng, where=f"layer {self.name}")
                                          .astype(self.dtype))
-
-
-@register("Data")
-class DataLayer(Layer):
-    """Datums from an LMDB or LevelDB in key order, wrapping at the end (Caffe's Data layer).
-
-    Tops: data (N×C×H×W after transform_param) and, when asked, label (N).
-    Raw and encoded Datums are accepted (encoded ones are decoded).
-    """
-
-    is_data = True
-    min_tops = 1
-    max_tops = 2
-
-    def setup(self, bottoms: list[Blob], tops: list[Blob]) -> None:
-        from datakit.db import open_reader  # noqa: PLC0415 - the data side is imported lazily
-
-        from trainer.transform import transformer_for  # noqa: PLC0415
-
-        p = self.param.data_param
-        if not p.source:
-            raise self.error("data_param.source (the database folder) is required")
-        if p.batch_size < 1:
-            raise self.error("data_param.batch_size must be positive")
-        self.batch_size = int(p.batch_size)
-        source = Path(p.source)
-        if not source.is_absolute():
-            source = Path(self.base_dir) / source
-        backend = "lmdb" if p.backend == caffe_pb2.DataParameter.LMDB else "leveldb"
-        tp = self.param.transform_param
-        color: bool | None = None
-        if tp.force_color:
-            color = True
-        elif tp.force_gray:
-            color = False
-        try:
-            self.reader = open_reader(source, backend, decode=True, color=color)
-        except DatabaseError as err:
-            raise self.error(f"cannot open data_param.source: {err}") from None
-        self.transformer = transformer_for(self.param, self.phase, self.base_dir)
-        self._records: Iterator[Any] = iter(self.reader)
-        first = self._next_record()
-        self._pending = first
-        c, h, w = first.image.shape
-        self.in_shape = (c, h, w)
-        oc, oh, ow = self.transformer.output_shape(c, h, w)
-        tops[0].reshape((self.batch_size, oc, oh, ow))
-        if len(tops) == 2:
-            tops[1].reshape((self.batch_size,))
-        if p.rand_skip:
-            for _ in range(int(self.rng.integers(0, p.rand_skip))):
-                self._pending = self._next_record()
-
-    def _next_record(self) -> Any:
-        try:
-            return next(self._records)
-        except StopIteration:
-            self._records = iter(self.reader)
-            try:
-                return next(self._records)
-            except StopIteration:
-                raise self.error(f"database {self.reader.path} is empty") from None
-
-    def reshape(self, bottoms: list[Blob], tops: list[Blob]) -> None:
-        pass
-
-    def close(self) -> None:
-        reader = getattr(self, "reader", None)
-        if reader is not None:
-            reader.close()
-            self.reader = None
-
-    def forward(self, bottoms: list[Blob], tops: list[Blob]) -> None:
-        c, h, w = self.in_shape
-        batch = np.empty((self.batch_size, c, h, w), dtype=np.uint8)
-        labels = np.empty(self.batch_size, dtype=self.dtype)
-        for i in range(self.batch_size):
-            rec = self._pending if self._pending is not None else self._next_record()
-            self._pending = None
-            img = rec.image
-            if img.shape != self.in_shape:
-                raise self.error(f"record {rec.key!r} of {self.reader.path} is {img.shape} (CxHxW) "
-                                 f"but the first record was {self.in_shape}; convert with --resize")
-            if img.dtype != np.uint8:
-                batch = batch.astype(img.dtype, copy=False)
-            batch[i] = img
-            labels[i] = rec.label
-        plan = self.transformer.plan(self.batch_size, h, w, self.rng)
-        out = self.transformer.apply(self.xp.asarray(batch), plan, self.xp)
-        tops[0].data = out.astype(self.dtype, copy=False)
-        if len(tops) == 2:
-            tops[1].data = self.xp.asarray(labels)
