@@ -54,7 +54,7 @@ def _load_families() -> None:
         return
     _loaded = True
     from . import activation, common, conv, data, loss, norm, pool  # noqa: F401
-    # prefetching data layers (issue 6); data_db's "Data" replaces the basic one registered above
+    # data layers that read files, with prefetching and transforms (Data, ImageData, HDF5Data, MemoryData)
     from . import data_db, data_hdf5, data_image, data_memory  # noqa: F401
 
 
