@@ -196,7 +196,10 @@ class Net:
         if param.layers and not param.layer:
             raise FormatError(f"net {param.name!r} uses old-style 'layers'; read it with "
                               "datakit.formats.prototxt.read_net, which upgrades it")
+        # As Caffe's Net(file, phase, level, stages): the file's own state
+        # stages are kept and the given ones added; phase and level are set.
         state = caffe_pb2.NetState(phase=phase, level=level)
+        state.stage.extend(param.state.stage)
         state.stage.extend(stages)
         layer_params = _legacy_inputs(param) + filter_net(param, state)
         self._inserted_splits: set[str] = set()
