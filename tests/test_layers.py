@@ -448,3 +448,47 @@ def test_batchnorm_refuses_learned_statistics():
 def test_scale_gradients(params, shapes):
     layer, b, t = make_layer(f'type: "Scale" scale_param {{ {params} }}', [rand(*s) for s in shapes])
     check_gradients(layer, b, t)
+
+
+# ----------------------------------------------------- more Caffe layers ----
+
+@pytest.mark.parametrize("text", [
+    'type: "AbsVal"', 'type: "Power" power_param { power: 2 scale: 0.5 shift: 3 }',
+    'type: "Power" power_param { power: 1 scale: -2 shift: 1 }', 'type: "ELU" elu_param { alpha: 0.7 }',
+    'type: "PReLU" prelu_param { filler { type: "uniform" min: 0.1 max: 0.4 } }',
+    'type: "PReLU" prelu_param { channel_shared: true }',
+])
+def test_more_activation_gradients(text):
+    x = rand(2, 3, 4)
+    x[np.abs(x) < 1e-3] = 0.5
+    layer, b, t = make_layer(text, [x])
+    check_gradients(layer, b, t)
+
+
+def test_power_and_prelu_values():
+    x = np.array([[-2.0, 0.5, 3.0]])
+    layer, b, t = make_layer('type: "Power" power_param { power: 2 scale: 2 shift: 1 }', [x])
+    np.testing.assert_allclose(run_forward(layer, b, t)[0], (1 + 2 * x) ** 2)
+    layer, b, t = make_layer('type: "PReLU" prelu_param { channel_shared: true }', [x])
+    np.testing.assert_allclose(run_forward(layer, b, t)[0], [[-0.5, 0.5, 3.0]])  # default slope 0.25
+
+
+def test_slice_and_euclidean_loss():
+    layer, b, t = make_layer('type: "Slice" slice_param { axis: 1 slice_point: 1 slice_point: 3 }',
+                             [rand(2, 5, 2)], n_tops=3)
+    assert [x.shape for x in t] == [(2, 1, 2), (2, 2, 2), (2, 2, 2)]
+    check_gradients(layer, b, t)
+    a, c = rand(3, 4), rand(3, 4)
+    layer, b, t = make_layer('type: "EuclideanLoss"', [a, c])
+    (loss,) = run_forward(layer, b, t)
+    assert float(loss) == pytest.approx(((a - c) ** 2).sum() / 6)
+    check_gradients(layer, b, t, top_weights=[np.array(0.7)])
+
+
+def test_argmax():
+    x = np.array([[0.1, 0.7, 0.2], [0.5, 0.1, 0.4]])
+    layer, b, t = make_layer('type: "ArgMax" argmax_param { top_k: 2 out_max_val: true }', [x], phase=TEST)
+    (y,) = run_forward(layer, b, t)
+    np.testing.assert_allclose(y, [[[1, 2], [0.7, 0.2]], [[0, 2], [0.5, 0.4]]])
+    layer, b, t = make_layer('type: "ArgMax" argmax_param { axis: 1 }', [x], phase=TEST)
+    np.testing.assert_array_equal(run_forward(layer, b, t)[0], [[1], [0]])

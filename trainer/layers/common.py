@@ -379,3 +379,89 @@ class ScaleLayer(Layer):
             self.finish_param_grad(0)
         if propagate_down[0]:
             bottoms[0].diff = dy * s.reshape(bs)
+
+
+@register("Slice")
+class SliceLayer(Layer):
+    """Split a bottom along ``axis`` at ``slice_point``s (or into equal parts); tops are copies."""
+
+    min_bottoms = max_bottoms = 1
+    min_tops = 1
+
+    def reshape(self, bottoms: list[Blob], tops: list[Blob]) -> None:
+        p = self.param.slice_param
+        shape = bottoms[0].shape
+        axis = int(p.slice_dim) if p.HasField("slice_dim") and not p.HasField("axis") else int(p.axis)
+        self.axis = canonical_axis(axis, len(shape), self.name)
+        size = shape[self.axis]
+        if p.slice_point:
+            points = [int(v) for v in p.slice_point]
+            if len(points) != len(tops) - 1 or points != sorted(set(points)) or points[0] <= 0 or points[-1] >= size:
+                raise self.error(f"slice_point {points} must be {len(tops) - 1} increasing values inside 1..{size - 1}")
+            bounds = [0] + points + [size]
+        else:
+            if size % len(tops):
+                raise self.error(f"axis {self.axis} of size {size} does not split evenly into {len(tops)} tops")
+            step = size // len(tops)
+            bounds = [k * step for k in range(len(tops) + 1)]
+        self.bounds = bounds
+        for k, t in enumerate(tops):
+            t.reshape(shape[:self.axis] + (bounds[k + 1] - bounds[k],) + shape[self.axis + 1:])
+
+    def _index(self, ndim: int, lo: int, hi: int) -> tuple:
+        index: list[Any] = [slice(None)] * ndim
+        index[self.axis] = slice(lo, hi)
+        return tuple(index)
+
+    def forward(self, bottoms: list[Blob], tops: list[Blob]) -> None:
+        x = bottoms[0].data
+        for k, t in enumerate(tops):
+            t.data = self.xp.ascontiguousarray(x[self._index(x.ndim, self.bounds[k], self.bounds[k + 1])])
+
+    def backward(self, tops: list[Blob], propagate_down: list[bool], bottoms: list[Blob]) -> None:
+        if propagate_down[0]:
+            bottoms[0].diff = self.xp.concatenate([t.diff for t in tops], axis=self.axis)
+
+
+@register("ArgMax")
+class ArgMaxLayer(Layer):
+    """Indices (and with out_max_val, values) of the top_k largest entries per sample (no gradient)."""
+
+    min_bottoms = max_bottoms = 1
+    min_tops = max_tops = 1
+
+    def setup(self, bottoms: list[Blob], tops: list[Blob]) -> None:
+        p = self.param.argmax_param
+        self.top_k, self.out_max_val = int(p.top_k), bool(p.out_max_val)
+        self.axis = canonical_axis(p.axis, len(bottoms[0].shape), self.name) if p.HasField("axis") else None
+
+    def allow_force_backward(self, bottom_index: int) -> bool:
+        return False
+
+    def reshape(self, bottoms: list[Blob], tops: list[Blob]) -> None:
+        shape = bottoms[0].shape
+        if self.axis is None:
+            k_max = int(np.prod(shape[1:], dtype=np.int64))
+            out = (shape[0], 2 if self.out_max_val else 1, self.top_k)
+        else:
+            k_max = shape[self.axis]
+            out = shape[:self.axis] + (self.top_k,) + shape[self.axis + 1:]
+        if self.top_k > k_max:
+            raise self.error(f"top_k {self.top_k} exceeds the {k_max} values to rank")
+        tops[0].reshape(out)
+
+    def forward(self, bottoms: list[Blob], tops: list[Blob]) -> None:
+        xp, x = self.xp, bottoms[0].data
+        if self.axis is None:
+            flat = x.reshape(x.shape[0], -1)
+            idx = xp.argsort(-flat, axis=1, kind="stable")[:, :self.top_k]
+            vals = xp.take_along_axis(flat, idx, axis=1)
+            out = xp.stack([idx.astype(self.dtype), vals], axis=1) if self.out_max_val \
+                else idx.astype(self.dtype)[:, None, :]
+        else:
+            idx = xp.take(xp.argsort(-x, axis=self.axis, kind="stable"), xp.arange(self.top_k), axis=self.axis)
+            out = xp.take_along_axis(x, idx, axis=self.axis) if self.out_max_val else idx.astype(self.dtype)
+        tops[0].data = xp.ascontiguousarray(out).astype(self.dtype)
+
+    def backward(self, tops: list[Blob], propagate_down: list[bool], bottoms: list[Blob]) -> None:
+        pass

@@ -178,3 +178,29 @@ class AccuracyLayer(Layer):
                 n = int(mask.sum())
                 per[c] = float((correct & mask).sum()) / n if n else 0.0
             tops[1].data = per
+
+
+@register("EuclideanLoss")
+class EuclideanLossLayer(Layer):
+    """loss = Σ (a − b)² / (2N), N the batch size (Caffe's EuclideanLoss)."""
+
+    min_bottoms = max_bottoms = 2
+    min_tops = max_tops = 1
+    is_loss = True
+
+    def reshape(self, bottoms: list[Blob], tops: list[Blob]) -> None:
+        if bottoms[0].count != bottoms[1].count:
+            raise self.error(f"bottoms have {bottoms[0].count} and {bottoms[1].count} values; they must match")
+        tops[0].reshape(())
+
+    def forward(self, bottoms: list[Blob], tops: list[Blob]) -> None:
+        self._diff = bottoms[0].data - bottoms[1].data.reshape(bottoms[0].shape)
+        n = bottoms[0].shape[0] if bottoms[0].shape else 1
+        tops[0].data = self.xp.asarray((self._diff * self._diff).sum() / (2.0 * n), dtype=self.dtype).reshape(())
+
+    def backward(self, tops: list[Blob], propagate_down: list[bool], bottoms: list[Blob]) -> None:
+        n = bottoms[0].shape[0] if bottoms[0].shape else 1
+        weight = tops[0].diff.reshape(-1)[0]
+        for k, sign in ((0, 1.0), (1, -1.0)):
+            if propagate_down[k]:
+                bottoms[k].diff = (self._diff * (sign * weight / n)).reshape(bottoms[k].shape)
