@@ -23,6 +23,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
     from datakit.atomic import write_text_atomic
     from trainer import backend
     from trainer.evaluate import test_net
@@ -36,16 +38,26 @@ def run(args: argparse.Namespace) -> int:
         print(f"Weights: {rep.summary()}", file=sys.stderr)
     print(f"Running {args.iterations} iterations on {backend.device_name(xp)}.", file=sys.stderr)
 
+    bar = tqdm(total=args.iterations, desc="test", unit="batch", disable=not (args.quiet and sys.stderr.isatty()),
+               file=sys.stderr)
+
     def on_batch(it: int, outs: dict) -> None:
+        bar.update(1)
         if args.quiet:
             return
         for name in net.output_names:
             for v in outs[name].reshape(-1):
-                print(f"Batch {it}, {name} = {float(v):.6g}")
+                print(f"Batch {it}, {name} = {float(v):.6g}", flush=True)
 
-    result = test_net(net, args.iterations, on_batch)
+    try:
+        result = test_net(net, args.iterations, on_batch)
+    finally:
+        bar.close()
+        net.close()
+    if result.interrupted:
+        print(f"Interrupted: averages over the {result.iterations} batches scored.", file=sys.stderr)
     for line in result.lines():
         print(line)
     if args.report:
         write_text_atomic(args.report, json.dumps(result.as_dict(), indent=2) + "\n")
-    return 0
+    return 130 if result.interrupted else 0

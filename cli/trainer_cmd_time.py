@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from cli.trainer_options import add_device_options, add_state_options, check_exists, phase_of, positive
 
@@ -22,6 +23,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
     from datakit.atomic import write_text_atomic
     from datakit.formats.prototxt import read_net
     from trainer import backend
@@ -44,7 +47,12 @@ def run(args: argparse.Namespace) -> int:
     if not net.has_loss:
         net.enable_full_backward()  # as `caffe time`: every layer runs backward
     print(f"Timing {args.iterations} iterations on {backend.device_name(xp)}.", flush=True)
-    report = time_net(net, args.iterations, forward_only=args.forward_only)
+    bar = tqdm(total=args.iterations, desc="time", unit="iter", disable=not sys.stderr.isatty(), file=sys.stderr)
+    try:
+        report = time_net(net, args.iterations, forward_only=args.forward_only, progress=lambda _: bar.update(1))
+    finally:
+        bar.close()
+        net.close()
     print(report.format())
     if args.report:
         data = {"iterations": report.iterations, "batch_size": report.batch_size,

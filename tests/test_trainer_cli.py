@@ -193,3 +193,21 @@ def test_trainer_test_refuses_a_deploy_net(cli, shared_data):
               "--weights", str(shared_data / "models/lenet/lenet_iter_10000.caffemodel"), "--iterations", "1")
     assert res.returncode != 0
     assert "Input layers" in res.stderr and "train_val" in res.stderr
+
+
+def test_test_net_keeps_scored_batches_on_ctrl_c():
+    from trainer.evaluate import test_net
+    text = '''
+    layer { name: "d" type: "DummyData" top: "x" dummy_data_param { shape { dim: 2 dim: 3 }
+            data_filler { type: "constant" value: 2 } } }
+    layer { name: "p" type: "Power" bottom: "x" top: "y" power_param { power: 2 } }
+    '''
+    net = Net(text_format.Parse(text, caffe_pb2.NetParameter()), caffe_pb2.TEST)
+
+    def stop_after_two(it, outs):
+        if it == 1:
+            raise KeyboardInterrupt
+
+    result = test_net(net, 10, stop_after_two)
+    assert result.interrupted and result.iterations == 2
+    np.testing.assert_allclose(result.means["y"], np.full((2, 3), 4.0))

@@ -25,6 +25,7 @@ class TestResult:
     loss_weights: dict[str, float]
     mean_loss: float
     batches: list[dict[str, np.ndarray]] = field(default_factory=list)
+    interrupted: bool = False
 
     def lines(self) -> list[str]:
         """`Loss: X` then `NAME = VALUE` per output element, as `caffe test` ends."""
@@ -35,7 +36,7 @@ class TestResult:
         return out
 
     def as_dict(self) -> dict:
-        return {"iterations": self.iterations, "loss": self.mean_loss,
+        return {"iterations": self.iterations, "interrupted": self.interrupted, "loss": self.mean_loss,
                 "outputs": {n: np.asarray(self.means[n]).reshape(-1).tolist() for n in self.names}}
 
 
@@ -61,16 +62,26 @@ def test_net(net: Net, iterations: int,
     names = list(net.output_names)
     sums: dict[str, np.ndarray] = {}
     loss_total = 0.0
-    for it in range(iterations):
-        loss_total += net.forward()
-        outs = net.outputs()
-        for n in names:
-            v = np.asarray(outs[n], dtype=np.float64)
-            sums[n] = sums[n] + v if n in sums else v.copy()
-        if on_batch is not None:
-            on_batch(it, outs)
-    means = {n: sums[n] / iterations for n in names}
-    return TestResult(iterations, names, means, output_loss_weights(net), loss_total / iterations)
+    done = 0
+    interrupted = False
+    try:
+        for it in range(iterations):
+            loss = net.forward()
+            outs = net.outputs()
+            for n in names:
+                v = np.asarray(outs[n], dtype=np.float64)
+                sums[n] = sums[n] + v if n in sums else v.copy()
+            loss_total += loss
+            done += 1
+            if on_batch is not None:
+                on_batch(it, outs)
+    except KeyboardInterrupt:
+        # Ctrl-C: the batches already scored are not thrown away.
+        if done == 0:
+            raise
+        interrupted = True
+    means = {n: sums[n] / done for n in names}
+    return TestResult(done, names, means, output_loss_weights(net), loss_total / done, interrupted=interrupted)
 
 
 test_net.__test__ = False  # type: ignore[attr-defined]  # not a pytest test
