@@ -492,3 +492,29 @@ def test_argmax():
     np.testing.assert_allclose(y, [[[1, 2], [0.7, 0.2]], [[0, 2], [0.5, 0.4]]])
     layer, b, t = make_layer('type: "ArgMax" argmax_param { axis: 1 }', [x], phase=TEST)
     np.testing.assert_array_equal(run_forward(layer, b, t)[0], [[1], [0]])
+
+
+@pytest.mark.parametrize("params,shape", [
+    ("num_output: 3 kernel_size: 4 stride: 2 pad: 1", (2, 2, 3, 3)),
+    ("num_output: 4 kernel_size: 3 group: 2", (1, 4, 3, 4)),
+])
+def test_deconvolution_gradients_and_size(params, shape):
+    text = f'type: "Deconvolution" convolution_param {{ {params} weight_filler {{ type: "gaussian" }} bias_filler {{ type: "gaussian" }} }}'
+    layer, b, t = make_layer(text, [rand(*shape)])
+    check_gradients(layer, b, t)
+    if "stride: 2" in params:
+        assert t[0].shape == (2, 3, 6, 6)  # 2*(3-1) + 4 - 2
+
+
+def test_deconvolution_is_the_adjoint_of_convolution():
+    x = rand(1, 2, 5, 5)
+    conv, cb, ct = make_layer('type: "Convolution" convolution_param { num_output: 3 kernel_size: 3 stride: 2 '
+                              'pad: 1 bias_term: false weight_filler { type: "gaussian" } }', [x])
+    (y,) = run_forward(conv, cb, ct)
+    z = rand(*y.shape)
+    deconv, db, dt = make_layer('type: "Deconvolution" convolution_param { num_output: 2 kernel_size: 3 stride: 2 '
+                                'pad: 1 bias_term: false }', [z])
+    deconv.blobs[0].data[...] = conv.blobs[0].data  # (3, 2, 3, 3): C_in of deconv = C_out of conv
+    (x_back,) = run_forward(deconv, db, dt)
+    assert x_back.shape == x.shape
+    assert np.vdot(y, z) == pytest.approx(np.vdot(x, x_back))

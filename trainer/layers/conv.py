@@ -65,7 +65,7 @@ class ConvolutionLayer(Layer):
             raise self.error(f"group {self.group} must divide both the input channels "
                              f"({self.channels}) and num_output ({self.num_output})")
         self.bias_term = bool(p.bias_term)
-        wshape = (self.num_output, self.channels // self.group, self.kh, self.kw)
+        wshape = self._weight_shape()
         self.blobs = [make_param_blob(self, 0, wshape,
                                       filler_or_default(p.HasField("weight_filler"), p.weight_filler))]
         if self.bias_term:
@@ -73,6 +73,9 @@ class ConvolutionLayer(Layer):
                                               filler_or_default(p.HasField("bias_filler"), p.bias_filler)))
         self._cols: list[Any] = [None] * len(bottoms)
         self._colbufs: list[Any] = [None] * len(bottoms)
+
+    def _weight_shape(self) -> tuple[int, int, int, int]:
+        return (self.num_output, self.channels // self.group, self.kh, self.kw)
 
     def reshape(self, bottoms: list[Blob], tops: list[Blob]) -> None:
         for b, t in zip(bottoms, tops):
@@ -158,3 +161,75 @@ class ConvolutionLayer(Layer):
                 b.diff = kernels.col2im(dcol, b.shape, self.kh, self.kw, self.ph, self.pw,
                                         self.sh, self.sw, self.dh, self.dw)
             self._cols[i] = None
+
+
+@register("Deconvolution")
+class DeconvolutionLayer(ConvolutionLayer):
+    """The transpose of Convolution (Caffe's Deconvolution): col2im of Wᵀ·x, for upsampling.
+
+    Weights are (C_in, num_output/group, kh, kw) as in Caffe; the output size is
+    stride·(in − 1) + dilation·(kernel − 1) + 1 − 2·pad.
+    """
+
+    def _weight_shape(self) -> tuple[int, int, int, int]:
+        return (self.channels, self.num_output // self.group, self.kh, self.kw)
+
+    def reshape(self, bottoms: list[Blob], tops: list[Blob]) -> None:
+        for b, t in zip(bottoms, tops):
+            if len(b.shape) != 4 or b.shape[1] != self.channels:
+                raise self.error(f"bottom {b.name} has shape {b.shape}; expected (N,{self.channels},H,W)")
+            n, _, h, w = b.shape
+            oh = self.sh * (h - 1) + self.dh * (self.kh - 1) + 1 - 2 * self.ph
+            ow = self.sw * (w - 1) + self.dw * (self.kw - 1) + 1 - 2 * self.pw
+            if oh < 1 or ow < 1:
+                raise self.error(f"pad {self.ph},{self.pw} leaves no output for a {h}x{w} input")
+            t.reshape((n, self.num_output, oh, ow))
+
+    def _geometry(self) -> tuple[int, ...]:
+        return (self.kh, self.kw, self.ph, self.pw, self.sh, self.sw, self.dh, self.dw)
+
+    def forward(self, bottoms: list[Blob], tops: list[Blob]) -> None:
+        xp = self.xp
+        g = self.group
+        cin_g = self.channels // g
+        w = self.blobs[0].data.reshape(self.channels, -1)  # (C_in, C_out/g·kk)
+        for b, t in zip(bottoms, tops):
+            n = b.shape[0]
+            x2 = xp.ascontiguousarray(b.data.reshape(n, self.channels, -1).transpose(1, 0, 2)).reshape(self.channels, -1)
+            kk_out = w.shape[1]
+            col = xp.empty((g * kk_out, x2.shape[1]), dtype=x2.dtype)
+            for gi in range(g):
+                wt = xp.ascontiguousarray(w[gi * cin_g:(gi + 1) * cin_g].T)
+                xp.matmul(wt, x2[gi * cin_g:(gi + 1) * cin_g], out=col[gi * kk_out:(gi + 1) * kk_out])
+            y = kernels.col2im(col, t.shape, *self._geometry())
+            if self.bias_term:
+                y += self.blobs[1].data.reshape(1, -1, 1, 1)
+            t.data = y
+
+    def backward(self, tops: list[Blob], propagate_down: list[bool], bottoms: list[Blob]) -> None:
+        xp = self.xp
+        g = self.group
+        cin_g = self.channels // g
+        w = self.blobs[0].data.reshape(self.channels, -1)
+        kk_out = w.shape[1]
+        for i, (t, b) in enumerate(zip(tops, bottoms)):
+            n = b.shape[0]
+            dy = t.diff
+            if self.bias_term and self.param_needs_grad(1):
+                self.add_param_grad(1, dy.sum(axis=(0, 2, 3)))
+                self.finish_param_grad(1)
+            if not (self.param_needs_grad(0) or propagate_down[i]):
+                continue
+            dcol = kernels.im2col(dy, *self._geometry())  # (C_out·kk, N·H·W)
+            x2 = xp.ascontiguousarray(b.data.reshape(n, self.channels, -1).transpose(1, 0, 2)).reshape(self.channels, -1)
+            if self.param_needs_grad(0):
+                for gi in range(g):
+                    self.add_param_grad(0, x2[gi * cin_g:(gi + 1) * cin_g] @ dcol[gi * kk_out:(gi + 1) * kk_out].T,
+                                        slice(gi * cin_g, (gi + 1) * cin_g))
+                self.finish_param_grad(0)
+            if propagate_down[i]:
+                dx2 = xp.empty_like(x2)
+                for gi in range(g):
+                    xp.matmul(w[gi * cin_g:(gi + 1) * cin_g], dcol[gi * kk_out:(gi + 1) * kk_out],
+                              out=dx2[gi * cin_g:(gi + 1) * cin_g])
+                b.diff = xp.ascontiguousarray(dx2.reshape(self.channels, n, -1).transpose(1, 0, 2)).reshape(b.shape)
