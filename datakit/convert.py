@@ -66,6 +66,22 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def worker_context() -> multiprocessing.context.BaseContext:
+    """Where worker processes come from: a fork server, never a plain fork of the caller.
+
+    A process that has already run OpenCV (any resize of a large image starts
+    its thread pool) cannot be forked safely: the child's first OpenCV call
+    waits forever on pool threads that were not copied. The fork server is a
+    fresh process that imported OpenCV without running it, so forking from it
+    is safe and still fast.
+    """
+    if sys.platform.startswith("linux"):
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["datakit.convert", "datakit.mean"])
+        return ctx
+    return multiprocessing.get_context("spawn")
+
+
 def caffe_key(index: int, path: str) -> bytes:
     """convert_imageset's key: the 8-digit position in the output order, '_', the path as listed."""
     return f"{index:08d}_{path}".encode("utf-8")
@@ -261,8 +277,8 @@ def ordered_parallel_map(fn: Callable[[Sequence], list], items: Iterable, *, wor
         for chunk in batches():
             yield from fn(chunk)
         return
-    ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-    pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=initializer, initargs=initargs)
+    pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=worker_context(), initializer=initializer,
+                                  initargs=initargs)
     try:
         pending: collections.deque[cf.Future] = collections.deque()
         source = batches()

@@ -150,7 +150,7 @@ def _add_datum(acc: _Sum, key: bytes, value, color: bool | None) -> None:
         acc.add_float(datum_to_array(f, color=color, where=where), skey)
 
 
-# Worker side (fork: these globals are inherited).
+# Worker side: set by the pool initializer in each worker.
 _COUNTER = None
 
 
@@ -190,9 +190,14 @@ def _sum_values(where: str, items: list[tuple[bytes, bytes]], color: bool | None
 
 
 def _pool(workers: int, counter) -> cf.ProcessPoolExecutor:
-    ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-    return cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
+    from datakit.convert import worker_context  # fork-server workers: safe after OpenCV ran here
+    return cf.ProcessPoolExecutor(max_workers=workers, mp_context=worker_context(), initializer=_init_worker,
                                   initargs=(counter,))
+
+
+def _counter():
+    from datakit.convert import worker_context
+    return worker_context().Value("q", 0)
 
 
 def _wait_all(futures: list[cf.Future], counter, total: int, show: bool) -> list:
@@ -249,8 +254,8 @@ def compute_mean(db: str | os.PathLike, backend: str | None = None, *, workers: 
         elif reader.backend == "lmdb" and workers > 1 and n >= 2 * 256:
             parts = min(workers, n // 256)
             ranges = _split_keys(reader, parts)
-            reader.close()  # py-lmdb refuses an environment a forked child inherited open
-            counter = multiprocessing.get_context("fork").Value("q", 0)
+            reader.close()  # each worker opens its own environment
+            counter = _counter()
             with _pool(parts, counter) as pool:
                 futures = [pool.submit(_sum_lmdb_range, str(reader.path), a, b, color) for a, b in ranges]
                 for state in _wait_all(futures, counter, n, show):
@@ -303,7 +308,7 @@ def _sum_sequential(reader: Reader, acc: _Sum, color: bool | None, workers: int,
         from tqdm import tqdm
         bar = tqdm(total=n, initial=1, unit="rec", desc="mean", file=sys.stderr)
     if encoded and workers > 1:
-        counter = multiprocessing.get_context("fork").Value("q", 0)
+        counter = _counter()
         with _pool(workers, counter) as pool:
             pending: set[cf.Future] = set()
             for batch in _chunks(items, 64):
