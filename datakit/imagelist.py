@@ -99,12 +99,8 @@ def parse_line(text: str, where: str) -> tuple[str, int]:
     return path, label
 
 
-def iter_list(list_path: str | os.PathLike) -> Iterator[ListEntry]:
-    """Stream the entries of a list file; raises ListError at the first malformed line.
-
-    Blank lines are skipped. Only the syntax of each line is checked here; use
-    `check_list` for the whole-list checks (labels, duplicates, files).
-    """
+def _numbered_lines(list_path: str | os.PathLike) -> Iterator[tuple[int, str]]:
+    """(1-based line number, text) of every non-blank line; ListError for a missing or non-UTF-8 file."""
     name = str(list_path)
     try:
         fh = open(list_path, encoding="utf-8")
@@ -113,12 +109,21 @@ def iter_list(list_path: str | os.PathLike) -> Iterator[ListEntry]:
     with fh:
         try:
             for number, text in enumerate(fh, start=1):
-                if not text.strip():
-                    continue
-                path, label = parse_line(text, f"{name}:{number}")
-                yield ListEntry(path, label, number)
+                if text.strip():
+                    yield number, text
         except UnicodeDecodeError as err:
             raise ListError(f"{name}: not a UTF-8 text file ({err.reason} at byte {err.start})") from None
+
+
+def iter_list(list_path: str | os.PathLike) -> Iterator[ListEntry]:
+    """Stream the entries of a list file; raises ListError at the first malformed line.
+
+    Blank lines are skipped. Only the syntax of each line is checked here; use
+    `check_list` for the whole-list checks (labels, duplicates, files).
+    """
+    for number, text in _numbered_lines(list_path):
+        path, label = parse_line(text, f"{list_path}:{number}")
+        yield ListEntry(path, label, number)
 
 
 def check_list(list_path: str | os.PathLike, *, root: str | os.PathLike | None = None,
@@ -134,18 +139,7 @@ def check_list(list_path: str | os.PathLike, *, root: str | os.PathLike | None =
     name = str(list_path)
     result = ListCheck(name)
     seen: dict[str, int] = {}
-    try:
-        fh = open(list_path, encoding="utf-8")
-    except FileNotFoundError:
-        raise ListError(f"{name}: list file not found") from None
-    with fh:
-        try:
-            lines = list(enumerate(fh, start=1))
-        except UnicodeDecodeError as err:
-            raise ListError(f"{name}: not a UTF-8 text file ({err.reason} at byte {err.start})") from None
-    for number, text in lines:
-        if not text.strip():
-            continue
+    for number, text in _numbered_lines(list_path):
         where = f"{name}:{number}"
         try:
             path, label = parse_line(text, where)
