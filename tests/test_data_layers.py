@@ -223,3 +223,22 @@ def test_prefetched_arrays_are_not_overwritten_while_in_use(tmp_path):
     time.sleep(0.3)
     np.testing.assert_array_equal(held, snapshot)  # one forward later: still intact
     layer.close()
+
+
+def test_hdf5_shuffle_covers_every_row_each_epoch(tmp_path):
+    names = []
+    for f, rows in enumerate([3, 5]):
+        p = tmp_path / f"s{f}.h5"
+        with h5py.File(p, "w") as h:
+            h["data"] = np.zeros((rows, 1), np.float32)
+            h["label"] = np.arange(rows, dtype=np.float32) + 10 * f
+        names.append(p.name)
+    (tmp_path / "h5.txt").write_text("\n".join(names) + "\n")
+    text = ('name: "h" type: "HDF5Data" top: "data" top: "label" '
+            'hdf5_data_param { source: "h5.txt" batch_size: 8 shuffle: true }')
+    layer, tops = build(text, base_dir=tmp_path)
+    epochs = [step(layer, tops)[1].tolist() for _ in range(3)]
+    everything = [0, 1, 2, 10, 11, 12, 13, 14]
+    assert all(sorted(e) == everything for e in epochs)
+    assert any(e != everything for e in epochs)
+    layer.close()
