@@ -13,6 +13,7 @@ COMMANDS: dict[str, str] = {
     "check-list": "cli.cmd_check_list",
     "describe": "cli.cmd_describe",
     "upgrade": "cli.cmd_upgrade",
+    "idx-export": "cli.cmd_idx_export",
     "convert": "cli.cmd_convert",
     "mean": "cli.cmd_mean",
     "inspect": "cli.cmd_inspect",
