@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
+import contextlib
 import hashlib
 import json
 import multiprocessing
@@ -66,20 +67,34 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def worker_context() -> multiprocessing.context.BaseContext:
-    """Where worker processes come from: a fork server, never a plain fork of the caller.
+def _start_worker(fresh: bool, initializer: Callable | None, initargs: tuple) -> None:
+    if fresh:  # a spawned interpreter: safe to configure OpenCV here
+        cv2.setNumThreads(1)
+    if initializer is not None:
+        initializer(*initargs)
 
-    A process that has already run OpenCV (any resize of a large image starts
-    its thread pool) cannot be forked safely: the child's first OpenCV call
-    waits forever on pool threads that were not copied. The fork server is a
-    fresh process that imported OpenCV without running it, so forking from it
-    is safe and still fast.
+
+@contextlib.contextmanager
+def worker_pool(workers: int, initializer: Callable | None = None,
+                initargs: tuple = ()) -> Iterator[cf.ProcessPoolExecutor]:
+    """A process pool whose workers each run OpenCV on one thread (the pool is the parallelism).
+
+    On Linux workers are forked, so that nothing of the caller's program is
+    re-imported (scripts without a main guard, notebooks, stdin all work).
+    Calling cv2.setNumThreads in a forked child can deadlock on the parent's
+    thread pool, so instead this process runs OpenCV single-threaded while
+    the pool lives and the children inherit that setting.
     """
-    if sys.platform.startswith("linux"):
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["datakit.convert", "datakit.mean"])
-        return ctx
-    return multiprocessing.get_context("spawn")
+    fork = sys.platform.startswith("linux")
+    ctx = multiprocessing.get_context("fork" if fork else "spawn")
+    previous = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_start_worker,
+                                    initargs=(not fork, initializer, initargs)) as pool:
+            yield pool
+    finally:
+        cv2.setNumThreads(previous)
 
 
 def caffe_key(index: int, path: str) -> bytes:
@@ -190,7 +205,6 @@ _JOB: _Job | None = None
 def _init_worker(job: _Job) -> None:
     global _JOB
     _JOB = job
-    cv2.setNumThreads(1)  # one core per worker; the pool is the parallelism
 
 
 def _same_ext(path: str, enc: str) -> bool:
@@ -277,23 +291,23 @@ def ordered_parallel_map(fn: Callable[[Sequence], list], items: Iterable, *, wor
         for chunk in batches():
             yield from fn(chunk)
         return
-    pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=worker_context(), initializer=initializer,
-                                  initargs=initargs)
-    try:
+    with worker_pool(workers, initializer, initargs) as pool:
         pending: collections.deque[cf.Future] = collections.deque()
         source = batches()
         for chunk in source:
             pending.append(pool.submit(fn, chunk))
             if len(pending) >= workers * window_per_worker:
                 break
-        while pending:
-            results = pending.popleft().result()
-            nxt = next(source, None)
-            if nxt is not None:
-                pending.append(pool.submit(fn, nxt))
-            yield from results
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        try:
+            while pending:
+                results = pending.popleft().result()
+                nxt = next(source, None)
+                if nxt is not None:
+                    pending.append(pool.submit(fn, nxt))
+                yield from results
+        finally:
+            for f in pending:
+                f.cancel()
 
 
 # ------------------------------------------------------------------ driver --

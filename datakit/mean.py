@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-import cv2
 import numpy as np
 
 from datakit.datum import datum_to_array, parse_datum_fields
@@ -157,7 +156,6 @@ _COUNTER = None
 def _init_worker(counter) -> None:
     global _COUNTER
     _COUNTER = counter
-    cv2.setNumThreads(1)
 
 
 def _tick(n: int) -> None:
@@ -189,15 +187,13 @@ def _sum_values(where: str, items: list[tuple[bytes, bytes]], color: bool | None
     return acc.state()
 
 
-def _pool(workers: int, counter) -> cf.ProcessPoolExecutor:
-    from datakit.convert import worker_context  # fork-server workers: safe after OpenCV ran here
-    return cf.ProcessPoolExecutor(max_workers=workers, mp_context=worker_context(), initializer=_init_worker,
-                                  initargs=(counter,))
+def _pool(workers: int, counter):
+    from datakit.convert import worker_pool
+    return worker_pool(workers, _init_worker, (counter,))
 
 
 def _counter():
-    from datakit.convert import worker_context
-    return worker_context().Value("q", 0)
+    return multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn").Value("q", 0)
 
 
 def _wait_all(futures: list[cf.Future], counter, total: int, show: bool) -> list:
@@ -219,10 +215,14 @@ def _wait_all(futures: list[cf.Future], counter, total: int, show: bool) -> list
 
 
 def _split_keys(reader: Reader, parts: int) -> list[tuple[bytes | None, bytes | None]]:
-    keys = list(reader.keys())
-    bounds = [keys[len(keys) * i // parts] for i in range(1, parts)]
-    edges: list[bytes | None] = [None, *bounds, None]
-    return list(zip(edges[:-1], edges[1:]))
+    """Key ranges holding about len/parts records each; one pass over the keys, O(parts) memory."""
+    n = len(reader)
+    wanted = {n * i // parts: i for i in range(1, parts)}
+    bounds: list[bytes | None] = [None] * (parts + 1)
+    for position, key in enumerate(reader.keys()):
+        if position in wanted:
+            bounds[wanted[position]] = bytes(key)
+    return list(zip(bounds[:-1], bounds[1:]))
 
 
 def compute_mean(db: str | os.PathLike, backend: str | None = None, *, workers: int = 0,
