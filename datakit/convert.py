@@ -32,10 +32,12 @@ import hashlib
 import json
 import multiprocessing
 import os
+import queue
 import random
 import secrets
 import shutil
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -118,7 +120,8 @@ class ConvertOptions:
     hdf5_chunk: int = 1000
     allow_absolute: bool = False
     workers: int = 0            # 0 = all cores
-    commit_every: int = 1000    # records per transaction, as convert_imageset
+    commit_every: int = 1000    # records per transaction, as convert_imageset...
+    commit_bytes: int = 64 << 20  # ...or fewer when they add up to this much (a short final write)
     strict: bool = False
     resume: bool = False
     overwrite: bool = False
@@ -525,6 +528,59 @@ def _drop_extra_shards(work: Path, keep: int, writer) -> None:
     writer.shards = keep
 
 
+class _BackgroundWriter:
+    """Writes batches and saves progress in a thread, so a slow commit never stalls the workers.
+
+    Commits stay in order and each progress save follows its own commit; at
+    most `depth` batches wait, so memory stays bounded. An error in the
+    thread is raised in the caller at its next put() or close().
+    """
+
+    def __init__(self, writer, progress: _Progress, hdf5: bool, depth: int = 2) -> None:
+        self.writer, self.progress, self.hdf5 = writer, progress, hdf5
+        self.queue: queue.Queue = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._loop, name="datakit-convert-writer", daemon=True)
+        self.thread.start()
+        self.closed = False
+
+    def _loop(self) -> None:
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            if self.error is not None:
+                continue  # drain after a failure; nothing more is written
+            batch, state = item
+            try:
+                if self.hdf5:
+                    if self.writer.write(batch):
+                        self.progress.save(shards=self.writer.shards, **state)
+                else:
+                    self.writer.write(batch)
+                    self.progress.save(**state)
+            except BaseException as err:  # noqa: BLE001 - re-raised in the caller
+                self.error = err
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            err, self.error = self.error, None
+            raise err
+
+    def put(self, batch: list, state: dict) -> None:
+        self._raise()
+        self.queue.put((batch, state))
+
+    def close(self, abandon: bool = False) -> None:
+        """Wait for every queued commit (and raise its error, unless abandoning after another error)."""
+        if not self.closed:
+            self.closed = True
+            self.queue.put(None)
+            self.thread.join()
+        if not abandon:
+            self._raise()
+
+
 def _run(entries: list[ListEntry], order: list[int], start: int, written: int, skipped: list[Skipped],
          shapes: list[tuple[int, int, int]], opts: ConvertOptions, root: Path, list_path: Path, writer,
          progress: _Progress, warn: Callable[[str], None]) -> ConvertSummary:
@@ -539,20 +595,22 @@ def _run(entries: list[ListEntry], order: list[int], start: int, written: int, s
         bar = tqdm(total=len(entries), initial=start, unit="img", desc="convert", file=sys.stderr)
     hdf5 = opts.backend == "hdf5"
     batch: list = []
+    batch_bytes = 0
     warned = 0
     next_index = start
 
+    shard_rows = writer.rows if hdf5 else 0
+    background = _BackgroundWriter(writer, progress, hdf5)
+
     def commit() -> None:
-        nonlocal batch
+        nonlocal batch, shard_rows, batch_bytes
+        state = dict(next_index=next_index, written=written, shapes=[list(s) for s in shapes],
+                     skipped=[asdict(s) for s in skipped])
+        background.put(batch, state)
         if hdf5:
-            if writer.write(batch):
-                progress.save(next_index=next_index, written=written, shards=writer.shards,
-                              shapes=[list(s) for s in shapes], skipped=[asdict(s) for s in skipped])
-        else:
-            writer.write(batch)
-            progress.save(next_index=next_index, written=written, shapes=[list(s) for s in shapes],
-                          skipped=[asdict(s) for s in skipped])
+            shard_rows = (shard_rows + len(batch)) % writer.chunk
         batch = []
+        batch_bytes = 0
 
     try:
         for index, payload, shape, error in ordered_parallel_map(
@@ -578,20 +636,24 @@ def _run(entries: list[ListEntry], order: list[int], start: int, written: int, s
                     shapes.append(shape)
                 if hdf5:
                     batch.append((payload, entry.label))
+                    batch_bytes += payload.size * 4
                 else:
                     batch.append((caffe_key(index, entry.path), payload))
+                    batch_bytes += len(payload)
                 written += 1
             next_index = index + 1
             if bar is not None:
                 bar.update(1)
-            limit = min(opts.commit_every, writer.chunk - writer.rows) if hdf5 else opts.commit_every
-            if len(batch) >= limit:
+            limit = min(opts.commit_every, writer.chunk - shard_rows) if hdf5 else opts.commit_every
+            if len(batch) >= limit or batch_bytes >= opts.commit_bytes:
                 commit()
         commit()
+        background.close()
         if hdf5:  # the last, partial shard is closed by finish(); record it
             progress.save(next_index=next_index, written=written, shapes=[list(s) for s in shapes],
                           skipped=[asdict(s) for s in skipped])
     finally:
+        background.close(abandon=True)
         if bar is not None:
             bar.close()
     return ConvertSummary("", opts.backend, len(entries), written, skipped, 0.0, [list(s) for s in shapes])

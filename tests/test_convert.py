@@ -300,3 +300,23 @@ def test_resume_refuses_changed_options_or_list(tmp_path):
     convert(tmp_path / "img", lst, tmp_path / "done", opts())
     again = convert(tmp_path / "img", lst, tmp_path / "done", opts(resume=True))
     assert again.already_complete and again.written == 6
+
+
+def test_workers_start_after_the_caller_used_opencv_threads(tmp_path):
+    """Forked workers must not deadlock when this process already ran OpenCV's thread pool."""
+    lst = write_list(tmp_path / "list.txt", make_images(tmp_path, 12))
+    script = f"""
+import cv2, numpy as np
+from datakit.convert import ConvertOptions, convert
+from datakit.mean import compute_mean
+big = np.random.default_rng(0).integers(0, 256, (1500, 1500, 3), dtype=np.uint8)
+for _ in range(5):
+    cv2.resize(big, (700, 700)); cv2.GaussianBlur(big, (9, 9), 0)
+s = convert({str(tmp_path / 'img')!r}, {str(lst)!r}, {str(tmp_path / 'db')!r},
+            ConvertOptions(workers=2, resize_height=20, resize_width=20, encoded=True, progress=False))
+print(s.written, compute_mean({str(tmp_path / 'db')!r}, workers=2, progress=False).count, cv2.getNumThreads() > 0)
+"""
+    r = subprocess.run([sys.executable, "-"], input=script, text=True, capture_output=True, timeout=120,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT)))  # from stdin: nothing to re-import
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["12", "12", "True"]

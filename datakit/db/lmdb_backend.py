@@ -80,7 +80,9 @@ class LmdbWriter:
         existing = (self.path / "data.mdb")
         if existing.exists():
             map_size = max(map_size, existing.stat().st_size * 2)
-        self.env = _open_env(self.path, map_size=map_size, meminit=False, max_dbs=0)
+        # writemap: values are copied straight into the file's pages, half the CPU of LMDB's
+        # malloc'd dirty pages; the file is then sparse up to the map size, trimmed in close().
+        self.env = _open_env(self.path, map_size=map_size, meminit=False, max_dbs=0, writemap=True)
         with self.env.begin() as txn:
             cur = txn.cursor()
             self._last = bytes(cur.key()) if cur.last() else None
@@ -117,5 +119,10 @@ class LmdbWriter:
         return removed
 
     def close(self) -> None:
+        """Sync, close, and cut data.mdb back to its last used page (as LMDB without writemap leaves it)."""
         self.env.sync(True)
+        used = (self.env.info()["last_pgno"] + 1) * self.env.stat()["psize"]
         self.env.close()
+        data = self.path / "data.mdb"
+        if data.stat().st_size > used:
+            os.truncate(data, used)
