@@ -8,6 +8,7 @@ import sys
 
 from datakit.atomic import write_text_atomic
 from datakit.convert import ENCODE_TYPES, ConvertOptions, convert
+from datakit.db import incomplete_path, read_progress
 
 HELP = ("Convert a Caffe image list into an LMDB, LevelDB or HDF5 database of Datums "
         "(convert_imageset's options and bytes; parallel, resumable).")
@@ -47,7 +48,14 @@ def run(args: argparse.Namespace) -> int:
         check_size=args.check_size, hdf5_chunk=args.hdf5_chunk, allow_absolute=args.allow_absolute,
         workers=args.workers, commit_every=args.commit_every, strict=args.strict, resume=args.resume,
         overwrite=args.overwrite, progress=False if args.no_progress else None)
-    summary = convert(args.root, args.list, args.db, options)
+    try:
+        summary = convert(args.root, args.list, args.db, options)
+    except KeyboardInterrupt:
+        partial = incomplete_path(args.db)
+        done = (read_progress(partial) or {}).get("written", 0) if partial.is_dir() else 0
+        print(f"datakit: interrupted; {done} records are saved in {partial}: rerun the same command with --resume "
+              "to finish", file=sys.stderr)
+        return 130
     if summary.already_complete:
         print(f"{args.db}: already complete ({summary.written} records); nothing to resume")
     else:

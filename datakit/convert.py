@@ -36,6 +36,7 @@ import queue
 import random
 import secrets
 import shutil
+import signal
 import sys
 import threading
 import time
@@ -70,6 +71,9 @@ def default_workers() -> int:
 
 
 def _start_worker(fresh: bool, initializer: Callable | None, initargs: tuple) -> None:
+    # Ctrl-C is the main process's to handle (it saves progress and stops the pool); a worker
+    # that also raised KeyboardInterrupt would only print a traceback per process.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if fresh:  # a spawned interpreter: safe to configure OpenCV here
         cv2.setNumThreads(1)
     if initializer is not None:
