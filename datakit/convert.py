@@ -45,12 +45,11 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 import cv2
-import numpy as np
 
 from datakit.atomic import write_text_atomic
 from datakit.datum import encode_datum, encode_datum_bytes
 from datakit.db import BACKENDS, PROGRESS_NAME, detect_backend, incomplete_path, read_progress
-from datakit.errors import ConfigError, DatabaseError, DatakitError, ImageError, ListError
+from datakit.errors import ConfigError, DatabaseError, ImageError, ListError
 from datakit.images import DEFAULT_MAX_PIXELS, decode_image, encode_image, hwc_to_chw, resize_exact
 from datakit.imagelist import ListEntry, iter_list, safe_join
 
