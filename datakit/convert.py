@@ -274,20 +274,30 @@ def _convert_batch(items: Sequence[tuple[int, str, int]]) -> list[_Result]:
     return out
 
 
+def _timed(fn: Callable[[Sequence], list], chunk: Sequence) -> tuple[float, list]:
+    started = time.perf_counter()
+    out = fn(chunk)
+    return time.perf_counter() - started, out
+
+
 def ordered_parallel_map(fn: Callable[[Sequence], list], items: Iterable, *, workers: int,
-                         initializer: Callable, initargs: tuple, batch: int = 8,
-                         window_per_worker: int = 4) -> Iterator:
+                         initializer: Callable, initargs: tuple, batch: int = 8, max_batch: int = 128,
+                         batch_seconds: float = 0.025, window_per_worker: int = 4) -> Iterator:
     """Apply `fn` to batches of `items` in worker processes; yield results in input order.
 
     At most `workers * window_per_worker` batches are in flight, so memory
     stays bounded however long the input is and however slow the consumer.
-    With `workers <= 1` everything runs in this process (same code path).
+    The batch size adapts so that a batch takes about `batch_seconds` in a
+    worker: small images travel in large batches (the cost of sending a task
+    dominates otherwise), large ones in small batches (bounded memory, even
+    load). With `workers <= 1` everything runs in this process.
     """
     iterator = iter(items)
+    size = max(1, batch)
 
     def batches() -> Iterator[list]:
         while True:
-            chunk = [x for _, x in zip(range(batch), iterator)]
+            chunk = [x for _, x in zip(range(size), iterator)]
             if not chunk:
                 return
             yield chunk
@@ -298,21 +308,24 @@ def ordered_parallel_map(fn: Callable[[Sequence], list], items: Iterable, *, wor
             yield from fn(chunk)
         return
     with worker_pool(workers, initializer, initargs) as pool:
-        pending: collections.deque[cf.Future] = collections.deque()
+        pending: collections.deque[tuple[int, cf.Future]] = collections.deque()
         source = batches()
         for chunk in source:
-            pending.append(pool.submit(fn, chunk))
+            pending.append((len(chunk), pool.submit(_timed, fn, chunk)))
             if len(pending) >= workers * window_per_worker:
                 break
         try:
             while pending:
-                results = pending.popleft().result()
+                count, future = pending.popleft()
+                elapsed, results = future.result()
+                per_item = elapsed / max(1, count)
+                size = int(min(max_batch, max(1, batch_seconds / max(per_item, 1e-6))))
                 nxt = next(source, None)
                 if nxt is not None:
-                    pending.append(pool.submit(fn, nxt))
+                    pending.append((len(nxt), pool.submit(_timed, fn, nxt)))
                 yield from results
         finally:
-            for f in pending:
+            for _, f in pending:
                 f.cancel()
 
 
