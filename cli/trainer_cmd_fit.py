@@ -20,7 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--weights", help="fine-tune: .caffemodel(s) to copy by layer name (comma-separated)")
     src.add_argument("--snapshot", help="resume from a .solverstate written by a snapshot")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"],
-                   help="where to train (auto: the GPU when CuPy sees one)")
+                   help="where to train (auto: the solver's solver_mode CPU if set, else the GPU when CuPy sees one)")
     p.add_argument("--gpu", type=int, default=0, help="CUDA device id with --device gpu/auto")
     p.add_argument("--log", help="log file in Caffe's format (default <snapshot_prefix>.log, appended)")
     p.add_argument("--metrics", help="metrics CSV (default <snapshot_prefix>.metrics.csv)")

@@ -113,7 +113,10 @@ def build(opts: FitOptions) -> tuple[Solver, CaffeLog, Any]:
     prefix = default_prefix(opts.solver, param)
     log = CaffeLog(opts.log or f"{prefix}.log", metrics_path=opts.metrics or f"{prefix}.metrics.csv",
                    stream=opts.stream)
-    xp = backend.select(opts.device, opts.gpu)
+    device = opts.device
+    if device == "auto" and param.HasField("solver_mode") and param.solver_mode == param.CPU:
+        device = "cpu"  # as Caffe: solver_mode CPU is obeyed unless --device says otherwise
+    xp = backend.select(device, opts.gpu)
     seed = int(param.random_seed) if param.random_seed >= 0 else random.SystemRandom().randrange(2**31)
     log.info(f"Using {backend.device_name(xp)}; random_seed {seed}"
              + ("" if param.random_seed >= 0 else " (drawn: set random_seed in the solver to repeat this run)"))
