@@ -32,9 +32,10 @@ import numpy as np
 
 from datakit.atomic import atomic_write
 from datakit.errors import ConfigError, DownloadError, ListError
+from datakit.resources import bundled_dir
 
 # The folder of bundled recipes (and the demo manifest) at the repository root.
-RECIPES_DIR = Path(__file__).resolve().parents[1] / "manifests"
+RECIPES_DIR = bundled_dir("manifests")
 
 
 @dataclass(frozen=True, slots=True)
