@@ -15,7 +15,7 @@ from datakit.datum import encode_datum
 from datakit.db.lmdb_backend import LmdbWriter
 from datakit.formats.caffemodel import read_caffemodel
 from trainer.curves import parse_log
-from trainer.fit import FitOptions, build, fit
+from trainer.fit import FitOptions, fit
 from trainer.rails import DivergedError, LabelError
 from trainer.snapshot import read_solverstate
 

@@ -9,7 +9,6 @@ trains; turns SIGINT/SIGTERM into "snapshot, then exit".
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import sys
