@@ -210,3 +210,10 @@ def test_cli_errors_are_one_line(project, tmp_path, cli):
     res = cli("trainer", "fit", "--solver", "adam.prototxt", "--device", "cpu", "--snapshot",
               "w/run_iter_2.solverstate", cwd=tmp_path)
     assert res.returncode == 1 and "history blobs" in res.stderr
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_a_too_high_learning_rate_stops_training(project):
+    name = project("hot.prototxt", base_lr=200, test_interval=0, max_iter=60)
+    with pytest.raises(DivergedError, match=r"(?i)lower base_lr \(now 200\)"):
+        fit(opts(name))

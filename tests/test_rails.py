@@ -71,3 +71,10 @@ def test_longest_label_run():
     assert longest_label_run([]) == (0, -1, 0)
     assert longest_label_run([3, 3, 3]) == (3, 3, 0)
     assert longest_label_run([0, 1, 1, 0, 0, 0, 0, 2]) == (4, 0, 3)
+
+
+def test_loss_stuck_at_flt_min_stops_after_a_few_iterations():
+    from trainer.rails import FLT_MIN_PATIENCE, check_flt_min_streak
+    check_flt_min_streak(FLT_MIN_PATIENCE - 1, 5, 0.01)
+    with pytest.raises(DivergedError, match=r"87\.3365 \(= -log\(FLT_MIN\)\) for 3 iterations.*Lower base_lr"):
+        check_flt_min_streak(FLT_MIN_PATIENCE, 5, 0.01)

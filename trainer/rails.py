@@ -132,7 +132,7 @@ def check_loss(net, loss: float, it: int, base_lr: float) -> None:
     where = (f"layer {culprit[0]} ({culprit[1]}) is the first to output non-finite values (top {culprit[2]!r})"
              if culprit else "no layer output is non-finite now (the weights may have diverged)")
     raise DivergedError(
-        f"iteration {it}: loss is {loss} ; {where}. The learning rate is probably too high: lower base_lr "
+        f"iteration {it}: loss is {loss}; {where}. The learning rate is probably too high: lower base_lr "
         f"(now {base_lr:g}) by 10x, or check the data scale/mean (Caffe would print loss = 87.3365, "
         f"-log(FLT_MIN), and keep going)")
 
@@ -140,6 +140,19 @@ def check_loss(net, loss: float, it: int, base_lr: float) -> None:
 def near_flt_min_loss(loss: float) -> bool:
     """True for Caffe's tell-tale 87.3365 (p[label] underflowed to FLT_MIN)."""
     return abs(loss - 87.3365) < 1e-3
+
+
+#: iterations in a row at 87.3365 before training stops (a real loss never sits exactly there)
+FLT_MIN_PATIENCE = 3
+
+
+def check_flt_min_streak(streak: int, it: int, base_lr: float) -> None:
+    """Stop when the loss has been -log(FLT_MIN) for FLT_MIN_PATIENCE iterations in a row."""
+    if streak >= FLT_MIN_PATIENCE:
+        raise DivergedError(
+            f"iteration {it}: loss has been 87.3365 (= -log(FLT_MIN)) for {streak} iterations: the softmax "
+            f"probability of the true class underflowed for every sample, i.e. the weights diverged. Lower "
+            f"base_lr (now {base_lr:g}) by 10x, or check the data scale/mean and the labels")
 
 
 def host_scalar(x: Any) -> float:

@@ -90,6 +90,7 @@ class Solver:
         #: test after the last iteration even when max_iter is not a multiple of test_interval
         #: (``trainer fit --max-iter`` sets it: a shortened run should still report its accuracy)
         self.final_test = False
+        self._flt_min_streak = 0
         self._weights = output_weights(net)
 
     # -- control --------------------------------------------------------------------------------
@@ -125,6 +126,8 @@ class Solver:
                 self.net.backward()
                 loss += one
             loss /= max(1, self.param.iter_size)
+            self._flt_min_streak = self._flt_min_streak + 1 if rails.near_flt_min_loss(loss) else 0
+            rails.check_flt_min_streak(self._flt_min_streak, self.iter, self.param.base_lr)
             self.losses.append(loss)
             smoothed = sum(self.losses) / len(self.losses)
             self.result.train_losses.append((self.iter, loss))
