@@ -42,6 +42,12 @@ def run_main(prog: str, description: str, commands: dict[str, str],
     except DatakitError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return err.exit_code
+    except OSError as err:
+        # A safety net for file-system errors library code did not wrap:
+        # still one line naming the file, never a traceback.
+        name = f"{err.filename}: " if err.filename else ""
+        print(f"{prog}: error: {name}{err.strerror or err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130

@@ -422,6 +422,10 @@ def _stderr_warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
+class _NothingWritten(DatabaseError):
+    """Every listed image was skipped: an empty database would only hide the mistake."""
+
+
 def convert(root: str | os.PathLike, list_path: str | os.PathLike, db_path: str | os.PathLike,
             options: ConvertOptions | None = None, *,
             warn: Callable[[str], None] = _stderr_warn) -> ConvertSummary:
@@ -436,6 +440,8 @@ def convert(root: str | os.PathLike, list_path: str | os.PathLike, db_path: str 
     root, list_path, final = Path(root), Path(list_path), Path(db_path)
     if not root.is_dir():
         raise ConfigError(f"{root}: image root folder not found")
+    if not list_path.is_file():
+        raise ListError(f"{list_path}: list file not found")
     if final.suffix.lower() == ".incomplete":
         raise ConfigError(f"{final}: name the database without '.incomplete' (that is where unfinished work lives)")
     work = incomplete_path(final)
@@ -504,10 +510,19 @@ def convert(root: str | os.PathLike, list_path: str | os.PathLike, db_path: str 
             writer.truncate_from(f"{start:08d}".encode())
         summary = _run(entries, order, start, written, skipped, shapes, opts, root, list_path, writer,
                        progress, warn)
+        if summary.written == 0 and entries:
+            raise _NothingWritten(f"{list_path}: none of its {len(entries)} images could be read, so no "
+                                  f"database was written (list paths are relative to the root {root})")
         if opts.backend == "hdf5":
             writer.finish(final)
-    finally:
+    except _NothingWritten:
         writer.close()
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    except BaseException:
+        writer.close()
+        raise
+    writer.close()
     summary.db = str(final)
     summary.seed = seed
     summary.resumed_at = start or None
