@@ -188,12 +188,16 @@ __global__ void lrn_bwd(const T* x, const T* y, const T* scale, const T* dy, T* 
 """
 
 
+def module_source(dtype_name: str) -> str:
+    """The CUDA source of every kernel for 'float32' or 'float64' (T is the element type)."""
+    ctype = {"float32": "float", "float64": "double"}[dtype_name]
+    return (f"typedef {ctype} T;\n#include <math_constants.h>\n"
+            "#ifndef INFINITY\n#define INFINITY CUDART_INF_F\n#endif\n" + _SOURCE)
+
+
 @lru_cache(maxsize=None)
 def _module(dtype_name: str) -> Any:
-    cp = cupy_module()
-    ctype = {"float32": "float", "float64": "double"}[dtype_name]
-    return cp.RawModule(code=f"typedef {ctype} T;\n#include <math_constants.h>\n"
-                        "#ifndef INFINITY\n#define INFINITY CUDART_INF_F\n#endif\n" + _SOURCE)
+    return cupy_module().RawModule(code=module_source(dtype_name))
 
 
 def _launch(name: str, dtype: Any, total: int, args: tuple) -> None:
