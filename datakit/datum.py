@@ -29,7 +29,7 @@ import numpy as np
 from datakit.errors import FormatError
 
 __all__ = [
-    "DatumFields", "encode_datum", "encode_datum_bytes", "parse_datum_fields", "decode_datum",
+    "DatumFields", "encode_datum", "encode_datum_bytes", "raw_datum_parts", "parse_datum_fields", "decode_datum",
     "datum_to_array",
 ]
 
@@ -49,15 +49,25 @@ def _varint(value: int) -> bytes:
             return bytes(out)
 
 
+def raw_datum_parts(channels: int, height: int, width: int, label: int) -> tuple[bytes, bytes]:
+    """The bytes before and after the C x H x W pixels of a raw Datum.
+
+    prefix + pixels + suffix == encode_datum(pixels, label); a writer that has
+    its own buffer (the converter's shared memory) copies the pixels straight
+    into place between the two instead of building the Datum in Python.
+    """
+    size = channels * height * width
+    prefix = b"".join((b"\x08", _varint(channels), b"\x10", _varint(height), b"\x18", _varint(width),
+                       b"\x22", _varint(size)))
+    return prefix, b"".join((b"\x28", _varint(int(label)), b"\x38\x00"))
+
+
 def encode_datum(image_chw: np.ndarray, label: int) -> bytes:
     """A raw Datum: uint8 C x H x W pixels (BGR) and a label, as Caffe's CVMatToDatum writes it."""
     if image_chw.dtype != np.uint8 or image_chw.ndim != 3:
         raise ValueError(f"expected a uint8 C x H x W array, got {image_chw.dtype} {image_chw.shape}")
-    c, h, w = image_chw.shape
-    data = np.ascontiguousarray(image_chw).tobytes()
-    return b"".join((b"\x08", _varint(c), b"\x10", _varint(h), b"\x18", _varint(w),
-                     b"\x22", _varint(len(data)), data,
-                     b"\x28", _varint(int(label)), b"\x38\x00"))
+    prefix, suffix = raw_datum_parts(*image_chw.shape, label)
+    return b"".join((prefix, np.ascontiguousarray(image_chw).tobytes(), suffix))
 
 
 def encode_datum_bytes(encoded: bytes, label: int) -> bytes:

@@ -56,7 +56,12 @@ class LevelDBReader(Reader):
 
 
 class LevelDBWriter:
-    """Write batches of (key, value) to a LevelDB, one synced write batch per call."""
+    """Write batches of (key, value) to a LevelDB, one write batch per call, durable at `sync()`.
+
+    Batches are written without fsync (a killed process loses nothing LevelDB
+    accepted: its log is in the page cache); `sync()` writes an empty batch
+    with sync=True, which fsyncs the log and so everything before it.
+    """
 
     backend = "leveldb"
 
@@ -67,7 +72,7 @@ class LevelDBWriter:
                            block_size=65536, max_open_files=100)
 
     def write(self, items: Sequence[tuple[bytes, bytes]]) -> None:
-        with self.db.write_batch(sync=True) as batch:
+        with self.db.write_batch(sync=False) as batch:
             for key, value in items:
                 batch.put(key, value)
 
@@ -78,6 +83,11 @@ class LevelDBWriter:
                 batch.delete(k)
         return len(keys)
 
+    def sync(self) -> None:
+        """Make every batch written so far durable (the converter calls this before a checkpoint)."""
+        self.db.write_batch(sync=True).write()
+
     def close(self) -> None:
         if not self.db.closed:
+            self.sync()
             self.db.close()

@@ -5,10 +5,21 @@ keys arrive in order, which they do for ``%08d_path`` keys: appending fills
 pages completely and skips the B-tree search. The map size starts modest and
 doubles on MDB_MAP_FULL instead of failing, so the user never has to guess
 the database's final size as Caffe's fixed 1 TB map asks them to.
+
+The writer commits without flushing to disk (MDB_NOSYNC) and flushes only when
+asked (`sync()`, which the converter calls before it records a checkpoint, and
+`close()`): an msync of the write map after every transaction cost about
+0.3 ms of kernel CPU per 196 KB record, a fifth of the time it takes to decode
+the image. A killed process loses nothing committed (the pages are in the
+shared page cache); only a crash of the whole machine can lose or damage what
+was committed after the last `sync()`, which is why a resumed conversion
+starts from the last checkpoint, never from the last commit.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -19,6 +30,22 @@ from datakit.db import Reader
 from datakit.errors import DatabaseError
 
 DEFAULT_MAP_SIZE = 1 << 30  # 1 GiB to start; doubled whenever it fills up
+PREALLOCATE_STEP = 256 << 20  # disk blocks reserved ahead of the writer, trimmed in close()
+
+
+def _load_fallocate():
+    """Linux fallocate(2) (mode 0: allocate blocks, keep data), or None where there is none."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.fallocate64
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_FALLOCATE = _load_fallocate()
 
 
 def _open_env(path: Path, **kwargs) -> lmdb.Environment:
@@ -70,7 +97,7 @@ class LmdbReader(Reader):
 
 
 class LmdbWriter:
-    """Append batches of (key, value) to an LMDB, one durable transaction per batch."""
+    """Append batches of (key, value) to an LMDB, one transaction per batch, durable at `sync()`."""
 
     backend = "lmdb"
 
@@ -82,10 +109,31 @@ class LmdbWriter:
             map_size = max(map_size, existing.stat().st_size * 2)
         # writemap: values are copied straight into the file's pages, half the CPU of LMDB's
         # malloc'd dirty pages; the file is then sparse up to the map size, trimmed in close().
-        self.env = _open_env(self.path, map_size=map_size, meminit=False, max_dbs=0, writemap=True)
+        self.env = _open_env(self.path, map_size=map_size, meminit=False, max_dbs=0, writemap=True, sync=False)
         with self.env.begin() as txn:
             cur = txn.cursor()
             self._last = bytes(cur.key()) if cur.last() else None
+        # Writing into a hole of the sparse file makes the kernel allocate disk blocks page by page
+        # inside the page fault; reserving them ahead with fallocate halved the writer's kernel CPU.
+        self._fd: int | None = os.open(self.path / "data.mdb", os.O_RDWR) if _FALLOCATE is not None else None
+        self._allocated = self._used()
+
+    def _used(self) -> int:
+        return (self.env.info()["last_pgno"] + 1) * self.env.stat()["psize"]
+
+    def _reserve(self, nbytes: int) -> None:
+        """Allocate disk blocks for the next `nbytes` of values (best effort: any failure turns it off)."""
+        if self._fd is None:
+            return
+        need = self._used() + nbytes + nbytes // 8 + (1 << 20)
+        if need <= self._allocated:
+            return
+        end = min(self.env.info()["map_size"], need + PREALLOCATE_STEP)
+        if end > self._allocated and _FALLOCATE(self._fd, 0, self._allocated, end - self._allocated) != 0:
+            os.close(self._fd)  # not supported here (or no space yet): write into holes as before
+            self._fd = None
+            return
+        self._allocated = max(self._allocated, end)
 
     def write(self, items: Sequence[tuple[bytes, bytes]]) -> None:
         """Put every item in one transaction; grows the map and retries on MDB_MAP_FULL."""
@@ -93,6 +141,7 @@ class LmdbWriter:
             return
         in_order = all(a[0] < b[0] for a, b in zip(items, items[1:]))
         append = in_order and (self._last is None or items[0][0] > self._last)
+        self._reserve(sum(len(k) + len(v) for k, v in items))
         while True:
             try:
                 with self.env.begin(write=True) as txn:
@@ -116,12 +165,20 @@ class LmdbWriter:
             cur = txn.cursor()
             self._last = bytes(cur.key()) if cur.last() else None
         removed = len(doomed)
+        self.sync()
         return removed
+
+    def sync(self) -> None:
+        """Flush every committed transaction to disk (before a checkpoint claims them)."""
+        self.env.sync(True)
 
     def close(self) -> None:
         """Sync, close, and cut data.mdb back to its last used page (as LMDB without writemap leaves it)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
         self.env.sync(True)
-        used = (self.env.info()["last_pgno"] + 1) * self.env.stat()["psize"]
+        used = self._used()
         self.env.close()
         data = self.path / "data.mdb"
         if data.stat().st_size > used:
