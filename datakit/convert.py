@@ -138,7 +138,7 @@ class ConvertOptions:
     commit_every: int = 1000    # records per transaction, as convert_imageset...
     commit_bytes: int = 8 << 20  # ...or fewer when they add up to this much (bounds the memory in flight)
     checkpoint_every: int = 4   # a checkpoint (flush to disk, then save the resume point) every
-    checkpoint_bytes: int = 256 << 20  # checkpoint_every * commit_every records or this much, if sooner
+    checkpoint_bytes: int = 64 << 20  # checkpoint_every * commit_every records or this much, if sooner
     strict: bool = False
     resume: bool = False
     overwrite: bool = False
@@ -771,7 +771,7 @@ class _BackgroundWriter:
     checkpoint is committed its progress state goes to the checkpoint thread,
     which flushes the database to disk and only then saves the progress file,
     so the progress file never claims records that are not on disk; the
-    writer meanwhile goes on committing (a flush of 256 MB waits on the disk
+    writer meanwhile goes on committing (a flush of 64 MB waits on the disk
     for about half a second). If checkpoints come faster than the disk
     flushes, only the latest waiting one is made. (HDF5 saves progress when a
     shard file is complete.) At most `depth` batches wait, so memory stays

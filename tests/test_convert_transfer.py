@@ -1,0 +1,148 @@
+"""How records travel from the workers to the writer: shared memory, its fallbacks, and checkpoints.
+
+Whatever way a record takes (written in place in a shared-memory slot, sent
+through the pipe because it did not fit or no slot was free), the database
+must hold the same bytes as a single-process conversion.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import datakit.convert as convert_mod
+from datakit.convert import ConvertOptions, convert
+from datakit.datum import encode_datum, raw_datum_parts
+from datakit.db import PROGRESS_NAME, open_reader
+from datakit.db.lmdb_backend import LmdbWriter
+from datakit.formats import caffe_pb2
+
+from tests.test_convert import make_images, write_list
+
+
+def _opts(**kw) -> ConvertOptions:
+    kw.setdefault("progress", False)
+    return ConvertOptions(**kw)
+
+
+def _items(db) -> list[tuple[bytes, bytes]]:
+    with open_reader(db) as reader:
+        return list(reader.raw_items())
+
+
+@pytest.mark.parametrize("shape,label", [((3, 5, 7), 0), ((1, 4, 4), 19), ((3, 130, 1), -2), ((4, 2, 300), 1 << 20)])
+def test_raw_datum_parts_frame_the_pixels_as_protobuf_does(shape, label):
+    pixels = np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8)
+    prefix, suffix = raw_datum_parts(*shape, label)
+    d = caffe_pb2.Datum(channels=shape[0], height=shape[1], width=shape[2], data=pixels.tobytes(), label=label,
+                        encoded=False)
+    assert prefix + pixels.tobytes() + suffix == encode_datum(pixels, label) == d.SerializeToString()
+
+
+@pytest.mark.parametrize("extra", [{}, {"gray": True}, {"encoded": True, "encode_type": "png"},
+                                   {"backend": "leveldb"}, {"backend": "hdf5", "resize_height": 30,
+                                                            "resize_width": 40}])
+def test_small_slots_and_records_that_do_not_fit_give_the_same_database(tmp_path, monkeypatch, extra):
+    # 8 KB slots: the 24x32 records fit (several per slot), the 60x80 ones (14 KB raw) never do.
+    entries = make_images(tmp_path, 30, size=(24, 32))
+    big = make_images(tmp_path / "big", 10, size=(60, 80), seed=1)
+    for rel, _ in big:
+        (tmp_path / "img" / "sub" / ("big " + rel.split("/")[-1])).write_bytes((tmp_path / "big" / "img" / rel).read_bytes())
+    entries += [("sub/big " + rel.split("/")[-1], label) for rel, label in big]
+    entries = [entries[i] for i in np.random.default_rng(2).permutation(len(entries))]
+    lst = write_list(tmp_path / "list.txt", entries)
+    convert(tmp_path / "img", lst, tmp_path / "one", _opts(workers=1, **extra))
+    monkeypatch.setattr(convert_mod, "_SLOT_BYTES", 8 << 10)  # read when the pool starts; forked workers inherit
+    convert(tmp_path / "img", lst, tmp_path / "two", _opts(workers=2, commit_every=3, **extra))
+    if extra.get("backend") == "hdf5":
+        with open_reader(tmp_path / "one") as a, open_reader(tmp_path / "two") as b:
+            ra, rb = list(a), list(b)
+        assert len(ra) == len(rb) == 40
+        assert all(x.label == y.label and np.array_equal(x.image, y.image) for x, y in zip(ra, rb))
+    else:
+        assert _items(tmp_path / "two") == _items(tmp_path / "one")
+        assert len(_items(tmp_path / "two")) == 40
+
+
+def test_a_slow_writer_leaves_no_slot_free_and_records_take_the_pipe(tmp_path, monkeypatch):
+    entries = make_images(tmp_path, 60, size=(40, 50))
+    lst = write_list(tmp_path / "list.txt", entries)
+    convert(tmp_path / "img", lst, tmp_path / "one", _opts(workers=1))
+
+    starved = []
+    acquire = convert_mod._Arena.acquire
+
+    def counting_acquire(self):
+        slot = acquire(self)
+        starved.append(slot is None)
+        return slot
+
+    write = LmdbWriter.write
+
+    def slow_write(self, items):
+        import time
+        time.sleep(0.03)
+        return write(self, items)
+
+    parallel_map = convert_mod.ordered_parallel_map
+
+    def no_spare_slots(*args, **kwargs):
+        kwargs.update(spare_slots=0, batch=1, max_batch=2)  # only as many slots as tasks in flight
+        return parallel_map(*args, **kwargs)
+
+    monkeypatch.setattr(convert_mod._Arena, "acquire", counting_acquire)
+    monkeypatch.setattr(convert_mod, "ordered_parallel_map", no_spare_slots)
+    monkeypatch.setattr(LmdbWriter, "write", slow_write)
+    convert(tmp_path / "img", lst, tmp_path / "two", _opts(workers=2, commit_every=2))
+    assert any(starved), "the writer never held every slot; the fallback was not exercised"
+    assert not all(starved)
+    assert _items(tmp_path / "two") == _items(tmp_path / "one")
+
+
+def test_progress_is_saved_at_checkpoints_not_every_transaction(tmp_path, monkeypatch):
+    entries = make_images(tmp_path, 23)
+    lst = write_list(tmp_path / "list.txt", entries)
+    saved: list[int] = []
+    synced: list[int] = []
+    save = convert_mod._Progress.save
+
+    def recording_save(self, **changes):
+        save(self, **changes)
+        saved.append(self.state["written"])
+
+    sync = LmdbWriter.sync
+
+    def recording_sync(self):
+        with self.env.begin() as txn:
+            synced.append(txn.stat()["entries"])
+        sync(self)
+
+    write = LmdbWriter.write
+
+    def slow_write(self, items):
+        import time
+        time.sleep(0.02)  # the checkpoint thread keeps up, so no checkpoint is merged into a later one
+        return write(self, items)
+
+    monkeypatch.setattr(convert_mod._Progress, "save", recording_save)
+    monkeypatch.setattr(LmdbWriter, "sync", recording_sync)
+    monkeypatch.setattr(LmdbWriter, "write", slow_write)
+    convert(tmp_path / "img", lst, tmp_path / "db", _opts(workers=1, commit_every=2, checkpoint_every=3))
+    # a checkpoint every 3 x 2 records, then the final one; the first save is the empty start
+    assert saved[:5] == [0, 6, 12, 18, 23]
+    # each checkpoint's records were flushed before the progress file claimed them
+    assert all(any(s >= n for s in synced) for n in saved)
+    assert json.loads((tmp_path / "db" / PROGRESS_NAME).read_text())["status"] == "complete"
+
+
+def test_reserved_disk_blocks_are_given_back_on_close(tmp_path):
+    entries = make_images(tmp_path, 12)
+    lst = write_list(tmp_path / "list.txt", entries)
+    convert(tmp_path / "img", lst, tmp_path / "db", _opts(workers=2))
+    data = (tmp_path / "db" / "data.mdb").stat()
+    # 12 records of ~2.5 KB: the file is cut to its used pages, and so are the blocks reserved ahead
+    assert data.st_size < 256 << 10
+    assert data.st_blocks * 512 < 1 << 20
+    assert len(_items(tmp_path / "db")) == 12
