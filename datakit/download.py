@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import email.utils
 import hashlib
+import itertools
 import os
 import random
 import time
@@ -38,9 +39,8 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from datakit import __version__
-from datakit.atomic import write_bytes_atomic
 from datakit.errors import ImageError
-from datakit.images import (DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, decode_image, encode_image, read_header,
+from datakit.images import (DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, decode_image, encode_image,
                             resize_keep_aspect, sniff_format)
 from datakit.mirror import MIRROR_PLACEHOLDER_SHA1
 
@@ -177,6 +177,46 @@ def _retry_after_seconds(value: str | None) -> float | None:
     return None
 
 
+_TEMP_NUMBERS = itertools.count()
+
+
+def write_image(dest: Path, data: bytes, *, fsync: bool = False) -> None:
+    """Write `data` to `dest` through a temporary name in the same folder, then rename it into place.
+
+    The same promise as datakit.atomic.write_bytes_atomic (a killed run never
+    leaves a partial file under the final name; temporaries are
+    ``.NAME.*.part``, removed by the next run) in the fewest system calls:
+    this runs for every downloaded image, and mkstemp's random names, the
+    folder check, a buffered file object and a chmod cost more CPU per small
+    image than decoding it. The file gets the mode open() gives (0o666 less
+    the umask), as a plainly written file would.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    while True:
+        tmp = dest.parent / f".{dest.name}.{os.getpid()}-{next(_TEMP_NUMBERS)}.part"
+        try:
+            fd = os.open(tmp, flags, 0o666)
+            break
+        except FileExistsError:  # left by a killed run with the same pid: take the next number
+            continue
+        except FileNotFoundError:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
 def validate_image(data: bytes, dest: Path, options: DownloadOptions) -> tuple[str, str]:
     """Check downloaded bytes and write them to `dest` atomically; returns (kind, detail).
 
@@ -192,13 +232,7 @@ def validate_image(data: bytes, dest: Path, options: DownloadOptions) -> tuple[s
         return "placeholder", "the host's 'photo unavailable' image"
     if sniff_format(data) is None:
         return "undecodable", "not a known image format"
-    try:
-        header = read_header(data)
-    except ImageError as err:
-        return "undecodable", str(err)
-    if header is not None and header.width * header.height > options.max_pixels:
-        return "too_many_pixels", f"{header.width}x{header.height} > {options.max_pixels} pixels"
-    try:
+    try:  # decode_image reads the header first and refuses too many pixels before OpenCV allocates
         img = decode_image(data, color=True, max_pixels=options.max_pixels)
     except ImageError as err:
         kind = "too_many_pixels" if "more than the limit" in str(err) else "undecodable"
@@ -209,7 +243,7 @@ def validate_image(data: bytes, dest: Path, options: DownloadOptions) -> tuple[s
         if small is not img:
             ext = "png" if dest.suffix.lower() == ".png" else "jpg"
             data = encode_image(small, ext)
-    write_bytes_atomic(dest, data, fsync=options.fsync)
+    write_image(dest, data, fsync=options.fsync)
     return "ok", ""
 
 
@@ -281,6 +315,8 @@ class Downloader:
                     raise _Failure("not_image", f"content type {ctype.split(';')[0]}")
                 if resp.content_length is not None and resp.content_length > o.max_bytes:
                     raise _Failure("too_large", f"Content-Length {resp.content_length} > {o.max_bytes}")
+                if resp.content_length is not None:  # aiohttp reads exactly this many bytes, no more
+                    return await resp.read()
                 chunks: list[bytes] = []
                 size = 0
                 async for chunk in resp.content.iter_chunked(1 << 16):
