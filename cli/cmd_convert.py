@@ -33,10 +33,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-absolute", action="store_true", help="accept absolute paths in the list")
     p.add_argument("--workers", type=int, default=0, help="decode processes (default 0 = all cores)")
     p.add_argument("--commit-every", type=int, default=1000, metavar="N",
-                   help="records per transaction, at most 64 MB each (default 1000, as Caffe)")
+                   help="records per transaction, at most 8 MB each (default 1000, as Caffe)")
     p.add_argument("--checkpoint-every", type=int, default=4, metavar="T",
-                   help="transactions per checkpoint: the database is flushed to disk, then the resume point "
-                        "saved (default 4; Caffe flushes every transaction, which costs CPU the decoders need)")
+                   help="a checkpoint every T x --commit-every records or 64 MB, whichever comes first: the "
+                        "database is flushed to disk, then the resume point saved (default 4; Caffe flushes "
+                        "every transaction, which costs CPU the decoders need)")
     p.add_argument("--strict", action="store_true", help="stop at the first unreadable image instead of skipping it")
     p.add_argument("--resume", action="store_true", help="finish an interrupted conversion into DB")
     p.add_argument("--overwrite", action="store_true", help="replace DB (only once the new one is complete)")

@@ -12,14 +12,16 @@ What differs on purpose:
 * ``--shuffle`` uses our own seeded shuffle (Python's ``random.Random(seed)``),
   not ``std::random_shuffle``: the order is repeatable with ``--seed`` but not
   the order Caffe would pick.
-* Decoding and resizing run in worker processes; one writer puts the results
-  in order, in transactions of ``--commit-every`` records (Caffe's 1000) or
-  64 MB, whichever comes first.
+* Decoding and resizing run in worker processes that hand finished Datums
+  to the parent through shared memory; one writer puts them in order, in
+  transactions of ``--commit-every`` records (Caffe's 1000) or 8 MB,
+  whichever comes first.
 * Durability at checkpoints, not at every transaction: convert_imageset
   flushes each transaction to disk; we commit without flushing and, every
-  ``--checkpoint-every`` transactions (4), flush the database to disk and
-  then save the progress file. Flushing every transaction cost about a fifth
-  of the CPU that decoding needs. The guarantee is unchanged: the progress
+  ``--checkpoint-every`` x ``--commit-every`` records (4 x 1000) or 64 MB,
+  whichever comes first, flush the database to disk and then save the
+  progress file. Flushing every transaction cost about a fifth of the CPU
+  that decoding needs. The guarantee is unchanged: the progress
   file never claims a record that is not on disk, so a killed process (or a
   crashed machine) resumes from the last checkpoint; records committed after
   it are removed and redone by ``--resume``. The finished database is flushed
