@@ -30,7 +30,8 @@ from datakit.db import Reader
 from datakit.errors import DatabaseError
 
 DEFAULT_MAP_SIZE = 1 << 30  # 1 GiB to start; doubled whenever it fills up
-PREALLOCATE_STEP = 256 << 20  # disk blocks reserved ahead of the writer, trimmed in close()
+PREALLOCATE_STEP = 256 << 20  # most disk blocks reserved ahead of the writer (as many as written so far, up
+                              # to this), trimmed in close()
 
 
 def _load_fallocate():
@@ -125,10 +126,12 @@ class LmdbWriter:
         """Allocate disk blocks for the next `nbytes` of values (best effort: any failure turns it off)."""
         if self._fd is None:
             return
-        need = self._used() + nbytes + nbytes // 8 + (1 << 20)
+        used = self._used()
+        need = used + nbytes + nbytes // 8 + (1 << 20)
         if need <= self._allocated:
             return
-        end = min(self.env.info()["map_size"], need + PREALLOCATE_STEP)
+        ahead = min(PREALLOCATE_STEP, max(4 * nbytes, used))  # a small database reserves little
+        end = min(self.env.info()["map_size"], need + ahead)
         if end > self._allocated and _FALLOCATE(self._fd, 0, self._allocated, end - self._allocated) != 0:
             os.close(self._fd)  # not supported here (or no space yet): write into holes as before
             self._fd = None
@@ -171,6 +174,11 @@ class LmdbWriter:
     def sync(self) -> None:
         """Flush every committed transaction to disk (before a checkpoint claims them)."""
         self.env.sync(True)
+
+    def __del__(self) -> None:
+        fd, self._fd = getattr(self, "_fd", None), None
+        if fd is not None:
+            os.close(fd)
 
     def close(self) -> None:
         """Sync, close, and cut data.mdb back to its last used page (as LMDB without writemap leaves it)."""
