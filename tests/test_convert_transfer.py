@@ -146,3 +146,20 @@ def test_reserved_disk_blocks_are_given_back_on_close(tmp_path):
     assert data.st_size < 256 << 10
     assert data.st_blocks * 512 < 1 << 20
     assert len(_items(tmp_path / "db")) == 12
+
+
+@pytest.mark.parametrize("path", ["a/b.jpg", "im 1.png", "../x.jpg", "a/../../b", "/abs.jpg", "\\\\srv\\x.jpg",
+                                  "C:x.jpg", "c:/x.jpg", "", "..", "a/..", "a\\..\\..\\b", "...jpg", "x..y/z.jpg"])
+def test_the_fast_path_check_accepts_only_what_safe_join_accepts(path):
+    from datakit.convert import _plainly_inside
+    from datakit.errors import ListError
+    from datakit.imagelist import safe_join
+    try:
+        safe_join("/root", path)
+        safe = True
+    except ListError:
+        safe = False
+    if _plainly_inside(path):
+        assert safe, path
+    if path in ("a/b.jpg", "im 1.png"):
+        assert _plainly_inside(path)
