@@ -405,7 +405,14 @@ class _Lease:
 
 
 _SLOT_BYTES = 4 << 20  # per batch in flight: about 15 raw 256x256 color records, 25 ms of decoding
-_ARENA: _Arena | None = None  # set in the parent before the workers fork; they inherit it
+_ARENA: _Arena | None = None  # in a worker: the arena it writes into (set by _init_with_arena)
+
+
+def _init_with_arena(arena: _Arena, initializer: Callable, initargs: tuple) -> None:
+    """Worker initializer: remember the arena (inherited through fork, never pickled), then the caller's."""
+    global _ARENA
+    _ARENA = arena
+    initializer(*initargs)
 
 
 def _convert_batch(items: Sequence[tuple[int, str, int]], slot: int | None = None) -> list[_Result]:
@@ -487,7 +494,6 @@ def ordered_parallel_map(fn: Callable[..., list], items: Iterable, *, workers: i
     to fill about three quarters of a slot. With `workers <= 1` everything
     runs in this process (`slot` is None).
     """
-    global _ARENA
     iterator = iter(items)
     size = max(1, batch)
 
@@ -507,7 +513,8 @@ def ordered_parallel_map(fn: Callable[..., list], items: Iterable, *, workers: i
     window = workers * window_per_worker
     arena = None
     if slot_bytes > 0 and sys.platform.startswith("linux"):  # forked workers inherit the mapping
-        arena = _ARENA = _Arena(window + spare_slots, slot_bytes)
+        arena = _Arena(window + spare_slots, slot_bytes)
+        initializer, initargs = _init_with_arena, (arena, initializer, initargs)
     try:
         with worker_pool(workers, initializer, initargs) as pool:
             pending: collections.deque[tuple[int, int | None, cf.Future]] = collections.deque()
@@ -542,7 +549,6 @@ def ordered_parallel_map(fn: Callable[..., list], items: Iterable, *, workers: i
                     f.cancel()
     finally:
         if arena is not None:
-            _ARENA = None
             arena.close()
 
 
