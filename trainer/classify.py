@@ -45,15 +45,20 @@ def resize(img: np.ndarray, height: int, width: int) -> np.ndarray:
     return out[:, :, None] if out.ndim == 2 else out
 
 
+def _fits(img: np.ndarray, ch: int, cw: int) -> tuple[int, int]:
+    """The image's (h, w), after checking a ch x cw crop fits in it."""
+    h, w = img.shape[:2]
+    if ch > h or cw > w:
+        raise ConfigError(f"crop {ch}x{cw} is larger than the resized image {h}x{w}; raise --image-dims")
+    return h, w
+
+
 def oversample(images: Sequence[np.ndarray], crop: tuple[int, int]) -> np.ndarray:
     """Caffe's 10 crops per image: 4 corners + center, then the same mirrored. (10N)×h×w×C."""
     ch, cw = crop
     out = []
     for img in images:
-        h, w = img.shape[:2]
-        if ch > h or cw > w:
-            raise ConfigError(f"crop {ch}x{cw} is larger than the resized image {h}x{w}; "
-                              "raise --image-dims")
+        h, w = _fits(img, ch, cw)
         hc, wc = (h - ch) / 2.0, (w - cw) / 2.0
         starts = [(0, 0), (0, w - cw), (h - ch, 0), (h - ch, w - cw), (int(hc), int(wc))]
         crops = [img[y:y + ch, x:x + cw] for y, x in starts]
@@ -66,10 +71,7 @@ def center_crop(images: Sequence[np.ndarray], crop: tuple[int, int]) -> np.ndarr
     ch, cw = crop
     out = []
     for img in images:
-        h, w = img.shape[:2]
-        if ch > h or cw > w:
-            raise ConfigError(f"crop {ch}x{cw} is larger than the resized image {h}x{w}; "
-                              "raise --image-dims")
+        h, w = _fits(img, ch, cw)
         y, x = int((h - ch) / 2.0), int((w - cw) / 2.0)
         out.append(img[y:y + ch, x:x + cw])
     return np.stack(out)
