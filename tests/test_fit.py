@@ -217,3 +217,12 @@ def test_a_too_high_learning_rate_stops_training(project):
     name = project("hot.prototxt", base_lr=200, test_interval=0, max_iter=60)
     with pytest.raises(DivergedError, match=r"(?i)lower base_lr \(now 200\)"):
         fit(opts(name))
+
+
+def test_cli_nan_loss_is_one_line_without_numpy_warnings(project, tmp_path, cli):
+    name = project("boom.prototxt", base_lr=1e30, test_interval=0, prefix="boom/run")
+    res = cli("trainer", "fit", "--solver", name, "--device", "cpu", "--quiet", cwd=tmp_path)
+    assert res.returncode == 1
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith("trainer: error: iteration") and "lower base_lr" in lines[0]

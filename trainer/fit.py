@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
+
 from datakit.errors import ConfigError
 from datakit.formats import caffe_pb2
 from datakit.formats.prototxt import read_net, read_solver
@@ -178,7 +180,10 @@ def fit(opts: FitOptions) -> SolveResult:
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, on_signal)
     try:
-        return solver.solve()
+        # Overflow and NaN are the NaN rail's business (trainer.rails names the first
+        # layer at fault); NumPy's own RuntimeWarnings would only bury that one line.
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            return solver.solve()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
