@@ -64,7 +64,15 @@ def run(args: argparse.Namespace) -> int:
     check_exists(args.model, "model prototxt")
     xp = backend.select(args.device, args.gpu)
     net = Net.from_file(args.model, caffe_pb2.TEST, xp=xp)
-    load_weights_list(net, args.weights)
+    reports = load_weights_list(net, args.weights)
+    missing = set.intersection(*(set(r.initialised) for r in reports)) if reports else set()
+    if missing:
+        # Predictions from a layer the weights never reached are random; `caffe` would
+        # print them anyway. A renamed layer (fine-tuned fc8 -> fc8_flickr) is the usual cause.
+        names = ", ".join(sorted(missing))
+        raise ConfigError(f"{args.weights}: has no weights for layer(s) {names} of {args.model}, so they would "
+                          "classify with random values; use the deploy net that matches this model "
+                          "(layer names must match, e.g. a renamed last layer)")
     mean = None
     if args.mean:
         mean = read_mean(args.mean)
