@@ -8,7 +8,8 @@ printed first, so the demo doubles as a worked example:
 3. `datakit check-list`, `datakit convert` (LMDB, 72x72) and `datakit mean`,
 4. `trainer fit` trains DemoNet from scratch,
 5. `trainer fit --weights` fine-tunes it with a renamed last layer,
-6. `trainer test` reports test accuracy, `trainer plot` draws demo-out/curves.png.
+6. `trainer test` reports test accuracy, `trainer classify` names the style of
+   a few test images, `trainer plot` draws demo-out/curves.png.
 
 Everything is written under demo-out/; running the demo again reuses what is
 already there (downloads are skipped, databases rebuilt, training rerun).
@@ -25,6 +26,7 @@ import sys
 import time
 from pathlib import Path
 
+from datakit.manifest import load_recipe
 from datakit.mirror import mirror_subprocess
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,6 +84,16 @@ def main() -> int:
     tuned = newest(snapshots, "demo_finetune_iter_*.caffemodel")
     output = run("trainer", "test", "--model", str(MODELS / "demo_finetune_train_val.prototxt"),
                  "--weights", str(tuned.relative_to(OUT)), "--iterations", "8", cwd=OUT, capture=True)
+    names = OUT / "style_names.txt"
+    names.write_text("\n".join(load_recipe("demo").label_names) + "\n")
+    samples = [line.split()[0] for line in (data / "test.txt").read_text().splitlines()[:3]]
+    run("trainer", "classify", *(str(Path("data") / s) for s in samples),
+        "--model", str(MODELS / "demo_finetune_deploy.prototxt"), "--weights", str(tuned.relative_to(OUT)),
+        "--mean", "mean.npy", "--input-scale", "0.0078125", "--image-dims", "72,72",
+        "--labels", names.name, "--top-k", "2", cwd=OUT)
+    print("  (true styles: " + ", ".join(f"{p}: {load_recipe('demo').label_names[int(lab)]}" for p, lab in
+                                        (line.split() for line in (data / "test.txt").read_text().splitlines()[:3]))
+          + ")")
     logs = sorted(str(p.relative_to(OUT)) for p in snapshots.glob("*.log"))
     run("trainer", "plot", *logs, "-o", "curves.png", cwd=OUT)
 
