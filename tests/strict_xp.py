@@ -19,9 +19,10 @@ Rules enforced, as CuPy has them (``cupy/_core/core.pyx``, ``_routines_indexing.
 1. No implicit device-to-host conversion. ``np.asarray`` / ``np.array`` / ``np.ascontiguousarray``
    / ``np.float32(x)`` of a DeviceArray, ``host[...] = x`` and anything else that calls
    ``__array__`` raise ``TypeError("Implicit conversion to a NumPy array is not allowed...")``.
-   Explicit copies are allowed: ``.get()``, :func:`asnumpy`, ``.item()``, ``.tolist()``, and
-   ``float()``/``int()``/``bool()`` of a one-element array (CuPy synchronises and allows them; so
-   ``host[i] = x[j]``, one element, passes through ``float()`` here as it does with CuPy).
+   Explicit copies are allowed: ``.get()``, :func:`asnumpy`, ``.item()``, ``.tolist()``,
+   ``float()``/``int()`` of a 0-d array and ``bool()`` of a one-element array (CuPy synchronises and
+   allows them; ``float()`` of an array with ndim > 0 is a TypeError since CuPy 12.3, cupy#7886).
+   ``host[i] = x[()]``, one element, passes through ``float()`` here as it does with CuPy.
 2. No implicit host-to-device conversion in arithmetic. Ufuncs (``xp.add``, operators, in-place
    operators, ``out=``) take DeviceArrays, Python scalars and NumPy scalars; a ``numpy.ndarray``,
    list or tuple operand raises ``TypeError("Unsupported type ...")``. CuPy's one exception is kept:
@@ -151,14 +152,20 @@ class DeviceArray:
     def tolist(self) -> Any:
         return self._a.tolist()
 
+    def _scalar(self) -> Any:
+        """The value of a 0-d array; CuPy >= 12.3 (cupy#7886), like NumPy 2.4, refuses ndim > 0."""
+        if self.ndim != 0:
+            raise TypeError("only 0-dimensional arrays can be converted to Python scalars")
+        return self._a.item()
+
     def __float__(self) -> float:
-        return float(self._a.item())
+        return float(self._scalar())
 
     def __int__(self) -> int:
-        return int(self._a.item())
+        return int(self._scalar())
 
     def __complex__(self) -> complex:
-        return complex(self._a.item())
+        return complex(self._scalar())
 
     def __bool__(self) -> bool:
         if self.size == 0:
