@@ -599,7 +599,7 @@ class _Progress:
 def _open_writer(backend: str, folder: Path, chunk: int):
     if backend == "lmdb":
         from datakit.db.lmdb_backend import LmdbWriter
-        return LmdbWriter(folder)
+        return LmdbWriter(folder, drop_written=True)
     if backend == "leveldb":
         from datakit.db.leveldb_backend import LevelDBWriter
         return LevelDBWriter(folder)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import cv2
 import h5py
@@ -91,6 +94,48 @@ def test_lmdb_map_grows_instead_of_failing(tmp_path):
     writer.close()
     with open_reader(tmp_path / "db") as reader:
         assert len(reader) == 30
+
+
+def _resident_fraction(path) -> float:
+    """Share of the file's pages in the page cache (mincore on a read-only mapping of it)."""
+    import ctypes
+    import mmap
+    size = os.path.getsize(path)
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        pages = -(-size // mmap.PAGESIZE)
+        vec = ctypes.create_string_buffer(pages)
+        assert libc.mincore(addr, size, vec) == 0, ctypes.get_errno()
+        libc.munmap(addr, size)
+    finally:
+        os.close(fd)
+    return sum(b & 1 for b in vec.raw) / pages
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="page cache control is Linux-only")
+def test_lmdb_drop_written_keeps_data_and_leaves_the_page_cache(tmp_path):
+    """drop_written: every record reads back (across a map growth), and earlier commits left the page cache."""
+    if subprocess.run(["stat", "-f", "-c", "%T", str(tmp_path)], capture_output=True, text=True).stdout.strip() \
+            in ("tmpfs", "ramfs"):
+        pytest.skip(f"{tmp_path} is in memory: there is no page cache to leave")
+    value = encode_datum(np.arange(3 * 256 * 256, dtype=np.uint32).astype(np.uint8).reshape(3, 256, 256), 7)
+    writer = LmdbWriter(tmp_path / "db", map_size=16 << 20, drop_written=True)  # grows to 128 MB on the way
+    for start in range(0, 400, 40):
+        writer.write([(f"{i:08d}".encode(), value) for i in range(start, start + 40)])
+    dropped = writer._dropped
+    writer.close()
+    data = tmp_path / "db" / "data.mdb"
+    assert dropped > os.path.getsize(data) // 2
+    assert _resident_fraction(data) < 0.6
+    with open_reader(tmp_path / "db") as reader:
+        records = list(reader.raw_items())
+    assert len(records) == 400 and all(bytes(v) == value for _, v in records)
 
 
 def test_truncate_from_removes_later_keys(tmp_path):

@@ -18,8 +18,10 @@ starts from the last checkpoint, never from the last commit.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
+import mmap
 import os
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -52,6 +54,11 @@ _FALLOCATE = _load_libc_call("fallocate64", ctypes.c_int, ctypes.c_int, ctypes.c
 _SYNC_FILE_RANGE = _load_libc_call("sync_file_range", ctypes.c_int, ctypes.c_int64, ctypes.c_int64,
                                    ctypes.c_uint)
 _SYNC_FILE_RANGE_WRITE = 2
+_SYNC_FILE_RANGE_WAIT_ALL = 1 | 2 | 4  # WAIT_BEFORE | WRITE | WAIT_AFTER: the range is on disk when it returns
+# madvise(addr, length, MADV_DONTNEED): unmap pages of the write map (their data stays in the page cache)
+_MADVISE = _load_libc_call("madvise", ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+_MADV_DONTNEED = 4
+_DROP_MIN = 4 << 20  # pages are dropped in runs of at least this many bytes (fewer system calls)
 
 
 def _open_env(path: Path, **kwargs) -> lmdb.Environment:
@@ -107,7 +114,22 @@ class LmdbWriter:
 
     backend = "lmdb"
 
-    def __init__(self, path: str | os.PathLike, *, map_size: int = DEFAULT_MAP_SIZE) -> None:
+    def __init__(self, path: str | os.PathLike, *, map_size: int = DEFAULT_MAP_SIZE,
+                 drop_written: bool = False) -> None:
+        """`drop_written`: keep only the last transactions of the new data in the page cache.
+
+        False (the default) leaves the page cache alone. True: after each
+        commit, the pages that earlier commits sent to the disk are waited for,
+        unmapped and dropped from the page cache (a streaming writer's
+        "no cache"). The conversion's page cache then stays at a few
+        transactions however large the database, does not push the source
+        images out of the cache, and the writer refills pages the kernel has
+        just freed instead of memory touched for the first time, which on the
+        2-core VM of benchmarks/RESULTS.md is what made writing expensive: the
+        writer thread's CPU per 196 KB record went from 0.14-0.42 ms (varying
+        with the host) to 0.16-0.19 ms. The cost: a reader right after the
+        conversion reads the database from disk, not from memory.
+        """
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         existing = (self.path / "data.mdb")
@@ -124,6 +146,9 @@ class LmdbWriter:
         self._fd: int | None = os.open(self.path / "data.mdb", os.O_RDWR) if _FALLOCATE is not None else None
         self._allocated = self._used()
         self._written_back = self._allocated
+        self._drop_written = drop_written
+        self._dropped = self._allocated  # pages below this offset were dropped (or predate this writer)
+        self._map: tuple[int | None, int] = (None, 0)  # (address, map size) of data.mdb in this process
 
     def _used(self) -> int:
         return (self.env.info()["last_pgno"] + 1) * self.env.stat()["psize"]
@@ -170,9 +195,58 @@ class LmdbWriter:
         if self._fd is None or _SYNC_FILE_RANGE is None:
             return
         used = self._used()
+        started_before = self._written_back
         if used > self._written_back:
             _SYNC_FILE_RANGE(self._fd, self._written_back, used - self._written_back, _SYNC_FILE_RANGE_WRITE)
             self._written_back = used
+        if self._drop_written:
+            # Only what an earlier commit sent to the disk: it is usually there by now, so the wait is short.
+            self._drop_pages(started_before)
+
+    def _map_address(self) -> int | None:
+        """Where LMDB mapped data.mdb in this process (py-lmdb's info() says 0 unless MDB_FIXEDMAP).
+
+        Read from /proc/self/maps: the shared mapping of this file at offset 0
+        whose length is the current map size (it moves when the map grows).
+        """
+        size = self.env.info()["map_size"]
+        if self._map[1] == size:
+            return self._map[0]
+        inode = os.fstat(self._fd).st_ino if self._fd is not None else -1
+        found = None
+        with contextlib.suppress(OSError, ValueError), open("/proc/self/maps") as maps:
+            for line in maps:
+                fields = line.split()
+                if len(fields) >= 6 and fields[4] == str(inode) and int(fields[2], 16) == 0 and "s" in fields[1]:
+                    lo, hi = (int(x, 16) for x in fields[0].split("-"))
+                    if hi - lo == size:
+                        found = lo
+                        break
+        if found is None:
+            self._drop_written = False  # cannot tell where the map is: leave the page cache alone
+        self._map = (found, size)
+        return found
+
+    def _drop_pages(self, end: int) -> None:
+        """Write back, unmap and drop from the page cache the data pages in [self._dropped, end).
+
+        Safe for the data at any moment: unmapping a shared file mapping keeps
+        its pages (dirty ones stay dirty) in the page cache, and the kernel
+        drops only clean ones; LMDB faults a page back in if it reuses it.
+        """
+        page = mmap.PAGESIZE
+        end -= end % page
+        if self._fd is None or _MADVISE is None or end - self._dropped < _DROP_MIN:
+            return
+        start, length = self._dropped, end - self._dropped
+        base = self._map_address()
+        if base is None:
+            return
+        _SYNC_FILE_RANGE(self._fd, start, length, _SYNC_FILE_RANGE_WAIT_ALL)
+        _MADVISE(base + start, length, _MADV_DONTNEED)
+        with contextlib.suppress(OSError):
+            os.posix_fadvise(self._fd, start, length, os.POSIX_FADV_DONTNEED)
+        self._dropped = end
 
     def truncate_from(self, key: bytes) -> int:
         """Delete every record whose key is >= `key` (work redone after an interruption)."""
