@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Sequence
 
 from cli.dispatch import run_main
@@ -21,6 +22,10 @@ COMMANDS: dict[str, str] = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # No datakit command multiplies matrices, but NumPy's OpenBLAS starts a thread per core at import
+    # that spins for ~0.1 s of CPU, time taken from the decoding workers. Set before NumPy is imported
+    # (the commands import it lazily); a value the user set is kept.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     return run_main("datakit", "From image URLs to Caffe databases and mean images.", COMMANDS, argv)
 
 
