@@ -44,7 +44,8 @@ Rules enforced, as CuPy has them (``cupy/_core/core.pyx``, ``_routines_indexing.
    name checked against CuPy's reference; anything else raises ``AttributeError`` (meaning CuPy
    lacks it, or this emulator does not provide it yet: check CuPy's docs before adding it).
    ``argsort``/``sort`` take ``kind`` None or "stable" only; ``astype`` refuses ``casting``/``subok``;
-   ``xp.random`` has ``random_sample``/``random``/``rand``/``seed`` with CuPy's float32/float64 dtype.
+   ``xp.random`` has ``random_sample``/``random``/``rand``/``seed`` and ``RandomState(seed)`` (``seed``,
+   ``random_sample``) with CuPy's float32/float64 dtype.
 8. RawKernel launches (``RawModule(code=...).get_function(name)(grid, block, args)``). Each
    ``__global__`` signature in the source is parsed and every argument is checked against it: a
    pointer parameter needs a DeviceArray (a host array raises ``TypeError`` as in CuPy); beyond
@@ -504,8 +505,26 @@ def _seed(seed: int | None = None) -> None:
     _rng = np.random.default_rng(seed)
 
 
+class _RandomState:
+    """cupy.random.RandomState(seed): seed() and random_sample() with CuPy's float32/float64-only dtype."""
+
+    def __init__(self, seed: int | None = None) -> None:
+        self.seed(seed)
+
+    def seed(self, seed: int | None = None) -> None:
+        if seed is not None and not 0 <= int(seed) < 1 << 64:
+            raise ValueError(f"seed must be in [0, 2**64), got {seed}")
+        self._rng = np.random.default_rng(seed)
+
+    def random_sample(self, size: Any = None, dtype: Any = float) -> DeviceArray:
+        dt = np.dtype(dtype)
+        if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
+            raise TypeError(f"cupy.random supports float32 and float64 only, not {dt}")
+        return DeviceArray(np.asarray(self._rng.random(size, dtype=dt)))
+
+
 random = SimpleNamespace(random_sample=_random_sample, random=_random_sample, seed=_seed,
-                         rand=lambda *size, dtype=float: _random_sample(size, dtype))
+                         rand=lambda *size, dtype=float: _random_sample(size, dtype), RandomState=_RandomState)
 
 
 # -------------------------------------------------------------------- cuda ----

@@ -427,8 +427,6 @@ def test_fit_snapshot_resume_and_weights_match_numpy(dev, project, tmp_path):  #
     assert outs["device"]["loss"] == pytest.approx(outs["numpy"]["loss"], rel=1e-5)
 
 
-@pytest.mark.xfail(strict=True, reason="known GPU bug: Dropout draws from the global cupy.random, which the "
-                                       "solver's random_seed does not seed and snapshots do not save")
 def test_resume_with_dropout_on_the_device_repeats_the_uninterrupted_run(dev, project):  # noqa: F811
     """README: a resumed run gives the same losses as an uninterrupted one on the same device."""
     whole, _ = run_fit(tiny_solver(project, "a.prototxt", 0.5, prefix="a/run"), "gpu")

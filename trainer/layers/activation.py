@@ -85,6 +85,7 @@ class DropoutLayer(_Elementwise):
             raise self.error(f"dropout_ratio must be in [0, 1), got {self.ratio}")
         self.scale = 1.0 / (1.0 - self.ratio)
         self._mask: Any = None
+        self._device_rng: Any = None  # cupy.random.RandomState, made on the first GPU forward
 
     def forward(self, bottoms: list[Blob], tops: list[Blob]) -> None:
         x = bottoms[0].data
@@ -93,7 +94,13 @@ class DropoutLayer(_Elementwise):
             if xp.__name__ == "numpy":
                 u = self.rng.random(x.shape, dtype=self.dtype if self.dtype.kind == "f" else None)
             else:
-                u = xp.random.random_sample(x.shape, dtype=self.dtype)
+                # The net's host generator (seeded by random_seed, saved with snapshots) picks the seed
+                # of every device mask, so GPU runs repeat and resume exactly; the mask is drawn on the
+                # device (drawing it on the host and copying it would cost more than the layer).
+                if self._device_rng is None:
+                    self._device_rng = xp.random.RandomState()
+                self._device_rng.seed(int(self.rng.integers(1 << 63)))
+                u = self._device_rng.random_sample(x.shape, dtype=self.dtype)
             self._mask = (u >= self.ratio).astype(self.dtype) * self.dtype.type(self.scale)
             tops[0].data = x * self._mask
         elif tops[0] is not bottoms[0]:
