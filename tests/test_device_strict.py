@@ -12,6 +12,7 @@ NumPy run's to float tolerance. ``strict_xp``'s docstring lists what it checks a
 from __future__ import annotations
 
 import io
+from types import SimpleNamespace
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -267,6 +268,27 @@ def test_data_layer_transforms_and_device_transfer_match_numpy(dev, tmp_path, ph
     for (a, la), (b, lb) in zip(batches["numpy"], batches["device"]):
         np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-5)
         np.testing.assert_array_equal(lb, la)
+
+
+def test_data_layer_frees_a_batch_only_after_the_device_used_it(dev, tmp_path, monkeypatch):
+    """A batch allocated on the prefetch stream lives until this stream's kernels queued before it ran."""
+    events: list[Any] = []
+
+    def record(event: Any = None) -> Any:
+        events.append(SimpleNamespace(done=False, synchronize=lambda: None))
+        return events[-1]
+    monkeypatch.setattr(strict_xp.cuda, "get_current_stream", lambda: SimpleNamespace(
+        record=record, synchronize=lambda: None, use=lambda: None))
+    make_lmdb(tmp_path / "db", n=10, shape=(3, 8, 10))
+    with Net(net_param(f"layer {{ {data_text(tmp_path / 'db', 4, '')} }}"), TRAIN, xp=dev, seed=3) as net:
+        layer = net.layers[0]
+        net.forward()
+        net.forward()
+        assert len(layer._held) == 2 and len(events) == 2  # neither event is done: both batches held
+        first = layer._held[0][0][0]
+        events[0].done = True
+        net.forward()
+        assert len(layer._held) == 2 and all(arr is not first for arr in layer._held[0][0])
 
 
 IMAGE_AND_HDF5 = '''

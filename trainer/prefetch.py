@@ -16,6 +16,7 @@ would have, however far ahead the prefetcher had run.
 
 from __future__ import annotations
 
+import collections
 import os
 import queue
 import threading
@@ -213,6 +214,7 @@ class PrefetchingDataLayer(Layer):
         self.seed = 0
         self.transformer: Transformer | None = None
         self.prefetcher: Prefetcher | None = None
+        self._held: collections.deque = collections.deque()  # (arrays, event): see hold_until_used
         self.label_check: Callable[[np.ndarray, list[str]], None] | None = None
         self.warn: Callable[[str], None] | None = None
         self.item_shape: tuple[int, ...] = ()
@@ -324,6 +326,26 @@ class PrefetchingDataLayer(Layer):
         self.consumed += 1
         return batch
 
+    def hold_until_used(self, batch: ReadyBatch) -> None:
+        """CuPy: keep `batch`'s device arrays alive until the kernels queued so far have run.
+
+        The arrays were allocated on the prefetch thread's stream, so CuPy's
+        memory pool gives their blocks back to that stream when they are
+        freed, and the next batch's copy may be written into them at once,
+        while this stream may still be running kernels that read them (the
+        first layer's backward reads its input; the label copy reads the
+        labels). An event recorded on this stream now says when those kernels
+        are done; a batch is freed only after its event, so nothing is
+        overwritten early.
+        """
+        if self.xp is np:
+            return
+        arrays = (batch.data, batch.labels, *batch.extra.values())
+        self._held.append((arrays, self.xp.cuda.get_current_stream().record()))
+        while self._held and (self._held[0][1].done or len(self._held) > PREFETCH_DEPTH + 2):
+            self._held[0][1].synchronize()
+            self._held.popleft()
+
     def forward(self, bottoms: list[Blob], tops: list[Blob]) -> None:
         batch = self.next_batch()
         if self.label_check is not None and batch.host_labels is not None:
@@ -333,6 +355,7 @@ class PrefetchingDataLayer(Layer):
         tops[0].data = batch.data.reshape(tops[0].shape)
         if len(tops) > 1 and batch.labels is not None:
             tops[1].data[...] = batch.labels.reshape(tops[1].shape)
+        self.hold_until_used(batch)
 
     def backward(self, tops, propagate_down, bottoms) -> None:
         return

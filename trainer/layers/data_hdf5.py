@@ -120,3 +120,4 @@ class HDF5DataLayer(PrefetchingDataLayer):
         tops[0].data[...] = batch.data
         for name, top in zip(self.top_names[1:], tops[1:]):
             top.data[...] = batch.extra[name].reshape(top.shape)
+        self.hold_until_used(batch)
