@@ -296,7 +296,8 @@ def lrn_across_forward(x: Any, size: int, alpha: float, beta: float, k: float) -
 def lrn_across_backward(x: Any, y: Any, scale: Any, dy: Any, size: int, alpha: float,
                         beta: float) -> Any:
     cp = cupy_module()
-    dy = cp.ascontiguousarray(dy)
+    # The kernel indexes every buffer as C-contiguous N x C x H x W (no-ops for the arrays layers make).
+    x, y, scale, dy = (cp.ascontiguousarray(a) for a in (x, y, scale, dy))
     n, c, h, w = x.shape
     dx = cp.empty_like(x)
     t = x.dtype.type
