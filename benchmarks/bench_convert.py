@@ -43,6 +43,22 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("DATAKIT_SHARED", ROOT.parent / "shared")) / "data"
 
 
+def machine_cpu() -> dict[str, float]:
+    """Seconds of the whole machine's CPU time so far, from /proc/stat: busy (user + system), idle, steal.
+
+    Steal is time the hypervisor ran something else on our virtual CPUs. On
+    the development VM the host's disk emulation runs there, so a converter
+    that writes pays for its disk traffic in steal, which getrusage never
+    shows; the ceiling writes nothing and pays none.
+    """
+    try:
+        with open("/proc/stat") as fh:
+            f = [int(x) / os.sysconf("SC_CLK_TCK") for x in fh.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return {"busy": 0.0, "idle": 0.0, "steal": 0.0}
+    return {"busy": f[0] + f[1] + f[2] + f[5] + f[6], "idle": f[3] + f[4], "steal": f[7]}
+
+
 def make_jpegs(folder: Path, count: int, seed: int = 0) -> list[tuple[str, int]]:
     """`count` JPEGs of about 500 px (longer side 420-580) cut from the real photos."""
     photos = sorted((SHARED / "photos").rglob("*.jpg"))
@@ -168,6 +184,7 @@ def main(argv: list[str] | None = None) -> None:
         for r in range(args.repeat):
             for name in best:
                 db = tmp / f"db_{name}_{r}"
+                before = machine_cpu()
                 if name == "loop":
                     dt = loop_baseline(tmp, entries, db, args.size)
                 elif name == "ceiling":
@@ -176,7 +193,9 @@ def main(argv: list[str] | None = None) -> None:
                     dt = ours(tmp, list_file, db, args.size, workers)
                 shutil.rmtree(db, ignore_errors=True)
                 best[name] = min(best[name], dt)
-                print(f"  run {r + 1}: {name:8s} {dt:6.2f} s  {args.images / dt:7.1f} images/s", flush=True)
+                used = {k: v - before[k] for k, v in machine_cpu().items()}
+                print(f"  run {r + 1}: {name:8s} {dt:6.2f} s  {args.images / dt:7.1f} images/s   machine CPU: "
+                      f"busy {used['busy']:.2f} s, idle {used['idle']:.2f} s, steal {used['steal']:.2f} s", flush=True)
         write_cpu = float("inf")
         for r in range(args.repeat):
             db = tmp / f"db_write_{r}"
