@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import gzip
+import inspect
 import io
 import math
+import re
 
 import pytest
 
@@ -38,6 +40,17 @@ def test_our_log_lines_round_trip(tmp_path):
     rows = (tmp_path / "m.csv").read_text().splitlines()
     assert rows[0] == "iteration,phase,name,value,seconds"
     assert rows[-1].startswith("100,test,loss,0.4,")
+
+
+def test_log_lines_name_the_calling_file_and_line_as_glog_does():
+    out = io.StringIO()
+    log = CaffeLog(stream=out)
+    here = inspect.currentframe().f_lineno + 1
+    log.train_loss(7, 0.25)
+    log.warning("careful", source="net.py:12")
+    first, second = out.getvalue().splitlines()
+    assert re.match(r"I\d{4} \d\d:\d\d:\d\d\.\d{6} +\d+ test_curves\.py:%d\] Iteration 7, loss = 0\.25$" % here, first)
+    assert second.startswith("W") and second.endswith(" net.py:12] careful")
 
 
 def test_quirks_two_space_thread_ids_bare_ints_nan_and_modern_lines():

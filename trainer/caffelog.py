@@ -24,8 +24,22 @@ def fmt(value: float) -> str:
     return f"{float(value):.6g}"
 
 
-def glog_prefix(severity: str = "I", source: str = "solver.py:0", now: float | None = None) -> str:
-    """``I1126 04:35:12.123456 12345 solver.py:0] `` (thread id right-aligned to 5, as glog)."""
+def caller_source() -> str:
+    """``file.py:LINE`` of the first caller outside this module: the source glog puts in each line."""
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename == __file__:
+        frame = frame.f_back
+    if frame is None:
+        return "caffelog.py:0"
+    return f"{os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno}"
+
+
+def glog_prefix(severity: str = "I", source: str | None = None, now: float | None = None) -> str:
+    """``I1126 04:35:12.123456 12345 solver.py:214] `` (thread id right-aligned to 5, as glog).
+
+    `source` defaults to the file and line that asked for the message, as glog's does.
+    """
+    source = source or caller_source()
     t = _dt.datetime.fromtimestamp(time.time() if now is None else now)
     tid = threading.get_native_id() % 100000 if hasattr(threading, "get_native_id") else os.getpid()
     return f"{severity}{t:%m%d %H:%M:%S}.{t.microsecond:06d} {tid:5d} {source}] "
@@ -60,7 +74,7 @@ class CaffeLog:
                 self._csv.writerow(["iteration", "phase", "name", "value", "seconds"])
 
     # -- raw lines --------------------------------------------------------------------------
-    def line(self, message: str, *, severity: str = "I", source: str = "solver.py:0") -> None:
+    def line(self, message: str, *, severity: str = "I", source: str | None = None) -> None:
         text = (glog_prefix(severity, source) if self.prefix else "") + message
         if self.stream is not None:
             print(text, file=self.stream, flush=True)
@@ -68,10 +82,10 @@ class CaffeLog:
             self._file.write(text + "\n")
             self._file.flush()
 
-    def info(self, message: str, source: str = "solver.py:0") -> None:
+    def info(self, message: str, source: str | None = None) -> None:
         self.line(message, source=source)
 
-    def warning(self, message: str, source: str = "solver.py:0") -> None:
+    def warning(self, message: str, source: str | None = None) -> None:
         self.line(message, severity="W", source=source)
 
     def metric(self, iteration: int, phase: str, name: str, value: float) -> None:
