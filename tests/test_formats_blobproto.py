@@ -56,6 +56,25 @@ def test_blob_with_shape_round_trips_and_matches_hand_encoding(tmp_path):
     np.testing.assert_array_equal(read_binaryproto(tmp_path / "b.binaryproto"), arr)
 
 
+@pytest.mark.parametrize("shape,legacy,with_diff", [((0,), False, False), ((7,), False, True), ((), False, False),
+                                                  ((3, 2, 2), True, False), ((2, 3, 4, 5), False, True),
+                                                  ((300, 500), False, False)])
+def test_array_to_blob_bytes_equal_protobufs_own_filling(shape, legacy, with_diff):
+    """The packed-bytes fast path serializes exactly what filling the repeated fields one by one does."""
+    rng = np.random.default_rng(len(shape))
+    arr = rng.standard_normal(shape).astype(np.float64)  # float64 in: stored as float32, as Caffe does
+    diff = rng.standard_normal(shape) if with_diff else None
+    ref = caffe_pb2.BlobProto()
+    if legacy:
+        ref.num, ref.channels, ref.height, ref.width = (1,) * (4 - len(shape)) + shape
+    else:
+        ref.shape.dim.extend(shape)
+    ref.data.extend(arr.astype(np.float32).ravel().tolist())
+    if diff is not None:
+        ref.diff.extend(diff.astype(np.float32).ravel().tolist())
+    assert array_to_blob(arr, diff=diff, legacy_4d=legacy).SerializeToString() == ref.SerializeToString()
+
+
 def test_legacy_header_bytes(tmp_path):
     write_mean(tmp_path / "m.binaryproto", np.zeros((3, 2, 2), np.float32))
     data = (tmp_path / "m.binaryproto").read_bytes()

@@ -65,10 +65,33 @@ def array_to_blob(arr: np.ndarray, *, diff: np.ndarray | None = None,
         blob.num, blob.channels, blob.height, blob.width = (int(d) for d in dims)
     else:
         blob.shape.dim.extend(int(d) for d in arr.shape)
-    blob.data.extend(arr.astype(np.float32, copy=False).ravel())
+    packed = _packed_floats(_DATA_FIELD, arr)
     if diff is not None:
-        blob.diff.extend(np.asarray(diff, dtype=np.float32).ravel())
+        packed += _packed_floats(_DIFF_FIELD, np.asarray(diff))
+    # Filling a repeated field from Python walks it value by value (9 s for CaffeNet's fc6, 38M
+    # floats); parsing the same values as one packed field is a copy. The bytes serialized are the same.
+    blob.MergeFromString(packed)
     return blob
+
+
+_DATA_FIELD, _DIFF_FIELD = 5, 6  # BlobProto: repeated float data = 5, diff = 6, both [packed = true]
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        low, value = value & 0x7F, value >> 7
+        out.append(low | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _packed_floats(field: int, values: np.ndarray) -> bytes:
+    """The wire bytes of a packed `repeated float` field: tag, byte length, little-endian float32s."""
+    raw = np.ascontiguousarray(values, dtype="<f4").tobytes()
+    if not raw:
+        return b""  # an empty packed field is not written at all
+    return _varint(field << 3 | 2) + _varint(len(raw)) + raw
 
 
 def parse_blobproto(data: bytes, *, where: str) -> caffe_pb2.BlobProto:
