@@ -284,7 +284,7 @@ def assemble(cfg: AssembleConfig, log: Callable[[str], None] = print) -> Assembl
             path = prefix + item.name
             by_split.setdefault(item.row.split or "train", []).append((path, item.row.label))
             succeeded += 1
-        for split, entries in by_split.items():
+        for split, entries in by_split.items() if succeeded else ():  # nothing at all: an error below, no lists
             lists[split] = out / f"{split}.txt"
             write_list(lists[split], entries)
 
@@ -309,12 +309,15 @@ def assemble(cfg: AssembleConfig, log: Callable[[str], None] = print) -> Assembl
         write_text_atomic(cfg.report, json.dumps(report, indent=2) + "\n")
     result = AssembleResult(len(selected), succeeded, len(present), stats, lists, failed_path, stopped, elapsed,
                             report)
-    if stopped == "dead_list":
+    if stopped == "dead_list" or (stopped is None and succeeded == 0 and failures):
         common = ", ".join(f"{k} x{v}" for k, v in Counter(o.kind for o in failures).most_common(2))
         rewrites = " or ".join(f"--rewrite {n}" for n in sorted(recipe.rewrites))
         hint = f"try {rewrites} (current host), or --mirror URL" if rewrites else "try --mirror URL or fix the URLs"
-        raise DownloadError(f"the first {stats.ok + stats.failed} downloads all failed ({common}): this URL list "
-                            f"looks dead; {hint} (failures in {failed_path})")
+        if "connection" in common:
+            hint = "no network here? " + hint
+        what = (f"the first {stats.ok + stats.failed} downloads all failed" if stopped == "dead_list" else
+                f"none of the {len(selected)} selected images could be downloaded")
+        raise DownloadError(f"{what} ({common}): this URL list looks dead; {hint} (failures in {failed_path})")
     if stopped is None:
         log(FINAL_MESSAGE.format(succeeded))
     return result

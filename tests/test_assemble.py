@@ -210,6 +210,18 @@ def test_dead_list_stops_early_with_one_line(cli, tmp_path: Path, demo_rows) -> 
     assert len(_lines(tmp_path / "d" / "failed.csv")) - 1 >= 40
 
 
+def test_a_small_run_where_every_download_fails_is_an_error_not_empty_lists(cli, tmp_path: Path, demo_rows) -> None:
+    """Fewer rows than --dead-after, all failing: exit 1 with the dead-list line, and no empty lists left."""
+    with serve_mirror(MirrorConfig.from_rows(demo_rows, faults={"not_found": 1.0})) as m:
+        r = cli("datakit", "assemble", "--manifest", "demo", "--mirror", m.url, "--out", str(tmp_path / "d"),
+                "--images", "12", "--concurrency", "4", "--no-progress")
+    assert r.returncode == 1
+    [error] = r.stderr.strip().splitlines()
+    assert "none of the 12 selected images could be downloaded (http_404 x12)" in error and "--mirror" in error
+    assert not (tmp_path / "d" / "train.txt").exists() and not (tmp_path / "d" / "test.txt").exists()
+    assert len(_lines(tmp_path / "d" / "failed.csv")) - 1 == 12
+
+
 def test_absolute_paths_resize_and_option_errors(tmp_path: Path, demo_rows) -> None:
     out = tmp_path / "d"
     with serve_mirror(MirrorConfig.from_rows(demo_rows)) as m:
