@@ -11,7 +11,10 @@ import os
 from pathlib import Path
 from typing import Iterator, Sequence
 
-import plyvel
+try:
+    import plyvel
+except ImportError:  # Python >= 3.13: plyvel has no wheels there; plyvel-next is its fork with the same API
+    import plyvel_next as plyvel  # type: ignore[no-redef]
 
 from datakit.db import Reader
 from datakit.errors import DatabaseError
