@@ -828,9 +828,8 @@ class _BackgroundWriter:
         self._cond = threading.Condition()
         self.thread = threading.Thread(target=self._loop, name="datakit-convert-writer", daemon=True)
         self.syncer = threading.Thread(target=self._sync_loop, name="datakit-convert-checkpoint", daemon=True)
-        self.thread.start()
-        self.syncer.start()
-        self.closed = False
+        self.closed = False  # the threads start with the first put(): by then the worker pool has forked,
+        #                      and a fork with other threads running can leave their locks held in the child
 
     def _loop(self) -> None:
         try:
@@ -884,15 +883,19 @@ class _BackgroundWriter:
 
     def put(self, batch: list, state: dict, checkpoint: bool, leases: list) -> None:
         self._raise()
+        if not self.thread.is_alive() and not self.closed:
+            self.thread.start()
+            self.syncer.start()
         self.queue.put((batch, state, checkpoint, leases))
 
     def close(self, abandon: bool = False) -> None:
         """Wait for every queued commit and checkpoint (and raise an error, unless abandoning after another)."""
         if not self.closed:
             self.closed = True
-            self.queue.put(None)
-            self.thread.join()
-            self.syncer.join()
+            if self.thread.ident is not None:  # started
+                self.queue.put(None)
+                self.thread.join()
+                self.syncer.join()
         if not abandon:
             self._raise()
 
@@ -905,10 +908,7 @@ def _run(entries: list[ListEntry], order: list[int], start: int, written: int, s
     workers = opts.workers or default_workers()
     tasks = ((i, entries[order[i]].path, entries[order[i]].label) for i in range(start, len(entries)))
     show = sys.stderr.isatty() if opts.progress is None else opts.progress
-    bar = None
-    if show:
-        from tqdm import tqdm
-        bar = tqdm(total=len(entries), initial=start, unit="img", desc="convert", file=sys.stderr)
+    bar = None  # made when the first record arrives, after the pool has forked (tqdm runs a monitor thread)
     hdf5 = opts.backend == "hdf5"
     batch: list = []
     leases: list = []
@@ -970,6 +970,9 @@ def _run(entries: list[ListEntry], order: list[int], start: int, written: int, s
                     batch_bytes += len(payload)
                 written += 1
             next_index = index + 1
+            if show and bar is None:
+                from tqdm import tqdm
+                bar = tqdm(total=len(entries), initial=start, unit="img", desc="convert", file=sys.stderr)
             if bar is not None:
                 bar.update(1)
             limit = min(opts.commit_every, writer.chunk - shard_rows) if hdf5 else opts.commit_every
