@@ -13,7 +13,8 @@
 #     1. env      what python3, CuPy, torch, lmdb and protobuf are there, and the GPU
 #     2. kernels  pytest -m gpu: every CUDA kernel against its NumPy twin, and a whole net GPU vs CPU
 #     3. bench    benchmarks.bench_caffenet_time --gpu-only: our images/s vs PyTorch on the same GPU
-#                 (target >= 0.5)
+#                 (target >= 0.5); bench_tf32 the same with CUPY_TF32=1 (TF32 GEMMs, as PyTorch's
+#                 cuDNN convolutions use by default)
 #     4. demo     python3 -m scripts.demo --device gpu: the whole story with training, test and classify on CuPy
 #   summary.txt has one line per step: its name and exit status.
 # Record what it prints, with the device's name, in benchmarks/RESULTS.md (caffenet_time, data_layer).
@@ -78,6 +79,9 @@ print("device:", props["name"].decode(), f"{props['totalGlobalMem'] / 2**30:.0f}
 PY
 step kernels python3 -m pytest -q -rs -m gpu -p no:cacheprovider tests/test_kernels.py
 step bench python3 -m benchmarks.bench_caffenet_time --gpu-only --batches 64,256 --gpu-iterations 20
+# PyTorch's cuDNN convolutions use TF32 tensor cores by default (torch.backends.cudnn.allow_tf32);
+# CuPy's matrix products (our convolutions are im2col + GEMM) do only with CUPY_TF32=1. Both figures:
+step bench_tf32 env CUPY_TF32=1 python3 -m benchmarks.bench_caffenet_time --gpu-only --batches 64,256 --gpu-iterations 20
 rm -f demo-out/curves.png
 step demo python3 -m scripts.demo --device gpu
 [ -f demo-out/curves.png ] && cp demo-out/curves.png "$OUTDIR/demo_curves.png"
