@@ -303,15 +303,18 @@ def _sum_sequential(reader: Reader, acc: _Sum, color: bool | None, workers: int,
     first = next(items)
     encoded = parse_datum_fields(first[1], f"{reader.path}: record {first[0]!r}").encoded
     _add_datum(acc, first[0], first[1], color)
-    bar = None
-    if show:
+    def progress_bar():  # made once the pool has forked: tqdm runs a monitor thread
         from tqdm import tqdm
-        bar = tqdm(total=n, initial=1, unit="rec", desc="mean", file=sys.stderr)
+        return tqdm(total=n, initial=1, unit="rec", desc="mean", file=sys.stderr) if show else None
+
+    bar = None
     if encoded and workers > 1:
         counter = _counter()
         with _pool(workers, counter) as pool:
             pending: set[cf.Future] = set()
             for batch in _chunks(items, 64):
+                if pending and bar is None:
+                    bar = progress_bar()
                 if len(pending) >= workers * 4:  # bounded: at most this many batches in memory
                     done, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
                     for f in done:
@@ -325,6 +328,7 @@ def _sum_sequential(reader: Reader, acc: _Sum, color: bool | None, workers: int,
         if bar is not None:
             bar.close()
         return
+    bar = progress_bar()
     for i, (key, value) in enumerate(items, start=1):
         _add_datum(acc, key, value, color)
         if bar is not None and i % 256 == 0:
