@@ -326,6 +326,7 @@ def _sum_sequential(reader: Reader, acc: _Sum, color: bool | None, workers: int,
             for f in cf.as_completed(pending):
                 acc.merge(f.result())
         if bar is not None:
+            bar.n = n  # the bar ends at the total, not at the last update
             bar.close()
         return
     bar = progress_bar()
@@ -335,6 +336,7 @@ def _sum_sequential(reader: Reader, acc: _Sum, color: bool | None, workers: int,
             bar.n = i + 1
             bar.refresh()
     if bar is not None:
+        bar.n = n
         bar.close()
 
 
