@@ -112,6 +112,30 @@ def test_fit_learns_logs_and_snapshots(project, tmp_path):
     assert (tmp_path / "snap/tiny.metrics.csv").read_text().count(",test,accuracy,") == 3
 
 
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_test_passes_get_a_progress_bar_on_a_terminal_only(project, monkeypatch):
+    """A terminal gets a delayed, erased bar per test pass (its total the test_iter); a log file none."""
+    import tqdm
+    made: list[dict] = []
+    real = tqdm.tqdm
+
+    def spy(*args, **kw):
+        made.append(kw)
+        return real(*args, **{**kw, "delay": 0})
+    monkeypatch.setattr(tqdm, "tqdm", spy)
+    plain = fit(opts(project()))
+    assert made == []
+    term = _Terminal()
+    on_tty = fit(FitOptions(solver=project(), device="cpu", stream=term, handle_signals=False))
+    assert [(kw["total"], kw["leave"], kw["delay"]) for kw in made] == [(3, False, 2)] * 3  # iterations 0, 20, 40
+    assert "test net #0" in term.getvalue()
+    assert on_tty.test_scores == plain.test_scores
+
+
 def test_resume_reproduces_the_uninterrupted_losses(project, tmp_path):
     whole = fit(opts(project("a.prototxt", max_iter=30, prefix="a/run")))
     half = fit(opts(project("b.prototxt", max_iter=30, snapshot=12, prefix="b/run"), max_iter=12))

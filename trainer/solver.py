@@ -158,6 +158,18 @@ class Solver:
         self.result.test_scores = scores
         return scores
 
+    def _test_progress(self, batches: int, net_id: int) -> Any:
+        """A progress bar for a test pass that lasts (CaffeNet's 100 batches take minutes on a CPU).
+
+        Only on a terminal, shown after 2 s and erased when done, so logs and
+        quick tests look as Caffe's do.
+        """
+        stream = self.log.stream
+        if stream is None or not getattr(stream, "isatty", lambda: False)():
+            return None
+        from tqdm import tqdm  # noqa: PLC0415 - only for terminals
+        return tqdm(total=batches, desc=f"test net #{net_id}", unit="batch", leave=False, delay=2, file=stream)
+
     def test(self, net_id: int) -> dict[str, float]:
         net = self.test_nets[net_id]
         self.log.testing(self.iter, net_id)
@@ -165,14 +177,19 @@ class Solver:
         weights = output_weights(net)
         n_iter = int(self.param.test_iter[net_id])
         loss_total = 0.0
+        bar = self._test_progress(n_iter, net_id)
         for _ in range(n_iter):
             loss_total += net.forward()
             for name in net.output_names:
                 value = to_host(net.blobs[name].data).astype(np.float64)
                 sums[name] = sums[name] + value if name in sums else value.copy()
+            if bar is not None:
+                bar.update(1)
             if self.stop_reason:
                 n_iter = _ + 1
                 break
+        if bar is not None:
+            bar.close()
         if self.param.test_compute_loss:
             self.log.info(f"Test loss: {fmt(loss_total / max(n_iter, 1))}")
         means: dict[str, float] = {}
