@@ -96,6 +96,17 @@ def test_lmdb_map_grows_instead_of_failing(tmp_path):
         assert len(reader) == 30
 
 
+def test_leveldb_tables_are_written_uncompressed(tmp_path):
+    """Blank images would shrink many times under Snappy: the compacted tables must hold them at full size."""
+    value = encode_datum(np.zeros((3, 64, 64), np.uint8), 0)
+    writer = LevelDBWriter(tmp_path / "db")
+    writer.write([(f"{i:08d}".encode(), value) for i in range(50)])
+    writer.db.compact_range()  # memtable -> sorted tables, written with the writer's options
+    writer.close()
+    tables = sum(p.stat().st_size for p in (tmp_path / "db").glob("*.ldb"))
+    assert tables >= 50 * len(value)
+
+
 def _resident_fraction(path) -> float:
     """Share of the file's pages in the page cache (mincore on a read-only mapping of it)."""
     import ctypes

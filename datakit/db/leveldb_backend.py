@@ -70,9 +70,12 @@ class LevelDBWriter:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
-        # Caffe uses a 256 MB write buffer; 64 MB keeps memory bounded with little loss.
+        # Caffe uses a 256 MB write buffer; 64 MB keeps memory bounded with little loss. No Snappy:
+        # pixels and JPEG bytes barely compress, and compressing them halved the conversion's speed
+        # (318 vs 739 images/s for 2,000 256x256 images); every LevelDB reader, Caffe's too, reads
+        # uncompressed blocks (each block says how it is stored).
         self.db = _open_db(self.path, create_if_missing=True, write_buffer_size=64 << 20,
-                           block_size=65536, max_open_files=100)
+                           block_size=65536, max_open_files=100, compression=None)
 
     def write(self, items: Sequence[tuple[bytes, bytes]]) -> None:
         with self.db.write_batch(sync=False) as batch:
