@@ -139,7 +139,7 @@ def test_lmdb_drop_written_keeps_data_and_leaves_the_page_cache(tmp_path):
     writer = LmdbWriter(tmp_path / "db", map_size=16 << 20, drop_written=True)  # grows to 128 MB on the way
     for start in range(0, 400, 40):
         writer.write([(f"{i:08d}".encode(), value) for i in range(start, start + 40)])
-    dropped = writer._dropped
+    dropped = writer._pages.dropped
     writer.close()
     data = tmp_path / "db" / "data.mdb"
     assert dropped > os.path.getsize(data) // 2
@@ -147,6 +147,26 @@ def test_lmdb_drop_written_keeps_data_and_leaves_the_page_cache(tmp_path):
     with open_reader(tmp_path / "db") as reader:
         records = list(reader.raw_items())
     assert len(records) == 400 and all(bytes(v) == value for _, v in records)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="page cache control is Linux-only")
+def test_drop_behind_leaves_the_data_and_drops_the_pages(tmp_path):
+    """The HDF5 writer's way: a file written front to back, advance() after each piece."""
+    from datakit.db.pagecache import DropBehind
+    if subprocess.run(["stat", "-f", "-c", "%T", str(tmp_path)], capture_output=True, text=True).stdout.strip() \
+            in ("tmpfs", "ramfs"):
+        pytest.skip(f"{tmp_path} is in memory: there is no page cache to leave")
+    piece = np.random.default_rng(0).integers(0, 256, 4 << 20, dtype=np.uint8).tobytes()
+    path = tmp_path / "f.bin"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+    pages = DropBehind(fd)
+    for _ in range(10):
+        os.write(fd, piece)
+        pages.advance(os.fstat(fd).st_size)
+    os.close(fd)
+    assert pages.dropped >= 8 * len(piece)
+    assert _resident_fraction(path) < 0.5
+    assert path.read_bytes() == piece * 10
 
 
 def test_truncate_from_removes_later_keys(tmp_path):

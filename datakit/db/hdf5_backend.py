@@ -20,6 +20,7 @@ import numpy as np
 
 from datakit.atomic import write_text_atomic
 from datakit.db import HDF5_LIST_NAME, Reader, Record
+from datakit.db.pagecache import DropBehind
 from datakit.errors import DatabaseError
 
 SLAB_BYTES = 32 << 20  # read this much of `data` at a time
@@ -143,6 +144,8 @@ class HDF5Writer:
         for stale in self.folder.glob(".data_*.h5.part"):
             stale.unlink()
         self._h5: h5py.File | None = None
+        self._pages_fd: int | None = None  # the shard being written, for page-cache control
+        self._pages = DropBehind(-1)
         self._rows = 0
         self.shape: tuple[int, ...] | None = None
         if self.shards:
@@ -164,16 +167,24 @@ class HDF5Writer:
             if self._h5 is None:
                 c, h, w = items[pos][0].shape
                 self._h5 = h5py.File(self._tmp(), "w")
+                self._pages_fd = os.open(self._tmp(), os.O_RDONLY)
+                self._pages = DropBehind(self._pages_fd)
                 self._h5.create_dataset("data", shape=(self.chunk, c, h, w), maxshape=(self.chunk, c, h, w),
                                         dtype="f4", chunks=(1, c, h, w))
                 self._h5.create_dataset("label", shape=(self.chunk,), maxshape=(self.chunk,), dtype="f4")
                 self._rows = 0
             take = min(len(items) - pos, self.chunk - self._rows)
             batch = items[pos:pos + take]
-            self._h5["data"][self._rows:self._rows + take] = np.stack([img for img, _ in batch]).astype(np.float32)
+            slab = np.empty((take, *batch[0][0].shape), np.float32)
+            for i, (img, _) in enumerate(batch):
+                slab[i] = img  # uint8 -> float32 in one pass (np.stack then astype copied twice)
+            self._h5["data"][self._rows:self._rows + take] = slab
             self._h5["label"][self._rows:self._rows + take] = np.array([lab for _, lab in batch], dtype=np.float32)
             self._rows += take
             pos += take
+            # 786 KB of float32 per 256x256 image: start writing it now and drop what is on disk,
+            # so the shard's fsync does not wait for all of it and the page cache stays small.
+            self._pages.advance(os.fstat(self._pages_fd).st_size)
             if self._rows == self.chunk:
                 self._finish_shard()
                 completed = True
@@ -187,6 +198,7 @@ class HDF5Writer:
         self._h5.flush()
         self._h5.close()
         self._h5 = None
+        self._close_pages()
         tmp = self._tmp()
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
@@ -202,7 +214,13 @@ class HDF5Writer:
         names = [str(final / shard_name(i)) for i in range(self.shards)]
         write_text_atomic(self.folder / HDF5_LIST_NAME, "".join(n + "\n" for n in names))
 
+    def _close_pages(self) -> None:
+        if self._pages_fd is not None:
+            os.close(self._pages_fd)
+            self._pages_fd = None
+
     def close(self) -> None:
+        self._close_pages()
         if self._h5 is not None:
             self._h5.close()
             self._h5 = None

@@ -19,9 +19,6 @@ starts from the last checkpoint, never from the last commit.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
-import mmap
 import os
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -29,6 +26,7 @@ from typing import Iterator, Sequence
 import lmdb
 
 from datakit.db import Reader
+from datakit.db.pagecache import FALLOCATE, MADV_DONTNEED, MADVISE, DropBehind
 from datakit.errors import DatabaseError
 
 DEFAULT_MAP_SIZE = 1 << 30  # 1 GiB to start; doubled whenever it fills up
@@ -36,29 +34,6 @@ PREALLOCATE_STEP = 256 << 20  # most disk blocks reserved ahead of the writer (a
                               # to this), trimmed in close()
 
 
-def _load_libc_call(name: str, *argtypes):
-    """A Linux system call wrapper from libc (fallocate, sync_file_range), or None where there is none."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        fn = getattr(libc, name)
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = list(argtypes)
-    fn.restype = ctypes.c_int
-    return fn
-
-
-# fallocate(fd, mode 0 = allocate blocks and keep data, offset, length)
-_FALLOCATE = _load_libc_call("fallocate64", ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
-# sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE): start writing back, do not wait
-_SYNC_FILE_RANGE = _load_libc_call("sync_file_range", ctypes.c_int, ctypes.c_int64, ctypes.c_int64,
-                                   ctypes.c_uint)
-_SYNC_FILE_RANGE_WRITE = 2
-_SYNC_FILE_RANGE_WAIT_ALL = 1 | 2 | 4  # WAIT_BEFORE | WRITE | WAIT_AFTER: the range is on disk when it returns
-# madvise(addr, length, MADV_DONTNEED): unmap pages of the write map (their data stays in the page cache)
-_MADVISE = _load_libc_call("madvise", ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
-_MADV_DONTNEED = 4
-_DROP_MIN = 4 << 20  # pages are dropped in runs of at least this many bytes (fewer system calls)
 
 
 def _open_env(path: Path, **kwargs) -> lmdb.Environment:
@@ -143,12 +118,12 @@ class LmdbWriter:
             self._last = bytes(cur.key()) if cur.last() else None
         # Writing into a hole of the sparse file makes the kernel allocate disk blocks page by page
         # inside the page fault; reserving them ahead with fallocate halved the writer's kernel CPU.
-        self._fd: int | None = os.open(self.path / "data.mdb", os.O_RDWR) if _FALLOCATE is not None else None
+        self._fd: int | None = os.open(self.path / "data.mdb", os.O_RDWR) if FALLOCATE is not None else None
         self._allocated = self._used()
-        self._written_back = self._allocated
-        self._drop_written = drop_written
-        self._dropped = self._allocated  # pages below this offset were dropped (or predate this writer)
         self._map: tuple[int | None, int] = (None, 0)  # (address, map size) of data.mdb in this process
+        # Pages of data.mdb that predate this writer are left alone.
+        self._pages = None if self._fd is None else DropBehind(
+            self._fd, self._allocated, drop=drop_written and MADVISE is not None, unmap=self._unmap)
 
     def _used(self) -> int:
         return (self.env.info()["last_pgno"] + 1) * self.env.stat()["psize"]
@@ -163,7 +138,7 @@ class LmdbWriter:
             return
         ahead = min(PREALLOCATE_STEP, max(4 * nbytes, used))  # a small database reserves little
         end = min(self.env.info()["map_size"], need + ahead)
-        if end > self._allocated and _FALLOCATE(self._fd, 0, self._allocated, end - self._allocated) != 0:
+        if end > self._allocated and FALLOCATE(self._fd, 0, self._allocated, end - self._allocated) != 0:
             os.close(self._fd)  # not supported here (or no space yet): write into holes as before
             self._fd = None
             return
@@ -191,17 +166,10 @@ class LmdbWriter:
         self._start_writeback()
 
     def _start_writeback(self) -> None:
-        """Let the disk start on what was just committed, so a later sync() (and the last one) waits less."""
-        if self._fd is None or _SYNC_FILE_RANGE is None:
-            return
-        used = self._used()
-        started_before = self._written_back
-        if used > self._written_back:
-            _SYNC_FILE_RANGE(self._fd, self._written_back, used - self._written_back, _SYNC_FILE_RANGE_WRITE)
-            self._written_back = used
-        if self._drop_written:
-            # Only what an earlier commit sent to the disk: it is usually there by now, so the wait is short.
-            self._drop_pages(started_before)
+        """Let the disk start on what was just committed, so a later sync() (and the last one) waits
+        less; with drop_written, drop what earlier commits sent (see datakit.db.pagecache)."""
+        if self._pages is not None:
+            self._pages.advance(self._used())
 
     def _map_address(self) -> int | None:
         """Where LMDB mapped data.mdb in this process (py-lmdb's info() says 0 unless MDB_FIXEDMAP).
@@ -222,31 +190,19 @@ class LmdbWriter:
                     if hi - lo == size:
                         found = lo
                         break
-        if found is None:
-            self._drop_written = False  # cannot tell where the map is: leave the page cache alone
-        self._map = (found, size)
+        self._map = (found, size)  # None: the pages stay mapped, and the kernel keeps them cached
         return found
 
-    def _drop_pages(self, end: int) -> None:
-        """Write back, unmap and drop from the page cache the data pages in [self._dropped, end).
+    def _unmap(self, start: int, length: int) -> None:
+        """Unmap [start, start + length) of the write map, so the kernel may drop those pages.
 
-        Safe for the data at any moment: unmapping a shared file mapping keeps
-        its pages (dirty ones stay dirty) in the page cache, and the kernel
-        drops only clean ones; LMDB faults a page back in if it reuses it.
+        Safe for the data: unmapping a shared file mapping keeps its pages
+        (dirty ones stay dirty) in the page cache; LMDB faults a page back in
+        if it reuses it.
         """
-        page = mmap.PAGESIZE
-        end -= end % page
-        if self._fd is None or _MADVISE is None or end - self._dropped < _DROP_MIN:
-            return
-        start, length = self._dropped, end - self._dropped
         base = self._map_address()
-        if base is None:
-            return
-        _SYNC_FILE_RANGE(self._fd, start, length, _SYNC_FILE_RANGE_WAIT_ALL)
-        _MADVISE(base + start, length, _MADV_DONTNEED)
-        with contextlib.suppress(OSError):
-            os.posix_fadvise(self._fd, start, length, os.POSIX_FADV_DONTNEED)
-        self._dropped = end
+        if base is not None:
+            MADVISE(base + start, length, MADV_DONTNEED)
 
     def truncate_from(self, key: bytes) -> int:
         """Delete every record whose key is >= `key` (work redone after an interruption)."""
