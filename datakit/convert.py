@@ -26,10 +26,11 @@ What differs on purpose:
   crashed machine) resumes from the last checkpoint; records committed after
   it are removed and redone by ``--resume``. The finished database is flushed
   before it is renamed into place.
-* An LMDB's pages leave the page cache once they are on disk (a streaming
-  writer's "no cache"): a conversion's page cache stays at a few
-  transactions however large the database, the source images stay cached,
-  and a reader right after the conversion reads the database from disk.
+* An LMDB's or HDF5 shard's pages leave the page cache once they are on
+  disk (a streaming writer's "no cache", datakit.db.pagecache): a
+  conversion's page cache stays at a few batches however large the
+  database, the source images stay cached, and a reader right after the
+  conversion reads the database from disk.
 * The database is built at ``DB.incomplete`` and renamed to ``DB`` at the end,
   so an interruption never leaves a database that looks whole, and
   ``--resume`` finishes it with the same bytes an uninterrupted run would
