@@ -169,6 +169,15 @@ def test_drop_behind_leaves_the_data_and_drops_the_pages(tmp_path):
     assert path.read_bytes() == piece * 10
 
 
+def test_an_unclosed_lmdb_writer_is_freed_at_once(tmp_path):
+    """No reference cycle keeps the environment open: this process can open the path again right away."""
+    writer = LmdbWriter(tmp_path / "db", drop_written=True)
+    writer.write([(b"00000000_a", encode_datum(np.zeros((3, 4, 4), np.uint8), 0))])
+    del writer
+    again = LmdbWriter(tmp_path / "db")  # py-lmdb refuses a second open of a live environment
+    again.close()
+
+
 def test_truncate_from_removes_later_keys(tmp_path):
     writer = LmdbWriter(tmp_path / "db")
     writer.write([(f"{i:08d}_x".encode(), encode_datum(_images(1)[0], i)) for i in range(10)])

@@ -123,7 +123,7 @@ class LmdbWriter:
         self._map: tuple[int | None, int] = (None, 0)  # (address, map size) of data.mdb in this process
         # Pages of data.mdb that predate this writer are left alone.
         self._pages = None if self._fd is None else DropBehind(
-            self._fd, self._allocated, drop=drop_written and MADVISE is not None, unmap=self._unmap)
+            self._fd, self._allocated, drop=drop_written and MADVISE is not None)
 
     def _used(self) -> int:
         return (self.env.info()["last_pgno"] + 1) * self.env.stat()["psize"]
@@ -169,7 +169,7 @@ class LmdbWriter:
         """Let the disk start on what was just committed, so a later sync() (and the last one) waits
         less; with drop_written, drop what earlier commits sent (see datakit.db.pagecache)."""
         if self._pages is not None:
-            self._pages.advance(self._used())
+            self._pages.advance(self._used(), unmap=self._unmap)
 
     def _map_address(self) -> int | None:
         """Where LMDB mapped data.mdb in this process (py-lmdb's info() says 0 unless MDB_FIXEDMAP).

@@ -54,17 +54,17 @@ class DropBehind:
     disk when it is needed again.
     """
 
-    def __init__(self, fd: int, start: int = 0, *, drop: bool = True,
-                 unmap: Callable[[int, int], None] | None = None) -> None:
-        """`start`: where new data begins (earlier bytes are left alone); `unmap(offset, length)`:
-        for a file that is also memory-mapped, unmaps a range before it is dropped (mapped pages stay)."""
+    def __init__(self, fd: int, start: int = 0, *, drop: bool = True) -> None:
+        """`start`: where new data begins (earlier bytes are left alone)."""
         self.fd = fd
         self.written_back = start
         self.dropped = start
         self.drop = drop
-        self.unmap = unmap
 
-    def advance(self, end: int) -> None:
+    def advance(self, end: int, unmap: Callable[[int, int], None] | None = None) -> None:
+        """`unmap(offset, length)`: for a file that is also memory-mapped, unmaps a range before it
+        is dropped (the kernel keeps mapped pages). Passed per call, not kept, so that no cycle
+        delays freeing the writer that owns the mapping."""
         if SYNC_FILE_RANGE is None:
             return
         earlier = self.written_back
@@ -73,16 +73,16 @@ class DropBehind:
             self.written_back = end
         if self.drop:
             # Only what an earlier batch sent to the disk: it is usually there by now, so the wait is short.
-            self._drop_to(earlier)
+            self._drop_to(earlier, unmap)
 
-    def _drop_to(self, end: int) -> None:
+    def _drop_to(self, end: int, unmap: Callable[[int, int], None] | None) -> None:
         end -= end % mmap.PAGESIZE
         if end - self.dropped < DROP_MIN:
             return
         start, length = self.dropped, end - self.dropped
         SYNC_FILE_RANGE(self.fd, start, length, SYNC_FILE_RANGE_WAIT_ALL)
-        if self.unmap is not None:
-            self.unmap(start, length)
+        if unmap is not None:
+            unmap(start, length)
         with contextlib.suppress(OSError):
             os.posix_fadvise(self.fd, start, length, os.POSIX_FADV_DONTNEED)
         self.dropped = end
