@@ -186,6 +186,26 @@ def test_max_pooling_ignores_padding_and_keeps_first_tie():
     np.testing.assert_array_equal(b[0].diff[0, 0], [[1.0, 0.0], [0.0, 0.0]])
 
 
+@pytest.mark.parametrize("params", ["kernel_size: 3 stride: 2", "kernel_size: 3 stride: 2 pad: 1",
+                                    "kernel_size: 2 stride: 1"])
+def test_max_pooling_in_test_phase_gives_train_values_and_gradients(params):
+    """TEST skips the argmax; values (NaN skipped, padding never wins) and a late backward are as in TRAIN."""
+    x = np.random.default_rng(4).standard_normal((2, 3, 7, 6))
+    x[0, 1, 2, 3] = np.nan
+    text = f'type: "Pooling" pooling_param {{ pool: MAX {params} }}'
+    grads = {}
+    for phase in (TRAIN, TEST):
+        layer, b, t = make_layer(text, [x], phase=phase)
+        (y,) = run_forward(layer, b, t)
+        assert (layer._arg is None) == (phase == TEST)
+        t[0].diff = np.arange(y.size, dtype=np.float64).reshape(y.shape)
+        layer.backward(t, [True], b)
+        grads[phase] = (y, b[0].diff.copy())
+    np.testing.assert_array_equal(grads[TEST][0], grads[TRAIN][0])
+    np.testing.assert_array_equal(grads[TEST][1], grads[TRAIN][1])
+    assert not np.isnan(grads[TEST][0]).any()
+
+
 def test_max_pooling_mask_top_is_flat_input_index():
     x = np.array([[[[1.0, 9.0, 2.0], [3.0, 4.0, 8.0], [7.0, 0.0, 5.0]]]])
     layer, b, t = make_layer('type: "Pooling" pooling_param { pool: MAX kernel_size: 2 stride: 1 }', [x], n_tops=2)

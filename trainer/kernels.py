@@ -185,6 +185,28 @@ def max_pool_forward(x: Any, kh: int, kw: int, ph: int, pw: int, sh: int, sw: in
     return y, arg
 
 
+def max_pool_values(x: Any, kh: int, kw: int, ph: int, pw: int, sh: int, sw: int, oh: int, ow: int) -> Any:
+    """Max pooling without the argmax (TEST phase): the same values as max_pool_forward, a third of the work.
+
+    ``fmax`` skips NaN as Caffe's strict ``>`` does, so even NaN inputs give what max_pool_forward gives.
+    """
+    xp = get_array_module(x)
+    if xp is not np:
+        return _cuda().max_pool_forward(x, kh, kw, ph, pw, sh, sw, oh, ow)[0]
+    n, c = x.shape[:2]
+    xpad = _pad_for_pool(x, kh, kw, ph, pw, sh, sw, oh, ow, -np.inf)
+    y = np.full((n, c, oh, ow), -np.inf, dtype=x.dtype)
+
+    def run(lo: int, hi: int) -> None:
+        yv = y[lo:hi]
+        for i in range(kh):
+            for j in range(kw):
+                np.fmax(yv, xpad[lo:hi, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw], out=yv)
+
+    _parallel(n, y.size * kh * kw, run)
+    return y
+
+
 def max_pool_backward(dy: Any, arg: Any, shape: tuple[int, int, int, int], kh: int, kw: int,
                       ph: int, pw: int, sh: int, sw: int) -> Any:
     """Route each output gradient to the input cell that won its window."""

@@ -75,7 +75,11 @@ class PoolingLayer(Layer):
     def forward(self, bottoms: list[Blob], tops: list[Blob]) -> None:
         x = bottoms[0].data
         args = (self.kh, self.kw, self.ph, self.pw, self.sh, self.sw, self.oh, self.ow)
-        if self.method == _P.MAX:
+        if self.method == _P.MAX and self.phase == caffe_pb2.TEST and len(tops) == 1:
+            # No backward follows a TEST forward (but `trainer time`'s): skip the argmax, 3x less work.
+            tops[0].data = kernels.max_pool_values(x, *args)
+            self._arg = None
+        elif self.method == _P.MAX:
             y, arg = kernels.max_pool_forward(x, *args)
             self._arg = arg
             tops[0].data = y
@@ -95,6 +99,8 @@ class PoolingLayer(Layer):
         args = (self.kh, self.kw, self.ph, self.pw, self.sh, self.sw)
         shape = bottoms[0].shape
         if self.method == _P.MAX:
+            if self._arg is None:  # a TEST forward skipped it
+                _, self._arg = kernels.max_pool_forward(bottoms[0].data, *args, self.oh, self.ow)
             bottoms[0].diff = kernels.max_pool_backward(tops[0].diff, self._arg, shape, *args)
         else:
             bottoms[0].diff = kernels.ave_pool_backward(tops[0].diff, shape, *args)
