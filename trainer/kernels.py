@@ -113,7 +113,18 @@ def im2col(x: Any, kh: int, kw: int, ph: int, pw: int, sh: int, sw: int,
                 x0 = j * dw
                 col[lo:hi, i, j] = xt[lo:hi, :, y0:y0 + sh * (oh - 1) + 1:sh, x0:x0 + sw * (ow - 1) + 1:sw]
 
-    _parallel(c, col.size, fill)
+    def fill_rows(lo: int, hi: int) -> None:  # (channel, kernel row) pairs lo..hi-1
+        for r in range(lo, hi):
+            ci, i = divmod(r, kh)
+            y0 = i * dh
+            for j in range(kw):
+                x0 = j * dw
+                col[ci, i, j] = xt[ci, :, y0:y0 + sh * (oh - 1) + 1:sh, x0:x0 + sw * (ow - 1) + 1:sw]
+
+    if c >= 4 * _WORKERS:
+        _parallel(c, col.size, fill)
+    else:  # few channels (a first layer's 3): split by kernel row too, or one core gets 2 of 3 channels
+        _parallel(c * kh, col.size, fill_rows)
     return col.reshape(c * kh * kw, n * oh * ow)
 
 
