@@ -140,7 +140,7 @@ class LmdbWriter:
         end = min(self.env.info()["map_size"], need + ahead)
         if end > self._allocated and FALLOCATE(self._fd, 0, self._allocated, end - self._allocated) != 0:
             os.close(self._fd)  # not supported here (or no space yet): write into holes as before
-            self._fd = None
+            self._fd = self._pages = None  # no page-cache control either (its fd is gone)
             return
         self._allocated = max(self._allocated, end)
 
@@ -230,7 +230,7 @@ class LmdbWriter:
         """Sync, close, and cut data.mdb back to its last used page (as LMDB without writemap leaves it)."""
         if self._fd is not None:
             os.close(self._fd)
-            self._fd = None
+            self._fd = self._pages = None
         self.env.sync(True)
         used = self._used()
         self.env.close()
