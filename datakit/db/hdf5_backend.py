@@ -145,7 +145,7 @@ class HDF5Writer:
             stale.unlink()
         self._h5: h5py.File | None = None
         self._pages_fd: int | None = None  # the shard being written, for page-cache control
-        self._pages = DropBehind(-1)
+        self._pages: DropBehind | None = None
         self._rows = 0
         self.shape: tuple[int, ...] | None = None
         if self.shards:
@@ -184,7 +184,8 @@ class HDF5Writer:
             pos += take
             # 786 KB of float32 per 256x256 image: start writing it now and drop what is on disk,
             # so the shard's fsync does not wait for all of it and the page cache stays small.
-            self._pages.advance(os.fstat(self._pages_fd).st_size)
+            if self._pages is not None and self._pages_fd is not None:
+                self._pages.advance(os.fstat(self._pages_fd).st_size)
             if self._rows == self.chunk:
                 self._finish_shard()
                 completed = True
@@ -217,7 +218,7 @@ class HDF5Writer:
     def _close_pages(self) -> None:
         if self._pages_fd is not None:
             os.close(self._pages_fd)
-            self._pages_fd = None
+            self._pages_fd = self._pages = None
 
     def close(self) -> None:
         self._close_pages()
