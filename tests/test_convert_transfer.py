@@ -120,15 +120,22 @@ def test_progress_is_saved_at_checkpoints_not_every_transaction(tmp_path, monkey
         sync(self)
 
     write = LmdbWriter.write
+    writes = [0]
 
-    def slow_write(self, items):
+    def paced_write(self, items):
+        # Wait until the checkpoint thread has saved every checkpoint asked for so far (one per 3
+        # commits, after the empty start), so that none is merged into a later one however slow
+        # the disk's flush is; a fixed sleep here made the test flaky.
         import time
-        time.sleep(0.02)  # the checkpoint thread keeps up, so no checkpoint is merged into a later one
+        deadline = time.monotonic() + 30
+        while len(saved) < 1 + writes[0] // 3 and time.monotonic() < deadline:
+            time.sleep(0.002)
+        writes[0] += 1
         return write(self, items)
 
     monkeypatch.setattr(convert_mod._Progress, "save", recording_save)
     monkeypatch.setattr(LmdbWriter, "sync", recording_sync)
-    monkeypatch.setattr(LmdbWriter, "write", slow_write)
+    monkeypatch.setattr(LmdbWriter, "write", paced_write)
     convert(tmp_path / "img", lst, tmp_path / "db", _opts(workers=1, commit_every=2, checkpoint_every=3))
     # a checkpoint every 3 x 2 records, then the final one; the first save is the empty start
     assert saved[:5] == [0, 6, 12, 18, 23]
