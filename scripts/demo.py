@@ -7,7 +7,8 @@ printed first, so the demo doubles as a worked example:
 2. `datakit assemble` downloads 2,000 images from it and writes train/test lists,
 3. `datakit check-list`, `datakit convert` (LMDB, 72x72) and `datakit mean`,
 4. `trainer fit` trains DemoNet from scratch,
-5. `trainer fit --weights` fine-tunes it with a renamed last layer,
+5. `trainer fit --weights` fine-tunes it with a renamed last layer, and the
+   same solver runs from scratch to show what the copied layers bring,
 6. `trainer test` reports test accuracy, `trainer classify` names the style of
    a few test images, `trainer plot` draws demo-out/curves.png.
 
@@ -88,6 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     run("trainer", "fit", "--solver", str(MODELS / "demo_finetune_solver.prototxt"),
         "--weights", str(base.relative_to(OUT)), *device, cwd=OUT)
 
+    print("\n   the same solver from scratch (no --weights), to see what the copied layers bring")
+    run("trainer", "fit", "--solver", str(MODELS / "demo_scratch_solver.prototxt"), *device, cwd=OUT)
+    print(transfer_table(snapshots / "demo_finetune.log", snapshots / "demo_scratch.log"))
+
     print("\n== 6. test the fine-tuned model and plot the curves")
     tuned = newest(snapshots, "demo_finetune_iter_*.caffemodel")
     output = run("trainer", "test", "--model", str(MODELS / "demo_finetune_train_val.prototxt"),
@@ -116,6 +121,19 @@ def main(argv: list[str] | None = None) -> int:
         print("demo: the fine-tuned net did not learn the styles (accuracy under twice chance)", file=sys.stderr)
         return 1
     return 0
+
+
+def transfer_table(tuned_log: Path, scratch_log: Path) -> str:
+    """Test accuracy at each test of the two runs, side by side, from their Caffe-format logs."""
+    from trainer.curves import parse_log  # noqa: PLC0415 - after the runs, as a user would
+
+    runs = {name: dict(parse_log(path)[-1].test.get("accuracy", []))
+            for name, path in (("fine-tuned", tuned_log), ("from scratch", scratch_log))}
+    iterations = sorted(set().union(*runs.values()))
+    lines = ["  test accuracy  " + "".join(f"{'iteration ' + str(it):>15}" for it in iterations)]
+    for name, acc in runs.items():
+        lines.append(f"  {name:<15}" + "".join(f"{acc.get(it, float('nan')):>15.3f}" for it in iterations))
+    return "\n".join(lines)
 
 
 def newest(folder: Path, pattern: str) -> Path:

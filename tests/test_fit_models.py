@@ -67,6 +67,15 @@ def _demo_db(path: Path, n: int, seed: int) -> np.ndarray:
     return (total / n).astype(np.float32)
 
 
+def test_demo_scratch_solver_is_the_finetune_solver_but_for_its_snapshots():
+    """The demo's comparison is fair only if nothing but the starting weights differs."""
+    from datakit.formats.prototxt import read_solver
+    tuned, scratch = (read_solver(MODELS / f"demo/{n}.prototxt") for n in ("demo_finetune_solver", "demo_scratch_solver"))
+    assert tuned.snapshot_prefix != scratch.snapshot_prefix
+    scratch.snapshot_prefix = tuned.snapshot_prefix
+    assert scratch == tuned
+
+
 def test_demo_nets_train_and_finetune(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write_mean("mean.binaryproto", _demo_db(tmp_path / "train_lmdb", 200, 0))
