@@ -206,6 +206,7 @@ def test_cli_fit_and_sigterm_writes_snapshot(project, tmp_path, cli):
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err
     assert "resume with --snapshot long/run_iter_" in out
+    assert "] SIGTERM received: stopped after iteration " in err and "Traceback" not in err
     snaps = list((tmp_path / "long").glob("run_iter_*.solverstate"))
     assert len(snaps) == 1
     assert read_solverstate(snaps[0]).iter >= 5

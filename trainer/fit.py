@@ -175,7 +175,8 @@ def fit(opts: FitOptions) -> SolveResult:
             name = signal.Signals(signum).name
             if solver.stop_reason:  # a second Ctrl-C: stop now, the snapshot is being written
                 raise KeyboardInterrupt
-            log.warning(f"{name} received: finishing this iteration, then writing a snapshot")
+            # Only a flag here: writing the log from a handler can land inside a write the handler
+            # interrupted ("reentrant call inside BufferedWriter"); the solver says it at once.
             solver.request_stop(name)
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, on_signal)

@@ -265,6 +265,7 @@ class Solver:
         res = self.result
         res.iterations = self.iter
         if self.stop_reason:
+            self.log.warning(f"{self.stop_reason} received: stopped after iteration {self.iter}, writing a snapshot")
             if not res.snapshots or res.snapshots[-1] != _paths_for(self):
                 self.snapshot()
             res.stopped_early = True
