@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test bench proto clean
+.PHONY: venv demo test lint bench proto clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +19,13 @@ $(STAMP): pyproject.toml | $(PY)
 
 venv: $(STAMP)
 
+lint: $(STAMP)
+	$(PY) -m ruff check --no-cache .
+
+# Lint first (ruff, configured in pyproject.toml), then the tests; -rs prints why each skip skipped.
 test: $(STAMP)
-	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m ruff check --no-cache .
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest -q -rs -p no:cacheprovider
 
 demo: $(STAMP)
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m scripts.demo

@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
               f"{base_rate / base_ceiling:.0%} of its ceiling {base_ceiling:.0f}/s)")
         print(f"datakit assemble ({opts.concurrency} connections, {opts.per_host} per host): {ours_rate:8.1f} images/s  "
               f"({ours_s:.2f} s; {ours_rate / ceiling:.0%} of the ceiling {in_flight}/{latency:g} s = {ceiling:.0f}/s)")
-        limit = ("CPU (this process used {:.0%} of one core; the mirror shares the same {} cores)".format(cpu_share, cores)
+        limit = (f"CPU (this process used {cpu_share:.0%} of one core; the mirror shares the same {cores} cores)"
                  if ours_rate < 0.7 * ceiling else "latency x concurrency (the network ceiling)")
         print(f"limit reached: {limit}")
         wide_ceiling = wide.concurrency / latency

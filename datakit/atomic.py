@@ -13,7 +13,8 @@ import os
 import tempfile
 import threading
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO
+from collections.abc import Iterator
 
 
 _umask_lock = threading.Lock()

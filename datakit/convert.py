@@ -60,7 +60,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -141,7 +141,7 @@ def worker_pool(workers: int, initializer: Callable | None = None,
 
 def caffe_key(index: int, path: str) -> bytes:
     """convert_imageset's key: the 8-digit position in the output order, '_', the path as listed."""
-    return f"{index:08d}_{path}".encode("utf-8")
+    return f"{index:08d}_{path}".encode()
 
 
 @dataclass

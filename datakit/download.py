@@ -33,7 +33,7 @@ from collections import Counter
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -132,7 +132,7 @@ class Stats:
         self.attempts += outcome.attempts
         self.nbytes += outcome.nbytes
 
-    def merge(self, other: "Stats") -> None:
+    def merge(self, other: Stats) -> None:
         self.kinds.update(other.kinds)
         self.attempts += other.attempts
         self.nbytes += other.nbytes

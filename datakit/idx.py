@@ -13,7 +13,7 @@ from __future__ import annotations
 import gzip
 import os
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 

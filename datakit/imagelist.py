@@ -17,7 +17,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 from datakit.atomic import atomic_write
 from datakit.errors import ListError

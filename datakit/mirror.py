@@ -29,7 +29,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -212,7 +212,7 @@ class MirrorConfig:
     huge_limit: int = 256 * 1024 * 1024  # stop streaming a "huge" body after this many bytes
 
     @classmethod
-    def from_rows(cls, rows: Sequence[Row], **kw) -> "MirrorConfig":
+    def from_rows(cls, rows: Sequence[Row], **kw) -> MirrorConfig:
         from urllib.parse import urlsplit
         return cls(labels={urlsplit(r.url).path: r.label for r in rows}, **kw)
 

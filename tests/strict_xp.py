@@ -80,7 +80,8 @@ import sys
 import warnings
 from dataclasses import dataclass
 from types import ModuleType, SimpleNamespace
-from typing import Any, Callable, Iterator
+from typing import Any
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -182,7 +183,7 @@ class DeviceArray:
             raise TypeError("len() of unsized object")
         return self.shape[0]
 
-    def __iter__(self) -> Iterator["DeviceArray"]:
+    def __iter__(self) -> Iterator[DeviceArray]:
         if self.ndim == 0:
             raise TypeError("iteration over a 0-d array")
         return (self[i] for i in range(self.shape[0]))
@@ -197,7 +198,7 @@ class DeviceArray:
         return format(self._a, spec)
 
     # -- indexing ----------------------------------------------------------------
-    def __getitem__(self, key: Any) -> "DeviceArray":
+    def __getitem__(self, key: Any) -> DeviceArray:
         k = _index(key)
         r = self._a[k]
         if not isinstance(r, np.ndarray):  # integers only: CuPy returns a 0-d view, not a scalar
@@ -543,7 +544,7 @@ class _Device:
     def synchronize(self) -> None:
         pass
 
-    def __enter__(self) -> "_Device":
+    def __enter__(self) -> _Device:
         self.use()
         return self
 
@@ -557,7 +558,7 @@ class _Stream:
     def __init__(self, null: bool = False, non_blocking: bool = False, ptds: bool = False) -> None:
         self.non_blocking = non_blocking
 
-    def use(self) -> "_Stream":
+    def use(self) -> _Stream:
         return self
 
     def synchronize(self) -> None:
@@ -567,7 +568,7 @@ class _Stream:
         """cupy.cuda.Stream.record: an Event; here every queued operation is already done."""
         return SimpleNamespace(done=True, synchronize=lambda: None)
 
-    def __enter__(self) -> "_Stream":
+    def __enter__(self) -> _Stream:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -614,7 +615,7 @@ class RawModule:
         self._kernels = {name: _parse_params(params, types)
                          for name, params in re.findall(r"__global__\s+void\s+(\w+)\s*\(([^)]*)\)", code)}
 
-    def get_function(self, name: str) -> "RawKernel":
+    def get_function(self, name: str) -> RawKernel:
         if name not in self._kernels:
             raise RuntimeError(f"CUDA_ERROR_NOT_FOUND: named symbol not found: {name!r}")
         return RawKernel(name, self._kernels[name])
@@ -683,7 +684,7 @@ class RawKernel:
         twin(bufs)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _twins() -> dict[str, Callable[[dict[str, Any]], None]]:
     """trainer.kernels_cuda's kernels by name, each run by the trainer.kernels NumPy twin.
 

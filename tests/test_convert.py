@@ -64,7 +64,7 @@ def test_raw_round_trip_exact_pixels_keys_and_protobuf(tmp_path):
     assert summary.written == 9 and not summary.skipped
     items = read_all(tmp_path / "db")
     assert [k for k, _ in items] == [f"{i:08d}_{p}".encode() for i, (p, _) in enumerate(entries)]
-    for (path, label), (key, value) in zip(entries, items):
+    for (path, label), (_key, value) in zip(entries, items):
         datum = caffe_pb2.Datum.FromString(value)  # protobuf's own parser
         expected = cv2.resize(cv2.imread(str(tmp_path / "img" / path), cv2.IMREAD_COLOR), (22, 20),
                               interpolation=cv2.INTER_LINEAR)

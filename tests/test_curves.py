@@ -49,7 +49,7 @@ def test_log_lines_name_the_calling_file_and_line_as_glog_does():
     log.train_loss(7, 0.25)
     log.warning("careful", source="net.py:12")
     first, second = out.getvalue().splitlines()
-    assert re.match(r"I\d{4} \d\d:\d\d:\d\d\.\d{6} +\d+ test_curves\.py:%d\] Iteration 7, loss = 0\.25$" % here, first)
+    assert re.match(r"I\d{4} \d\d:\d\d:\d\d\.\d{6} +\d+ test_curves\.py:%d\] Iteration 7, loss = 0\.25$" % here, first)  # noqa: UP031
     assert second.startswith("W") and second.endswith(" net.py:12] careful")
 
 

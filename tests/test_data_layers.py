@@ -137,8 +137,8 @@ def test_image_data_shuffle_resize_and_errors(tmp_path):
         cv2.imwrite(str(root / f"{i}.png"), img)
         lines.append(f"{i}.png {i % 3}")
     (tmp_path / "list.txt").write_text("\n".join(lines) + "\n")
-    text = (f'name: "img" type: "ImageData" top: "data" top: "label" image_data_param {{ source: "list.txt" '
-            f'root_folder: "imgs" batch_size: 6 shuffle: true new_height: 8 new_width: 8 }}')
+    text = ('name: "img" type: "ImageData" top: "data" top: "label" image_data_param { source: "list.txt" '
+            'root_folder: "imgs" batch_size: 6 shuffle: true new_height: 8 new_width: 8 }')
     layer, tops = build(text, base_dir=tmp_path)
     d1, l1 = step(layer, tops)
     d2, l2 = step(layer, tops)

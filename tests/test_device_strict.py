@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import io
 from types import SimpleNamespace
-from typing import Any, Callable, Iterator
+from typing import Any
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest

@@ -8,7 +8,7 @@ multi-valued output (per-class accuracy) gives one per element.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

@@ -8,7 +8,7 @@ window-local argmax, Caffe's AVE divisor. Compiled per dtype on first use.
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 from trainer.backend import cupy_module
@@ -195,7 +195,7 @@ def module_source(dtype_name: str) -> str:
             "#ifndef INFINITY\n#define INFINITY CUDART_INF_F\n#endif\n" + _SOURCE)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _module(dtype_name: str) -> Any:
     return cupy_module().RawModule(code=module_source(dtype_name))
 

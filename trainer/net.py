@@ -15,7 +15,8 @@ import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Iterable, Sequence
+from typing import Any
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -363,7 +364,7 @@ class Net:
         for layer in self.layers:
             layer.close()
 
-    def __enter__(self) -> "Net":
+    def __enter__(self) -> Net:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -387,7 +388,7 @@ class Net:
                                             for j, b in enumerate(self.bottom_names[i])]
 
     @classmethod
-    def from_file(cls, path: str | Path, phase: int = TEST, **kwargs: Any) -> "Net":
+    def from_file(cls, path: str | Path, phase: int = TEST, **kwargs: Any) -> Net:
         """Read a net prototxt (any Caffe generation, upgraded on read) and build it."""
         from datakit.formats.prototxt import read_net  # noqa: PLC0415
         return cls(read_net(path), phase, **kwargs)
@@ -458,7 +459,7 @@ class Net:
         return {name: np.array(to_host(self.blobs[name].data)) for name in self.output_names}
 
     # -- weights --------------------------------------------------------------
-    def share_trained_layers_with(self, other: "Net") -> None:
+    def share_trained_layers_with(self, other: Net) -> None:
         """Use ``other``'s param blobs for layers of the same name (TEST net ← TRAIN net)."""
         for layer in self.layers:
             if not layer.blobs or layer.name not in other.layer_names:

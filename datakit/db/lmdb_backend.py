@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import lmdb
 
@@ -57,8 +57,7 @@ class LmdbReader(Reader):
         return int(self.env.stat()["entries"])
 
     def raw_items(self, start: bytes | None = None, stop: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
-        for key, value in self.scan(start, stop, buffers=False):
-            yield key, value
+        yield from self.scan(start, stop, buffers=False)
 
     def scan(self, start: bytes | None = None, stop: bytes | None = None, *,
              buffers: bool = True) -> Iterator[tuple[bytes, bytes | memoryview]]:

@@ -18,7 +18,7 @@ import ctypes
 import ctypes.util
 import mmap
 import os
-from typing import Callable
+from collections.abc import Callable
 
 
 def load_libc_call(name: str, *argtypes):

@@ -9,7 +9,8 @@ registration of a type replaces the earlier one on purpose.
 
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+from typing import TypeVar
+from collections.abc import Callable
 
 from datakit.errors import FormatError
 

@@ -11,7 +11,8 @@ work as in Caffe). Layers know nothing about the solver.
 from __future__ import annotations
 
 from types import ModuleType
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -96,7 +97,7 @@ class Blob:
             self._diff = None
             self.diff_zero = True
 
-    def share_data(self, other: "Blob") -> None:
+    def share_data(self, other: Blob) -> None:
         """Use ``other``'s data array (Caffe's ShareData), as Split and Flatten do."""
         self._data = other._data
 
