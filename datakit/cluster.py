@@ -1,0 +1,141 @@
+"""The Dask engine behind the executor seam, and the one place that turns CLI options into an executor.
+
+``DaskExecutor`` implements ``datakit.parallel.Executor`` over a
+``dask.distributed.Client``: the same partition functions that run in local
+processes run on a cluster's workers unchanged. Dask is an optional extra
+(``datakit[dist]``); nothing here imports it until a cluster is asked for.
+
+Faults: the scheduler reschedules the tasks of a worker that dies; a task whose
+workers die ``retries`` + Dask's ``allowed-failures`` times fails with
+``KilledWorker``, which the coordinator reports naming its partition. Tasks are
+submitted with ``pure=False`` so that two partitions with equal arguments
+(re-runs) are never merged into one.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from datakit.errors import ConfigError
+from datakit.parallel import Executor, InlineExecutor, LocalExecutor, TaskFuture
+
+_LOCAL = re.compile(r"^local:(\d+)$")
+
+
+def _distributed() -> Any:
+    try:
+        import distributed  # noqa: PLC0415 - optional extra, imported only when a cluster is asked for
+    except ImportError:
+        raise ConfigError("a Dask cluster needs the dist extra: pip install 'datakit[dist]'") from None
+    return distributed
+
+
+class DaskExecutor(Executor):
+    """Partitions as tasks of a Dask cluster (a scheduler address or an in-process LocalCluster).
+
+    ``resources`` (e.g. ``{"GPU": 1}``) restricts tasks to workers started with
+    matching ``--resources``; ``retries`` re-runs a task that raised, on top of
+    the scheduler's own rescheduling after a lost worker.
+    """
+
+    name = "dask"
+
+    def __init__(self, client: Any = None, *, scheduler: str | None = None, local_workers: int | None = None,
+                 resources: dict[str, float] | None = None, retries: int = 2, timeout: float = 20.0) -> None:
+        distributed = _distributed()
+        self._cluster = None
+        self._owns_client = client is None
+        self.resources = resources or None
+        self.retries = retries
+        if client is None:
+            if local_workers is not None:
+                self._cluster = distributed.LocalCluster(
+                    n_workers=local_workers, threads_per_worker=1, processes=True,
+                    host="127.0.0.1", dashboard_address=None)
+                client = distributed.Client(self._cluster, timeout=timeout)
+            elif scheduler:
+                try:
+                    client = distributed.Client(scheduler, timeout=timeout)
+                except OSError as err:  # includes asyncio/Tornado TimeoutError on old Pythons
+                    raise ConfigError(f"cannot reach the Dask scheduler at {scheduler}: {err}") from None
+            else:
+                raise ConfigError("DaskExecutor needs a client, a scheduler address or local_workers")
+        self.client = client
+        self._as_completed = distributed.as_completed
+
+    @property
+    def workers(self) -> int:  # type: ignore[override]
+        """Threads across the cluster's workers now (at least 1): how many partitions run at once."""
+        info = self.client.scheduler_info()
+        return max(1, sum(int(w.get("nthreads", 1)) for w in info.get("workers", {}).values()))
+
+    def worker_pids(self) -> dict[str, int]:
+        """Worker address -> process id (for fault tests and status lines)."""
+        import os  # noqa: PLC0415
+        return dict(self.client.run(os.getpid))
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> TaskFuture:
+        return self.client.submit(fn, *args, pure=False, retries=self.retries,
+                                  resources=self.resources, **kwargs)
+
+    def as_completed(self, futures: Iterable[TaskFuture]) -> Iterator[TaskFuture]:
+        return iter(self._as_completed(list(futures)))
+
+    def cancel(self, futures: Iterable[TaskFuture]) -> None:
+        futures = list(futures)
+        if futures:
+            self.client.cancel(futures)
+
+    def close(self) -> None:
+        if self._owns_client and self.client is not None:
+            self.client.close()
+            self.client = None
+            if self._cluster is not None:
+                self._cluster.close()
+                self._cluster = None
+
+
+def parse_resources(text: str | None) -> dict[str, float] | None:
+    """``"GPU=1,MEM=4e9"`` -> ``{"GPU": 1.0, "MEM": 4e9}`` (Dask worker resources)."""
+    if not text:
+        return None
+    out: dict[str, float] = {}
+    for part in text.split(","):
+        name, sep, value = part.partition("=")
+        try:
+            if not sep or not name.strip():
+                raise ValueError
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise ConfigError(f"--resources: {part!r} is not NAME=NUMBER (for example GPU=1)") from None
+    return out
+
+
+def open_executor(*, scheduler: str | None = None, cluster: str | None = None, workers: int = 1,
+                  kind: str = "processes", resources: str | None = None) -> Executor:
+    """The executor the options ask for: ``--scheduler tcp://HOST:PORT``, ``--cluster local:N``, else local.
+
+    Without a scheduler or cluster nothing changes for the caller: ``workers``
+    local processes (or threads), or this process when ``workers <= 1``.
+    """
+    if scheduler and cluster:
+        raise ConfigError("give --scheduler or --cluster, not both")
+    if cluster:
+        m = _LOCAL.match(cluster)
+        if not m or int(m.group(1)) < 1:
+            raise ConfigError(f"--cluster {cluster!r}: expected local:N with N >= 1 (for example local:2)")
+        return DaskExecutor(local_workers=int(m.group(1)), resources=parse_resources(resources))
+    if scheduler:
+        if "://" not in scheduler:
+            raise ConfigError(f"--scheduler {scheduler!r}: expected an address such as tcp://HOST:8786")
+        return DaskExecutor(scheduler=scheduler, resources=parse_resources(resources))
+    if resources:
+        raise ConfigError("--resources applies to Dask workers: give --scheduler or --cluster too")
+    if workers <= 1:
+        return InlineExecutor()
+    return LocalExecutor(workers, kind)
+
+
+__all__ = ["DaskExecutor", "open_executor", "parse_resources"]
