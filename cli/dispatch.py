@@ -38,7 +38,14 @@ def run_main(prog: str, description: str, commands: dict[str, str],
         parser.print_help()
         return 2
     try:
-        return int(args._run(args) or 0)
+        code = int(args._run(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit flush
+        return code
+    except BrokenPipeError:
+        # The reader went away (`| head`): end quietly, as tools killed by SIGPIPE do (exit 141).
+        # stdout is pointed at /dev/null so the interpreter's final flush cannot raise again.
+        _quiet_stdout()
+        return 141
     except DatakitError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return err.exit_code
@@ -51,5 +58,13 @@ def run_main(prog: str, description: str, commands: dict[str, str],
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
-        return 0
+
+
+def _quiet_stdout() -> None:
+    import os
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass

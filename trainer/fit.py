@@ -158,6 +158,9 @@ def build(opts: FitOptions) -> tuple[Solver, CaffeLog, Any]:
         param.max_iter = int(opts.max_iter)
     prefix = default_prefix(opts.solver, param)
     earlier = check_earlier_run(prefix, opts)
+    for field, path in ([("net", param.net)] if param.net else []) + (
+            [("train_net", param.train_net)] if param.train_net else []) + [("test_net", p) for p in param.test_net]:
+        _locate(path, Path(opts.solver).parent, field, opts.solver)  # a missing net stops before the log opens
     log = CaffeLog(opts.log or f"{prefix}.log", metrics_path=opts.metrics or f"{prefix}.metrics.csv",
                    stream=opts.stream)
     log.run_header(_how(opts, prefix, earlier))
