@@ -106,8 +106,10 @@ def write_caffemodel_h5(path: str | os.PathLike, net: caffe_pb2.NetParameter, *,
             for k, bp in enumerate(layer.blobs):
                 arr = blob_to_array(bp, where=f"layer {layer.name} blob {k}")
                 g.create_dataset(str(k), data=arr.astype(np.float32, copy=False))
-                if gd is not None:
-                    gd.create_dataset(str(k), data=blob_to_array(bp, diff=True, where=layer.name).astype(np.float32))
+                if gd is not None:  # Caffe writes every diff; a blob that carries none has zeros
+                    d = (blob_to_array(bp, diff=True, where=f"layer {layer.name} blob {k} diff")
+                         if len(bp.diff) or len(bp.double_diff) else np.zeros(arr.shape))
+                    gd.create_dataset(str(k), data=d.astype(np.float32, copy=False))
 
 
 def _int_dataset(f, name: str, value: int) -> None:
