@@ -4,7 +4,8 @@ Each subcommand lives in its own module under cli/ that defines
 ``HELP: str``, ``add_arguments(parser)`` and ``run(args) -> int``. Keeping one
 module per command lets each stage grow its options without touching the
 others. Errors raised as DatakitError become one line on stderr and a
-non-zero exit; Ctrl-C exits 130 after the command has written its summary.
+non-zero exit; Ctrl-C exits 130 after the command has written its summary; output into a
+pipe whose reader has gone (``| head``) ends quietly with 141, as tools killed by SIGPIPE.
 """
 
 from __future__ import annotations

@@ -82,3 +82,22 @@ def test_the_closing_summary_names_the_iteration_of_its_test(project, tmp_path, 
     assert res.returncode == 0, res.stderr
     assert "trained to iteration 30; weights c/run_iter_30.caffemodel; test net #0 at iteration 20: loss = " \
            in res.stdout
+
+
+def test_an_old_metrics_csv_is_kept_aside_and_runs_are_numbered_from_the_log(tmp_path):
+    from trainer.caffelog import CaffeLog
+    (tmp_path / "m.csv").write_text("iteration,phase,name,value,seconds\n0,train,loss,1.0,0.1\n")
+    (tmp_path / "x.log").write_text("I1201 10:00:00.000000 12345 fit.py:1] trainer fit run 4: from scratch\n")
+    log = CaffeLog(tmp_path / "x.log", metrics_path=tmp_path / "m.csv", stream=None)
+    log.run_header("from scratch")
+    log.train_loss(0, 0.5)
+    log.close()
+    assert log.run == 5 and log.renamed_metrics == tmp_path / "m.csv.old"
+    assert (tmp_path / "m.csv.old").read_text().startswith("iteration,phase,name,value,seconds\n0,train")
+    assert (tmp_path / "m.csv").read_text().splitlines()[1].startswith("0,train,loss,0.5,")
+    assert (tmp_path / "m.csv").read_text().splitlines()[1].endswith(",5")
+    plain = CaffeLog(stream=io.StringIO(), prefix=False, run=2)   # no glog prefix: the header still counts
+    plain.run_header("from scratch")
+    from trainer.curves import parse_lines
+    runs = parse_lines([plain.stream.getvalue(), "Iteration 0, loss = 1\n"])
+    assert [r.number for r in runs] == [2]

@@ -139,3 +139,17 @@ def test_a_sidecar_from_another_iteration_is_not_used(tmp_path):
     paths.sidecar.write_text(paths.sidecar.read_text().replace('"iter": 4', '"iter": 9'))
     state = read_solverstate(paths.solverstate)
     assert state.extra is None and "is for iteration 9, the solver state for 4: not used" in state.note
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux) to fail writes with ENOSPC")
+def test_a_log_on_a_full_disk_warns_once_and_training_goes_on():
+    from trainer.caffelog import CaffeLog
+    out = io.StringIO()
+    log = CaffeLog("/dev/full", stream=out)
+    log.info("first")
+    log.info("second")
+    log.close()
+    lines = out.getvalue().splitlines()
+    assert lines[0].endswith("] first") and lines[2].endswith("] second")
+    assert "cannot write the log /dev/full: No space left on device; it stops here, training goes on" in lines[1]
+    assert len(lines) == 3

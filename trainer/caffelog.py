@@ -96,8 +96,11 @@ class CaffeLog:
         if self.stream is not None:
             print(text, file=self.stream, flush=True)
         if self._file is not None:
-            self._file.write(text + "\n")
-            self._file.flush()
+            try:
+                self._file.write(text + "\n")
+                self._file.flush()
+            except OSError as err:
+                self._file = self._give_up(self._file, err, "log")
 
     def info(self, message: str, source: str | None = None) -> None:
         self.line(message, source=source)
@@ -111,9 +114,26 @@ class CaffeLog:
 
     def metric(self, iteration: int, phase: str, name: str, value: float) -> None:
         if self._csv is not None:
-            self._csv.writerow([iteration, phase, name, repr(float(value)),
-                                f"{time.perf_counter() - self.started:.3f}", self.run])
-            self._csv_file.flush()
+            try:
+                self._csv.writerow([iteration, phase, name, repr(float(value)),
+                                    f"{time.perf_counter() - self.started:.3f}", self.run])
+                self._csv_file.flush()
+            except OSError as err:
+                self._csv_file = self._csv = self._give_up(self._csv_file, err, "metrics CSV")
+
+    def _give_up(self, f: IO[str], err: OSError, what: str) -> None:
+        """A log file that cannot be written (full disk) must not stop training: say so once and go on.
+
+        Snapshots check their own space and stop the run with their own message.
+        """
+        import contextlib
+        name = getattr(f, "name", what)
+        with contextlib.suppress(OSError):
+            f.close()
+        if self.stream is not None:
+            print(f"{glog_prefix('W') if self.prefix else ''}cannot write the {what} {name}: "
+                  f"{err.strerror or err}; it stops here, training goes on", file=self.stream, flush=True)
+        return None
 
     # -- Caffe's solver messages --------------------------------------------------------------
     def train_loss(self, it: int, loss: float) -> None:
@@ -154,7 +174,7 @@ class CaffeLog:
 
 
 METRICS_HEADER = ["iteration", "phase", "name", "value", "seconds", "run"]
-RE_RUN_HEADER = re.compile(r"\] trainer fit run (\d+): ")
+RE_RUN_HEADER = re.compile(r"(?:^|\] )trainer fit run (\d+): ")
 
 
 def _csv_header(path: Path) -> list[str] | None:

@@ -40,7 +40,7 @@ RE_TEST_OUT = re.compile(r"Test net output #(\d+): (\S+) = " + _NUM, re.I)
 RE_TRAIN_OUT = re.compile(r"Train net output #(\d+): (\S+) = " + _NUM, re.I)
 RE_SCORE = re.compile(r"Test score #(\d+): " + _NUM, re.I)
 RE_TEST_LOSS = re.compile(r"Test loss: " + _NUM, re.I)
-RE_RUN = re.compile(r"\] trainer fit run (\d+): (.*)$")
+RE_RUN = re.compile(r"(?:^|\] )trainer fit run (\d+): (.*)$")
 RE_RESUMING = re.compile(r"^resuming from (\S+)")
 RE_SNAPSHOT = re.compile(r"Snapshotting solver state to (?:binary proto|HDF5) file (\S+)")
 
