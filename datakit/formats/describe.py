@@ -16,7 +16,7 @@ from datakit.errors import FormatError
 from datakit.formats import caffe_pb2
 from datakit.formats.blobproto import read_binaryproto, read_mean
 from datakit.formats.caffemodel import model_layers, read_caffemodel, write_caffemodel
-from datakit.formats.hdf5_snapshot import is_hdf5, read_solverstate_h5
+from datakit.formats.hdf5_snapshot import is_hdf5, read_solverstate_any
 from datakit.formats.prototxt import parse_net, parse_text, read_net, to_text, write_prototxt
 from datakit.formats.upgrade import upgrade_solver
 
@@ -88,14 +88,7 @@ def describe(path: str | os.PathLike) -> list[str]:
             per = ", ".join(f"{v:.4f}" for v in chw.reshape(chw.shape[0], -1).mean(axis=1))
             lines.append(f"  per-channel means (stored order, BGR for Caffe means): {per}")
         return lines
-    if is_hdf5(path):
-        state = read_solverstate_h5(path)
-    else:
-        state = caffe_pb2.SolverState()
-        try:
-            state.ParseFromString(Path(path).read_bytes())
-        except Exception as err:  # DecodeError, OSError
-            raise FormatError(f"{path}: not a valid .solverstate ({err})") from None
+    state = read_solverstate_any(path)
     return [f"solverstate {path}: iter {state.iter}, learned_net {state.learned_net!r}, "
             f"{len(state.history)} history blobs, current_step {state.current_step}"
             + (" (HDF5)" if is_hdf5(path) else "")]

@@ -23,6 +23,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from datakit.errors import FormatError
 from datakit.formats import caffe_pb2
@@ -177,7 +178,7 @@ def read_solverstate_any(path: str | os.PathLike) -> caffe_pb2.SolverState:
     state = caffe_pb2.SolverState()
     try:
         state.ParseFromString(data)
-    except Exception:
+    except DecodeError:
         raise FormatError(f"{path}: not a Caffe SolverState (protobuf parse failed)") from None
     if not state.HasField("iter"):
         raise FormatError(f"{path}: not a Caffe SolverState (no iter field)")
