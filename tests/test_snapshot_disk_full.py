@@ -134,6 +134,13 @@ def test_the_solverstate_is_renamed_last_and_an_old_one_removed_first(tmp_path, 
     assert not list(tmp_path.glob(".*.part"))
 
 
+def test_temporaries_of_a_killed_write_are_removed_by_the_next_one(tmp_path):
+    stale = tmp_path / ".k_iter_2.caffemodel.999999.part"
+    stale.write_bytes(b"\0" * 1000)
+    write_snapshot(str(tmp_path / "k"), 2, _net(1), [], 0, None)
+    assert not stale.exists() and _state_files(tmp_path) == ["k_iter_2.caffemodel", "k_iter_2.solverstate"]
+
+
 def test_a_sidecar_from_another_iteration_is_not_used(tmp_path):
     paths = write_snapshot(str(tmp_path / "q"), 4, _net(1), [], 0, {"iter": 4, "losses": [1.0]})
     paths.sidecar.write_text(paths.sidecar.read_text().replace('"iter": 4', '"iter": 9'))

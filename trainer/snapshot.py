@@ -115,6 +115,10 @@ def commit_files(files: list[tuple[Path, Callable[[Path], None]]], needed: int, 
     """
     folder = files[0][0].parent
     folder.mkdir(parents=True, exist_ok=True)
+    for final, _ in files:  # temporaries of a write killed outright (SIGKILL, power) would hold space forever
+        for old in folder.glob(glob.escape(f".{final.name}.") + "*.part"):
+            with contextlib.suppress(OSError):
+                old.unlink()
     free = free_bytes(folder)
     if free < needed:
         raise SnapshotError(f"{what}: not enough space for the snapshot: it needs {_mb(needed)}, "
