@@ -6,7 +6,7 @@ import argparse
 
 from datakit.formats.describe import describe
 
-HELP = "Summarise a Caffe file: net or solver prototxt, .caffemodel, .binaryproto/.npy mean, .solverstate."
+HELP = "Summarise a Caffe file: net or solver prototxt, .caffemodel(.h5), .binaryproto/.npy mean, .solverstate(.h5)."
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -18,6 +18,8 @@ COMMANDS: dict[str, str] = {
     "convert": "cli.cmd_convert",
     "mean": "cli.cmd_mean",
     "inspect": "cli.cmd_inspect",
+    "fetch-model": "cli.cmd_fetch_model",
+    "fetch-mean": "cli.cmd_fetch_mean",
 }
 
 

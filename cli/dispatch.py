@@ -4,7 +4,8 @@ Each subcommand lives in its own module under cli/ that defines
 ``HELP: str``, ``add_arguments(parser)`` and ``run(args) -> int``. Keeping one
 module per command lets each stage grow its options without touching the
 others. Errors raised as DatakitError become one line on stderr and a
-non-zero exit; Ctrl-C exits 130 after the command has written its summary.
+non-zero exit; Ctrl-C exits 130 after the command has written its summary; output into a
+pipe whose reader has gone (``| head``) ends quietly with 141, as tools killed by SIGPIPE.
 """
 
 from __future__ import annotations
@@ -38,7 +39,14 @@ def run_main(prog: str, description: str, commands: dict[str, str],
         parser.print_help()
         return 2
     try:
-        return int(args._run(args) or 0)
+        code = int(args._run(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit flush
+        return code
+    except BrokenPipeError:
+        # The reader went away (`| head`): end quietly, as tools killed by SIGPIPE do (exit 141).
+        # stdout is pointed at /dev/null so the interpreter's final flush cannot raise again.
+        _quiet_stdout()
+        return 141
     except DatakitError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return err.exit_code
@@ -51,5 +59,13 @@ def run_main(prog: str, description: str, commands: dict[str, str],
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
-        return 0
+
+
+def _quiet_stdout() -> None:
+    import os
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass

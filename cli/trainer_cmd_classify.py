@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         dims = (args.image_dims[0], args.image_dims[1])
     clf = Classifier(net, mean=mean, raw_scale=args.raw_scale, channel_swap=args.channel_swap,
                      input_scale=args.input_scale, image_dims=dims, oversample=not args.center_only,
-                     output_blob=args.output_blob)
+                     output_blob=args.output_blob, mean_source=args.mean or "--mean-value")
     labels = read_labels(args.labels) if args.labels else None
     preds = clf.classify_files(args.images, labels, top_k=args.top_k)
     for pred in preds:

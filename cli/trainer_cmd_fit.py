@@ -9,6 +9,7 @@ import json
 import time
 
 from datakit.atomic import write_text_atomic
+from datakit.errors import ConfigError
 from trainer.fit import FitOptions, fit, report_dict
 
 HELP = "Train or fine-tune the net a Caffe solver prototxt names (Caffe's `caffe train`)."
@@ -18,28 +19,33 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--solver", required=True, help="solver prototxt (paths inside resolve against the current dir)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--weights", help="fine-tune: .caffemodel(s) to copy by layer name (comma-separated)")
-    src.add_argument("--snapshot", help="resume from a .solverstate written by a snapshot")
+    src.add_argument("--snapshot", help="resume from a .solverstate (or Caffe's .solverstate.h5) written by a snapshot")
+    p.add_argument("--restart", action="store_true",
+                   help="start over even where snapshots of the same snapshot_prefix exist (without it, fit stops and names the latest; they are overwritten as the new run reaches their iterations)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"],
                    help="where to train (auto: the solver's solver_mode CPU if set, else the GPU when CuPy sees one)")
     p.add_argument("--gpu", type=int, default=0, help="CUDA device id with --device gpu/auto")
-    p.add_argument("--log", help="log file in Caffe's format (default <snapshot_prefix>.log, appended)")
-    p.add_argument("--metrics", help="metrics CSV (default <snapshot_prefix>.metrics.csv)")
+    p.add_argument("--log", help="log file in Caffe's format (default <snapshot_prefix>.log, appended; each run starts with a 'trainer fit run N:' line)")
+    p.add_argument("--metrics", help="metrics CSV, one row per event with a run column (default <snapshot_prefix>.metrics.csv)")
     p.add_argument("--max-iter", type=int, help="override the solver's max_iter (the test nets then also run after the last iteration)")
     p.add_argument("--report", metavar="JSON", help="write a JSON summary (iterations, snapshots, test scores)")
     p.add_argument("--quiet", action="store_true", help="no log lines on stderr (the log file is still written)")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.restart and args.snapshot:
+        raise ConfigError("give --snapshot (resume) or --restart (start over), not both")
     opts = FitOptions(solver=args.solver, weights=args.weights, snapshot=args.snapshot, device=args.device,
                       gpu=args.gpu, log=args.log, metrics=args.metrics, max_iter=args.max_iter,
-                      stream=None if args.quiet else sys.stderr)
+                      stream=None if args.quiet else sys.stderr, restart=args.restart)
     started = time.perf_counter()
     result = fit(opts)
     if args.report:
         write_text_atomic(args.report, json.dumps(report_dict(result, opts, time.perf_counter() - started),
                                                   indent=1) + "\n")
     last = result.snapshots[-1].caffemodel if result.snapshots else None
-    scores = "; ".join(f"test net #{i}: " + ", ".join(f"{k} = {v:.4g}" for k, v in s.items())
+    at = f" at iteration {result.test_iteration}" if result.test_iteration is not None else ""
+    scores = "; ".join(f"test net #{i}{at}: " + ", ".join(f"{k} = {v:.4g}" for k, v in s.items())
                        for i, s in enumerate(result.test_scores))
     print(f"trained to iteration {result.iterations}" + (f"; weights {last}" if last else "")
           + (f"; {scores}" if scores else ""))

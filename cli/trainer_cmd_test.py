@@ -14,7 +14,7 @@ HELP = "Score a trained model: run N batches and print each net output averaged 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="net prototxt (train_val or test net with data layers)")
     p.add_argument("--weights", required=True,
-                   help=".caffemodel to score (comma-separated list: later files win)")
+                   help=".caffemodel or Caffe's .caffemodel.h5 to score (comma-separated list: later files win)")
     p.add_argument("--iterations", type=positive, default=50, help="batches to run (default 50, as Caffe)")
     add_state_options(p, "TEST")
     add_device_options(p)

@@ -38,7 +38,7 @@ def test_our_log_lines_round_trip(tmp_path):
     assert run.test["accuracy"] == [(0, 0.1), (100, 0.9)]
     assert run.test["loss"] == [(0, 2.3), (100, 0.4)]
     rows = (tmp_path / "m.csv").read_text().splitlines()
-    assert rows[0] == "iteration,phase,name,value,seconds"
+    assert rows[0] == "iteration,phase,name,value,seconds,run"
     assert rows[-1].startswith("100,test,loss,0.4,")
 
 

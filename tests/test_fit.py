@@ -130,7 +130,7 @@ def test_test_passes_get_a_progress_bar_on_a_terminal_only(project, monkeypatch)
     plain = fit(opts(project()))
     assert made == []
     term = _Terminal()
-    on_tty = fit(FitOptions(solver=project(), device="cpu", stream=term, handle_signals=False))
+    on_tty = fit(FitOptions(solver=project(), device="cpu", stream=term, handle_signals=False, restart=True))
     assert [(kw["total"], kw["leave"], kw["delay"]) for kw in made] == [(3, False, 2)] * 3  # iterations 0, 20, 40
     assert "test net #0" in term.getvalue()
     assert on_tty.test_scores == plain.test_scores

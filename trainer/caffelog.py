@@ -3,7 +3,15 @@
 Caffe users have tools (parse_log.py, plot_training_log.py, their own greps)
 that read lines like ``Iteration 100, loss = 0.31``; writing exactly those
 messages, behind a glog-style prefix, keeps those tools working on our runs.
-The CSV beside it is the machine-readable twin: one row per number.
+The CSV beside it is the machine-readable twin: one row per event (one number at one
+iteration of one run: ``iteration,phase,name,value,seconds,run``; no two rows share
+iteration, phase, name and run).
+
+Runs: a log file is appended to, so a resumed run continues it. Each ``trainer fit``
+begins with a header line ``trainer fit run N: HOW`` (HOW says from scratch,
+fine-tuning from W, resuming from S, or restarting over earlier snapshots); N counts the
+runs already in the log (or, without one, in the metrics CSV) and fills the CSV's run
+column, so `trainer plot` and a CSV reader keep runs apart.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ import csv
 import datetime as _dt
 import io
 import os
+import re
 import sys
 import threading
 import time
@@ -51,28 +60,35 @@ class CaffeLog:
 
     ``stream`` is where a user watches progress (stderr by default, as glog);
     ``path`` is the durable log (appended to, so a resumed run continues it);
-    ``metrics_path`` gets ``iteration,phase,name,value,seconds`` rows.
+    ``metrics_path`` gets ``iteration,phase,name,value,seconds,run`` rows; ``run`` is this
+    run's number (see the module docstring), found from the files unless given.
     """
 
     def __init__(self, path: str | Path | None = None, *, metrics_path: str | Path | None = None,
-                 stream: IO[str] | None = sys.stderr, prefix: bool = True) -> None:
+                 stream: IO[str] | None = sys.stderr, prefix: bool = True, run: int | None = None) -> None:
         self.stream = stream
         self.prefix = prefix
         self.started = time.perf_counter()
         self._file: IO[str] | None = None
         self._csv_file: IO[str] | None = None
         self._csv = None
+        self.run = run if run is not None else 1 + max(runs_in_log(path), runs_in_metrics(metrics_path))
+        self.renamed_metrics: Path | None = None
         if path is not None:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             self._file = open(path, "a", encoding="utf-8")
         if metrics_path is not None:
             metrics_path = Path(metrics_path)
             metrics_path.parent.mkdir(parents=True, exist_ok=True)
-            fresh = not metrics_path.exists() or metrics_path.stat().st_size == 0
+            if _csv_header(metrics_path) not in (None, METRICS_HEADER):
+                # A metrics file of the older layout (no run column): kept whole under another name.
+                self.renamed_metrics = metrics_path.with_name(metrics_path.name + ".old")
+                os.replace(metrics_path, self.renamed_metrics)
+            fresh = _csv_header(metrics_path) is None
             self._csv_file = open(metrics_path, "a", encoding="utf-8", newline="")
             self._csv = csv.writer(self._csv_file)
             if fresh:
-                self._csv.writerow(["iteration", "phase", "name", "value", "seconds"])
+                self._csv.writerow(METRICS_HEADER)
 
     # -- raw lines --------------------------------------------------------------------------
     def line(self, message: str, *, severity: str = "I", source: str | None = None) -> None:
@@ -80,8 +96,11 @@ class CaffeLog:
         if self.stream is not None:
             print(text, file=self.stream, flush=True)
         if self._file is not None:
-            self._file.write(text + "\n")
-            self._file.flush()
+            try:
+                self._file.write(text + "\n")
+                self._file.flush()
+            except OSError as err:
+                self._file = self._give_up(self._file, err, "log")
 
     def info(self, message: str, source: str | None = None) -> None:
         self.line(message, source=source)
@@ -89,11 +108,32 @@ class CaffeLog:
     def warning(self, message: str, source: str | None = None) -> None:
         self.line(message, severity="W", source=source)
 
+    def run_header(self, how: str) -> None:
+        """The line that starts a run in the log: ``trainer fit run N: HOW``."""
+        self.info(f"trainer fit run {self.run}: {how}")
+
     def metric(self, iteration: int, phase: str, name: str, value: float) -> None:
         if self._csv is not None:
-            self._csv.writerow([iteration, phase, name, repr(float(value)),
-                                f"{time.perf_counter() - self.started:.3f}"])
-            self._csv_file.flush()
+            try:
+                self._csv.writerow([iteration, phase, name, repr(float(value)),
+                                    f"{time.perf_counter() - self.started:.3f}", self.run])
+                self._csv_file.flush()
+            except OSError as err:
+                self._csv_file = self._csv = self._give_up(self._csv_file, err, "metrics CSV")
+
+    def _give_up(self, f: IO[str], err: OSError, what: str) -> None:
+        """A log file that cannot be written (full disk) must not stop training: say so once and go on.
+
+        Snapshots check their own space and stop the run with their own message.
+        """
+        import contextlib
+        name = getattr(f, "name", what)
+        with contextlib.suppress(OSError):
+            f.close()
+        if self.stream is not None:
+            print(f"{glog_prefix('W') if self.prefix else ''}cannot write the {what} {name}: "
+                  f"{err.strerror or err}; it stops here, training goes on", file=self.stream, flush=True)
+        return None
 
     # -- Caffe's solver messages --------------------------------------------------------------
     def train_loss(self, it: int, loss: float) -> None:
@@ -104,7 +144,8 @@ class CaffeLog:
         """``(name, value, loss_weight)`` for each net output, numbered as Caffe does."""
         for k, (name, value, weight) in enumerate(outputs):
             self.info(_output_line("Train", k, name, value, weight))
-            self.metric(it, "train", name, value)
+            # "output NAME": the net's own output, apart from the averaged "loss" of the line above
+            self.metric(it, "train", f"output {name}", value)
 
     def learning_rate(self, it: int, rate: float) -> None:
         self.info(f"Iteration {it}, lr = {fmt(rate)}")
@@ -114,15 +155,62 @@ class CaffeLog:
         self.info(f"Iteration {it}, Testing net (#{net_id})")
 
     def test_outputs(self, it: int, outputs: Sequence[tuple[str, float, float]], net_id: int = 0) -> None:
+        counts: dict[str, int] = {}
+        for name, _, _ in outputs:
+            counts[name] = counts.get(name, 0) + 1
+        seen: dict[str, int] = {}
         for k, (name, value, weight) in enumerate(outputs):
             self.info(_output_line("Test", k, name, value, weight))
-            self.metric(it, "test" if net_id == 0 else f"test{net_id}", name, value)
+            # a vector output prints one line per element under one name (as Caffe); its rows get [j]
+            j = seen[name] = seen.get(name, -1) + 1
+            key = f"{name}[{j}]" if counts[name] > 1 else name
+            self.metric(it, "test" if net_id == 0 else f"test{net_id}", key, value)
 
     def close(self) -> None:
         for f in (self._file, self._csv_file):
             if f is not None:
                 f.close()
         self._file = self._csv_file = None
+
+
+METRICS_HEADER = ["iteration", "phase", "name", "value", "seconds", "run"]
+RE_RUN_HEADER = re.compile(r"(?:^|\] )trainer fit run (\d+): ")
+
+
+def _csv_header(path: Path) -> list[str] | None:
+    """The first row of a CSV, or None for a missing or empty file."""
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            first = f.readline()
+    except FileNotFoundError:
+        return None
+    return next(csv.reader([first])) if first.strip() else None
+
+
+def runs_in_log(path: str | Path | None) -> int:
+    """The highest run number in a log's ``trainer fit run N:`` headers (0 for none or no log)."""
+    if path is None or not Path(path).is_file():
+        return 0
+    best = 0
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if "trainer fit run " in line:
+                m = RE_RUN_HEADER.search(line)
+                if m:
+                    best = max(best, int(m.group(1)))
+    return best
+
+
+def runs_in_metrics(path: str | Path | None) -> int:
+    """The highest value of a metrics CSV's run column (0 for none)."""
+    if path is None or _csv_header(Path(path)) != METRICS_HEADER:
+        return 0
+    best = 0
+    with open(path, encoding="utf-8", newline="") as f:
+        for row in csv.reader(f):
+            if len(row) == len(METRICS_HEADER) and row[-1].isdigit():
+                best = max(best, int(row[-1]))
+    return best
 
 
 def _output_line(kind: str, k: int, name: str, value: float, weight: float) -> str:

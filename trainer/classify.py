@@ -106,7 +106,8 @@ class Classifier:
     def __init__(self, net: Net, *, mean: np.ndarray | None = None, raw_scale: float = 255.0,
                  channel_swap: Sequence[int] | None = (2, 1, 0), input_scale: float | None = None,
                  image_dims: tuple[int, int] | None = None, oversample: bool = True,
-                 input_blob: str | None = None, output_blob: str | None = None) -> None:
+                 input_blob: str | None = None, output_blob: str | None = None,
+                 mean_source: str = "mean") -> None:
         self.net = net
         inputs = net.input_names
         self.input_blob = input_blob or (inputs[0] if inputs else "data")
@@ -130,10 +131,16 @@ class Classifier:
         if mean is not None:
             mean = np.asarray(mean, dtype=np.float32)
             if mean.ndim == 3:
+                # A mean image: its channels must be the net's, as Caffe's Transformer.set_mean checks
+                # (a 1-channel MNIST mean would otherwise be broadcast over a colour net unnoticed).
+                if mean.shape[0] != self.channels:
+                    raise ConfigError(f"{mean_source}: the mean has {mean.shape[0]} channel(s) "
+                                      f"({'x'.join(map(str, mean.shape))}), the net's input {self.input_blob!r} "
+                                      f"takes {self.channels}; use the mean made from this net's training data")
                 mean = mean.mean(axis=(1, 2))
             mean = mean.reshape(-1)
             if mean.size not in (1, self.channels):
-                raise ConfigError(f"mean has {mean.size} channels, the net takes {self.channels}")
+                raise ConfigError(f"{mean_source}: mean has {mean.size} channels, the net takes {self.channels}")
         self.mean = mean
 
     @property

@@ -9,7 +9,11 @@ between Caffe builds). Quirks handled, all seen in real 2014 logs:
 - ``loss = 2`` printed without a decimal point, and ``nan`` / ``inf`` / ``-nan``;
 - modern Caffe's ``Iteration N (x iter/s, ...), loss = X``;
 - restarts: when the iteration goes back (a job restarted in the same file), a new
-  run segment begins, so curves are never drawn zig-zagging back in time.
+  run segment begins, so curves are never drawn zig-zagging back in time;
+- our runs: ``trainer fit`` starts each run with a ``trainer fit run N: HOW`` line, and
+  every such line begins a segment. A run "resuming from S" is linked to the run that
+  logged writing S (``Run.continues``) and drawn in its colour, never glued onto
+  whichever run happened to come before it in the file.
 Gzip files are read transparently.
 """
 
@@ -36,6 +40,9 @@ RE_TEST_OUT = re.compile(r"Test net output #(\d+): (\S+) = " + _NUM, re.I)
 RE_TRAIN_OUT = re.compile(r"Train net output #(\d+): (\S+) = " + _NUM, re.I)
 RE_SCORE = re.compile(r"Test score #(\d+): " + _NUM, re.I)
 RE_TEST_LOSS = re.compile(r"Test loss: " + _NUM, re.I)
+RE_RUN = re.compile(r"(?:^|\] )trainer fit run (\d+): (.*)$")
+RE_RESUMING = re.compile(r"^resuming from (\S+)")
+RE_SNAPSHOT = re.compile(r"Snapshotting solver state to (?:binary proto|HDF5) file (\S+)")
 
 
 def _num(text: str) -> float:
@@ -53,10 +60,22 @@ class Run:
     index: int
     train: dict[str, list[tuple[int, float]]] = field(default_factory=dict)   # "loss", "lr", "output NAME"
     test: dict[str, list[tuple[int, float]]] = field(default_factory=dict)    # "accuracy", "loss", ...
+    number: int | None = None           # N of a ``trainer fit run N:`` header
+    how: str = ""                       # the rest of that header (from scratch, resuming from S, ...)
+    continues: int | None = None        # the number of the run whose snapshot this one resumed
+    snapshots: list[str] = field(default_factory=list)  # solverstates this run logged writing
+
+    @property
+    def name(self) -> int:
+        """The run's number: its header's, else its place in the file (from 1)."""
+        return self.number if self.number is not None else self.index + 1
 
     @property
     def label(self) -> str:
-        return self.source if self.index == 0 else f"{self.source} (run {self.index + 1})"
+        text = self.source if self.name == 1 else f"{self.source} (run {self.name})"
+        if self.continues is not None:
+            text += f" resumes run {self.continues}"
+        return text
 
     @property
     def last_iteration(self) -> int:
@@ -99,10 +118,27 @@ def parse_lines(lines: Iterable[str], source: str = "log") -> list[Run]:
     def restart_if_back(it: int) -> None:
         nonlocal last_train_it
         if it < last_train_it and not current().empty():
-            runs.append(Run(source, len(runs)))
+            runs.append(Run(source, len(runs), number=None))
         last_train_it = it
 
     for line in lines:
+        if "trainer fit run " in line:
+            m = RE_RUN.search(line.rstrip("\n"))
+            if m:
+                if not current().empty():
+                    runs.append(Run(source, len(runs)))
+                run = current()
+                run.number, run.how = int(m.group(1)), m.group(2).strip()
+                resumed = RE_RESUMING.match(run.how)
+                if resumed:
+                    run.continues = _writer_of(resumed.group(1), runs[:-1])
+                last_train_it, test_it, test_net = -1, None, 0
+                continue
+        if "Snapshotting solver state to" in line:
+            m = RE_SNAPSHOT.search(line)
+            if m:
+                current().snapshots.append(m.group(1))
+                continue
         if "Iteration" in line:
             m = RE_LOSS.search(line)
             if m:
@@ -147,6 +183,18 @@ def parse_lines(lines: Iterable[str], source: str = "log") -> list[Run]:
     return [r for r in runs if not r.empty()]
 
 
+def _writer_of(solverstate: str, earlier: list[Run]) -> int | None:
+    """The number of the latest earlier run that logged writing ``solverstate`` (same path or name)."""
+    name = Path(solverstate).name
+    for run in reversed(earlier):
+        if solverstate in run.snapshots:
+            return run.name
+    for run in reversed(earlier):
+        if any(Path(s).name == name for s in run.snapshots):
+            return run.name
+    return None
+
+
 def parse_log(path: str | Path) -> list[Run]:
     """Every run found in one log file (plain or .gz)."""
     path = Path(path)
@@ -174,8 +222,12 @@ def plot(logs: Iterable[str | Path], out: str | Path, *, title: str | None = Non
     acc_names, loss_names = _split_outputs(runs)
     fig, (ax_loss, ax_acc, ax_lr) = plt.subplots(3, 1, figsize=(9, 10), sharex=True)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, run in enumerate(runs):
-        c = colours[i % len(colours)]
+    colour_of: dict[tuple[str, int], str] = {}
+    for run in runs:  # a resumed run takes the colour of the run it continues
+        root = colour_of.get((run.source, run.continues)) if run.continues is not None else None
+        colour_of[(run.source, run.name)] = root or colours[len(set(colour_of.values())) % len(colours)]
+    for run in runs:
+        c = colour_of[(run.source, run.name)]
         if run.train.get("loss"):
             its, vals = zip(*run.train["loss"])
             ax_loss.plot(its, vals, color=c, lw=0.8, alpha=0.8, label=f"{run.label} train loss")
@@ -219,6 +271,8 @@ def summary(runs: list[Run]) -> str:
         loss = run.train.get("loss", [])
         parts = [f"{run.label}: iterations {loss[0][0]}..{loss[-1][0]}" if loss else f"{run.label}:"]
         parts.append(f"{len(loss)} loss points")
+        if run.how:
+            parts.append(run.how)
         for name, pts in sorted(run.test.items()):
             parts.append(f"test {name} {len(pts)} points, last {pts[-1][1]:.6g} @ {pts[-1][0]}")
         lines.append("; ".join(parts))

@@ -5,6 +5,11 @@ inside the solver and nets resolve against the current directory, as in Caffe);
 copies ``--weights`` by layer name and logs what was copied, freshly initialised
 or ignored; or resumes ``--snapshot X.solverstate``; installs the safety rails;
 trains; turns SIGINT/SIGTERM into "snapshot, then exit".
+
+Finished work is never overwritten silently: where snapshots of the same
+``snapshot_prefix`` exist, a run that neither resumes (``--snapshot``) nor says
+``--restart`` stops before writing anything, naming the latest solverstate. Each run
+starts with a header line in the log (:meth:`CaffeLog.run_header`).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from datakit.formats.upgrade import upgrade_net
 
 from trainer import backend, rails
 from trainer.caffelog import CaffeLog
+from trainer.snapshot import Snapshots, find_snapshots
 from trainer.solver import SolveResult, Solver
 
 TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
@@ -43,28 +49,39 @@ class FitOptions:
     max_iter: int | None = None
     stream: IO[str] | None = sys.stderr
     handle_signals: bool = True
+    restart: bool = False   # start over where snapshots of the same prefix exist (they are overwritten)
 
 
-def _locate(path: str, solver_dir: Path | None) -> str:
+def _locate(path: str, solver_dir: Path | None, field: str = "net", solver: str | None = None) -> str:
     """A net path from the solver: relative to the current directory as in Caffe; when nothing is
-    there, beside the solver file (so shipped models/*/solver.prototxt run from any directory)."""
-    if Path(path).exists() or solver_dir is None or Path(path).is_absolute():
+    there, beside the solver file (so shipped models/*/solver.prototxt run from any directory).
+
+    A net found in neither place is a ConfigError naming the solver's field and both places."""
+    if Path(path).exists():
         return path
-    beside = solver_dir / path
-    return str(beside) if beside.exists() else path
+    beside = solver_dir / path if solver_dir is not None and not Path(path).is_absolute() else None
+    if beside is not None and beside.exists():
+        return str(beside)
+    if beside is None:
+        where = f"looked for {path}"
+    else:
+        where = f"looked in the current directory ({Path.cwd() / path}) and beside the solver ({beside})"
+    src = f"{solver}: " if solver else ""
+    raise ConfigError(f"{src}the net file {path!r} named by the solver's {field}: field was not found: "
+                      f"{where}; run from the folder the solver's paths are relative to, or fix {field}:")
 
 
-def _net_from(param: caffe_pb2.SolverParameter, which: str,
-              solver_dir: Path | None = None) -> list[tuple[str, caffe_pb2.NetParameter]]:
+def _net_from(param: caffe_pb2.SolverParameter, which: str, solver_dir: Path | None = None,
+              solver: str | None = None) -> list[tuple[str, caffe_pb2.NetParameter]]:
     """(source name, NetParameter) for the train net ('train') or the test nets ('test')."""
-    def read(path: str) -> caffe_pb2.NetParameter:
-        return read_net(_locate(path, solver_dir))
+    def read(path: str, field: str = "net") -> caffe_pb2.NetParameter:
+        return read_net(_locate(path, solver_dir, field, solver))
     if which == "train":
         found = []
         if param.HasField("train_net_param"):
             found.append(("train_net_param", upgrade_net(param.train_net_param, source="train_net_param")))
         if param.train_net:
-            found.append((param.train_net, read(param.train_net)))
+            found.append((param.train_net, read(param.train_net, "train_net")))
         if param.HasField("net_param"):
             found.append(("net_param", upgrade_net(param.net_param, source="net_param")))
         if param.net:
@@ -74,7 +91,7 @@ def _net_from(param: caffe_pb2.SolverParameter, which: str,
                               f"(found {len(found)})")
         return found
     nets = [("test_net_param", upgrade_net(p, source="test_net_param")) for p in param.test_net_param]
-    nets += [(f, read(f)) for f in param.test_net]
+    nets += [(f, read(f, "test_net")) for f in param.test_net]
     generic = len(param.test_iter) - len(nets)
     if generic > 0:
         if param.HasField("net_param"):
@@ -95,6 +112,34 @@ def default_prefix(solver_path: str, param: caffe_pb2.SolverParameter) -> str:
     return str(p.with_suffix("")) if p.suffix == ".prototxt" else str(p)
 
 
+def check_earlier_run(prefix: str, opts: FitOptions) -> Snapshots:
+    """Refuse to start over silently where an earlier run of ``prefix`` left snapshots."""
+    found = find_snapshots(prefix)
+    if opts.snapshot or opts.restart:
+        return found
+    if found.latest is not None:
+        it = found.complete[-1][0]
+        raise ConfigError(f"{prefix}: an earlier run left snapshots here (the latest is {found.latest}, "
+                          f"iteration {it}); resume it with --snapshot {found.latest}, or start over with "
+                          "--restart (its snapshots are then overwritten as the new run reaches them)")
+    if found.incomplete:
+        raise ConfigError(f"{prefix}: an earlier run left {found.incomplete[-1]} (an incomplete snapshot, "
+                          "no .solverstate beside it to resume from); start over with --restart")
+    return found
+
+
+def _how(opts: FitOptions, prefix: str, earlier: Snapshots) -> str:
+    """The header line's account of this run (which `trainer plot` reads back)."""
+    if opts.snapshot:
+        return f"resuming from {opts.snapshot}"
+    how = f"fine-tuning from {opts.weights}" if opts.weights else "from scratch"
+    if opts.restart and (earlier.latest or earlier.incomplete):
+        n = len(earlier.complete)
+        how += (f" (--restart over {n} earlier snapshot(s) of {prefix}, latest {earlier.latest}: overwritten "
+                "as this run reaches their iterations)" if n else f" (--restart over leftovers of {prefix})")
+    return how
+
+
 def close_nets(nets: list[Any]) -> None:
     """Stop the data layers' prefetch threads and release their databases."""
     for net in nets:
@@ -112,8 +157,15 @@ def build(opts: FitOptions) -> tuple[Solver, CaffeLog, Any]:
     if opts.max_iter is not None:
         param.max_iter = int(opts.max_iter)
     prefix = default_prefix(opts.solver, param)
+    earlier = check_earlier_run(prefix, opts)
+    for field, path in ([("net", param.net)] if param.net else []) + (
+            [("train_net", param.train_net)] if param.train_net else []) + [("test_net", p) for p in param.test_net]:
+        _locate(path, Path(opts.solver).parent, field, opts.solver)  # a missing net stops before the log opens
     log = CaffeLog(opts.log or f"{prefix}.log", metrics_path=opts.metrics or f"{prefix}.metrics.csv",
                    stream=opts.stream)
+    log.run_header(_how(opts, prefix, earlier))
+    if log.renamed_metrics is not None:
+        log.info(f"The metrics CSV had no run column: kept as {log.renamed_metrics}")
     device = opts.device
     if device == "auto" and param.HasField("solver_mode") and param.solver_mode == param.CPU:
         device = "cpu"  # as Caffe: solver_mode CPU is obeyed unless --device says otherwise
@@ -123,7 +175,12 @@ def build(opts: FitOptions) -> tuple[Solver, CaffeLog, Any]:
              + ("" if param.random_seed >= 0 else " (drawn: set random_seed in the solver to repeat this run)"))
     nets: list[Any] = []
     try:
-        return _build(opts, param, prefix, log, xp, seed, nets)
+        solver, log, xp = _build(opts, param, prefix, log, xp, seed, nets)
+        if opts.snapshot and earlier.complete and earlier.complete[-1][0] > solver.iter:
+            log.warning(f"resuming at iteration {solver.iter} while snapshots up to iteration "
+                        f"{earlier.complete[-1][0]} exist ({earlier.latest}): those after it are overwritten "
+                        "as this run reaches them")
+        return solver, log, xp
     except BaseException:
         close_nets(nets)
         log.close()
@@ -134,14 +191,14 @@ def _build(opts: FitOptions, param, prefix: str, log: CaffeLog, xp, seed: int,
            nets: list[Any]) -> tuple[Solver, CaffeLog, Any]:
     from trainer.net import Net  # the core; imported late so `trainer plot` never needs it
     solver_dir = Path(opts.solver).parent
-    [(train_src, train_param)] = _net_from(param, "train", solver_dir)
+    [(train_src, train_param)] = _net_from(param, "train", solver_dir, opts.solver)
     state = caffe_pb2.NetState()
     state.CopyFrom(param.train_state)
     log.info(f"Creating training net from {train_src}")
     train_net = Net(train_param, TRAIN, xp=xp, stages=list(state.stage), level=state.level, seed=seed)
     nets.append(train_net)
     test_nets = []
-    for i, (src, net_param) in enumerate(_net_from(param, "test", solver_dir)):
+    for i, (src, net_param) in enumerate(_net_from(param, "test", solver_dir, opts.solver)):
         ts = param.test_state[i] if i < len(param.test_state) else caffe_pb2.NetState()
         log.info(f"Creating test net (#{i}) specified by {src}")
         test_nets.append(Net(net_param, TEST, xp=xp, stages=list(ts.stage), level=ts.level, seed=seed + 1 + i))
@@ -204,6 +261,7 @@ def report_dict(result: SolveResult, opts: FitOptions, seconds: float) -> dict[s
         "seconds": round(seconds, 3),
         "last_train_loss": result.last_loss,
         "test_scores": result.test_scores,
+        "test_iteration": result.test_iteration,
         "snapshots": [{"caffemodel": str(p.caffemodel), "solverstate": str(p.solverstate)}
                       for p in result.snapshots],
     }

@@ -30,8 +30,8 @@ from datakit.errors import ConfigError
 from trainer import lr_policy, rails
 from trainer.backend import to_host
 from trainer.caffelog import CaffeLog, fmt
-from trainer.snapshot import (LoadedState, SnapshotPaths, read_solverstate, rng_state, set_rng_state,
-                              write_snapshot)
+from trainer.snapshot import (LoadedState, SnapshotError, SnapshotPaths, read_solverstate, rng_state,
+                              set_rng_state, write_snapshot)
 from trainer.updates import make_rule
 
 
@@ -43,6 +43,7 @@ class SolveResult:
     snapshots: list[SnapshotPaths] = field(default_factory=list)
     last_loss: float = float("nan")
     test_scores: list[dict[str, float]] = field(default_factory=list)   # the last test of each test net
+    test_iteration: int | None = None                                    # the iteration of that test
     train_losses: list[tuple[int, float]] = field(default_factory=list)  # (iter, loss of that iteration)
 
 
@@ -77,8 +78,8 @@ class Solver:
         self.snapshot_prefix = snapshot_prefix or param.snapshot_prefix
         if param.snapshot and not self.snapshot_prefix:
             raise ConfigError("solver: snapshot is set but snapshot_prefix is empty")
-        if param.snapshot_format == param.HDF5 and param.HasField("snapshot_format"):
-            raise ConfigError("solver: snapshot_format HDF5 is not supported; use BINARYPROTO (the default)")
+        #: Caffe's snapshot_format: BINARYPROTO (.caffemodel/.solverstate) or HDF5 (.caffemodel.h5/.solverstate.h5)
+        self.hdf5 = param.HasField("snapshot_format") and param.snapshot_format == param.HDF5
         for t in self.test_nets:
             t.share_trained_layers_with(net)
         self.rule = make_rule(param, net.learnable_params, self.xp)
@@ -87,6 +88,7 @@ class Solver:
         self.average_loss = max(1, int(param.average_loss))
         self.losses: collections.deque[float] = collections.deque(maxlen=self.average_loss)
         self.stop_reason = ""
+        self.restored_from: Path | None = None
         self.result = SolveResult(0)
         #: test after the last iteration even when max_iter is not a multiple of test_interval
         #: (``trainer fit --max-iter`` sets it: a shortened run should still report its accuracy)
@@ -157,6 +159,7 @@ class Solver:
     def test_all(self) -> list[dict[str, float]]:
         scores = [self.test(i) for i in range(len(self.test_nets))]
         self.result.test_scores = scores
+        self.result.test_iteration = self.iter
         return scores
 
     def _test_progress(self, batches: int, net_id: int) -> Any:
@@ -217,15 +220,22 @@ class Solver:
         }
 
     def snapshot(self) -> SnapshotPaths:
-        paths = write_snapshot(self.snapshot_prefix, self.iter,
-                               self.net.to_proto(write_diff=bool(self.param.snapshot_diff)),
-                               [to_host(h) for h in self.rule.history],
-                               lr_policy.current_step(self.param.lr_policy or "fixed", self.iter,
-                                                      stepsize=self.param.stepsize,
-                                                      stepvalues=list(self.param.stepvalue)),
-                               self._extra_state())
-        self.log.info(f"Snapshotting to binary proto file {paths.caffemodel}")
-        self.log.info(f"Snapshotting solver state to binary proto file {paths.solverstate}")
+        diff = bool(self.param.snapshot_diff)
+        try:
+            paths = write_snapshot(self.snapshot_prefix, self.iter, self.net.to_proto(write_diff=diff),
+                                   [to_host(h) for h in self.rule.history],
+                                   lr_policy.current_step(self.param.lr_policy or "fixed", self.iter,
+                                                          stepsize=self.param.stepsize,
+                                                          stepvalues=list(self.param.stepvalue)),
+                                   self._extra_state(), hdf5=self.hdf5, write_diff=diff)
+        except SnapshotError as err:
+            done = [p.solverstate for p in self.result.snapshots] or ([self.restored_from] if self.restored_from else [])
+            hint = (f"; the latest complete snapshot is {done[-1]} (free space, then resume with --snapshot {done[-1]})"
+                    if done else "")
+            raise SnapshotError(f"{err} (snapshot of iteration {self.iter}){hint}") from None
+        kind = "HDF5 file" if self.hdf5 else "binary proto file"
+        self.log.info(f"Snapshotting to {kind} {paths.caffemodel}")
+        self.log.info(f"Snapshotting solver state to {kind} {paths.solverstate}")
         self.result.snapshots.append(paths)
         return paths
 
@@ -247,6 +257,7 @@ class Solver:
                                   f"{tuple(mine.shape)}; resume with the same net")
             mine[...] = self.xp.asarray(saved)
         self.iter = state.iter
+        self.restored_from = Path(path)
         extra = state.extra
         if extra:
             self.losses.extend(float(x) for x in extra.get("losses", []))
@@ -254,6 +265,8 @@ class Solver:
             _restore_net(self.net, extra["train"])
             for t, st in zip(self.test_nets, extra.get("test", [])):
                 _restore_net(t, st)
+        if state.note:
+            self.log.warning(state.note)
         self.log.info(f"Restored solver state from {path}: iteration {self.iter}"
                       + ("" if extra else " (a Caffe solverstate: data layers start from the first record)"))
         return state
@@ -288,7 +301,7 @@ class Solver:
 
 def _paths_for(solver: Solver) -> SnapshotPaths:
     from trainer.snapshot import snapshot_paths
-    return snapshot_paths(solver.snapshot_prefix, solver.iter)
+    return snapshot_paths(solver.snapshot_prefix, solver.iter, hdf5=solver.hdf5)
 
 
 def _restore_net(net, state: dict) -> None:

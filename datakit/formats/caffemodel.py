@@ -8,6 +8,7 @@ get current-form layers and one {layer name: [arrays]} view of the weights.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +31,24 @@ class ModelLayer:
     blobs: list[np.ndarray]
 
 
+_TEXT_START = re.compile(rb"^\s*(#|[A-Za-z_][A-Za-z0-9_]*\s*(:|\{))")
+
+
+def looks_like_prototxt(data: bytes) -> bool:
+    """True for prototxt text (a net or solver description), which users hand to --weights by mistake."""
+    head = data[:4096]
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as err:
+        if err.start < len(head) - 3:  # not just a character cut at the end of the sample
+            return False
+    return bool(_TEXT_START.match(head))
+
+
 def parse_caffemodel(data: bytes, *, source: str = "<caffemodel>") -> caffe_pb2.NetParameter:
+    if looks_like_prototxt(data):
+        raise FormatError(f"{source}: is a text prototxt (a net or solver description), not a .caffemodel of "
+                          "weights; give the binary .caffemodel (or .caffemodel.h5) a training run wrote")
     net = caffe_pb2.NetParameter()
     try:
         net.ParseFromString(data)
@@ -43,7 +61,10 @@ def parse_caffemodel(data: bytes, *, source: str = "<caffemodel>") -> caffe_pb2.
 
 
 def read_caffemodel(path: str | os.PathLike) -> caffe_pb2.NetParameter:
-    """Read a .caffemodel as a current-form NetParameter (blobs included)."""
+    """Read a .caffemodel (or Caffe's HDF5 ``.caffemodel.h5``) as a current-form NetParameter (blobs included)."""
+    from datakit.formats.hdf5_snapshot import is_hdf5, read_caffemodel_h5
+    if is_hdf5(path):
+        return read_caffemodel_h5(path)
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:

@@ -16,6 +16,7 @@ from datakit.errors import FormatError
 from datakit.formats import caffe_pb2
 from datakit.formats.blobproto import read_binaryproto, read_mean
 from datakit.formats.caffemodel import model_layers, read_caffemodel, write_caffemodel
+from datakit.formats.hdf5_snapshot import is_hdf5, read_solverstate_any
 from datakit.formats.prototxt import parse_net, parse_text, read_net, to_text, write_prototxt
 from datakit.formats.upgrade import upgrade_solver
 
@@ -23,8 +24,9 @@ from datakit.formats.upgrade import upgrade_solver
 def file_kind(path: str | os.PathLike) -> str:
     """'net', 'solver', 'caffemodel', 'binaryproto', 'npy' or 'solverstate', from the name or content."""
     name = str(path).lower()
-    for suffix, kind in ((".caffemodel", "caffemodel"), (".binaryproto", "binaryproto"),
-                         (".npy", "npy"), (".solverstate", "solverstate")):
+    for suffix, kind in ((".caffemodel", "caffemodel"), (".caffemodel.h5", "caffemodel"),
+                         (".binaryproto", "binaryproto"), (".npy", "npy"), (".solverstate", "solverstate"),
+                         (".solverstate.h5", "solverstate")):
         if name.endswith(suffix):
             return kind
     if name.endswith((".prototxt", ".pt", ".txt")):
@@ -36,8 +38,15 @@ def file_kind(path: str | os.PathLike) -> str:
             raise FormatError(f"{path}: not a text file, but named like a prototxt") from None
         solver_words = ("base_lr", "lr_policy", "max_iter", "train_net", "test_iter")
         return "solver" if any(w in text for w in solver_words) and "layer" not in text else "net"
-    raise FormatError(f"{path}: unknown kind of file (expected .prototxt, .caffemodel, .binaryproto, "
-                      ".npy or .solverstate)")
+    if name.endswith(".h5") and is_hdf5(path):
+        import h5py
+        with h5py.File(path, "r") as f:
+            if "data" in f:
+                return "caffemodel"
+            if "iter" in f and "history" in f:
+                return "solverstate"
+    raise FormatError(f"{path}: unknown kind of file (expected .prototxt, .caffemodel(.h5), .binaryproto, "
+                      ".npy or .solverstate(.h5))")
 
 
 def _net_lines(net: caffe_pb2.NetParameter, blobs: dict[str, list[np.ndarray]] | None = None) -> list[str]:
@@ -66,7 +75,10 @@ def describe(path: str | os.PathLike) -> list[str]:
         net = read_caffemodel(path)
         layers = model_layers(net, source=str(path))
         total = sum(int(b.size) for m in layers for b in m.blobs)
-        return _net_lines(net, {m.name: m.blobs for m in layers}) + [f"{total:,} parameters"]
+        lines = _net_lines(net, {m.name: m.blobs for m in layers}) + [f"{total:,} parameters"]
+        if is_hdf5(path):
+            lines[0] += " (Caffe HDF5 weights: layer names and blobs, no types or order)"
+        return lines
     if kind in ("binaryproto", "npy"):
         arr = read_binaryproto(path) if kind == "binaryproto" else read_mean(path)
         lines = [f"blob {path}: shape {tuple(arr.shape)}, {arr.dtype}, min {arr.min():.4f} "
@@ -76,13 +88,10 @@ def describe(path: str | os.PathLike) -> list[str]:
             per = ", ".join(f"{v:.4f}" for v in chw.reshape(chw.shape[0], -1).mean(axis=1))
             lines.append(f"  per-channel means (stored order, BGR for Caffe means): {per}")
         return lines
-    state = caffe_pb2.SolverState()
-    try:
-        state.ParseFromString(Path(path).read_bytes())
-    except Exception as err:  # DecodeError, OSError
-        raise FormatError(f"{path}: not a valid .solverstate ({err})") from None
+    state = read_solverstate_any(path)
     return [f"solverstate {path}: iter {state.iter}, learned_net {state.learned_net!r}, "
-            f"{len(state.history)} history blobs, current_step {state.current_step}"]
+            f"{len(state.history)} history blobs, current_step {state.current_step}"
+            + (" (HDF5)" if is_hdf5(path) else "")]
 
 
 def upgrade_file(src: str | os.PathLike, dst: str | os.PathLike) -> str:
