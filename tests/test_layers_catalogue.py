@@ -255,3 +255,78 @@ def test_contrastive_loss(params):
     # The non-legacy dissimilar gradient divides by d + 1e-4 (Caffe's), so it is exact to ~1e-4 only.
     check_gradients(layer, b, t, check_bottoms=[0, 1], top_weights=[np.array(0.8)],
                     tol=1e-5 if "legacy" in params else 3e-4)
+
+
+# ------------------------------------------------------ pooling: SPP, STOCHASTIC ----
+
+
+def _fixed_draws(layer, seed=3):
+    """Make the layer's uniforms repeat on every forward (a finite-difference check needs that)."""
+    forward = layer.forward
+
+    def again(bottoms, tops):
+        layer.rng = np.random.default_rng(seed)
+        for inner in getattr(layer, "levels", []):
+            inner[0].rng = layer.rng
+        forward(bottoms, tops)
+    layer.forward = again
+    return layer
+
+
+@pytest.mark.parametrize("params,phase", [
+    ("kernel_size: 3 stride: 2", "TRAIN"), ("kernel_size: 2 stride: 2", "TRAIN"),
+    ("kernel_h: 3 kernel_w: 2 stride_h: 1 stride_w: 2", "TRAIN"),
+    ("kernel_size: 3 stride: 2", "TEST"), ("kernel_size: 2 stride: 1", "TEST"),
+])
+def test_stochastic_pooling_gradients(params, phase):
+    from tests.test_layers import TRAIN
+    x = np.abs(rand(2, 2, 7, 6)) + 0.1
+    layer, b, t = make_layer(f'type: "Pooling" pooling_param {{ pool: STOCHASTIC {params} }}', [x],
+                             phase=TRAIN if phase == "TRAIN" else TEST)
+    check_gradients(_fixed_draws(layer), b, t)
+
+
+def test_stochastic_pooling_values():
+    from tests.test_layers import TRAIN
+    x = np.array([[[[1.0, 3.0], [0.0, 4.0]]]])
+    layer, b, t = make_layer('type: "Pooling" pooling_param { pool: STOCHASTIC kernel_size: 2 stride: 2 }', [x],
+                             phase=TEST)
+    assert run_forward(layer, b, t)[0].item() == pytest.approx(26 / 8)  # Σx² / Σx
+    layer, b, t = make_layer('type: "Pooling" pooling_param { pool: STOCHASTIC kernel_size: 2 stride: 2 }', [x],
+                             phase=TRAIN)
+    picks = [run_forward(layer, b, t)[0].item() for _ in range(4000)]
+    values, counts = np.unique(picks, return_counts=True)
+    assert set(values) == {1.0, 3.0, 4.0}  # never the zero
+    np.testing.assert_allclose(counts / 4000, [1 / 8, 3 / 8, 4 / 8], atol=0.03)
+    t[0].diff = np.array([[[[2.0]]]])
+    layer.backward(t, [True], b)
+    chosen = list(x.reshape(-1)).index(picks[-1])  # the last forward's pick gets the whole gradient
+    assert b[0].diff.sum() == 2.0 and b[0].diff.reshape(-1)[chosen] == 2.0
+
+
+@pytest.mark.parametrize("params,shape", [
+    ("pyramid_height: 1", (2, 3, 5, 4)), ("pyramid_height: 2", (2, 3, 5, 5)),
+    ("pyramid_height: 3 pool: AVE", (1, 2, 9, 7)), ("pyramid_height: 3", (2, 2, 8, 8)),
+    ("pyramid_height: 2 pool: STOCHASTIC", (1, 2, 6, 5)),
+])
+def test_spp_gradients_and_shape(params, shape):
+    x = rand(*shape) + (3 if "STOCHASTIC" in params else 0)
+    layer, b, t = make_layer(f'type: "SPP" spp_param {{ {params} }}', [x])
+    height = int(params.split()[1])
+    n, c = shape[:2]
+    assert t[0].shape == ((n, c, 1, 1) if height == 1 else (n, c * sum(4 ** i for i in range(height))))
+    check_gradients(_fixed_draws(layer), b, t)
+
+
+def test_spp_levels_are_caffes_bins():
+    x = rand(1, 1, 5, 5)
+    layer, b, t = make_layer('type: "SPP" spp_param { pyramid_height: 2 }', [x])
+    (y,) = run_forward(layer, b, t)
+    assert y[0, 0] == pytest.approx(x.max())
+    # level 1: kernel 3, pad (3·2 − 5 + 1) / 2 = 1: bins cover rows -1..1 and 2..4
+    np.testing.assert_allclose(y[0, 1:5], [x[0, 0, :2, :2].max(), x[0, 0, :2, 2:].max(),
+                                           x[0, 0, 2:, :2].max(), x[0, 0, 2:, 2:].max()])
+    assert y.shape == (1, 1 + 4)
+    # level 2 would take kernel 2 and pad (8 − 5 + 1) / 2 = 2: Caffe refuses a pad as large as the kernel
+    with pytest.raises(FormatError, match="level 2 .*pad"):
+        make_layer('type: "SPP" spp_param { pyramid_height: 3 }', [x])
