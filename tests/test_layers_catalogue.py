@@ -330,3 +330,37 @@ def test_spp_levels_are_caffes_bins():
     # level 2 would take kernel 2 and pad (8 − 5 + 1) / 2 = 2: Caffe refuses a pad as large as the kernel
     with pytest.raises(FormatError, match="level 2 .*pad"):
         make_layer('type: "SPP" spp_param { pyramid_height: 3 }', [x])
+
+
+# ------------------------------------------------------------ HDF5Output ----
+
+
+def test_hdf5_output_appends_every_batch_and_hdf5data_reads_it_back(tmp_path):
+    import h5py
+
+    from tests.test_net import net_param
+    from trainer.net import Net
+    text = f'''
+    layer {{ name: "in" type: "Input" top: "x" top: "y" input_param {{ shape {{ dim: 3 dim: 2 dim: 2 }} shape {{ dim: 3 }} }} }}
+    layer {{ name: "out" type: "HDF5Output" bottom: "x" bottom: "y" hdf5_output_param {{ file_name: "{tmp_path}/o/out.h5" }} }}'''
+    rng = np.random.default_rng(0)
+    batches = []
+    with Net(net_param(text), TEST) as net:
+        for _ in range(3):
+            batch = (rng.standard_normal((3, 2, 2)).astype(np.float32), rng.integers(0, 5, 3).astype(np.float32))
+            net.blobs["x"].data[...] = batch[0]
+            net.blobs["y"].data[...] = batch[1]
+            net.forward()
+            batches.append(batch)
+            with h5py.File(tmp_path / "o/out.h5", "r") as h:  # flushed: readable while the net runs
+                assert h["data"].shape[0] == 3 * len(batches)
+    with h5py.File(tmp_path / "o/out.h5", "r") as h:
+        np.testing.assert_array_equal(h["data"][...], np.concatenate([b[0] for b in batches]))
+        np.testing.assert_array_equal(h["label"][...], np.concatenate([b[1] for b in batches]))
+    (tmp_path / "list.txt").write_text(f"{tmp_path}/o/out.h5\n")
+    reader = f'layer {{ name: "d" type: "HDF5Data" top: "data" top: "label" hdf5_data_param {{ source: "{tmp_path}/list.txt" batch_size: 9 }} }}'
+    with Net(net_param(reader), TEST) as net:
+        net.forward()
+        np.testing.assert_array_equal(net.blobs["label"].data, np.concatenate([b[1] for b in batches]))
+    with pytest.raises(FormatError, match="file_name is required"):
+        make_layer('type: "HDF5Output"', [rand(2, 1), rand(2)], n_tops=0)
