@@ -436,3 +436,78 @@ def test_window_data_errors_name_the_file_and_line(tmp_path):
     (tmp_path / "w.txt").write_text("# 0\nim.png\n3\n20\n30\n1\n1 0.9 2 3 11\n")
     with pytest.raises(FormatError, match=r"w.txt:7: a window line has 6 values"):
         parse_window_file(tmp_path / "w.txt", "")
+
+
+# ------------------------------------------------------------ RNN / LSTM ----
+
+RECURRENT = 'recurrent_param {{ num_output: 3 {extra} weight_filler {{ type: "uniform" min: -0.6 max: 0.6 }} ' \
+            'bias_filler {{ type: "uniform" min: -0.5 max: 0.5 }} }}'
+
+
+def _sequences(static: bool, exposed: int, t=4, n=2):
+    cont = np.ones((t, n))
+    cont[0] = 0          # every sequence starts at t = 0 (so a carried state cannot matter)
+    cont[2, 1] = 0       # ... and sample 1 starts a new one at t = 2
+    values = [rand(t, n, 2, 2), cont]
+    if static:
+        values.append(rand(n, 3))
+    values += [rand(1, n, 3) for _ in range(exposed)]
+    return values
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "RNN"])
+@pytest.mark.parametrize("static,expose", [(False, False), (True, False), (False, True), (True, True)])
+def test_recurrent_gradients(kind, static, expose):
+    n_state = (2 if kind == "LSTM" else 1) if expose else 0
+    values = _sequences(static, n_state)
+    if expose:
+        values[1][0] = [1, 0]   # exposed h_0 (and c_0) feed sample 0
+    text = f'type: "{kind}" ' + RECURRENT.format(extra="expose_hidden: true" if expose else "")
+    layer, b, t = make_layer(text, values, n_tops=1 + n_state)
+    assert t[0].shape == (4, 2, 3) and all(x.shape == (1, 2, 3) for x in t[1:])
+    names = {"LSTM": [(12, 4), (12,)] + [(12, 3)] * static + [(12, 3)],
+             "RNN": [(3, 4), (3,)] + [(3, 3)] * static + [(3, 3), (3, 3), (3,)]}[kind]
+    assert [blob.shape for blob in layer.blobs] == names
+    check_gradients(layer, b, t, check_bottoms=[i for i in range(len(values)) if i != 1])
+
+
+def _lstm_by_hand(x, cont, w_xc, b_c, w_hc, h, c):
+    H = h.shape[1]
+    sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+    hs = []
+    for t in range(x.shape[0]):
+        g = x[t].reshape(x.shape[1], -1) @ w_xc.T + b_c + (cont[t][:, None] * h) @ w_hc.T
+        i, f, o, gg = sig(g[:, :H]), sig(g[:, H:2 * H]), sig(g[:, 2 * H:3 * H]), np.tanh(g[:, 3 * H:])
+        c = cont[t][:, None] * f * c + i * gg
+        h = o * np.tanh(c)
+        hs.append(h)
+    return np.stack(hs), h, c
+
+
+def test_lstm_values_and_state_carried_between_forwards():
+    x, cont = _sequences(False, 0)
+    layer, b, t = make_layer('type: "LSTM" ' + RECURRENT.format(extra=""), [x, cont])
+    w_xc, b_c, w_hc = (blob.data for blob in layer.blobs)
+    zero = np.zeros((2, 3))
+    want, h_t, c_t = _lstm_by_hand(x, cont, w_xc, b_c, w_hc, zero, zero)
+    np.testing.assert_allclose(run_forward(layer, b, t)[0], want, rtol=1e-12)
+    # The next forward continues from the last state where cont says so (Caffe without expose_hidden).
+    b[1].data[...] = 1.0
+    again, _, _ = _lstm_by_hand(x, np.ones((4, 2)), w_xc, b_c, w_hc, h_t, c_t)
+    np.testing.assert_allclose(run_forward(layer, b, t)[0], again, rtol=1e-12)
+
+
+def test_rnn_values_with_exposed_state():
+    x, cont, h0 = _sequences(False, 1)
+    cont[0] = 1
+    layer, b, t = make_layer('type: "RNN" ' + RECURRENT.format(extra="expose_hidden: true"), [x, cont, h0], n_tops=2)
+    w_xh, b_h, w_hh, w_ho, b_o = (blob.data for blob in layer.blobs)
+    h, outs = h0[0], []
+    for step in range(4):
+        h = np.tanh(x[step].reshape(2, -1) @ w_xh.T + b_h + (cont[step][:, None] * h) @ w_hh.T)
+        outs.append(np.tanh(h @ w_ho.T + b_o))
+    o, h_t = run_forward(layer, b, t)
+    np.testing.assert_allclose(o, np.stack(outs), rtol=1e-12)
+    np.testing.assert_allclose(h_t[0], h, rtol=1e-12)
+    with pytest.raises(FormatError, match="takes x, cont"):
+        make_layer('type: "RNN" ' + RECURRENT.format(extra="expose_hidden: true"), [x, cont], n_tops=2)

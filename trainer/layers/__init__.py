@@ -58,7 +58,7 @@ def _load_families() -> None:
     # data layers that read files, with prefetching and transforms (Data, ImageData, HDF5Data, MemoryData)
     from . import data_db, data_hdf5, data_image, data_memory  # noqa: F401
     # the rest of Caffe's catalogue (issue 13)
-    from . import data_window, embed, hdf5_output, losses_extra, mvn, neuron_extra, shape_ops, spp  # noqa: F401
+    from . import data_window, embed, hdf5_output, losses_extra, mvn, neuron_extra, recurrent, shape_ops, spp  # noqa: F401
 
 
 __all__ = ["Blob", "Layer", "register", "layer_class", "registered_types"]
