@@ -511,3 +511,33 @@ def test_rnn_values_with_exposed_state():
     np.testing.assert_allclose(h_t[0], h, rtol=1e-12)
     with pytest.raises(FormatError, match="takes x, cont"):
         make_layer('type: "RNN" ' + RECURRENT.format(extra="expose_hidden: true"), [x, cont], n_tops=2)
+
+
+# ------------------------------------------------------- unknown types ----
+
+
+def test_unknown_type_names_the_prototxt_line_and_the_nearest_type(tmp_path):
+    from trainer.layers import layer_class
+    from trainer.net import Net
+    path = tmp_path / "net.prototxt"
+    path.write_text('name: "n"\nlayer { name: "in" type: "Input" top: "x"\n  input_param { shape { dim: 1 dim: 3 } } }\n'
+                    'layer {\n  name: "act"\n  # a comment with { braces }\n  type: "Relu"\n  bottom: "x" top: "y"\n}\n')
+    with pytest.raises(FormatError) as err:
+        Net.from_file(path)
+    assert str(err.value) == f"{path}:7: layer act: unknown layer type 'Relu'; did you mean 'ReLU' or 'PReLU' or 'ELU'?"
+    with pytest.raises(FormatError, match="did you mean 'SigmoidCrossEntropyLoss'"):
+        layer_class("SigmoidCrossEntropy", "x")
+    with pytest.raises(FormatError, match="known types: AbsVal, Accuracy, ArgMax, BNLL"):
+        layer_class("Zzzzzz", "x")
+
+
+def test_fit_names_the_line_of_an_unknown_type_in_the_solver_or_net_file(tmp_path, monkeypatch):
+    from trainer.fit import FitOptions, build
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "solver.prototxt").write_text(
+        'base_lr: 0.1 max_iter: 1 random_seed: 1 snapshot_after_train: false\n'
+        'net_param {\n  layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 1 } } }\n'
+        '  layer { name: "bad" type: "Embedd" bottom: "x" top: "y" }\n}\n')
+    with pytest.raises(FormatError, match=r"solver.prototxt:4: layer bad: unknown layer type 'Embedd'; "
+                                          r"did you mean 'Embed'\?"):
+        build(FitOptions(solver="solver.prototxt", device="cpu", stream=None))

@@ -36,8 +36,17 @@ def layer_class(type_name: str, layer_name: str = "?") -> type[Layer]:
     try:
         return _REGISTRY[type_name]
     except KeyError:
-        known = ", ".join(sorted(_REGISTRY))
-        raise FormatError(f"layer {layer_name}: unknown layer type {type_name!r} (known: {known})") from None
+        raise FormatError(f"layer {layer_name}: unknown layer type {type_name!r}; {nearest_types(type_name)}") from None
+
+
+def nearest_types(type_name: str) -> str:
+    """'did you mean ...?' with the closest registered types (case-insensitive), else the whole list."""
+    import difflib
+    by_lower = {name.lower(): name for name in _REGISTRY}
+    close = difflib.get_close_matches(type_name.lower(), list(by_lower), n=3, cutoff=0.6)
+    if close:
+        return "did you mean " + " or ".join(repr(by_lower[c]) for c in close) + "?"
+    return "known types: " + ", ".join(sorted(_REGISTRY))
 
 
 def registered_types() -> list[str]:
@@ -61,4 +70,4 @@ def _load_families() -> None:
     from . import data_window, embed, hdf5_output, losses_extra, mvn, neuron_extra, recurrent, shape_ops, spp  # noqa: F401
 
 
-__all__ = ["Blob", "Layer", "register", "layer_class", "registered_types"]
+__all__ = ["Blob", "Layer", "register", "layer_class", "registered_types", "nearest_types"]
