@@ -68,6 +68,7 @@ def _load_families() -> None:
     from . import data_db, data_hdf5, data_image, data_memory  # noqa: F401
     # the rest of Caffe's catalogue (issue 13)
     from . import data_window, embed, hdf5_output, losses_extra, mvn, neuron_extra, recurrent, shape_ops, spp  # noqa: F401
+    from . import python_layer  # noqa: F401  (type "Python": pycaffe-style layers)
 
 
 __all__ = ["Blob", "Layer", "register", "layer_class", "registered_types", "nearest_types"]
