@@ -541,3 +541,17 @@ def test_fit_names_the_line_of_an_unknown_type_in_the_solver_or_net_file(tmp_pat
     with pytest.raises(FormatError, match=r"solver.prototxt:4: layer bad: unknown layer type 'Embedd'; "
                                           r"did you mean 'Embed'\?"):
         build(FitOptions(solver="solver.prototxt", device="cpu", stream=None))
+
+
+# ------------------------------------------------------- the README list ----
+
+
+def test_readme_layer_list_is_the_registry():
+    from pathlib import Path
+
+    from trainer.layers import registered_types
+    from trainer.layers.catalogue import markdown, replace_block
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    assert replace_block(readme) == readme, \
+        "README.md's layer list is stale: run `python -m trainer.layers.catalogue README.md`"
+    assert all(f"`{t}`" in markdown() for t in registered_types())
