@@ -555,3 +555,63 @@ def test_readme_layer_list_is_the_registry():
     assert replace_block(readme) == readme, \
         "README.md's layer list is stale: run `python -m trainer.layers.catalogue README.md`"
     assert all(f"`{t}`" in markdown() for t in registered_types())
+
+
+# ------------------------------------------- the rest of caffe.proto's layers ----
+
+
+@pytest.mark.parametrize("text,values", [
+    ('type: "Clip" clip_param { min: -0.5 max: 0.7 }', lambda: [rand(3, 4)]),
+    ('type: "Swish"', lambda: [rand(3, 4)]),
+    ('type: "Swish" swish_param { beta: 2.5 }', lambda: [rand(3, 4)]),
+    ('type: "BatchReindex"', lambda: [rand(3, 2, 2), np.array([2.0, 0, 2, 1, 2])]),
+    ('type: "LSTMUnit"', lambda: [rand(1, 2, 3), rand(1, 2, 12), np.array([[1.0, 0.0]])]),
+    ('type: "Im2col" convolution_param { kernel_size: 3 pad: 1 stride: 2 }', lambda: [rand(2, 2, 5, 6)]),
+    ('type: "Im2col" convolution_param { kernel_h: 2 kernel_w: 3 dilation: 2 }', lambda: [rand(1, 3, 6, 7)]),
+])
+def test_more_proto_layers_gradients(text, values):
+    vals = values()
+    vals[0][np.abs(np.abs(vals[0]) - 0.6) < 0.11] = 0.1  # away from Clip's edges
+    n_tops = 2 if "LSTMUnit" in text else 1
+    layer, b, t = make_layer(text, vals, n_tops=n_tops)
+    check_gradients(layer, b, t, check_bottoms=[0, 1] if "LSTMUnit" in text else [0])
+
+
+def test_more_proto_layer_values():
+    x = np.array([[-2.0, -0.5, 0.3, 0.7, 2.0]])
+    layer, b, t = make_layer('type: "Clip" clip_param { min: -0.5 max: 0.7 }', [x])
+    np.testing.assert_array_equal(run_forward(layer, b, t)[0], np.clip(x, -0.5, float(np.float32(0.7))))  # a float field
+    layer, b, t = make_layer('type: "Swish" swish_param { beta: 2 }', [x])
+    np.testing.assert_allclose(run_forward(layer, b, t)[0], x / (1 + np.exp(-2 * x)))
+    rows = rand(3, 2)
+    layer, b, t = make_layer('type: "BatchReindex"', [rows, np.array([2.0, 0, 2])])
+    np.testing.assert_array_equal(run_forward(layer, b, t)[0], rows[[2, 0, 2]])
+    with pytest.raises(FormatError, match="index 3"):
+        run_forward(layer, make_layer('type: "BatchReindex"', [rows, np.array([3.0])])[1], t)
+    layer, b, t = make_layer('type: "Filter"', [rows, rand(3, 4), np.array([1.0, 0, 1])], n_tops=2)
+    a, c = run_forward(layer, b, t)
+    np.testing.assert_array_equal(a, rows[[0, 2]])
+    assert c.shape == (2, 4)
+    check_gradients(layer, b, t, check_bottoms=[0, 1])
+    b[2].data[...] = [0, 0, 1]
+    assert run_forward(layer, b, t)[0].shape == (1, 2)   # top shapes follow the selector
+    layer, b, t = make_layer('type: "Parameter" parameter_param { shape { dim: 2 dim: 3 } }', [])
+    assert layer.blobs[0].shape == (2, 3) and (run_forward(layer, b, t)[0] == 0).all()
+    layer.blobs[0].data[...] = rand(2, 3)
+    check_gradients(layer, b, t)
+    x = rand(2, 3, 4, 5)
+    layer, b, t = make_layer('type: "Im2col" convolution_param { kernel_size: 2 stride: 2 }', [x])
+    (cols,) = run_forward(layer, b, t)
+    assert cols.shape == (2, 12, 2, 2)
+    np.testing.assert_array_equal(cols[1, :, 1, 0], x[1, :, 2:4, 0:2].reshape(-1))  # rows (c, i, j)
+
+
+def test_lstm_unit_is_one_lstm_step():
+    c0, gates, cont = rand(1, 2, 3), rand(1, 2, 12), np.array([[1.0, 0.0]])
+    layer, b, t = make_layer('type: "LSTMUnit"', [c0, gates, cont], n_tops=2)
+    c, h = run_forward(layer, b, t)
+    sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+    i, f, o, g = sig(gates[..., :3]), sig(gates[..., 3:6]), sig(gates[..., 6:9]), np.tanh(gates[..., 9:])
+    want_c = cont[..., None] * f * c0 + i * g
+    np.testing.assert_allclose(c, want_c)
+    np.testing.assert_allclose(h, o * np.tanh(want_c))

@@ -67,7 +67,8 @@ def _load_families() -> None:
     # data layers that read files, with prefetching and transforms (Data, ImageData, HDF5Data, MemoryData)
     from . import data_db, data_hdf5, data_image, data_memory  # noqa: F401
     # the rest of Caffe's catalogue (issue 13)
-    from . import data_window, embed, hdf5_output, losses_extra, mvn, neuron_extra, recurrent, shape_ops, spp  # noqa: F401
+    from . import (batch_ops, data_window, embed, hdf5_output, im2col_layer, losses_extra, mvn,  # noqa: F401
+                   neuron_extra, recurrent, shape_ops, spp)
     from . import python_layer  # noqa: F401  (type "Python": pycaffe-style layers)
 
 

@@ -97,3 +97,42 @@ class ThresholdLayer(_Elementwise):
     def backward(self, tops: list[Blob], propagate_down: list[bool], bottoms: list[Blob]) -> None:
         if propagate_down[0]:
             bottoms[0].diff = self.xp.zeros(bottoms[0].shape, dtype=self.dtype)
+
+
+@register("Clip")
+class ClipLayer(_Elementwise):
+    """y = min(max(x, min), max); the gradient passes where min <= x <= max (Caffe's Clip)."""
+
+    def setup(self, bottoms: list[Blob], tops: list[Blob]) -> None:
+        p = self.param.clip_param
+        if not (p.HasField("min") and p.HasField("max")):
+            raise self.error("clip_param needs min and max")
+        self.lo, self.hi = float(p.min), float(p.max)
+        if self.lo > self.hi:
+            raise self.error(f"clip_param min {self.lo} is above max {self.hi}")
+
+    def forward(self, bottoms: list[Blob], tops: list[Blob]) -> None:
+        x = self._x = _keep_input(self, bottoms, tops)
+        tops[0].data = self.xp.minimum(self.xp.maximum(x, self.lo), self.hi)
+
+    def backward(self, tops: list[Blob], propagate_down: list[bool], bottoms: list[Blob]) -> None:
+        if propagate_down[0]:
+            bottoms[0].diff = tops[0].diff * ((self._x >= self.lo) & (self._x <= self.hi))
+
+
+@register("Swish")
+class SwishLayer(_Elementwise):
+    """y = x·sigmoid(beta·x); dy/dx = beta·y + sigmoid(beta·x)·(1 − beta·y)."""
+
+    def setup(self, bottoms: list[Blob], tops: list[Blob]) -> None:
+        self.beta = float(self.param.swish_param.beta)
+
+    def forward(self, bottoms: list[Blob], tops: list[Blob]) -> None:
+        x = bottoms[0].data
+        self._sig = 0.5 * self.xp.tanh(0.5 * self.beta * x) + 0.5
+        tops[0].data = x * self._sig
+
+    def backward(self, tops: list[Blob], propagate_down: list[bool], bottoms: list[Blob]) -> None:
+        if propagate_down[0]:
+            by = self.beta * tops[0].data
+            bottoms[0].diff = tops[0].diff * (by + self._sig * (1 - by))

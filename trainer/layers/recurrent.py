@@ -235,3 +235,44 @@ class RNNLayer(_Recurrent):
         self._accumulate(k - 2, dw_ho)
         self._accumulate(k - 1, do_all.reshape(-1, self.hidden).sum(axis=0))
         self._input_grads(bottoms, propagate_down, dgx, [dh_next])
+
+
+@register("LSTMUnit")
+class LSTMUnitLayer(Layer):
+    """One LSTM step, Caffe's building block: bottoms c_{t−1} (1×N×H), gate inputs (1×N×4H, i f o g)
+    and cont (1×N); tops c_t and h_t. No gradient reaches cont."""
+
+    min_bottoms = max_bottoms = 3
+    min_tops = max_tops = 2
+
+    def allow_force_backward(self, bottom_index: int) -> bool:
+        return bottom_index != 2
+
+    def reshape(self, bottoms: list[Blob], tops: list[Blob]) -> None:
+        c, x = bottoms[0].shape, bottoms[1].shape
+        if len(c) != 3 or x != c[:2] + (4 * c[2],) or bottoms[2].shape != c[:2]:
+            raise self.error(f"needs c (1,N,H), gates (1,N,4H), cont (1,N); got {c}, {x}, {bottoms[2].shape}")
+        self.hidden = c[2]
+        for t in tops:
+            t.reshape(c)
+
+    def forward(self, bottoms: list[Blob], tops: list[Blob]) -> None:
+        xp, H = self.xp, self.hidden
+        c_prev, g = bottoms[0].data, bottoms[1].data
+        cont = bottoms[2].data[..., None]
+        i, f, o = (_sigmoid(xp, g[..., k * H:(k + 1) * H]) for k in range(3))
+        gg = xp.tanh(g[..., 3 * H:])
+        c = cont * f * c_prev + i * gg
+        tc = xp.tanh(c)
+        self._saved = (c_prev, cont, i, f, o, gg, tc)
+        tops[0].data, tops[1].data = c, o * tc
+
+    def backward(self, tops: list[Blob], propagate_down: list[bool], bottoms: list[Blob]) -> None:
+        c_prev, cont, i, f, o, gg, tc = self._saved
+        dh = tops[1].diff
+        dc = tops[0].diff + dh * o * (1 - tc * tc)
+        if propagate_down[0]:
+            bottoms[0].diff = dc * cont * f
+        if propagate_down[1]:
+            bottoms[1].diff = self.xp.concatenate([dc * gg * i * (1 - i), dc * cont * c_prev * f * (1 - f),
+                                                   dh * tc * o * (1 - o), dc * i * (1 - gg * gg)], axis=-1)
