@@ -16,7 +16,7 @@ from tests import strict_xp
 from trainer.fit import FitOptions, fit
 
 NET = '''name: "catalogue"
-layer { name: "h5" type: "HDF5Data" top: "data" top: "label" top: "cont" top: "words" top: "target" top: "sim"
+layer { name: "h5" type: "HDF5Data" top: "data" top: "label" top: "cont" top: "words" top: "target" top: "sim" top: "perm"
   hdf5_data_param { source: "h5.txt" batch_size: 4 } }
 layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" convolution_param { num_output: 4 kernel_size: 3
   pad: 1 weight_filler { type: "gaussian" std: 0.3 } } }
@@ -40,7 +40,13 @@ layer { name: "rnn" type: "RNN" bottom: "emb" bottom: "cont" top: "rnn" recurren
   weight_filler { type: "uniform" min: -0.3 max: 0.3 } } }
 layer { name: "lstm_flat" type: "Reshape" bottom: "lstm" top: "lstm_flat" reshape_param { shape { dim: 0 dim: -1 } } }
 layer { name: "rnn_flat" type: "Reshape" bottom: "rnn" top: "rnn_flat" reshape_param { shape { dim: 0 dim: -1 } } }
-layer { name: "cat" type: "Concat" bottom: "lg" bottom: "red" bottom: "red2" bottom: "lstm_flat" bottom: "rnn_flat" top: "cat" }
+layer { name: "clip" type: "Clip" bottom: "lg" top: "lg_c" clip_param { min: -2 max: 2 } }
+layer { name: "swish" type: "Swish" bottom: "red" top: "red_s" swish_param { beta: 1.5 } }
+layer { name: "im2col" type: "Im2col" bottom: "data" top: "cols" convolution_param { kernel_size: 2 stride: 2 } }
+layer { name: "red3" type: "Reduction" bottom: "cols" top: "red3" reduction_param { operation: MEAN axis: 2 } }
+layer { name: "cat" type: "Concat" bottom: "lg_c" bottom: "red_s" bottom: "red2" bottom: "red3" bottom: "lstm_flat"
+  bottom: "rnn_flat" top: "cat0" }
+layer { name: "reindex" type: "BatchReindex" bottom: "cat0" bottom: "perm" top: "cat" }
 layer { name: "py" type: "Python" bottom: "cat" top: "cat_s" python_param { module: "pycaffe_layers" layer: "ScaleBy" param_str: "0.8" } }
 layer { name: "fc" type: "InnerProduct" bottom: "cat_s" top: "scores" inner_product_param { num_output: 3
   weight_filler { type: "gaussian" std: 0.1 } } }
@@ -52,7 +58,9 @@ layer { name: "prob" type: "Softmax" bottom: "scores" top: "prob" }
 layer { name: "mll" type: "MultinomialLogisticLoss" bottom: "prob" bottom: "label" top: "mll" loss_weight: 0.2 }
 layer { name: "info" type: "InfogainLoss" bottom: "scores" bottom: "label" top: "info" loss_weight: 0.2
   infogain_loss_param { source: "H.binaryproto" } }
-layer { name: "sce" type: "SigmoidCrossEntropyLoss" bottom: "scores" bottom: "target" top: "sce" loss_weight: 0.2 }
+layer { name: "offset" type: "Parameter" top: "offset" parameter_param { shape { dim: 4 dim: 3 } } }
+layer { name: "scores2" type: "Eltwise" bottom: "scores" bottom: "offset" top: "scores2" }
+layer { name: "sce" type: "SigmoidCrossEntropyLoss" bottom: "scores2" bottom: "target" top: "sce" loss_weight: 0.2 }
 layer { name: "contrastive" type: "ContrastiveLoss" bottom: "pa" bottom: "pb" bottom: "sim" top: "contrastive"
   loss_weight: 0.2 contrastive_loss_param { margin: 2 } }
 layer { name: "th" type: "Threshold" bottom: "scores" top: "th" threshold_param { threshold: 0.1 } }
@@ -74,6 +82,7 @@ def make_project(folder: Path, name: str) -> str:
         h["words"] = rng.integers(0, 10, (n, 2)).astype(np.float32)
         h["target"] = (np.eye(3)[label] > 0).astype(np.float32)
         h["sim"] = (np.arange(n) % 2).astype(np.float32)
+        h["perm"] = np.array([0, 1, 2, 3] * 4, np.float32)  # BatchReindex: identity within each batch of 4
     (folder / "h5.txt").write_text(f"{folder / 'd.h5'}\n")
     write_binaryproto(folder / "H.binaryproto", (np.eye(3) + 0.1).astype(np.float32))
     shutil.copy(Path(__file__).parent / "pylayers/pycaffe_layers.py", folder / "pycaffe_layers.py")
@@ -100,7 +109,7 @@ def test_a_net_of_the_new_layers_trains_on_numpy_and_on_the_cupy_path(tmp_path, 
     np.testing.assert_allclose(gpu, cpu, rtol=2e-4)
     a = caffemodel_blobs(read_caffemodel(tmp_path / "cpu/snap_iter_40.caffemodel"))
     b = caffemodel_blobs(read_caffemodel(tmp_path / "gpu/snap_iter_40.caffemodel"))
-    assert {"bias", "embed", "lstm", "rnn", "pyfc"} <= set(a)
+    assert {"bias", "embed", "lstm", "rnn", "pyfc", "offset"} <= set(a)
     for layer, arrays in a.items():
         for x, y in zip(arrays, b[layer]):
             np.testing.assert_allclose(y, x, rtol=2e-3, atol=1e-5, err_msg=layer)
