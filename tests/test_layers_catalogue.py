@@ -497,6 +497,22 @@ def test_lstm_values_and_state_carried_between_forwards():
     np.testing.assert_allclose(run_forward(layer, b, t)[0], again, rtol=1e-12)
 
 
+@pytest.mark.parametrize("kind", ["LSTM", "RNN"])
+def test_carried_state_is_saved_for_resume(kind):
+    import json
+    x, cont = _sequences(False, 0)
+    cont[...] = 1.0  # nothing resets: the second forward depends on the first's final state
+    text = f'type: "{kind}" ' + RECURRENT.format(extra="")
+    layer, b, t = make_layer(text, [x, cont])
+    run_forward(layer, b, t)
+    state = json.loads(json.dumps(layer.get_state()))   # through the sidecar's JSON
+    (second,) = run_forward(layer, b, t)
+    fresh, fb, ft = make_layer(text, [x, cont])          # same seed: same weights
+    fresh.set_state(state)
+    np.testing.assert_array_equal(run_forward(fresh, fb, ft)[0], second)
+    assert make_layer(text, [x, cont])[0].get_state() == {}
+
+
 def test_rnn_values_with_exposed_state():
     x, cont, h0 = _sequences(False, 1)
     cont[0] = 1

@@ -137,6 +137,18 @@ class _Recurrent(Layer):
             return [top.diff.reshape(n, self.hidden) for top in tops[1:]]
         return [self.xp.zeros((n, self.hidden), dtype=self.dtype) for _ in self.state_names]
 
+    # -- resume: the carried state travels in the snapshot's JSON sidecar, so a resumed run
+    #    continues its sequences as the uninterrupted one does (Caffe's snapshots drop it).
+    def get_state(self) -> dict:
+        if self.expose or self._carry is None:
+            return {}
+        from trainer.backend import to_host
+        return {"carry": [np.asarray(to_host(s), dtype=np.float64).tolist() for s in self._carry]}
+
+    def set_state(self, state: dict) -> None:
+        if "carry" in state and not self.expose:
+            self._carry = [self.xp.asarray(np.asarray(s, dtype=self.dtype)) for s in state["carry"]]
+
     def _accumulate(self, k: int, value: Any) -> None:
         if self.param_needs_grad(k):
             self.add_param_grad(k, value)
