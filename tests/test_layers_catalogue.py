@@ -631,3 +631,33 @@ def test_lstm_unit_is_one_lstm_step():
     want_c = cont[..., None] * f * c0 + i * g
     np.testing.assert_allclose(c, want_c)
     np.testing.assert_allclose(h, o * np.tanh(want_c))
+
+
+def test_old_style_v1_nets_with_these_layers_upgrade_and_run():
+    from datakit.formats.prototxt import parse_net
+    from trainer.net import Net
+    text = '''
+    input: "x" input_shape { dim: 2 dim: 3 dim: 4 dim: 4 }
+    input: "label" input_shape { dim: 2 }
+    layers { name: "bnll" type: BNLL bottom: "x" top: "b" }
+    layers { name: "mvn" type: MVN bottom: "b" top: "m" mvn_param { across_channels: true } }
+    layers { name: "exp" type: EXP bottom: "m" top: "e" exp_param { scale: 0.5 } }
+    layers { name: "th" type: THRESHOLD bottom: "e" top: "t" threshold_param { threshold: 1 } }
+    layers { name: "cols" type: IM2COL bottom: "m" top: "c" convolution_param { kernel_size: 2 } }
+    layers { name: "fc" type: INNER_PRODUCT bottom: "c" top: "fc" inner_product_param { num_output: 3
+      weight_filler { type: "gaussian" } } }
+    layers { name: "hinge" type: HINGE_LOSS bottom: "fc" bottom: "label" top: "loss" hinge_loss_param { norm: L2 } }
+    layers { name: "sil" type: SILENCE bottom: "t" }
+    '''
+    net = Net(parse_net(text), TEST)
+    assert [layer.type for layer in net.layers][1:] == ["BNLL", "MVN", "Split", "Exp", "Threshold", "Im2col",
+                                                         "InnerProduct", "HingeLoss", "Silence"]
+    assert np.isfinite(net.forward())
+
+
+def test_softmax_with_loss_normalization_wins_over_legacy_normalize():
+    scores, labels = rand(3, 4), np.array([0.0, 1, 2])
+    layer, b, t = make_layer('type: "SoftmaxWithLoss" loss_param { normalize: false normalization: VALID }',
+                             [scores, labels])
+    ref, rb, rt = make_layer('type: "SoftmaxWithLoss" loss_param { normalization: NONE }', [scores, labels])
+    assert float(run_forward(layer, b, t)[0]) == pytest.approx(float(run_forward(ref, rb, rt)[0]) / 3)
