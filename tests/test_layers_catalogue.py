@@ -390,7 +390,7 @@ def test_window_data_batches_warp_windows_with_caffes_labels(tmp_path):
     import cv2
 
     from trainer.net import Net
-    imgs, param = _window_project(tmp_path, transform="crop_size: 8 mean_value: 10 scale: 0.5")
+    imgs, param = _window_project(tmp_path, extra="cache_images: true", transform="crop_size: 8 mean_value: 10 scale: 0.5")
     with Net(param, TEST, seed=1) as net:
         net.forward()
         data, label = net.blobs["data"].data, net.blobs["label"].data

@@ -19,8 +19,8 @@ clipped-off part left as zero padding, optionally mirrored, then the mean (trans
 mean_file, centred, or mean_value) is subtracted and ``scale`` applied, as Caffe's
 WindowDataLayer::load_batch does. crop_size, mirror and the mean come from transform_param
 (Caffe's upgrade moves them there); scale from transform_param when set there, else from
-window_data_param. Batch k's draws come from a generator seeded by (layer seed, k), so a
-resumed run reads the same windows.
+window_data_param. ``cache_images`` keeps decoded images in memory. Batch k's draws come from
+a generator seeded by (layer seed, k), so a resumed run reads the same windows.
 """
 
 from __future__ import annotations
@@ -119,6 +119,7 @@ class WindowDataLayer(PrefetchingDataLayer):
             raise ConfigError(f"{path}: {len(self.fg)} foreground and {len(self.bg)} background windows; "
                               f"a batch needs {n_fg} and {self.batch_size - n_fg}")
         self.channels = self.images[0][1][0] if self.images else 3
+        self.cache: dict[int, np.ndarray] | None = {} if p.cache_images else None
         self.mean = self._mean()
         return (self.channels, self.crop, self.crop), len(self.fg) + len(self.bg)
 
@@ -141,7 +142,6 @@ class WindowDataLayer(PrefetchingDataLayer):
         return None
 
     def read_batch(self, k: int) -> HostBatch:
-        import cv2
         rng = np.random.default_rng([self.seed, 4, k])
         n_fg = int(self.batch_size * self.fg_fraction)
         data = np.zeros((self.batch_size, self.channels, self.crop, self.crop), np.float32)
@@ -151,10 +151,7 @@ class WindowDataLayer(PrefetchingDataLayer):
                 [self.fg[int(i)] for i in rng.integers(0, max(len(self.fg), 1), n_fg)]
         for item, (image_index, box) in enumerate(picks):
             path = self.images[image_index][0]
-            img = cv2.imread(path, cv2.IMREAD_COLOR if self.channels == 3 else cv2.IMREAD_GRAYSCALE)
-            if img is None:
-                raise ImageError(f"layer {self.name}: cannot read image {path} (window file image {image_index})")
-            img = img.reshape(img.shape[0], img.shape[1], -1)
+            img = self._image(image_index)
             mirror = self.mirror and bool(rng.integers(0, 2))
             window, pad_h, pad_w = self._cut(img, box, mirror)
             chw = window.transpose(2, 0, 1).astype(np.float32)
@@ -166,6 +163,19 @@ class WindowDataLayer(PrefetchingDataLayer):
             labels[item] = int(box[0])
             keys.append(f"{path} window {box[2:]}")
         return HostBatch(data, labels, keys)
+
+    def _image(self, index: int) -> np.ndarray:
+        import cv2
+        if self.cache is not None and index in self.cache:
+            return self.cache[index]
+        path = self.images[index][0]
+        img = cv2.imread(path, cv2.IMREAD_COLOR if self.channels == 3 else cv2.IMREAD_GRAYSCALE)
+        if img is None:
+            raise ImageError(f"layer {self.name}: cannot read image {path} (window file image {index})")
+        img = img.reshape(img.shape[0], img.shape[1], -1)
+        if self.cache is not None:
+            self.cache[index] = img
+        return img
 
     def _cut(self, img: np.ndarray, box: list[float], mirror: bool) -> tuple[np.ndarray, int, int]:
         """The window warped to its place in the crop, and its top/left zero padding."""

@@ -43,7 +43,8 @@ class HDF5OutputLayer(Layer):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file: Any = h5py.File(self.path, "w")
         except OSError as err:
-            raise DatabaseError(f"layer {self.name}: cannot create {self.path}: {err}") from None
+            raise DatabaseError(f"layer {self.name}: cannot create {self.path}: {err} (if another net, the TEST "
+                                "net say, writes it too, give each phase its own file_name)") from None
         self.rows = 0
 
     def reshape(self, bottoms: list[Blob], tops: list[Blob]) -> None:
