@@ -104,3 +104,17 @@ def test_python_layers_train_in_fit_and_their_blobs_survive_snapshot_and_resume(
         from trainer.weights import load_weights
         assert load_weights(net, tmp_path / "a/run_iter_10.caffemodel").copied == ["fc"]
         np.testing.assert_array_equal(net.layer("fc").blobs[0].data, final_a[0])
+
+
+def test_trainer_fit_cli_runs_python_layers_and_reports_their_failure_in_one_line(tmp_path, cli):
+    solver = project(tmp_path / "c", "run", max_iter=3, snapshot=0)
+    res = cli("trainer", "fit", "--solver", solver, "--device", "cpu", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "c/run_iter_3.caffemodel").is_file()
+    net = tmp_path / "c/net.prototxt"
+    net.write_text(NET.replace('layer: "ScaleBy"', 'layer: "Broken"'))
+    res = cli("trainer", "fit", "--solver", solver, "--device", "cpu", cwd=tmp_path)
+    assert res.returncode != 0
+    last = res.stderr.strip().splitlines()[-1]
+    assert "layer scale (Python pycaffe_layers.Broken): pycaffe_layers.Broken.forward failed at " in last
+    assert last.endswith("ValueError: boom in forward") and "Traceback" not in res.stderr
