@@ -145,3 +145,67 @@ def test_forward_backward_of_the_mix_matches_numpy_on_the_strict_device(tmp_path
     assert_nets_agree(nets[0], nets[1], np.float32)
     for net in nets:
         net.close()
+
+
+# The parameter combinations the training net above does not reach, checked blob by blob on the strict device.
+MORE = '''force_backward: true
+layer { name: "in" type: "Input" top: "x" top: "seq" top: "cont" top: "static" top: "h0" top: "c0" top: "label"
+  top: "sel" top: "H" top: "bias" top: "target"
+  input_param { shape { dim: 4 dim: 3 dim: 5 dim: 5 } shape { dim: 3 dim: 4 dim: 2 } shape { dim: 3 dim: 4 }
+    shape { dim: 4 dim: 2 } shape { dim: 1 dim: 4 dim: 3 } shape { dim: 1 dim: 4 dim: 3 } shape { dim: 4 }
+    shape { dim: 4 } shape { dim: 3 dim: 3 } shape { dim: 5 dim: 5 } shape { dim: 4 dim: 3 } } }
+layer { name: "mvn" type: "MVN" bottom: "x" top: "mvn" mvn_param { across_channels: true normalize_variance: false } }
+layer { name: "bias2" type: "Bias" bottom: "mvn" bottom: "bias" top: "b2" bias_param { axis: 2 } }
+layer { name: "exp" type: "Exp" bottom: "b2" top: "e" exp_param { scale: 0.1 shift: 0.2 } }
+layer { name: "log" type: "Log" bottom: "e" top: "lg" }
+layer { name: "ref" type: "Pooling" bottom: "lg" top: "ref" pooling_param { pool: AVE kernel_size: 2 stride: 2 } }
+layer { name: "crop" type: "Crop" bottom: "lg" bottom: "ref" top: "crop" crop_param { axis: 1 offset: 0 offset: 1 offset: 2 } }
+layer { name: "tile" type: "Tile" bottom: "crop" top: "tile" tile_param { axis: 0 tiles: 2 } }
+layer { name: "red" type: "Reduction" bottom: "tile" top: "red" reduction_param { operation: MEAN axis: 1 } }
+layer { name: "red_sum" type: "Reduction" bottom: "red" top: "red_sum" reduction_param { operation: SUM } loss_weight: 0.01 }
+layer { name: "stoch" type: "Pooling" bottom: "e" top: "stoch" pooling_param { pool: STOCHASTIC kernel_size: 3 stride: 2 } }
+layer { name: "spp" type: "SPP" bottom: "e" top: "spp" spp_param { pyramid_height: 1 pool: AVE } }
+layer { name: "lstm" type: "LSTM" bottom: "seq" bottom: "cont" bottom: "static" bottom: "h0" bottom: "c0" top: "lstm"
+  top: "hT" top: "cT" recurrent_param { num_output: 3 expose_hidden: true weight_filler { type: "gaussian" std: 0.3 }
+  bias_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "rnn" type: "RNN" bottom: "seq" bottom: "cont" bottom: "static" bottom: "h0" top: "rnn" top: "rT"
+  recurrent_param { num_output: 3 expose_hidden: true weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "gates" type: "Tile" bottom: "hT" top: "gates" tile_param { axis: 2 tiles: 4 } }
+layer { name: "cont1" type: "Reshape" bottom: "label" top: "cont1" reshape_param { shape { dim: 1 dim: 4 } } }
+layer { name: "unit" type: "LSTMUnit" bottom: "c0" bottom: "gates" bottom: "cont1" top: "c1" top: "h1" }
+layer { name: "flat" type: "Reshape" bottom: "h1" top: "flat" reshape_param { shape { dim: 4 dim: 3 } } }
+layer { name: "filter" type: "Filter" bottom: "flat" bottom: "label" bottom: "sel" top: "kept" top: "kept_label" }
+layer { name: "info" type: "InfogainLoss" bottom: "kept" bottom: "kept_label" bottom: "H" top: "info"
+  loss_param { ignore_label: 2 normalization: FULL } }
+layer { name: "sce" type: "SigmoidCrossEntropyLoss" bottom: "flat" bottom: "target" top: "sce" loss_param { ignore_label: -1 } }
+layer { name: "hinge" type: "HingeLoss" bottom: "flat" bottom: "label" top: "hinge" }
+layer { name: "sil" type: "Silence" bottom: "stoch" bottom: "spp" bottom: "lstm" bottom: "rnn" bottom: "rT" bottom: "cT" bottom: "c1" }
+'''
+
+MORE_INPUTS = {"x": lambda r: r.standard_normal((4, 3, 5, 5)), "seq": lambda r: r.standard_normal((3, 4, 2)),
+               "cont": lambda r: np.array([[0, 1, 1, 0], [1, 1, 0, 1], [1, 0, 1, 1]]),
+               "static": lambda r: r.standard_normal((4, 2)), "h0": lambda r: r.standard_normal((1, 4, 3)),
+               "c0": lambda r: r.standard_normal((1, 4, 3)), "label": lambda r: np.array([0, 2, 1, 1]),
+               "sel": lambda r: np.array([1, 0, 1, 1]), "H": lambda r: np.eye(3) + r.uniform(0, 0.5, (3, 3)),
+               "bias": lambda r: r.standard_normal((5, 5)),
+               "target": lambda r: np.where(r.uniform(size=(4, 3)) < 0.2, -1, r.uniform(size=(4, 3)) > 0.5)}
+
+
+@pytest.mark.parametrize("phase", [0, 1])
+def test_more_parameter_combinations_match_numpy_on_the_strict_device(phase):
+    from datakit.formats.prototxt import parse_net
+    from tests.test_device_strict import assert_nets_agree
+    from trainer.net import Net
+    nets = []
+    for xp in (np, strict_xp):
+        with strict_xp.installed():
+            net = Net(parse_net(MORE), phase, xp=xp, seed=0, dtype=np.float64)
+            rng = np.random.default_rng(1)
+            for name in net.input_names:
+                net.blobs[name].data[...] = xp.asarray(np.asarray(MORE_INPUTS[name](rng), np.float64))
+            net.clear_param_diffs()
+            net.forward()
+            net.backward()
+            nets.append(net)
+    assert nets[1].blobs["kept"].shape == (3, 3)
+    assert_nets_agree(nets[0], nets[1], np.float64)
