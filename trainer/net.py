@@ -23,7 +23,6 @@ import numpy as np
 from datakit.errors import FormatError
 from datakit.formats import caffe_pb2
 from datakit.formats.blobproto import array_to_blob, blob_shape, blob_to_array
-from datakit.formats.prototxt import locate_layer
 
 from trainer.backend import to_host
 from trainer.layers import Blob, Layer, layer_class
@@ -241,6 +240,7 @@ class Net:
         try:
             cls = layer_class(lp.type, name)
         except FormatError as err:
+            from datakit.formats.prototxt import locate_layer  # noqa: PLC0415  (only on this error)
             line = locate_layer(self.source, name) if self.source else None
             where = f"{self.source}:{line}: " if line else (f"{self.source}: " if self.source else "")
             raise FormatError(f"{where}{err}") from None
@@ -400,7 +400,8 @@ class Net:
     def from_file(cls, path: str | Path, phase: int = TEST, **kwargs: Any) -> Net:
         """Read a net prototxt (any Caffe generation, upgraded on read) and build it."""
         from datakit.formats.prototxt import read_net  # noqa: PLC0415
-        return cls(read_net(path), phase, source=path, **kwargs)
+        kwargs.setdefault("source", path)
+        return cls(read_net(path), phase, **kwargs)
 
     # -- access ---------------------------------------------------------------
     def layer(self, name: str) -> Layer:
