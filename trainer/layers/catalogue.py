@@ -1,7 +1,7 @@
 """The README's layer list, generated from the registry so the two cannot drift.
 
 ``python -m trainer.layers.catalogue README.md`` rewrites the block between the markers;
-tests/test_layers_catalogue.py fails when the README's block differs from ``markdown()``.
+tests/test_layers_registry.py fails when the README's block differs from ``markdown()``.
 """
 
 from __future__ import annotations
