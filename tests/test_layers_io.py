@@ -113,3 +113,24 @@ def test_window_data_errors_name_the_file_and_line(tmp_path):
     (tmp_path / "w.txt").write_text("# 0\nim.png\n3\n20\n30\n1\n1 0.9 2 3 11\n")
     with pytest.raises(FormatError, match=r"w.txt:7: a window line has 6 values"):
         parse_window_file(tmp_path / "w.txt", "")
+
+
+def test_window_data_reads_the_old_fields_and_a_mean_file(tmp_path):
+    import cv2
+
+    from datakit.formats.blobproto import write_mean
+    from tests.test_net import net_param
+    from trainer.net import Net
+    imgs, _ = _window_project(tmp_path)
+    mean = np.random.default_rng(3).uniform(0, 255, (3, 12, 12)).astype(np.float32)
+    write_mean(tmp_path / "mean.binaryproto", mean)
+    # window_data_param's deprecated crop_size / mean_file, as in R-CNN's original prototxt (no upgrade here)
+    text = (f'layer {{ name: "w" type: "WindowData" top: "data" top: "label" window_data_param {{ source: '
+            f'"{tmp_path}/windows.txt" root_folder: "{tmp_path}/" batch_size: 2 fg_fraction: 1 crop_size: 8 '
+            f'mean_file: "{tmp_path}/mean.binaryproto" fg_threshold: 0.8 }} }}')
+    with Net(net_param(text), TEST, seed=0) as net:   # net_param parses without the upgrade
+        net.forward()
+        data, label = net.blobs["data"].data, net.blobs["label"].data
+    assert (label == 1).all()   # the only window over 0.8 overlap
+    want = cv2.resize(imgs[0][3:13, 2:12], (8, 8), interpolation=cv2.INTER_LINEAR).transpose(2, 0, 1)
+    np.testing.assert_allclose(data[0], want - mean[:, 2:10, 2:10], rtol=1e-6, atol=1e-4)  # mean centred

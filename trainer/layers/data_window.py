@@ -92,10 +92,11 @@ class WindowDataLayer(PrefetchingDataLayer):
         p = self.param.window_data_param
         tp = self.param.transform_param
         self.batch_size = int(p.batch_size)
-        self.crop = int(tp.crop_size)
+        # transform_param's, or window_data_param's old fields in a net read without the upgrade
+        self.crop = int(tp.crop_size or p.crop_size)
         if self.crop <= 0:
             raise self.error("transform_param.crop_size must be positive (the window is warped to it)")
-        self.mirror = bool(tp.mirror)
+        self.mirror = bool(tp.mirror or p.mirror)
         self.scale = float(tp.scale if tp.HasField("scale") else p.scale)
         self.context_pad, self.square = int(p.context_pad), p.crop_mode == "square"
         if p.crop_mode not in ("warp", "square"):
@@ -125,10 +126,11 @@ class WindowDataLayer(PrefetchingDataLayer):
 
     def _mean(self) -> np.ndarray | None:
         tp = self.param.transform_param
-        if tp.HasField("mean_file") and tp.mean_value:
+        mean_file = tp.mean_file or self.param.window_data_param.mean_file
+        if mean_file and tp.mean_value:
             raise self.error("give mean_file or mean_value, not both")
-        if tp.HasField("mean_file"):
-            mean = read_mean(Path(self.base_dir) / tp.mean_file)
+        if mean_file:
+            mean = read_mean(Path(self.base_dir) / mean_file)
             if mean.shape[1] < self.crop or mean.shape[2] < self.crop:
                 raise self.error(f"mean_file is {mean.shape[1]}x{mean.shape[2]}, smaller than crop_size {self.crop}")
             off_h, off_w = (mean.shape[1] - self.crop) // 2, (mean.shape[2] - self.crop) // 2
