@@ -177,6 +177,11 @@ def test_more_proto_layer_values():
     check_gradients(layer, b, t, check_bottoms=[0, 1])
     b[2].data[...] = [0, 0, 1]
     assert run_forward(layer, b, t)[0].shape == (1, 2)   # top shapes follow the selector
+    b[2].data[...] = 0
+    assert run_forward(layer, b, t)[0].shape == (0, 2)   # nothing selected: empty tops, zero gradients
+    t[0].diff, t[1].diff = np.zeros((0, 2)), np.zeros((0, 4))
+    layer.backward(t, [True, True, False], b)
+    assert (b[0].diff == 0).all() and b[0].diff.shape == (3, 2)
     layer, b, t = make_layer('type: "Parameter" parameter_param { shape { dim: 2 dim: 3 } }', [])
     assert layer.blobs[0].shape == (2, 3) and (run_forward(layer, b, t)[0] == 0).all()
     layer.blobs[0].data[...] = rand(2, 3)

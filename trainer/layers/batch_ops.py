@@ -13,7 +13,8 @@ from .base import Blob, Layer
 def _row_scatter(xp: Any, rows: Any, index: Any, n: int, dtype: Any) -> Any:
     """Σ of ``rows[k]`` into row ``index[k]`` of an (n, ...) array (a one-hot GEMM: no scatter needed)."""
     onehot = (xp.arange(n)[:, None] == index[None, :]).astype(dtype)
-    return (onehot @ rows.reshape(rows.shape[0], -1)).reshape((n,) + rows.shape[1:])
+    flat = rows.reshape(rows.shape[0], int(np.prod(rows.shape[1:], dtype=np.int64)))  # no -1: 0 rows is allowed
+    return (onehot @ flat).reshape((n,) + rows.shape[1:])
 
 
 def _indices(layer: Layer, blob: Blob, limit: int) -> Any:
