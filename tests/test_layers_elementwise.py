@@ -202,3 +202,18 @@ def test_lstm_unit_is_one_lstm_step():
     want_c = cont[..., None] * f * c0 + i * g
     np.testing.assert_allclose(c, want_c)
     np.testing.assert_allclose(h, o * np.tanh(want_c))
+
+
+def test_embed_row_sums_match_a_scatter_add():
+    from trainer.layers.embed import row_sums
+    rng = np.random.default_rng(0)
+    index = rng.integers(0, 7, 50)
+    rows = rng.standard_normal((50, 3)).astype(np.float32)
+    want = np.zeros((9, 3), np.float32)
+    np.add.at(want, index, rows)
+    got = np.zeros((9, 3), np.float32)
+    keys, totals = row_sums(np, rows, index)
+    assert len(set(keys.tolist())) == len(keys)     # distinct: a plain indexed add is safe
+    got[keys] += totals
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    assert row_sums(np, rows[:0], index[:0])[1].shape == (0, 3)
