@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
                 for shape in lp.input_param.shape:
                     if len(shape.dim):
                         shape.dim[0] = args.batch_size
-    net = Net(param, phase_of(args.phase), xp=xp, stages=args.stage, level=args.level, seed=0)
+    net = Net(param, phase_of(args.phase), xp=xp, stages=args.stage, level=args.level, seed=0, source=args.model)
     if args.weights:
         load_weights_list(net, args.weights)
     if not net.has_loss:

@@ -104,6 +104,12 @@ def _net_from(param: caffe_pb2.SolverParameter, which: str, solver_dir: Path | N
     return nets
 
 
+def _source_file(src: str, solver_dir: Path, solver: str) -> str:
+    """The file a net's layers are written in: its own prototxt, or the solver for an inline net_param."""
+    located = _locate(src, solver_dir)
+    return located if Path(located).is_file() else solver
+
+
 def default_prefix(solver_path: str, param: caffe_pb2.SolverParameter) -> str:
     """snapshot_prefix, or (as newer Caffe) the solver file name without .prototxt."""
     if param.snapshot_prefix:
@@ -195,13 +201,15 @@ def _build(opts: FitOptions, param, prefix: str, log: CaffeLog, xp, seed: int,
     state = caffe_pb2.NetState()
     state.CopyFrom(param.train_state)
     log.info(f"Creating training net from {train_src}")
-    train_net = Net(train_param, TRAIN, xp=xp, stages=list(state.stage), level=state.level, seed=seed)
+    train_net = Net(train_param, TRAIN, xp=xp, stages=list(state.stage), level=state.level, seed=seed,
+                    source=_source_file(train_src, solver_dir, opts.solver))
     nets.append(train_net)
     test_nets = []
     for i, (src, net_param) in enumerate(_net_from(param, "test", solver_dir, opts.solver)):
         ts = param.test_state[i] if i < len(param.test_state) else caffe_pb2.NetState()
         log.info(f"Creating test net (#{i}) specified by {src}")
-        test_nets.append(Net(net_param, TEST, xp=xp, stages=list(ts.stage), level=ts.level, seed=seed + 1 + i))
+        test_nets.append(Net(net_param, TEST, xp=xp, stages=list(ts.stage), level=ts.level, seed=seed + 1 + i,
+                             source=_source_file(src, solver_dir, opts.solver)))
         nets.append(test_nets[-1])
     for net in [train_net, *test_nets]:
         rails.install(net, warn=log.warning)

@@ -187,8 +187,10 @@ class Net:
 
     def __init__(self, param: caffe_pb2.NetParameter, phase: int = TEST, *, xp: ModuleType | None = None,
                  stages: Sequence[str] = (), level: int = 0, seed: int | None = None,
-                 base_dir: str | Path = ".", dtype: Any = np.float32) -> None:
+                 base_dir: str | Path = ".", dtype: Any = np.float32, source: str | Path | None = None) -> None:
         self.xp = xp if xp is not None else np
+        # The prototxt the net was read from: errors then name its line, Python layers import beside it.
+        self.source = str(source) if source is not None else None
         self.phase = phase
         self.name = param.name
         self.dtype = np.dtype(dtype)
@@ -235,11 +237,18 @@ class Net:
         name = lp.name or f"layer{len(self.layers)}"
         if name in self.layer_names:
             raise FormatError(f"layer {name}: two layers have this name; layer names must be unique")
-        cls = layer_class(lp.type, name)
+        try:
+            cls = layer_class(lp.type, name)
+        except FormatError as err:
+            from datakit.formats.prototxt import locate_layer  # noqa: PLC0415  (only on this error)
+            line = locate_layer(self.source, name) if self.source else None
+            where = f"{self.source}:{line}: " if line else (f"{self.source}: " if self.source else "")
+            raise FormatError(f"{where}{err}") from None
         lp = copy.copy(lp)
         lp.phase = self.phase
         layer = cls(lp, self.phase, self.xp, dtype=self.dtype, rng=self.rng, base_dir=self.base_dir)
         layer.name = name
+        layer.source = self.source
         layer.check_counts(len(lp.bottom), len(lp.top))
         bottoms = [self.blobs[b] for b in lp.bottom]
         tops: list[Blob] = []
@@ -391,6 +400,7 @@ class Net:
     def from_file(cls, path: str | Path, phase: int = TEST, **kwargs: Any) -> Net:
         """Read a net prototxt (any Caffe generation, upgraded on read) and build it."""
         from datakit.formats.prototxt import read_net  # noqa: PLC0415
+        kwargs.setdefault("source", path)
         return cls(read_net(path), phase, **kwargs)
 
     # -- access ---------------------------------------------------------------

@@ -7,7 +7,9 @@ and atomic writes.
 
 from __future__ import annotations
 
+import bisect
 import os
+import re
 from pathlib import Path
 from typing import TypeVar
 
@@ -75,3 +77,46 @@ def to_text(message: Message) -> str:
 def write_prototxt(path: str | os.PathLike, message: Message) -> None:
     """Write any message as prototxt text, atomically."""
     write_text_atomic(path, to_text(message))
+
+
+_TOKEN = re.compile(r'#[^\n]*|"(?:\\.|[^"\\\n])*"|\'(?:\\.|[^\'\\\n])*\'|[{}:<>]|[A-Za-z_][\w.]*|[-+]?[\d.][\w.+-]*|\S')
+
+
+def layer_lines(text: str) -> list[tuple[str, int, int]]:
+    """(name, line of its ``type`` field, line of its ``layer {``) for every layer block in prototxt ``text``.
+
+    Protobuf's parsed messages keep no line numbers, so errors found after parsing (an
+    unknown layer type, say) locate their layer here, by name, in the text it came from.
+    Covers ``layer`` and old ``layers`` blocks at any depth (a solver's inline net_param too).
+    """
+    starts = [0] + [m.end() for m in re.finditer(r"\n", text)]
+    tokens = [(m.group(), bisect.bisect_right(starts, m.start())) for m in _TOKEN.finditer(text)
+              if not m.group().startswith("#")]
+    frames: list[tuple[str, int, dict[str, tuple[str, int]]]] = []
+    found: list[tuple[str, int, int]] = []
+    for k, (tok, line) in enumerate(tokens):
+        nxt = tokens[k + 1][0] if k + 1 < len(tokens) else ""
+        after = tokens[k + 2][0] if k + 2 < len(tokens) else ""
+        if tok in ("{", "<") or tok == ":" and nxt in ("{", "<"):
+            continue
+        if tok in ("}", ">"):
+            if frames:
+                kind, start, fields = frames.pop()
+                if kind in ("layer", "layers"):
+                    name = fields.get("name", ("", 0))[0].strip("\"'")
+                    found.append((name, fields.get("type", ("", start))[1], start))
+            continue
+        if nxt in ("{", "<") or (nxt == ":" and after in ("{", "<")):
+            frames.append((tok, line, {}))
+        elif nxt == ":" and frames:
+            frames[-1][2].setdefault(tok, (after, line))
+    return found
+
+
+def locate_layer(path: str | os.PathLike, name: str) -> int | None:
+    """The line of layer ``name``'s ``type`` field in prototxt file ``path`` (None when not found)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    return next((line for n, line, _ in layer_lines(text) if n == name), None)

@@ -36,8 +36,17 @@ def layer_class(type_name: str, layer_name: str = "?") -> type[Layer]:
     try:
         return _REGISTRY[type_name]
     except KeyError:
-        known = ", ".join(sorted(_REGISTRY))
-        raise FormatError(f"layer {layer_name}: unknown layer type {type_name!r} (known: {known})") from None
+        raise FormatError(f"layer {layer_name}: unknown layer type {type_name!r}; {nearest_types(type_name)}") from None
+
+
+def nearest_types(type_name: str) -> str:
+    """'did you mean ...?' with the closest registered types (case-insensitive), else the whole list."""
+    import difflib
+    by_lower = {name.lower(): name for name in _REGISTRY}
+    close = difflib.get_close_matches(type_name.lower(), list(by_lower), n=3, cutoff=0.6)
+    if close:
+        return "did you mean " + " or ".join(repr(by_lower[c]) for c in close) + "?"
+    return "known types: " + ", ".join(sorted(_REGISTRY))
 
 
 def registered_types() -> list[str]:
@@ -57,6 +66,10 @@ def _load_families() -> None:
     from . import activation, common, conv, data, loss, norm, pool  # noqa: F401
     # data layers that read files, with prefetching and transforms (Data, ImageData, HDF5Data, MemoryData)
     from . import data_db, data_hdf5, data_image, data_memory  # noqa: F401
+    # the rest of Caffe's catalogue (issue 13)
+    from . import (batch_ops, data_window, embed, hdf5_output, im2col_layer, losses_extra, mvn,  # noqa: F401
+                   neuron_extra, recurrent, shape_ops, spp)
+    from . import python_layer  # noqa: F401  (type "Python": pycaffe-style layers)
 
 
-__all__ = ["Blob", "Layer", "register", "layer_class", "registered_types"]
+__all__ = ["Blob", "Layer", "register", "layer_class", "registered_types", "nearest_types"]

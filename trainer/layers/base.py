@@ -133,6 +133,7 @@ class Layer:
     max_tops: int | None = None
     is_loss: bool = False
     is_data: bool = False
+    source: str | None = None  # the prototxt the layer was read from (set by the Net; Python layers import beside it)
 
     def __init__(self, param: caffe_pb2.LayerParameter, phase: int, xp: ModuleType, *,
                  dtype: Any = np.float32, rng: np.random.Generator | None = None,

@@ -50,7 +50,7 @@ def normalizer(param: caffe_pb2.LayerParameter, outer: int, inner: int, valid: i
     """Caffe's LossLayer::GetNormalizer (legacy ``normalize`` overrides, floor of 1)."""
     lp = param.loss_param
     mode = lp.normalization
-    if lp.HasField("normalize"):
+    if lp.HasField("normalize") and not lp.HasField("normalization"):  # normalization wins, as in Caffe
         mode = _N.VALID if lp.normalize else _N.BATCH_SIZE
     if mode == _N.FULL:
         value = outer * inner

@@ -1,4 +1,4 @@
-"""Pooling (MAX, AVE) with Caffe's ceil-mode output size and padding rules."""
+"""Pooling (MAX, AVE, STOCHASTIC) with Caffe's ceil-mode output size and padding rules."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from datakit.formats import caffe_pb2
 
 from trainer import kernels
 
-from . import register
+from . import pool_stochastic, register
 from .base import Blob, Layer
 
 _P = caffe_pb2.PoolingParameter
@@ -23,8 +23,6 @@ class PoolingLayer(Layer):
     def setup(self, bottoms: list[Blob], tops: list[Blob]) -> None:
         p = self.param.pooling_param
         self.method = p.pool
-        if self.method == _P.STOCHASTIC:
-            raise self.error("STOCHASTIC pooling is not supported (use MAX or AVE)")
         if len(tops) == 2 and self.method != _P.MAX:
             raise self.error("only MAX pooling can output a mask top")
         self.global_pooling = bool(p.global_pooling)
@@ -75,7 +73,9 @@ class PoolingLayer(Layer):
     def forward(self, bottoms: list[Blob], tops: list[Blob]) -> None:
         x = bottoms[0].data
         args = (self.kh, self.kw, self.ph, self.pw, self.sh, self.sw, self.oh, self.ow)
-        if self.method == _P.MAX and self.phase == caffe_pb2.TEST and len(tops) == 1:
+        if self.method == _P.STOCHASTIC:
+            self._forward_stochastic(x, tops)
+        elif self.method == _P.MAX and self.phase == caffe_pb2.TEST and len(tops) == 1:
             # No backward follows a TEST forward (but `trainer time`'s): skip the argmax, 3x less work.
             tops[0].data = kernels.max_pool_values(x, *args)
             self._arg = None
@@ -98,9 +98,24 @@ class PoolingLayer(Layer):
             return
         args = (self.kh, self.kw, self.ph, self.pw, self.sh, self.sw)
         shape = bottoms[0].shape
-        if self.method == _P.MAX:
+        if self.method == _P.STOCHASTIC:
+            geometry = (self.kh, self.kw, self.sh, self.sw)
+            bottoms[0].diff = (pool_stochastic.backward_train(tops[0].diff, self._arg, shape, *geometry)
+                               if self.phase == caffe_pb2.TRAIN else
+                               pool_stochastic.backward_test(tops[0].diff, bottoms[0].data, *geometry))
+        elif self.method == _P.MAX:
             if self._arg is None:  # a TEST forward skipped it
                 _, self._arg = kernels.max_pool_forward(bottoms[0].data, *args, self.oh, self.ow)
             bottoms[0].diff = kernels.max_pool_backward(tops[0].diff, self._arg, shape, *args)
         else:
             bottoms[0].diff = kernels.ave_pool_backward(tops[0].diff, shape, *args)
+
+    def _forward_stochastic(self, x: Any, tops: list[Blob]) -> None:
+        geometry = (self.kh, self.kw, self.sh, self.sw, self.oh, self.ow)
+        if self.phase == caffe_pb2.TRAIN:
+            # Uniforms drawn by the net's host generator (seeded, saved with snapshots), so runs
+            # repeat and resume exactly on either device; they are one per output, not per input.
+            u = self.xp.asarray(self.rng.random(tops[0].shape).astype(self.dtype))
+            tops[0].data, self._arg = pool_stochastic.forward_train(x, u, *geometry)
+        else:
+            tops[0].data = pool_stochastic.forward_test(x, *geometry)
