@@ -113,7 +113,8 @@ def test_trainer_fit_cli_runs_python_layers_and_reports_their_failure_in_one_lin
     assert (tmp_path / "c/run_iter_3.caffemodel").is_file()
     net = tmp_path / "c/net.prototxt"
     net.write_text(NET.replace('layer: "ScaleBy"', 'layer: "Broken"'))
-    res = cli("trainer", "fit", "--solver", solver, "--device", "cpu", cwd=tmp_path)
+    # --restart: the first run's snapshots are there, and fit refuses to start over them silently
+    res = cli("trainer", "fit", "--solver", solver, "--device", "cpu", "--restart", cwd=tmp_path)
     assert res.returncode != 0
     last = res.stderr.strip().splitlines()[-1]
     assert "layer scale (Python pycaffe_layers.Broken): pycaffe_layers.Broken.forward failed at " in last

@@ -106,6 +106,8 @@ def _net_from(param: caffe_pb2.SolverParameter, which: str, solver_dir: Path | N
 
 def _source_file(src: str, solver_dir: Path, solver: str) -> str:
     """The file a net's layers are written in: its own prototxt, or the solver for an inline net_param."""
+    if src in ("net_param", "train_net_param", "test_net_param"):
+        return solver
     located = _locate(src, solver_dir)
     return located if Path(located).is_file() else solver
 
