@@ -95,15 +95,6 @@ def default_prefix(solver_path: str, param: caffe_pb2.SolverParameter) -> str:
     return str(p.with_suffix("")) if p.suffix == ".prototxt" else str(p)
 
 
-def close_nets(nets: list[Any]) -> None:
-    """Stop the data layers' prefetch threads and release their databases."""
-    for net in nets:
-        for layer in net.layers:
-            close = getattr(layer, "close", None)
-            if close is not None:
-                close()
-
-
 def build(opts: FitOptions) -> tuple[Solver, CaffeLog, Any]:
     """Everything ``fit`` needs, ready to ``solve()`` (separate so tests and the API can step)."""
     if opts.weights and opts.snapshot:
@@ -125,7 +116,8 @@ def build(opts: FitOptions) -> tuple[Solver, CaffeLog, Any]:
     try:
         return _build(opts, param, prefix, log, xp, seed, nets)
     except BaseException:
-        close_nets(nets)
+        for net in nets:
+            net.close()  # the data layers' prefetch threads and databases
         log.close()
         raise
 
@@ -188,7 +180,8 @@ def fit(opts: FitOptions) -> SolveResult:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        close_nets([solver.net, *solver.test_nets])
+        for net in [solver.net, *solver.test_nets]:
+            net.close()
         log.close()
 
 

@@ -240,7 +240,6 @@ class Net:
         lp.phase = self.phase
         layer = cls(lp, self.phase, self.xp, dtype=self.dtype, rng=self.rng, base_dir=self.base_dir)
         layer.name = name
-        layer.check_counts(len(lp.bottom), len(lp.top))
         bottoms = [self.blobs[b] for b in lp.bottom]
         tops: list[Blob] = []
         for j, tname in enumerate(lp.top):
@@ -258,8 +257,7 @@ class Net:
         for t in lp.top:
             available[t] = None
 
-        layer.setup(bottoms, tops)
-        layer.reshape(bottoms, tops)
+        layer.set_up(bottoms, tops)  # counts, setup, reshape (Caffe's Layer::SetUp)
         self._share_params(layer, lp)
         weights = _default_loss_weights(lp, cls)
 
@@ -292,7 +290,7 @@ class Net:
 
     @staticmethod
     def _lr_mult(lp: caffe_pb2.LayerParameter, k: int, layer: Layer) -> float:
-        if getattr(layer, "fixed_params", False):
+        if layer.fixed_params:
             return 0.0  # statistics (BatchNorm), never learned
         return float(lp.param[k].lr_mult) if k < len(lp.param) else 1.0
 
@@ -315,7 +313,7 @@ class Net:
                                       f"{spec.lr_mult} here but {info.lr_mult} in layer {info.layer}")
                 layer.blobs[k] = owner
                 continue
-            fixed = getattr(layer, "fixed_params", False)
+            fixed = layer.fixed_params
             p = Param(blob, 0.0 if fixed else float(spec.lr_mult), 0.0 if fixed else float(spec.decay_mult),
                       layer.name, k, pname)
             self.learnable_params.append(p)

@@ -207,7 +207,8 @@ class Solver:
     # -- snapshots ------------------------------------------------------------------------------
     def _extra_state(self) -> dict[str, Any]:
         def data_states(net) -> dict[str, Any]:
-            return {layer.name: layer.get_state() for layer in net.layers if hasattr(layer, "get_state")}
+            states = ((layer.name, layer.get_state()) for layer in net.layers)
+            return {name: state for name, state in states if state}  # {}: a stateless layer
         return {
             "iter": self.iter,
             "seed": self.seed,
@@ -295,7 +296,7 @@ def _restore_net(net, state: dict) -> None:
     set_rng_state(net.rng, state["rng"])
     data = state.get("data", {})
     for layer in net.layers:
-        if layer.name in data and hasattr(layer, "set_state"):
+        if layer.name in data:
             layer.set_state(data[layer.name])
 
 
