@@ -30,7 +30,7 @@ from tests.test_rails import NET as RAILS_NET
 from tests.test_solver_math import P
 from trainer import kernels_cuda, rails
 from trainer.classify import Classifier
-from trainer.evaluate import test_net as score_net
+from trainer.evaluate import score_net
 from trainer.fit import FitOptions, fit
 from trainer.net import Net
 from trainer.snapshot import read_solverstate

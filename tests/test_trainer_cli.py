@@ -196,7 +196,7 @@ def test_trainer_test_refuses_a_deploy_net(cli, shared_data):
 
 
 def test_test_net_keeps_scored_batches_on_ctrl_c():
-    from trainer.evaluate import test_net
+    from trainer.evaluate import score_net as test_net
     text = '''
     layer { name: "d" type: "DummyData" top: "x" dummy_data_param { shape { dim: 2 dim: 3 }
             data_filler { type: "constant" value: 2 } } }

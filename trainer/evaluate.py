@@ -18,7 +18,7 @@ from trainer.net import Net
 
 
 @dataclass
-class TestResult:
+class ScoreResult:
     iterations: int
     names: list[str]
     means: dict[str, np.ndarray]
@@ -40,21 +40,16 @@ class TestResult:
                 "outputs": {n: np.asarray(self.means[n]).reshape(-1).tolist() for n in self.names}}
 
 
-def output_loss_weights(net: Net) -> dict[str, float]:
-    """Loss weight of each output blob (0 for accuracy and other non-losses)."""
-    weights: dict[str, float] = {}
-    for names, ws in zip(net.top_names, net.loss_weights):
-        for n, w in zip(names, ws):
-            if n in net.output_names:
-                weights[n] = float(w)
-    return weights
+def batch_lines(it: int, outputs: dict[str, np.ndarray], names: list[str]) -> list[str]:
+    """``Batch IT, NAME = VALUE`` per element of each output, as `caffe test` prints every batch."""
+    return [f"Batch {it}, {name} = {float(v):.6g}" for name in names for v in np.asarray(outputs[name]).reshape(-1)]
 
 
-def test_net(net: Net, iterations: int,
-             on_batch: Callable[[int, dict[str, np.ndarray]], None] | None = None) -> TestResult:
+def score_net(net: Net, iterations: int,
+              on_batch: Callable[[int, dict[str, np.ndarray]], None] | None = None) -> ScoreResult:
     """Forward ``iterations`` batches; the mean of every output and of the weighted loss."""
     if iterations < 1:
-        raise ValueError("iterations must be at least 1")
+        raise ConfigError(f"iterations must be at least 1, got {iterations}")
     sources = [layer for layer in net.layers if layer.is_data]
     if sources and all(layer.type == "Input" for layer in sources):
         raise ConfigError(f"net {net.name!r}: its only inputs are Input layers ({sources[0].name}), so there "
@@ -81,8 +76,4 @@ def test_net(net: Net, iterations: int,
             raise
         interrupted = True
     means = {n: sums[n] / done for n in names}
-    return TestResult(done, names, means, output_loss_weights(net), loss_total / done, interrupted=interrupted)
-
-
-test_net.__test__ = False  # type: ignore[attr-defined]  # not a pytest test
-TestResult.__test__ = False  # type: ignore[attr-defined]
+    return ScoreResult(done, names, means, net.output_loss_weights(), loss_total / done, interrupted=interrupted)

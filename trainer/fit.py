@@ -185,6 +185,27 @@ def fit(opts: FitOptions) -> SolveResult:
         log.close()
 
 
+def summary_lines(result: SolveResult) -> list[str]:
+    """What `trainer fit` prints when done: the iteration reached, the last weights file and the
+    last test scores; and, after a stop, how to resume."""
+    last = result.snapshots[-1].caffemodel if result.snapshots else None
+    scores = "; ".join(f"test net #{i}: " + ", ".join(f"{k} = {v:.4g}" for k, v in s.items())
+                       for i, s in enumerate(result.test_scores))
+    lines = [f"trained to iteration {result.iterations}" + (f"; weights {last}" if last else "")
+             + (f"; {scores}" if scores else "")]
+    if result.stopped_early:
+        lines.append(f"stopped early ({result.stop_reason}); resume with --snapshot "
+                     f"{result.snapshots[-1].solverstate}")
+    return lines
+
+
+def exit_status(result: SolveResult) -> int:
+    """0 for a finished run; after a stop by signal, 128 + the signal number (130 SIGINT, 143 SIGTERM)."""
+    if not result.stopped_early:
+        return 0
+    return 130 if result.stop_reason == "SIGINT" else 143
+
+
 def report_dict(result: SolveResult, opts: FitOptions, seconds: float) -> dict[str, Any]:
     """A machine-readable summary of a run (`trainer fit --report`)."""
     return {

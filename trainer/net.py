@@ -404,6 +404,15 @@ class Net:
         except KeyError:
             raise KeyError(f"net {self.name!r} has no blob {name!r}") from None
 
+    def output_loss_weights(self) -> dict[str, float]:
+        """Loss weight of each output blob, in ``output_names`` order (0 for accuracies), as
+        Caffe's display and `caffe test` show them."""
+        weights: dict[str, float] = {}
+        for names, ws in zip(self.top_names, self.loss_weights):
+            for name, w in zip(names, ws):
+                weights[name] = float(w)
+        return {name: weights.get(name, 0.0) for name in self.output_names}
+
     @property
     def input_names(self) -> list[str]:
         """Tops of Input layers: the blobs a caller fills before forward()."""

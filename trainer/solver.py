@@ -46,15 +46,6 @@ class SolveResult:
     train_losses: list[tuple[int, float]] = field(default_factory=list)  # (iter, loss of that iteration)
 
 
-def output_weights(net) -> dict[str, float]:
-    """Loss weight of each output blob (0 for accuracies), as Caffe's display shows them."""
-    weights: dict[str, float] = {}
-    for names, ws in zip(net.top_names, net.loss_weights):
-        for name, w in zip(names, ws):
-            weights[name] = float(w)
-    return {name: weights.get(name, 0.0) for name in net.output_names}
-
-
 class Solver:
     """Trains ``net`` with the SolverParameter ``param``; ``test_nets`` share its weights."""
 
@@ -92,7 +83,7 @@ class Solver:
         #: (``trainer fit --max-iter`` sets it: a shortened run should still report its accuracy)
         self.final_test = False
         self._flt_min_streak = 0
-        self._weights = output_weights(net)
+        self._weights = net.output_loss_weights()
 
     # -- control --------------------------------------------------------------------------------
     def request_stop(self, reason: str = "interrupted") -> None:
@@ -175,7 +166,7 @@ class Solver:
         net = self.test_nets[net_id]
         self.log.testing(self.iter, net_id)
         sums: dict[str, Any] = {}
-        weights = output_weights(net)
+        weights = net.output_loss_weights()
         n_iter = int(self.param.test_iter[net_id])
         loss_total = 0.0
         bar = self._test_progress(n_iter, net_id)
