@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
-import io
 import os
 import sys
 import threading
@@ -130,9 +129,3 @@ def _output_line(kind: str, k: int, name: str, value: float, weight: float) -> s
     if weight:
         line += f" (* {fmt(weight)} = {fmt(weight * value)} loss)"
     return line
-
-
-def memory_log() -> tuple[CaffeLog, io.StringIO]:
-    """A log that writes to a string (tests, API users who want the text)."""
-    buf = io.StringIO()
-    return CaffeLog(stream=buf), buf

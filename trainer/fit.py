@@ -143,9 +143,8 @@ def _build(opts: FitOptions, param, prefix: str, log: CaffeLog, xp, seed: int,
     solver = Solver(param, train_net, test_nets, log=log, snapshot_prefix=prefix, seed=seed)
     solver.final_test = opts.max_iter is not None
     if opts.weights:
-        from trainer.weights import load_weights
-        for path in [p for p in opts.weights.split(",") if p]:
-            report = load_weights(train_net, path)
+        from trainer.weights import iter_load_weights
+        for path, report in iter_load_weights(train_net, opts.weights):
             log.info(f"Copying weights from {path}: {report.summary()}")
             for name in report.copied:
                 log.info(f"  copied layer {name}")

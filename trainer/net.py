@@ -16,13 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from datakit.errors import FormatError
 from datakit.formats import caffe_pb2
 from datakit.formats.blobproto import array_to_blob, blob_shape, blob_to_array
+from datakit.formats.upgrade import upgrade_net
 
 from trainer.backend import to_host
 from trainer.layers import Blob, Layer, layer_class
@@ -105,23 +106,6 @@ def filter_net(param: caffe_pb2.NetParameter, state: caffe_pb2.NetState) -> list
     return kept
 
 
-def _legacy_inputs(param: caffe_pb2.NetParameter) -> list[caffe_pb2.LayerParameter]:
-    """Net-level ``input``/``input_shape``/``input_dim`` as one Input layer (Caffe's upgrade)."""
-    if not param.input:
-        return []
-    lp = caffe_pb2.LayerParameter(name="input", type="Input")
-    for i, name in enumerate(param.input):
-        lp.top.append(name)
-        shape = lp.input_param.shape.add()
-        if param.input_shape:
-            shape.dim.extend(param.input_shape[i].dim)
-        elif param.input_dim:
-            shape.dim.extend(param.input_dim[4 * i:4 * i + 4])
-        else:
-            raise FormatError(f"net input {name!r} has no input_shape or input_dim")
-    return [lp]
-
-
 def _default_loss_weights(lp: caffe_pb2.LayerParameter, cls: type[Layer]) -> list[float]:
     n = len(lp.top)
     if lp.loss_weight:
@@ -202,7 +186,10 @@ class Net:
         state = caffe_pb2.NetState(phase=phase, level=level)
         state.stage.extend(param.state.stage)
         state.stage.extend(stages)
-        layer_params = _legacy_inputs(param) + filter_net(param, state)
+        if len(param.input) or len(param.input_dim) or len(param.input_shape):
+            # net-level inputs become a leading Input layer, as read_net's upgrade makes them
+            param = upgrade_net(param, source=f"net {param.name!r}")
+        layer_params = filter_net(param, state)
         self._inserted_splits: set[str] = set()
         layer_params = insert_splits(layer_params, self._inserted_splits)
 
@@ -418,9 +405,6 @@ class Net:
         """Tops of Input layers: the blobs a caller fills before forward()."""
         return [t for layer, names in zip(self.layers, self.top_names) if layer.type == "Input" for t in names]
 
-    def params_of(self, layer_name: str) -> list[Blob]:
-        return self.layer(layer_name).blobs
-
     # -- running --------------------------------------------------------------
     def forward_layer(self, i: int) -> float:
         """Reshape and run layer ``i``; its weighted loss (0.0 when it has none)."""
@@ -538,11 +522,6 @@ class Net:
                 lp.blobs.append(array_to_blob(to_host(blob.data), diff=diff))
         return out
 
-    def param_arrays(self) -> dict[str, list[np.ndarray]]:
-        """{layer name: host copies of its blobs} for layers with params."""
-        return {layer.name: [np.array(to_host(b.data)) for b in layer.blobs]
-                for layer in self.layers if layer.blobs}
-
     def __repr__(self) -> str:
         return f"Net({self.name!r}, {_phase_name(self.phase)}, {len(self.layers)} layers)"
 
@@ -555,9 +534,3 @@ class ParamSpecInfo:
 
 def _phase_name(phase: int) -> str:
     return "TRAIN" if phase == TRAIN else "TEST"
-
-
-def iter_layer_params(net: Net) -> Iterable[tuple[str, list[Blob]]]:
-    for layer in net.layers:
-        if layer.blobs:
-            yield layer.name, layer.blobs

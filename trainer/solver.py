@@ -170,7 +170,7 @@ class Solver:
         n_iter = int(self.param.test_iter[net_id])
         loss_total = 0.0
         bar = self._test_progress(n_iter, net_id)
-        for _ in range(n_iter):
+        for done in range(1, n_iter + 1):
             loss_total += net.forward()
             for name in net.output_names:
                 value = to_host(net.blobs[name].data).astype(np.float64)
@@ -178,7 +178,7 @@ class Solver:
             if bar is not None:
                 bar.update(1)
             if self.stop_reason:
-                n_iter = _ + 1
+                n_iter = done
                 break
         if bar is not None:
             bar.close()

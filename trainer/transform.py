@@ -169,7 +169,8 @@ class Transformer:
 
     def _apply_host_range(self, batch: np.ndarray, plan: Plan, out: np.ndarray, lo: int, hi: int) -> None:
         """Images lo..hi-1. A mirrored image is flipped by OpenCV into a small buffer first and
-        meets a pre-flipped mean: NumPy on negative strides is ~3x slower than on positive ones."""
+        meets a pre-flipped mean: NumPy is much slower on negative strides than on positive ones
+        (figures: benchmarks/RESULTS.md, data_layer)."""
         import cv2
         mean = self._mean_on(np)
         c, oh, ow = out.shape[1], out.shape[2], out.shape[3]

@@ -151,7 +151,7 @@ class PrefetchingDataLayer(Layer):
         return ReadyBatch(k, data, labels, host.labels, host.keys, extra)
 
     def _ring_buffer(self, k: int, n: int) -> Any:
-        """A reused output array for batch k (NumPy): fresh 40 MB arrays per batch cost page faults.
+        """A reused output array for batch k (NumPy): a fresh batch-sized array each batch costs page faults.
 
         RING buffers rotate; batch k's buffer is rewritten for batch k + RING, which the producer
         can only start once the net has taken batch k + RING - PREFETCH_DEPTH - 1, i.e. two

@@ -1,4 +1,4 @@
-"""Softmax, SoftmaxWithLoss and Accuracy with Caffe's normalization and tie rules."""
+"""Softmax, SoftmaxWithLoss, Accuracy and EuclideanLoss, with Caffe's normalization and tie rules."""
 
 from __future__ import annotations
 
