@@ -95,6 +95,12 @@ def default_prefix(solver_path: str, param: caffe_pb2.SolverParameter) -> str:
     return str(p.with_suffix("")) if p.suffix == ".prototxt" else str(p)
 
 
+def close_nets(nets: list[Any]) -> None:
+    """Stop the data layers' prefetch threads and release their databases."""
+    for net in nets:
+        net.close()
+
+
 def build(opts: FitOptions) -> tuple[Solver, CaffeLog, Any]:
     """Everything ``fit`` needs, ready to ``solve()`` (separate so tests and the API can step)."""
     if opts.weights and opts.snapshot:
@@ -116,8 +122,7 @@ def build(opts: FitOptions) -> tuple[Solver, CaffeLog, Any]:
     try:
         return _build(opts, param, prefix, log, xp, seed, nets)
     except BaseException:
-        for net in nets:
-            net.close()  # the data layers' prefetch threads and databases
+        close_nets(nets)
         log.close()
         raise
 
@@ -179,8 +184,7 @@ def fit(opts: FitOptions) -> SolveResult:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        for net in [solver.net, *solver.test_nets]:
-            net.close()
+        close_nets([solver.net, *solver.test_nets])
         log.close()
 
 

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from google.protobuf.message import DecodeError
 
 from datakit.atomic import write_bytes_atomic, write_text_atomic
 from datakit.errors import FormatError
@@ -80,7 +79,7 @@ def read_solverstate(path: str | os.PathLike) -> LoadedState:
     state = caffe_pb2.SolverState()
     try:
         state.ParseFromString(data)
-    except DecodeError:
+    except Exception:
         raise FormatError(f"{path}: not a Caffe SolverState (protobuf parse failed)") from None
     if not state.HasField("iter"):
         raise FormatError(f"{path}: not a Caffe SolverState (no iter field)")
