@@ -57,8 +57,9 @@ class PrefetchingDataLayer(Layer):
     """Base of Data / ImageData / HDF5Data / MemoryData: prefetching, transforms, state, rails.
 
     Subclasses implement ``open_source()`` (sets ``batch_size``, returns the per-item
-    C×H×W shape and the number of records) and ``read_batch(k) -> HostBatch``, which
-    must depend on ``k`` only (it runs in the prefetch thread, ahead of the net).
+    C×H×W shape and the number of records) and ``read_batch(k) -> HostBatch``, whose
+    result must be a function of ``k`` alone (it runs in the prefetch thread, ahead of
+    the net, and a resumed run asks again for the batches the snapshot did not consume).
     Tops: data, then label.
     """
 
