@@ -31,6 +31,16 @@ from trainer.layers import Blob, Layer, layer_class
 TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
 
 
+class UnknownNameError(FormatError, KeyError):
+    """``Net.layer`` / ``Net.blob`` got a name the net does not have.
+
+    A FormatError, so the CLI prints it as one line; still a KeyError, so callers that
+    caught the KeyError these lookups used to raise keep working."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""   # not KeyError's repr() of the message
+
+
 @dataclass
 class Param:
     """One learnable blob as the solver sees it (shared blobs appear once)."""
@@ -383,13 +393,14 @@ class Net:
         try:
             return self.layers[self.layer_names.index(name)]
         except ValueError:
-            raise KeyError(f"net {self.name!r} has no layer {name!r}") from None
+            raise UnknownNameError(f"net {self.name!r} has no layer {name!r} "
+                                   f"(its layers: {', '.join(self.layer_names)})") from None
 
     def blob(self, name: str) -> Blob:
         try:
             return self.blobs[name]
         except KeyError:
-            raise KeyError(f"net {self.name!r} has no blob {name!r}") from None
+            raise UnknownNameError(f"net {self.name!r} has no blob {name!r}") from None
 
     def output_loss_weights(self) -> dict[str, float]:
         """Loss weight of each output blob, in ``output_names`` order (0 for accuracies), as
