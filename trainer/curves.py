@@ -58,6 +58,12 @@ class Run:
     def label(self) -> str:
         return self.source if self.index == 0 else f"{self.source} (run {self.index + 1})"
 
+    @property
+    def last_iteration(self) -> int:
+        """The highest iteration with a train or test point (-1 for an empty run)."""
+        its = [pts[-1][0] for pts in list(self.train.values()) + list(self.test.values()) if pts]
+        return max(its) if its else -1
+
     def add_train(self, name: str, it: int, value: float) -> None:
         self.train.setdefault(name, []).append((it, value))
 

@@ -533,6 +533,11 @@ class Net:
                 lp.blobs.append(array_to_blob(to_host(blob.data), diff=diff))
         return out
 
+    def param_arrays(self) -> dict[str, list[np.ndarray]]:
+        """{layer name: host copies of its blobs} for layers with params."""
+        return {layer.name: [np.array(to_host(b.data)) for b in layer.blobs]
+                for layer in self.layers if layer.blobs}
+
     def __repr__(self) -> str:
         return f"Net({self.name!r}, {_phase_name(self.phase)}, {len(self.layers)} layers)"
 
