@@ -111,3 +111,31 @@ def test_stateless_layers_put_nothing_in_a_snapshot(tmp_path):
                     snapshot_prefix=str(tmp_path / "s"))
     data = read_solverstate(solver.snapshot().solverstate).extra["train"]["data"]
     assert list(data) == ["data"] and set(data["data"]) == {"consumed", "seed"}
+
+
+def test_data_layers_name_their_source_in_label_errors(tmp_path):
+    import cv2
+
+    from tests.test_data_layers import build, data_text, make_lmdb
+    from trainer.rails import LabelError, LabelLimit, make_label_check
+    db = tmp_path / "db"
+    make_lmdb(db, n=4, labels=[0, 1, 7, 1])
+    layer, tops = build(data_text(db, 4))
+    try:
+        assert layer.source_name == str(db)
+        layer.label_check = make_label_check(layer, [LabelLimit(3, "fc", "InnerProduct", "loss", None)])
+        with pytest.raises(LabelError, match=rf"^{db}: record '00000002_img2.jpg' has label 7 "):
+            layer.forward([], tops)
+    finally:
+        layer.close()
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((4, 4, 3), np.uint8))
+    (tmp_path / "list.txt").write_text("a.png 0\n")
+    image, _ = build('name: "i" type: "ImageData" top: "data" top: "label" '
+                     'image_data_param { source: "list.txt" batch_size: 1 }', base_dir=tmp_path)
+    memory, _ = build('name: "m" type: "MemoryData" top: "data" top: "label" '
+                      'memory_data_param { batch_size: 1 channels: 1 height: 1 width: 1 }')
+    try:
+        assert image.source_name == str(tmp_path / "list.txt") and memory.source_name == ""
+    finally:
+        image.close()
+        memory.close()
