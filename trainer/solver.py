@@ -30,6 +30,7 @@ from datakit.errors import ConfigError
 from trainer import lr_policy, rails
 from trainer.backend import to_host
 from trainer.caffelog import CaffeLog, fmt
+from trainer.evaluate import OutputSums
 from trainer.snapshot import (LoadedState, SnapshotPaths, read_solverstate, rng_state, set_rng_state,
                               write_snapshot)
 from trainer.updates import make_rule
@@ -165,16 +166,14 @@ class Solver:
     def test(self, net_id: int) -> dict[str, float]:
         net = self.test_nets[net_id]
         self.log.testing(self.iter, net_id)
-        sums: dict[str, Any] = {}
+        sums = OutputSums()
         weights = net.output_loss_weights()
         n_iter = int(self.param.test_iter[net_id])
         loss_total = 0.0
         bar = self._test_progress(n_iter, net_id)
         for done in range(1, n_iter + 1):
             loss_total += net.forward()
-            for name in net.output_names:
-                value = to_host(net.blobs[name].data).astype(np.float64)
-                sums[name] = sums[name] + value if name in sums else value.copy()
+            sums.add({name: to_host(net.blobs[name].data) for name in net.output_names})
             if bar is not None:
                 bar.update(1)
             if self.stop_reason:
@@ -186,8 +185,9 @@ class Solver:
             self.log.info(f"Test loss: {fmt(loss_total / max(n_iter, 1))}")
         means: dict[str, float] = {}
         lines = []
+        averaged = sums.means()
         for name in net.output_names:
-            mean = sums[name] / max(n_iter, 1)
+            mean = averaged[name]
             for j, v in enumerate(np.asarray(mean).reshape(-1)):
                 key = name if np.asarray(mean).size == 1 else f"{name}[{j}]"
                 means[key] = float(v)
