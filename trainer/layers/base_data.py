@@ -234,6 +234,9 @@ class PrefetchingDataLayer(Layer):
             self.prefetcher.close()
 
     def __del__(self) -> None:
+        # A safety net for layers nobody closed (Net.close is the real path). It can run at
+        # interpreter exit, when the modules close() needs may already be torn down, so any
+        # error here is dropped: there is no caller left to report it to.
         try:
             self.close()
         except Exception:
