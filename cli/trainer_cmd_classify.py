@@ -51,47 +51,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from datakit.atomic import write_text_atomic
-    from datakit.formats import caffe_pb2
-    from datakit.formats.blobproto import read_mean
     from trainer import backend
     from trainer.classify import Classifier, read_labels
-    from trainer.net import Net
-    from trainer.weights import load_weights_list
 
     check_exists(args.model, "model prototxt")
-    xp = backend.select(args.device, args.gpu)
-    net = Net.from_file(args.model, caffe_pb2.TEST, xp=xp)
-    reports = load_weights_list(net, args.weights)
-    missing = set.intersection(*(set(r.initialised) for r in reports)) if reports else set()
-    if missing:
-        # Predictions from a layer the weights never reached are random; `caffe` would
-        # print them anyway. A renamed layer (fine-tuned fc8 -> fc8_flickr) is the usual cause.
-        names = ", ".join(sorted(missing))
-        raise ConfigError(f"{args.weights}: has no weights for layer(s) {names} of {args.model}, so they would "
-                          "classify with random values; use the deploy net that matches this model "
-                          "(layer names must match, e.g. a renamed last layer)")
-    mean = None
-    if args.mean:
-        mean = read_mean(args.mean)
-    elif args.mean_value:
-        mean = np.array(args.mean_value, dtype=np.float32)
     dims = None
     if args.image_dims:
         if len(args.image_dims) != 2:
             raise ConfigError("--image-dims takes H,W")
         dims = (args.image_dims[0], args.image_dims[1])
-    clf = Classifier(net, mean=mean, raw_scale=args.raw_scale, channel_swap=args.channel_swap,
-                     input_scale=args.input_scale, image_dims=dims, oversample=not args.center_only,
-                     output_blob=args.output_blob, mean_source=args.mean or "--mean-value")
+    clf = Classifier.from_files(args.model, args.weights, mean_file=args.mean, mean_value=args.mean_value,
+                                xp=backend.select(args.device, args.gpu), raw_scale=args.raw_scale,
+                                channel_swap=args.channel_swap, input_scale=args.input_scale, image_dims=dims,
+                                oversample=not args.center_only, output_blob=args.output_blob)
     labels = read_labels(args.labels) if args.labels else None
     preds = clf.classify_files(args.images, labels, top_k=args.top_k)
     for pred in preds:
         print(pred.format())
     if args.json:
-        data = [{"image": p.path, "top": [{"class": i, "prob": pr, "name": n} for i, pr, n in p.top]}
-                for p in preds]
+        data = [p.as_dict() for p in preds]
         write_text_atomic(args.json, json.dumps(data, indent=2) + "\n")
     return 0

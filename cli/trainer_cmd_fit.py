@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import sys
-
 import json
+import sys
 import time
 
 from datakit.atomic import write_text_atomic
 from datakit.errors import ConfigError
-from trainer.fit import FitOptions, fit, report_dict
+from trainer.fit import FitOptions, exit_status, fit, report_dict, summary_lines
 
 HELP = "Train or fine-tune the net a Caffe solver prototxt names (Caffe's `caffe train`)."
 
@@ -43,13 +42,6 @@ def run(args: argparse.Namespace) -> int:
     if args.report:
         write_text_atomic(args.report, json.dumps(report_dict(result, opts, time.perf_counter() - started),
                                                   indent=1) + "\n")
-    last = result.snapshots[-1].caffemodel if result.snapshots else None
-    at = f" at iteration {result.test_iteration}" if result.test_iteration is not None else ""
-    scores = "; ".join(f"test net #{i}{at}: " + ", ".join(f"{k} = {v:.4g}" for k, v in s.items())
-                       for i, s in enumerate(result.test_scores))
-    print(f"trained to iteration {result.iterations}" + (f"; weights {last}" if last else "")
-          + (f"; {scores}" if scores else ""))
-    if result.stopped_early:
-        print(f"stopped early ({result.stop_reason}); resume with --snapshot {result.snapshots[-1].solverstate}")
-        return 130 if result.stop_reason == "SIGINT" else 143
-    return 0
+    for line in summary_lines(result):
+        print(line)
+    return exit_status(result)

@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
 
     from datakit.atomic import write_text_atomic
     from trainer import backend
-    from trainer.evaluate import test_net
+    from trainer.evaluate import batch_lines, score_net
     from trainer.net import Net
     from trainer.weights import load_weights_list
 
@@ -43,14 +43,11 @@ def run(args: argparse.Namespace) -> int:
 
     def on_batch(it: int, outs: dict) -> None:
         bar.update(1)
-        if args.quiet:
-            return
-        for name in net.output_names:
-            for v in outs[name].reshape(-1):
-                print(f"Batch {it}, {name} = {float(v):.6g}", flush=True)
+        for line in [] if args.quiet else batch_lines(it, outs, net.output_names):
+            print(line, flush=True)
 
     try:
-        result = test_net(net, args.iterations, on_batch)
+        result = score_net(net, args.iterations, on_batch)
     finally:
         bar.close()
         net.close()

@@ -26,26 +26,13 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from datakit.atomic import write_text_atomic
-    from datakit.formats.prototxt import read_net
     from trainer import backend
-    from trainer.net import Net
-    from trainer.timing import time_net
-    from trainer.weights import load_weights_list
+    from trainer.timing import time_net, timing_net
 
     check_exists(args.model, "model prototxt")
     xp = backend.select(args.device, args.gpu)
-    param = read_net(args.model)
-    if args.batch_size:
-        for lp in param.layer:
-            if lp.type == "Input":
-                for shape in lp.input_param.shape:
-                    if len(shape.dim):
-                        shape.dim[0] = args.batch_size
-    net = Net(param, phase_of(args.phase), xp=xp, stages=args.stage, level=args.level, seed=0, source=args.model)
-    if args.weights:
-        load_weights_list(net, args.weights)
-    if not net.has_loss:
-        net.enable_full_backward()  # as `caffe time`: every layer runs backward
+    net = timing_net(args.model, batch_size=args.batch_size, phase=phase_of(args.phase), stages=args.stage,
+                     level=args.level, weights=args.weights, xp=xp)
     print(f"Timing {args.iterations} iterations on {backend.device_name(xp)}.", flush=True)
     bar = tqdm(total=args.iterations, desc="time", unit="iter", disable=not sys.stderr.isatty(), file=sys.stderr)
     try:
@@ -55,9 +42,5 @@ def run(args: argparse.Namespace) -> int:
         net.close()
     print(report.format())
     if args.report:
-        data = {"iterations": report.iterations, "batch_size": report.batch_size,
-                "forward_ms": report.forward_ms, "backward_ms": report.backward_ms,
-                "ms_per_image": report.ms_per_image, "total_ms": report.total_ms,
-                "layers": [vars(t) for t in report.layers]}
-        write_text_atomic(args.report, json.dumps(data, indent=2) + "\n")
+        write_text_atomic(args.report, json.dumps(report.as_dict(), indent=2) + "\n")
     return 0

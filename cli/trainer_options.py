@@ -1,4 +1,4 @@
-"""Options shared by the trainer commands I own (device, phase, model/weights)."""
+"""Options shared by the trainer commands (device, net phase/stage/level, positive counts, files that must exist)."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ from datakit.errors import ConfigError, DatabaseError
 from datakit.formats import caffe_pb2
 from datakit.formats.blobproto import write_mean
 from trainer.layers import Blob, layer_class
-from trainer.prefetch import longest_label_run
+from trainer.rails import longest_label_run
 
 TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
 

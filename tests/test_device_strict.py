@@ -27,10 +27,10 @@ from tests.test_data_layers import data_text, make_lmdb
 from tests.test_fit import project  # noqa: F401  (fixture: a tiny LMDB project in tmp_path)
 from tests.test_net import net_param
 from tests.test_rails import NET as RAILS_NET
-from tests.test_solver_math import P
+from tests.test_updates import P
 from trainer import kernels_cuda, rails
 from trainer.classify import Classifier
-from trainer.evaluate import test_net as score_net
+from trainer.evaluate import score_net
 from trainer.fit import FitOptions, fit
 from trainer.net import Net
 from trainer.snapshot import read_solverstate

@@ -251,3 +251,20 @@ def test_cli_nan_loss_is_one_line_without_numpy_warnings(project, tmp_path, cli)
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1, res.stderr
     assert lines[0].startswith("trainer: error: iteration") and "lower base_lr" in lines[0]
+
+
+def test_summary_lines_and_exit_status():
+    from pathlib import Path
+
+    from trainer.fit import exit_status, summary_lines
+    from trainer.snapshot import SnapshotPaths
+    from trainer.solver import SolveResult
+    done = SolveResult(20, test_scores=[{"accuracy": 0.91234, "loss": 0.3}])
+    assert summary_lines(done) == ["trained to iteration 20; test net #0: accuracy = 0.9123, loss = 0.3"]
+    assert exit_status(done) == 0
+    snap = SnapshotPaths(Path("s_iter_7.caffemodel"), Path("s_iter_7.solverstate"), Path("s_iter_7.solverstate.json"))
+    for reason, status in (("SIGINT", 130), ("SIGTERM", 143)):
+        stopped = SolveResult(7, stopped_early=True, stop_reason=reason, snapshots=[snap])
+        assert summary_lines(stopped) == ["trained to iteration 7; weights s_iter_7.caffemodel",
+                                          f"stopped early ({reason}); resume with --snapshot s_iter_7.solverstate"]
+        assert exit_status(stopped) == status

@@ -235,3 +235,15 @@ def test_batchnorm_statistics_are_never_learned():
     assert mults[("sc", 0)] == 1.0
     need = dict(zip(net.layer_names, net.layer_need_backward))
     assert need["bn"] is False and need["sc"] is True
+
+
+def test_unknown_layer_or_blob_is_a_one_line_format_error_and_still_a_key_error():
+    from trainer.net import UnknownNameError
+    net = Net(net_param(INPUTS + 'layer { name: "r" type: "ReLU" bottom: "data" top: "r" }'), TEST)
+    for lookup, name in ((net.layer, "nope"), (net.blob, "nada")):
+        with pytest.raises(FormatError) as info:
+            lookup(name)
+        assert isinstance(info.value, KeyError) and isinstance(info.value, UnknownNameError)
+        assert str(info.value).startswith(f"net {net.name!r} has no ") and f"{name!r}" in str(info.value)
+    with pytest.raises(KeyError, match="its layers: .*r"):
+        net.layer("nope")

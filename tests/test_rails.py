@@ -10,9 +10,8 @@ from google.protobuf import text_format
 
 from datakit.formats import caffe_pb2
 from trainer.net import Net
-from trainer.prefetch import longest_label_run
 from trainer.rails import (DivergedError, LabelError, check_loss, first_non_finite_layer, label_limits,
-                           make_label_check, near_flt_min_loss)
+                           longest_label_run, make_label_check, near_flt_min_loss)
 
 NET = """
 name: "r"

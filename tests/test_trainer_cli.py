@@ -196,7 +196,7 @@ def test_trainer_test_refuses_a_deploy_net(cli, shared_data):
 
 
 def test_test_net_keeps_scored_batches_on_ctrl_c():
-    from trainer.evaluate import test_net
+    from trainer.evaluate import score_net as test_net
     text = '''
     layer { name: "d" type: "DummyData" top: "x" dummy_data_param { shape { dim: 2 dim: 3 }
             data_filler { type: "constant" value: 2 } } }
@@ -211,3 +211,15 @@ def test_test_net_keeps_scored_batches_on_ctrl_c():
     result = test_net(net, 10, stop_after_two)
     assert result.interrupted and result.iterations == 2
     np.testing.assert_allclose(result.means["y"], np.full((2, 3), 4.0))
+
+
+def test_output_sums_average_element_wise_in_float64():
+    from trainer.evaluate import OutputSums
+    sums = OutputSums()
+    first = np.array([1.0, 2.0], np.float32)
+    sums.add({"acc": np.float32(0.5), "per_class": first})
+    first[...] = 100.0                        # the sums hold their own copy
+    sums.add({"acc": np.float32(0.25), "per_class": np.array([3.0, 6.0], np.float32)})
+    means = sums.means()
+    assert sums.count == 2 and means["acc"] == 0.375 and means["acc"].dtype == np.float64
+    np.testing.assert_array_equal(means["per_class"], [2.0, 4.0])

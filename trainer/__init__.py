@@ -3,4 +3,4 @@
 Depends on datakit (formats, databases); datakit never imports trainer.
 """
 
-__version__ = "0.1.0"
+from datakit import __version__ as __version__  # one version for the distribution

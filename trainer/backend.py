@@ -81,11 +81,6 @@ def select(device: str = "auto", gpu_id: int = 0) -> ModuleType:
     return cp
 
 
-def is_gpu(xp: ModuleType) -> bool:
-    """True when ``xp`` is cupy."""
-    return xp is not np
-
-
 def get_array_module(arr: Any) -> ModuleType:
     """numpy or cupy, whichever owns ``arr`` (Chainer's get_array_module)."""
     if isinstance(arr, np.ndarray) or _cupy is None:
@@ -100,13 +95,6 @@ def to_host(arr: Any) -> np.ndarray:
     if _cupy is not None and isinstance(arr, _cupy.ndarray):
         return _cupy.asnumpy(arr)
     return np.asarray(arr)
-
-
-def to_device(arr: Any, xp: ModuleType) -> Any:
-    """``arr`` as an ``xp`` array (no copy when it is already one)."""
-    if xp is np:
-        return to_host(arr)
-    return xp.asarray(arr)
 
 
 def synchronize(xp: ModuleType) -> None:

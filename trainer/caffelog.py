@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
-import io
 import os
 import re
 import sys
@@ -218,9 +217,3 @@ def _output_line(kind: str, k: int, name: str, value: float, weight: float) -> s
     if weight:
         line += f" (* {fmt(weight)} = {fmt(weight * value)} loss)"
     return line
-
-
-def memory_log() -> tuple[CaffeLog, io.StringIO]:
-    """A log that writes to a string (tests, API users who want the text)."""
-    buf = io.StringIO()
-    return CaffeLog(stream=buf), buf

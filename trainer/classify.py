@@ -15,16 +15,19 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 from collections.abc import Sequence
 
 import cv2
 import numpy as np
 
 from datakit.errors import ConfigError, FormatError
+from datakit.formats import caffe_pb2
 from datakit.images import read_image
 
 from trainer.backend import to_host
-from trainer.net import Net
+from trainer.net import CopyReport, Net
 
 
 def load_image(path: str | os.PathLike, color: bool = True) -> np.ndarray:
@@ -86,11 +89,29 @@ def read_labels(path: str | os.PathLike) -> list[str]:
     return [line.strip() for line in text.splitlines()]
 
 
+def check_weights_cover(reports: Sequence[CopyReport], weights: str, model: str | os.PathLike) -> None:
+    """ConfigError when no weights file reached some layer with params (it would predict at random).
+
+    Caffe's classify.py prints such predictions anyway; a renamed layer (a fine-tuned
+    fc8 saved as fc8_flickr) is the usual cause, and the error names the layers.
+    """
+    missing = set.intersection(*(set(r.initialised) for r in reports)) if reports else set()
+    if missing:
+        names = ", ".join(sorted(missing))
+        raise ConfigError(f"{weights}: has no weights for layer(s) {names} of {model}, so they would "
+                          "classify with random values; use the deploy net that matches this model "
+                          "(layer names must match, e.g. a renamed last layer)")
+
+
 @dataclass
 class Prediction:
     path: str
     probs: np.ndarray
     top: list[tuple[int, float, str]]
+
+    def as_dict(self) -> dict[str, Any]:
+        """What ``trainer classify --json`` writes for one image."""
+        return {"image": self.path, "top": [{"class": i, "prob": p, "name": n} for i, p, n in self.top]}
 
     def format(self) -> str:
         lines = [f"{self.path}:"]
@@ -118,6 +139,9 @@ class Classifier:
             raise ConfigError(f"input blob {self.input_blob!r} has shape {shape}; a deploy net needs N×C×H×W")
         self.channels, self.crop = shape[1], (shape[2], shape[3])
         self.output_blob = output_blob or net.output_names[-1]
+        if self.output_blob not in net.blobs:
+            raise ConfigError(f"the net has no blob {self.output_blob!r} to read scores from "
+                              f"(its outputs: {', '.join(net.output_names)})")
         self.image_dims = image_dims or self.crop
         self.oversample = oversample
         self.raw_scale = raw_scale
@@ -142,6 +166,32 @@ class Classifier:
             if mean.size not in (1, self.channels):
                 raise ConfigError(f"{mean_source}: mean has {mean.size} channels, the net takes {self.channels}")
         self.mean = mean
+
+    @classmethod
+    def from_files(cls, model: str | os.PathLike, weights: str, *, mean_file: str | os.PathLike | None = None,
+                   mean_value: Sequence[float] | None = None, xp: ModuleType | None = None,
+                   **options: Any) -> Classifier:
+        """A Classifier for the deploy net ``model`` with ``weights`` (a .caffemodel, or a
+        comma-separated list where later files win, as Caffe's ``--weights``).
+
+        The mean is ``mean_file`` (a .binaryproto or .npy image: its per-channel mean is
+        used) or ``mean_value`` (per channel, in net channel order), not both. Other
+        keyword arguments go to the constructor. Raises ConfigError when the weights
+        leave a layer of the net uninitialised (see ``check_weights_cover``).
+        """
+        from trainer.weights import load_weights_list
+        if mean_file is not None and mean_value is not None:
+            raise ConfigError("give a mean file or mean values, not both")
+        net = Net.from_file(model, caffe_pb2.TEST, xp=xp)
+        check_weights_cover(load_weights_list(net, weights), weights, model)
+        mean = None
+        if mean_file is not None:
+            from datakit.formats.blobproto import read_mean
+            mean = read_mean(mean_file)
+        elif mean_value is not None:
+            mean = np.array(mean_value, dtype=np.float32)
+        options.setdefault("mean_source", str(mean_file) if mean_file is not None else "--mean-value")
+        return cls(net, mean=mean, **options)
 
     @property
     def color(self) -> bool:

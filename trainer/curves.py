@@ -79,6 +79,7 @@ class Run:
 
     @property
     def last_iteration(self) -> int:
+        """The highest iteration with a train or test point (-1 for an empty run)."""
         its = [pts[-1][0] for pts in list(self.train.values()) + list(self.test.values()) if pts]
         return max(its) if its else -1
 

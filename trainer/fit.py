@@ -151,10 +151,7 @@ def _how(opts: FitOptions, prefix: str, earlier: Snapshots) -> str:
 def close_nets(nets: list[Any]) -> None:
     """Stop the data layers' prefetch threads and release their databases."""
     for net in nets:
-        for layer in net.layers:
-            close = getattr(layer, "close", None)
-            if close is not None:
-                close()
+        net.close()
 
 
 def build(opts: FitOptions) -> tuple[Solver, CaffeLog, Any]:
@@ -218,9 +215,8 @@ def _build(opts: FitOptions, param, prefix: str, log: CaffeLog, xp, seed: int,
     solver = Solver(param, train_net, test_nets, log=log, snapshot_prefix=prefix, seed=seed)
     solver.final_test = opts.max_iter is not None
     if opts.weights:
-        from trainer.weights import load_weights
-        for path in [p for p in opts.weights.split(",") if p]:
-            report = load_weights(train_net, path)
+        from trainer.weights import iter_load_weights
+        for path, report in iter_load_weights(train_net, opts.weights):
             log.info(f"Copying weights from {path}: {report.summary()}")
             for name in report.copied:
                 log.info(f"  copied layer {name}")
@@ -257,6 +253,28 @@ def fit(opts: FitOptions) -> SolveResult:
             signal.signal(sig, handler)
         close_nets([solver.net, *solver.test_nets])
         log.close()
+
+
+def summary_lines(result: SolveResult) -> list[str]:
+    """What `trainer fit` prints when done: the iteration reached, the last weights file and the
+    last test scores with the iteration of that test; and, after a stop, how to resume."""
+    last = result.snapshots[-1].caffemodel if result.snapshots else None
+    at = f" at iteration {result.test_iteration}" if result.test_iteration is not None else ""
+    scores = "; ".join(f"test net #{i}{at}: " + ", ".join(f"{k} = {v:.4g}" for k, v in s.items())
+                       for i, s in enumerate(result.test_scores))
+    lines = [f"trained to iteration {result.iterations}" + (f"; weights {last}" if last else "")
+             + (f"; {scores}" if scores else "")]
+    if result.stopped_early:
+        lines.append(f"stopped early ({result.stop_reason}); resume with --snapshot "
+                     f"{result.snapshots[-1].solverstate}")
+    return lines
+
+
+def exit_status(result: SolveResult) -> int:
+    """0 for a finished run; after a stop by signal, 128 + the signal number (130 SIGINT, 143 SIGTERM)."""
+    if not result.stopped_early:
+        return 0
+    return 130 if result.stop_reason == "SIGINT" else 143
 
 
 def report_dict(result: SolveResult, opts: FitOptions, seconds: float) -> dict[str, Any]:

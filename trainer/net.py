@@ -16,18 +16,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from datakit.errors import FormatError
 from datakit.formats import caffe_pb2
 from datakit.formats.blobproto import array_to_blob, blob_shape, blob_to_array
+from datakit.formats.upgrade import upgrade_net
 
 from trainer.backend import to_host
 from trainer.layers import Blob, Layer, layer_class
 
 TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
+
+
+class UnknownNameError(FormatError, KeyError):
+    """``Net.layer`` / ``Net.blob`` got a name the net does not have.
+
+    A FormatError, so the CLI prints it as one line; still a KeyError, so callers that
+    caught the KeyError these lookups used to raise keep working."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""   # not KeyError's repr() of the message
 
 
 @dataclass
@@ -103,23 +114,6 @@ def filter_net(param: caffe_pb2.NetParameter, state: caffe_pb2.NetState) -> list
         if ok:
             kept.append(lp)
     return kept
-
-
-def _legacy_inputs(param: caffe_pb2.NetParameter) -> list[caffe_pb2.LayerParameter]:
-    """Net-level ``input``/``input_shape``/``input_dim`` as one Input layer (Caffe's upgrade)."""
-    if not param.input:
-        return []
-    lp = caffe_pb2.LayerParameter(name="input", type="Input")
-    for i, name in enumerate(param.input):
-        lp.top.append(name)
-        shape = lp.input_param.shape.add()
-        if param.input_shape:
-            shape.dim.extend(param.input_shape[i].dim)
-        elif param.input_dim:
-            shape.dim.extend(param.input_dim[4 * i:4 * i + 4])
-        else:
-            raise FormatError(f"net input {name!r} has no input_shape or input_dim")
-    return [lp]
 
 
 def _default_loss_weights(lp: caffe_pb2.LayerParameter, cls: type[Layer]) -> list[float]:
@@ -204,7 +198,10 @@ class Net:
         state = caffe_pb2.NetState(phase=phase, level=level)
         state.stage.extend(param.state.stage)
         state.stage.extend(stages)
-        layer_params = _legacy_inputs(param) + filter_net(param, state)
+        if len(param.input) or len(param.input_dim) or len(param.input_shape):
+            # net-level inputs become a leading Input layer, as read_net's upgrade makes them
+            param = upgrade_net(param, source=f"net {param.name!r}")
+        layer_params = filter_net(param, state)
         self._inserted_splits: set[str] = set()
         layer_params = insert_splits(layer_params, self._inserted_splits)
 
@@ -249,7 +246,6 @@ class Net:
         layer = cls(lp, self.phase, self.xp, dtype=self.dtype, rng=self.rng, base_dir=self.base_dir)
         layer.name = name
         layer.source = self.source
-        layer.check_counts(len(lp.bottom), len(lp.top))
         bottoms = [self.blobs[b] for b in lp.bottom]
         tops: list[Blob] = []
         for j, tname in enumerate(lp.top):
@@ -267,8 +263,7 @@ class Net:
         for t in lp.top:
             available[t] = None
 
-        layer.setup(bottoms, tops)
-        layer.reshape(bottoms, tops)
+        layer.set_up(bottoms, tops)  # counts, setup, reshape (Caffe's Layer::SetUp)
         self._share_params(layer, lp)
         weights = _default_loss_weights(lp, cls)
 
@@ -301,7 +296,7 @@ class Net:
 
     @staticmethod
     def _lr_mult(lp: caffe_pb2.LayerParameter, k: int, layer: Layer) -> float:
-        if getattr(layer, "fixed_params", False):
+        if layer.fixed_params:
             return 0.0  # statistics (BatchNorm), never learned
         return float(lp.param[k].lr_mult) if k < len(lp.param) else 1.0
 
@@ -324,7 +319,7 @@ class Net:
                                       f"{spec.lr_mult} here but {info.lr_mult} in layer {info.layer}")
                 layer.blobs[k] = owner
                 continue
-            fixed = getattr(layer, "fixed_params", False)
+            fixed = layer.fixed_params
             p = Param(blob, 0.0 if fixed else float(spec.lr_mult), 0.0 if fixed else float(spec.decay_mult),
                       layer.name, k, pname)
             self.learnable_params.append(p)
@@ -408,21 +403,28 @@ class Net:
         try:
             return self.layers[self.layer_names.index(name)]
         except ValueError:
-            raise KeyError(f"net {self.name!r} has no layer {name!r}") from None
+            raise UnknownNameError(f"net {self.name!r} has no layer {name!r} "
+                                   f"(its layers: {', '.join(self.layer_names)})") from None
 
     def blob(self, name: str) -> Blob:
         try:
             return self.blobs[name]
         except KeyError:
-            raise KeyError(f"net {self.name!r} has no blob {name!r}") from None
+            raise UnknownNameError(f"net {self.name!r} has no blob {name!r}") from None
+
+    def output_loss_weights(self) -> dict[str, float]:
+        """Loss weight of each output blob, in ``output_names`` order (0 for accuracies), as
+        Caffe's display and `caffe test` show them."""
+        weights: dict[str, float] = {}
+        for names, ws in zip(self.top_names, self.loss_weights):
+            for name, w in zip(names, ws):
+                weights[name] = float(w)
+        return {name: weights.get(name, 0.0) for name in self.output_names}
 
     @property
     def input_names(self) -> list[str]:
         """Tops of Input layers: the blobs a caller fills before forward()."""
         return [t for layer, names in zip(self.layers, self.top_names) if layer.type == "Input" for t in names]
-
-    def params_of(self, layer_name: str) -> list[Blob]:
-        return self.layer(layer_name).blobs
 
     # -- running --------------------------------------------------------------
     def forward_layer(self, i: int) -> float:
@@ -558,9 +560,3 @@ class ParamSpecInfo:
 
 def _phase_name(phase: int) -> str:
     return "TRAIN" if phase == TRAIN else "TEST"
-
-
-def iter_layer_params(net: Net) -> Iterable[tuple[str, list[Blob]]]:
-    for layer in net.layers:
-        if layer.blobs:
-            yield layer.name, layer.blobs

@@ -11,18 +11,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 from collections.abc import Callable
 
 import numpy as np
 
 from datakit.errors import DatakitError
-
-from trainer.backend import to_host
-
-#: layers whose second bottom is a class label checked against the classes of the first.
-LABEL_CONSUMERS = {"SoftmaxWithLoss", "Accuracy", "MultinomialLogisticLoss", "InfogainLoss",
-                   "HingeLoss"}
 
 
 class TrainingError(DatakitError):
@@ -60,14 +53,18 @@ def _producer(net, blob: str, before: int) -> int | None:
 
 
 def label_limits(net) -> dict[str, list[LabelLimit]]:
-    """{data layer name: limits} for every label blob that feeds a classifier loss/accuracy."""
+    """{data layer name: limits} for every label blob that feeds a classifier loss/accuracy.
+
+    The consumers are the layers that declare ``label_bottom`` (its scores are bottom 0).
+    """
     limits: dict[str, list[LabelLimit]] = {}
     for i, layer in enumerate(net.layers):
-        if layer.type not in LABEL_CONSUMERS or len(net.bottom_names[i]) < 2:
+        j = layer.label_bottom
+        if j is None or len(net.bottom_names[i]) <= j:
             continue
-        label_src = _producer(net, net.bottom_names[i][1], i)
+        label_src = _producer(net, net.bottom_names[i][j], i)
         score_src = _producer(net, net.bottom_names[i][0], i)
-        if label_src is None or score_src is None or not getattr(net.layers[label_src], "is_data", False):
+        if label_src is None or score_src is None or not net.layers[label_src].is_data:
             continue
         scores = net.bottom_vecs[i][0]
         if scores.num_axes < 2:
@@ -93,7 +90,7 @@ def make_label_check(data_layer, limits: list[LabelLimit]) -> Callable[[np.ndarr
                 bad &= labels != lim.ignore_label
             if bad.any():
                 j = int(np.flatnonzero(bad)[0])
-                source = getattr(data_layer, "source", None) or getattr(data_layer, "list_path", "")
+                source = data_layer.source_name
                 where = f"{source}: " if source else ""
                 raise LabelError(
                     f"{where}record {keys[j]!r} has label {int(labels[j])} but layer {lim.classifier} "
@@ -107,12 +104,25 @@ def install(net, warn: Callable[[str], None] | None = None) -> dict[str, list[La
     """Attach label checks (and the warning sink) to every data layer of ``net``."""
     limits = label_limits(net)
     for layer in net.layers:
-        if getattr(layer, "is_data", False) and hasattr(layer, "label_check"):
+        if layer.is_data:
             if warn is not None:
                 layer.warn = warn
             if layer.name in limits:
                 layer.label_check = make_label_check(layer, limits[layer.name])
     return limits
+
+
+def longest_label_run(labels: list[int]) -> tuple[int, int, int]:
+    """(length, label, first position) of the longest run of equal consecutive labels."""
+    best = (0, -1, 0)
+    run_start = 0
+    for i in range(1, len(labels) + 1):
+        if i == len(labels) or labels[i] != labels[run_start]:
+            length = i - run_start
+            if length > best[0]:
+                best = (length, labels[run_start], run_start)
+            run_start = i
+    return best
 
 
 def first_non_finite_layer(net) -> tuple[str, str, str] | None:
@@ -154,7 +164,3 @@ def check_flt_min_streak(streak: int, it: int, base_lr: float) -> None:
             f"iteration {it}: loss has been 87.3365 (= -log(FLT_MIN)) for {streak} iterations: the softmax "
             f"probability of the true class underflowed for every sample, i.e. the weights diverged. Lower "
             f"base_lr (now {base_lr:g}) by 10x, or check the data scale/mean and the labels")
-
-
-def host_scalar(x: Any) -> float:
-    return float(np.asarray(to_host(x)).reshape(-1)[0])

@@ -30,6 +30,7 @@ from datakit.errors import ConfigError
 from trainer import lr_policy, rails
 from trainer.backend import to_host
 from trainer.caffelog import CaffeLog, fmt
+from trainer.evaluate import OutputSums
 from trainer.snapshot import (LoadedState, SnapshotError, SnapshotPaths, read_solverstate, rng_state,
                               set_rng_state, write_snapshot)
 from trainer.updates import make_rule
@@ -45,15 +46,6 @@ class SolveResult:
     test_scores: list[dict[str, float]] = field(default_factory=list)   # the last test of each test net
     test_iteration: int | None = None                                    # the iteration of that test
     train_losses: list[tuple[int, float]] = field(default_factory=list)  # (iter, loss of that iteration)
-
-
-def output_weights(net) -> dict[str, float]:
-    """Loss weight of each output blob (0 for accuracies), as Caffe's display shows them."""
-    weights: dict[str, float] = {}
-    for names, ws in zip(net.top_names, net.loss_weights):
-        for name, w in zip(names, ws):
-            weights[name] = float(w)
-    return {name: weights.get(name, 0.0) for name in net.output_names}
 
 
 class Solver:
@@ -94,7 +86,7 @@ class Solver:
         #: (``trainer fit --max-iter`` sets it: a shortened run should still report its accuracy)
         self.final_test = False
         self._flt_min_streak = 0
-        self._weights = output_weights(net)
+        self._weights = net.output_loss_weights()
 
     # -- control --------------------------------------------------------------------------------
     def request_stop(self, reason: str = "interrupted") -> None:
@@ -177,20 +169,18 @@ class Solver:
     def test(self, net_id: int) -> dict[str, float]:
         net = self.test_nets[net_id]
         self.log.testing(self.iter, net_id)
-        sums: dict[str, Any] = {}
-        weights = output_weights(net)
+        sums = OutputSums()
+        weights = net.output_loss_weights()
         n_iter = int(self.param.test_iter[net_id])
         loss_total = 0.0
         bar = self._test_progress(n_iter, net_id)
-        for _ in range(n_iter):
+        for done in range(1, n_iter + 1):
             loss_total += net.forward()
-            for name in net.output_names:
-                value = to_host(net.blobs[name].data).astype(np.float64)
-                sums[name] = sums[name] + value if name in sums else value.copy()
+            sums.add({name: to_host(net.blobs[name].data) for name in net.output_names})
             if bar is not None:
                 bar.update(1)
             if self.stop_reason:
-                n_iter = _ + 1
+                n_iter = done
                 break
         if bar is not None:
             bar.close()
@@ -198,8 +188,9 @@ class Solver:
             self.log.info(f"Test loss: {fmt(loss_total / max(n_iter, 1))}")
         means: dict[str, float] = {}
         lines = []
+        averaged = sums.means()
         for name in net.output_names:
-            mean = sums[name] / max(n_iter, 1)
+            mean = averaged[name]
             for j, v in enumerate(np.asarray(mean).reshape(-1)):
                 key = name if np.asarray(mean).size == 1 else f"{name}[{j}]"
                 means[key] = float(v)
@@ -210,7 +201,8 @@ class Solver:
     # -- snapshots ------------------------------------------------------------------------------
     def _extra_state(self) -> dict[str, Any]:
         def data_states(net) -> dict[str, Any]:
-            return {layer.name: layer.get_state() for layer in net.layers if hasattr(layer, "get_state")}
+            states = ((layer.name, layer.get_state()) for layer in net.layers)
+            return {name: state for name, state in states if state}  # {}: a stateless layer
         return {
             "iter": self.iter,
             "seed": self.seed,
@@ -308,7 +300,7 @@ def _restore_net(net, state: dict) -> None:
     set_rng_state(net.rng, state["rng"])
     data = state.get("data", {})
     for layer in net.layers:
-        if layer.name in data and hasattr(layer, "set_state"):
+        if layer.name in data:
             layer.set_state(data[layer.name])
 
 

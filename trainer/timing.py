@@ -10,9 +10,15 @@ cost nothing when training.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
-from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+from collections.abc import Callable, Sequence
+
+from datakit.errors import ConfigError
+from datakit.formats import caffe_pb2
 
 from trainer.backend import synchronize
 from trainer.net import Net
@@ -44,6 +50,13 @@ class TimingReport:
     def ms_per_image(self) -> float:
         return self.forward_backward_ms / self.batch_size if self.batch_size else 0.0
 
+    def as_dict(self) -> dict[str, Any]:
+        """The report as JSON-able data (``trainer time --report``)."""
+        return {"iterations": self.iterations, "batch_size": self.batch_size,
+                "forward_ms": self.forward_ms, "backward_ms": self.backward_ms,
+                "ms_per_image": self.ms_per_image, "total_ms": self.total_ms,
+                "layers": [vars(t) for t in self.layers]}
+
     def format(self) -> str:
         """Lines as `caffe time` prints them (plus ms per image)."""
         width = max((len(t.name) for t in self.layers), default=4)
@@ -63,6 +76,44 @@ class TimingReport:
         return "\n".join(out)
 
 
+def timing_net(model: str | os.PathLike, *, batch_size: int | None = None, phase: int = caffe_pb2.TRAIN,
+               stages: Sequence[str] = (), level: int = 0, weights: str | None = None,
+               xp: ModuleType | None = None) -> Net:
+    """The net ``caffe time`` times: ``model`` read (and upgraded), its Input layers given
+    ``batch_size`` as their first dimension when set, ``weights`` (comma-separated) copied
+    when given, and, when the net has no loss (a deploy net), backward enabled through every
+    layer so the backward pass is timed too. The caller closes it."""
+    from datakit.formats.prototxt import read_net
+    from trainer.weights import load_weights_list
+    param = read_net(model)
+    if batch_size:
+        for lp in param.layer:
+            if lp.type == "Input":
+                for shape in lp.input_param.shape:
+                    if len(shape.dim):
+                        shape.dim[0] = batch_size
+    net = Net(param, phase, xp=xp, stages=stages, level=level, seed=0, source=str(model))
+    try:
+        if weights:
+            load_weights_list(net, weights)
+        if not net.has_loss:
+            net.enable_full_backward()  # as `caffe time`: every layer runs backward
+    except BaseException:
+        net.close()
+        raise
+    return net
+
+
+def time_model(model: str | os.PathLike, iterations: int = 50, *, forward_only: bool = False,
+               progress: Callable[[int], None] | None = None, **net_options: Any) -> TimingReport:
+    """``caffe time`` on a prototxt: ``timing_net(model, **net_options)``, timed by ``time_net``."""
+    net = timing_net(model, **net_options)
+    try:
+        return time_net(net, iterations, forward_only=forward_only, progress=progress)
+    finally:
+        net.close()
+
+
 def _batch_size(net: Net) -> int:
     """The leading dimension of the first data/input top (0 when unknown)."""
     for layer, tops in zip(net.layers, net.top_vecs):
@@ -75,7 +126,7 @@ def time_net(net: Net, iterations: int = 50, *, forward_only: bool = False, warm
              progress: Callable[[int], None] | None = None) -> TimingReport:
     """Time ``iterations`` forward(+backward) passes layer by layer."""
     if iterations < 1:
-        raise ValueError("iterations must be at least 1")
+        raise ConfigError(f"iterations must be at least 1, got {iterations}")
     xp = net.xp
     for _ in range(warmup):
         net.forward()

@@ -11,9 +11,9 @@ What Caffe's DataTransformer computes, per output pixel::
   TEST takes ``(H - crop) // 2``;
 - mirror: a random flip of each image with probability 1/2.
 
-One deliberate difference, as the issue asks: Caffe also flips at random in the TEST
-phase when ``mirror: true``; we mirror in TRAIN only, so test scores are deterministic
-and do not change between two evaluations of the same weights.
+One deliberate difference: Caffe also flips at random in the TEST phase when
+``mirror: true``; we mirror in TRAIN only, so test scores are deterministic and do not
+change between two evaluations of the same weights.
 
 Random draws come from a Generator the caller passes (the data layer seeds one per
 batch from the run seed and the batch number) so that a resumed run draws exactly
@@ -33,6 +33,8 @@ import numpy as np
 
 from datakit.errors import ConfigError
 from datakit.formats import caffe_pb2
+
+from trainer.prefetch import decode_pool
 
 TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
 
@@ -74,6 +76,7 @@ class Transformer:
         #: threads for the NumPy path (1 keeps everything in the calling thread)
         self.threads = max(1, min(4, os.cpu_count() or 1))
         self.in_shape: tuple[int, int, int] | None = None
+        self._mean_lr: np.ndarray | None = None   # the mean flipped left-right, made on first use
 
     # -- setup ----------------------------------------------------------------------------
     @property
@@ -158,7 +161,6 @@ class Transformer:
         if chunks <= 1:
             self._apply_host_range(batch, plan, out, 0, n)
             return
-        from trainer.prefetch import decode_pool
         bounds = np.linspace(0, n, chunks + 1).astype(int)
         futures = [decode_pool().submit(self._apply_host_range, batch, plan, out, int(a), int(b))
                    for a, b in zip(bounds[:-1], bounds[1:])]
@@ -167,7 +169,8 @@ class Transformer:
 
     def _apply_host_range(self, batch: np.ndarray, plan: Plan, out: np.ndarray, lo: int, hi: int) -> None:
         """Images lo..hi-1. A mirrored image is flipped by OpenCV into a small buffer first and
-        meets a pre-flipped mean: NumPy on negative strides is ~3x slower than on positive ones."""
+        meets a pre-flipped mean: NumPy is much slower on negative strides than on positive ones
+        (figures: benchmarks/RESULTS.md, data_layer)."""
         import cv2
         mean = self._mean_on(np)
         c, oh, ow = out.shape[1], out.shape[2], out.shape[3]
@@ -193,7 +196,7 @@ class Transformer:
                 np.subtract(src, m, out=out[i], dtype=np.float32)
 
     def _flipped_mean(self) -> np.ndarray:
-        if getattr(self, "_mean_lr", None) is None:
+        if self._mean_lr is None:
             self._mean_lr = np.ascontiguousarray(self.mean[:, :, ::-1])
         return self._mean_lr
 

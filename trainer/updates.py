@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from datakit.errors import ConfigError
+from datakit.formats.upgrade import upgrade_solver
 
 
 class ParamLike(Protocol):
@@ -28,18 +29,16 @@ class ParamLike(Protocol):
     decay_mult: float
 
 
-#: Caffe's `type` strings and the legacy `solver_type` enum values (SolverParameter.SolverType).
-RULE_NAMES = {"SGD": 0, "Nesterov": 1, "AdaGrad": 2, "RMSProp": 3, "AdaDelta": 4, "Adam": 5}
+#: Caffe's `type` strings of the update rules.
+RULE_NAMES = ("SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam")
 
 
 def solver_type_name(param) -> str:
-    """The update rule a SolverParameter asks for (`type`, else the legacy `solver_type` enum)."""
-    if param.HasField("type"):
-        name = param.type
-    elif param.HasField("solver_type"):
-        name = {v: k for k, v in RULE_NAMES.items()}[param.solver_type]
-    else:
-        name = "SGD"
+    """The update rule a SolverParameter asks for (`type`, else the legacy `solver_type` enum,
+    converted by ``datakit.formats.upgrade``, where every old form is read)."""
+    if param.HasField("solver_type") and not param.HasField("type"):
+        param = upgrade_solver(param)
+    name = param.type if param.HasField("type") else "SGD"
     for known in RULE_NAMES:
         if known.lower() == name.lower():
             return known

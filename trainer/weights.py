@@ -9,6 +9,7 @@ Saving writes a NetParameter with blobs that Caffe's CopyTrainedLayersFrom reads
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 from datakit.formats.caffemodel import read_caffemodel, write_caffemodel
 
@@ -21,9 +22,17 @@ def load_weights(net: Net, path: str | os.PathLike) -> CopyReport:
     return net.copy_from(model, source=str(path))
 
 
+def iter_load_weights(net: Net, paths: str) -> Iterator[tuple[str, CopyReport]]:
+    """Caffe's ``--weights a.caffemodel,b.caffemodel``: each file in turn (later ones win),
+    yielding (path, report) as each is copied, so a caller can log one before reading the next."""
+    for p in paths.split(","):
+        if p:
+            yield p, load_weights(net, p)
+
+
 def load_weights_list(net: Net, paths: str) -> list[CopyReport]:
-    """Caffe's ``--weights a.caffemodel,b.caffemodel``: each file in turn, later ones win."""
-    return [load_weights(net, p) for p in paths.split(",") if p]
+    """``iter_load_weights`` run to the end: one report per file."""
+    return [report for _, report in iter_load_weights(net, paths)]
 
 
 def save_weights(net: Net, path: str | os.PathLike, *, write_diff: bool = False) -> None:

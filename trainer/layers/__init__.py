@@ -1,10 +1,10 @@
 """Layer registry: Caffe type strings ("Convolution", "Data", ...) to classes.
 
 Each family lives in its own module and registers its classes with
-``@register("Type")``; importing this package imports the families, so a net
-can be built from any registered type. Modules written elsewhere (data
-layers with prefetching, for instance) register the same way; a later
-registration of a type replaces the earlier one on purpose.
+``@register("Type")``; the first lookup imports the families, so a net can be
+built from any registered type. As Caffe's LayerRegistry::AddCreator, a type
+registered twice is an error naming both classes: silently replacing one would
+hide a mistyped copy of a layer.
 """
 
 from __future__ import annotations
@@ -22,12 +22,25 @@ L = TypeVar("L", bound=type[Layer])
 
 
 def register(type_name: str) -> Callable[[L], L]:
-    """Class decorator: make ``cls`` the implementation of Caffe type ``type_name``."""
+    """Class decorator: make ``cls`` the implementation of Caffe type ``type_name``.
+
+    Raises ValueError when another class already implements ``type_name``. The same
+    class defined again by re-running its module (``importlib.reload``) replaces
+    itself: that is one definition, not two.
+    """
     def wrap(cls: L) -> L:
+        old = _REGISTRY.get(type_name)
+        if old is not None and _qualified(old) != _qualified(cls):
+            raise ValueError(f"layer type {type_name!r} is already registered by {_qualified(old)}; "
+                             f"{_qualified(cls)} cannot register it again (rename one of the types)")
         cls.type = type_name
         _REGISTRY[type_name] = cls
         return cls
     return wrap
+
+
+def _qualified(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def layer_class(type_name: str, layer_name: str = "?") -> type[Layer]:
@@ -63,7 +76,7 @@ def _load_families() -> None:
     if _loaded:
         return
     _loaded = True
-    from . import activation, common, conv, data, loss, norm, pool  # noqa: F401
+    from . import activation, common, conv, inputs, loss, norm, pool  # noqa: F401
     # data layers that read files, with prefetching and transforms (Data, ImageData, HDF5Data, MemoryData)
     from . import data_db, data_hdf5, data_image, data_memory  # noqa: F401
     # the rest of Caffe's catalogue (issue 13)

@@ -1,4 +1,4 @@
-"""Elementwise activations: ReLU, Sigmoid, TanH, Dropout (all may run in place)."""
+"""Elementwise layers: ReLU, Sigmoid, TanH, Dropout, AbsVal, Power, ELU, PReLU (all may run in place)."""
 
 from __future__ import annotations
 

@@ -10,9 +10,10 @@ work as in Caffe). Layers know nothing about the solver.
 
 from __future__ import annotations
 
+import sys
 from types import ModuleType
-from typing import Any
-from collections.abc import Sequence
+from typing import Any, final
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -118,22 +119,49 @@ def canonical_axis(axis: int, num_axes: int, layer: str) -> int:
 
 
 class Layer:
-    """Base class of every layer (Caffe's Layer).
+    """Base class of every layer (Caffe's Layer), and the declaration of every hook the net,
+    the solver and the rails call on a layer (so nothing has to probe with getattr).
 
-    Subclasses set ``type`` (the Caffe type string, via ``register``) and
-    override ``setup``/``reshape``/``forward``/``backward``. Class attributes
-    say how the net wires them: ``exact_num_bottoms`` etc. are checked before
-    ``setup``; ``is_loss`` gives top 0 a default loss weight of 1.
+    A subclass sets ``type`` (the Caffe type string, via ``register``) and
+    overrides ``setup``/``reshape``/``forward``/``backward``; the Net calls
+    ``set_up`` once (a template method: counts, then setup, then reshape),
+    then ``forward``/``backward`` every iteration and ``close`` at the end.
+    The class attributes below say how the net wires the layer; the methods
+    after the four main ones have defaults that fit most layers.
     """
 
+    #: the Caffe type string ("Convolution"); set by ``register``
     type: str = ""
+    #: bottom / top blob counts, checked before ``setup`` (None: no upper bound)
     min_bottoms: int = 0
     max_bottoms: int | None = None
     min_tops: int = 0
     max_tops: int | None = None
+    #: top 0 gets a default loss weight of 1 (``loss_weight`` in the prototxt overrides it)
     is_loss: bool = False
+    #: a source of batches (no bottoms): never runs backward; the rails look for labels here
     is_data: bool = False
-    source: str | None = None  # the prototxt the layer was read from (set by the Net; Python layers import beside it)
+    #: the prototxt the layer was read from (set by the Net; Python layers import beside it)
+    source: str | None = None
+    #: the learnable blobs are statistics, not parameters (BatchNorm's mean/variance):
+    #: the net gives them lr_mult 0 and decay_mult 0 whatever the prototxt says
+    fixed_params: bool = False
+    #: index of the bottom that holds class labels for the scores in bottom 0
+    #: (SoftmaxWithLoss, Accuracy: 1); the rails check those labels against the
+    #: classifier's num_output. None: the layer takes no class labels.
+    label_bottom: int | None = None
+    #: set by ``trainer.rails.install`` on data layers: called with each batch's host
+    #: labels and record names before the net sees them (raises LabelError). Layers
+    #: that read labels from a source call it; others never do.
+    label_check: Callable[[np.ndarray, list[str]], None] | None = None
+    #: where ``log_warning`` sends messages (the training log); None: stderr
+    warn: Callable[[str], None] | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "set_up" in cls.__dict__:
+            raise TypeError(f"{cls.__qualname__} overrides Layer.set_up; override setup/reshape instead "
+                            "(set_up is the fixed order counts -> setup -> reshape the net relies on)")
 
     def __init__(self, param: caffe_pb2.LayerParameter, phase: int, xp: ModuleType, *,
                  dtype: Any = np.float32, rng: np.random.Generator | None = None,
@@ -154,22 +182,59 @@ class Layer:
         self.param_propagate_down: list[bool] = []
         self._workspace: dict[str, Any] = {}
 
+    # -- called by the net ------------------------------------------------------
+    @final
+    def set_up(self, bottoms: list[Blob], tops: list[Blob]) -> None:
+        """Caffe's Layer::SetUp: check the blob counts, then ``setup``, then ``reshape``.
+
+        Not to be overridden (``__init_subclass__`` refuses it): the net relies on
+        this order, and a layer customises the steps, not the sequence.
+        """
+        self.check_counts(len(bottoms), len(tops))
+        self.setup(bottoms, tops)
+        self.reshape(bottoms, tops)
+
     # -- the four methods a layer implements -----------------------------------
     def setup(self, bottoms: list[Blob], tops: list[Blob]) -> None:
-        """Check parameters, create and fill ``self.blobs``."""
+        """Check parameters, create and fill ``self.blobs`` (once, from ``set_up``)."""
 
     def reshape(self, bottoms: list[Blob], tops: list[Blob]) -> None:
-        """Set the top shapes from the bottom shapes."""
+        """Set the top shapes from the bottom shapes (after ``setup``, and before every forward)."""
         raise NotImplementedError
 
     def forward(self, bottoms: list[Blob], tops: list[Blob]) -> None:
+        """Compute the tops' ``data`` from the bottoms' (data layers: fetch the next batch)."""
         raise NotImplementedError
 
     def backward(self, tops: list[Blob], propagate_down: list[bool], bottoms: list[Blob]) -> None:
         """Write bottom ``diff`` where ``propagate_down``; add into param ``diff``."""
 
+    # -- hooks with defaults ------------------------------------------------------
     def close(self) -> None:
-        """Release files, databases and threads the layer holds (data layers)."""
+        """Release files, databases and threads the layer holds (data layers); idempotent."""
+
+    def get_state(self) -> dict[str, Any]:
+        """What a snapshot must store to resume this layer exactly (JSON-able), beyond its blobs.
+
+        Data layers return their batch position and seed. The default ``{}`` means
+        the layer is stateless: the solver stores nothing for it.
+        """
+        return {}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Restore what ``get_state`` returned (called on resume, before the first forward)."""
+
+    @property
+    def source_name(self) -> str:
+        """The file or folder the layer reads records from, for messages ('' when it reads none)."""
+        return ""
+
+    def log_warning(self, message: str) -> None:
+        """Report something the user should know that does not stop the run (to ``warn``)."""
+        if self.warn is not None:
+            self.warn(message)
+        else:
+            print(f"warning: {message}", file=sys.stderr)
 
     # -- helpers --------------------------------------------------------------
     def param_needs_grad(self, k: int) -> bool:

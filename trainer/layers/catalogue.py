@@ -16,10 +16,14 @@ END = "<!-- end of layer list -->"
 
 
 def markdown() -> str:
-    """One table row per layer module: its registered Caffe types."""
+    """One table row per layer module of this package: its registered Caffe types.
+
+    Types registered from elsewhere (a user's module, a test) are not the package's and are left out."""
     families: dict[str, list[str]] = {}
     for name in registered_types():
-        families.setdefault(_REGISTRY[name].__module__.rsplit(".", 1)[-1], []).append(name)
+        module = _REGISTRY[name].__module__
+        if module.startswith(f"{__package__}."):
+            families.setdefault(module.rsplit(".", 1)[-1], []).append(name)
     rows = [f"| `{module}` | {', '.join(f'`{t}`' for t in types)} |" for module, types in sorted(families.items())]
     count = sum(len(t) for t in families.values())
     return "\n".join([BEGIN, "", f"{count} layer types, by module of `trainer/layers/`:", "",

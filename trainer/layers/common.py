@@ -1,4 +1,4 @@
-"""Structural and dense layers: InnerProduct, Concat, Flatten, Reshape, Split, Eltwise, Silence."""
+"""Dense and structural layers: InnerProduct, Scale; Split, Silence, Flatten, Reshape, Concat, Slice, Eltwise, ArgMax."""
 
 from __future__ import annotations
 

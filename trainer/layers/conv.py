@@ -1,4 +1,4 @@
-"""Convolution (Caffe's ConvolutionLayer): im2col + one GEMM per group."""
+"""Convolution and Deconvolution (Caffe's layers): im2col + one GEMM per group."""
 
 from __future__ import annotations
 

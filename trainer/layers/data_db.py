@@ -18,7 +18,8 @@ from datakit.db import detect_backend, open_reader
 from datakit.errors import DatabaseError
 
 from trainer.layers import register
-from trainer.prefetch import HostBatch, PrefetchingDataLayer, decode_pool
+from trainer.layers.base_data import HostBatch, PrefetchingDataLayer
+from trainer.prefetch import decode_pool
 
 LABEL_SAMPLE = 5000
 

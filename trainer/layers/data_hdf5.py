@@ -17,7 +17,7 @@ from datakit.errors import ConfigError, DatabaseError
 
 from trainer.layers import register
 from trainer.layers.base import Blob
-from trainer.prefetch import HostBatch, PrefetchingDataLayer
+from trainer.layers.base_data import HostBatch, PrefetchingDataLayer
 
 
 @register("HDF5Data")

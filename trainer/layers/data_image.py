@@ -18,7 +18,8 @@ from datakit.imagelist import iter_list, safe_join
 from datakit.images import hwc_to_chw, read_image, resize_exact
 
 from trainer.layers import register
-from trainer.prefetch import HostBatch, PrefetchingDataLayer, decode_pool
+from trainer.layers.base_data import HostBatch, PrefetchingDataLayer
+from trainer.prefetch import decode_pool
 
 
 @register("ImageData")
@@ -33,7 +34,7 @@ class ImageDataLayer(PrefetchingDataLayer):
                               f"(got {p.new_height}x{p.new_width})")
         self.new_hw = (int(p.new_height), int(p.new_width))
         self.is_color = bool(p.is_color)
-        self.list_path = Path(self.base_dir) / p.source
+        self.list_path = self.source = Path(self.base_dir) / p.source
         self.root = Path(self.base_dir) / p.root_folder if p.root_folder else Path(self.base_dir)
         self.entries = [(e.path, e.label, e.line) for e in iter_list(self.list_path)]
         if not self.entries:

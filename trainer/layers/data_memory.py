@@ -14,7 +14,7 @@ import numpy as np
 from datakit.errors import ConfigError
 
 from trainer.layers import register
-from trainer.prefetch import HostBatch, PrefetchingDataLayer
+from trainer.layers.base_data import HostBatch, PrefetchingDataLayer
 
 
 @register("MemoryData")

@@ -34,7 +34,7 @@ from datakit.errors import ConfigError, FormatError, ImageError
 from datakit.formats.blobproto import read_mean
 
 from trainer.layers import register
-from trainer.prefetch import HostBatch, PrefetchingDataLayer
+from trainer.layers.base_data import HostBatch, PrefetchingDataLayer
 
 
 def _round(v: float) -> int:

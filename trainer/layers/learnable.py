@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 
 from datakit.formats import caffe_pb2
 
@@ -30,9 +29,4 @@ def filler_or_default(has: bool, filler: caffe_pb2.FillerParameter) -> caffe_pb2
     return filler if has else constant_filler(0.0)
 
 
-def as_matrix(arr, rows: int):  # type: ignore[no-untyped-def]
-    """View ``arr`` as (rows, -1) without copying when possible."""
-    return arr.reshape(rows, -1)
-
-
-__all__ = ["make_param_blob", "constant_filler", "filler_or_default", "as_matrix", "np"]
+__all__ = ["make_param_blob", "constant_filler", "filler_or_default"]

@@ -1,4 +1,4 @@
-"""Softmax, SoftmaxWithLoss and Accuracy with Caffe's normalization and tie rules."""
+"""Softmax, SoftmaxWithLoss, Accuracy and EuclideanLoss, with Caffe's normalization and tie rules."""
 
 from __future__ import annotations
 
@@ -71,6 +71,7 @@ class SoftmaxWithLossLayer(Layer):
     min_tops = 1
     max_tops = 2
     is_loss = True
+    label_bottom = 1
 
     def allow_force_backward(self, bottom_index: int) -> bool:
         return bottom_index != 1
@@ -134,6 +135,7 @@ class AccuracyLayer(Layer):
     min_bottoms = max_bottoms = 2
     min_tops = 1
     max_tops = 2
+    label_bottom = 1
 
     def allow_force_backward(self, bottom_index: int) -> bool:
         return False

@@ -1,4 +1,4 @@
-"""Local Response Normalization (ACROSS_CHANNELS and WITHIN_CHANNEL), Caffe's formulas."""
+"""Normalization: LRN (ACROSS_CHANNELS and WITHIN_CHANNEL) and BatchNorm, with Caffe's formulas."""
 
 from __future__ import annotations
 

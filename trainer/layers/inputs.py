@@ -2,8 +2,9 @@
 
 Data layers have no bottoms; their forward fetches the next batch itself, so
 the net's forward() is the same for a data net and a deploy net. The layers
-that read files (Data for LMDB/LevelDB, ImageData, HDF5Data, with prefetching
-and transforms) live in data_db.py, data_image.py and data_hdf5.py.
+that read files (Data for LMDB/LevelDB, ImageData, HDF5Data, MemoryData) build
+on base_data.PrefetchingDataLayer and live in data_db.py, data_image.py,
+data_hdf5.py and data_memory.py.
 """
 
 from __future__ import annotations

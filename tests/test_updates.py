@@ -1,4 +1,4 @@
-"""lr policies against Caffe's formulas; update rules against hand-written reference steps."""
+"""trainer.updates: every update rule against hand-written reference steps (Caffe's sgd_solver.cpp)."""
 
 from __future__ import annotations
 
@@ -9,44 +9,7 @@ import pytest
 
 from datakit.errors import ConfigError
 from datakit.formats import caffe_pb2
-from trainer import lr_policy
 from trainer.updates import make_rule, solver_type_name
-
-
-@pytest.mark.parametrize("it", [0, 1, 99, 100, 101, 2500, 9999])
-def test_lr_policies_match_caffe_formulas(it):
-    base, gamma, power, stepsize, max_iter = 0.01, 0.1, 0.75, 100, 10000
-    lr = lambda policy, **kw: lr_policy.learning_rate(policy, it, base_lr=base, **kw)  # noqa: E731
-    assert lr("fixed") == base
-    assert lr("step", gamma=gamma, stepsize=stepsize) == pytest.approx(base * gamma ** (it // stepsize))
-    assert lr("exp", gamma=0.999) == pytest.approx(base * 0.999 ** it)
-    assert lr("inv", gamma=1e-4, power=power) == pytest.approx(base * (1 + 1e-4 * it) ** -power)
-    steps = [50, 100, 3000]
-    passed = sum(1 for s in steps if it >= s)
-    assert lr("multistep", gamma=gamma, stepvalues=steps) == pytest.approx(base * gamma ** passed)
-    assert lr("poly", power=2.0, max_iter=max_iter) == pytest.approx(base * (1 - it / max_iter) ** 2)
-    assert lr("sigmoid", gamma=-0.01, stepsize=500) == pytest.approx(
-        base / (1 + math.exp(0.01 * (it - 500))))
-
-
-def test_lenet_inv_rate_at_known_iterations():
-    # Caffe's LeNet solver: lr at 10000 is 0.01 * (1 + 1)^-0.75 = 0.0059460...
-    rate = lr_policy.learning_rate("inv", 10000, base_lr=0.01, gamma=1e-4, power=0.75)
-    assert rate == pytest.approx(0.00594604, rel=1e-5)
-
-
-def test_current_step_for_snapshot():
-    assert lr_policy.current_step("step", 250, stepsize=100) == 2
-    assert lr_policy.current_step("multistep", 100, stepvalues=[50, 100, 200]) == 2
-    assert lr_policy.current_step("fixed", 123) == 0
-
-
-def test_unknown_policy_and_bad_fields_are_config_errors():
-    with pytest.raises(ConfigError, match="lr_policy"):
-        lr_policy.learning_rate("cosine", 1, base_lr=0.1)
-    p = caffe_pb2.SolverParameter(lr_policy="step", base_lr=0.1)
-    with pytest.raises(ConfigError, match="stepsize"):
-        lr_policy.check_policy(p)
 
 
 class P:
