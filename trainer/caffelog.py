@@ -17,7 +17,7 @@ import threading
 import time
 from pathlib import Path
 from typing import IO
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 
 def fmt(value: float) -> str:
@@ -62,6 +62,8 @@ class CaffeLog:
         self._file: IO[str] | None = None
         self._csv_file: IO[str] | None = None
         self._csv = None
+        #: more places each metric goes, called as sink(iteration, phase, name, value) (TensorBoard)
+        self.sinks: list[Callable[[int, str, str, float], None]] = []
         if path is not None:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             self._file = open(path, "a", encoding="utf-8")
@@ -89,11 +91,15 @@ class CaffeLog:
     def warning(self, message: str, source: str | None = None) -> None:
         self.line(message, severity="W", source=source)
 
-    def metric(self, iteration: int, phase: str, name: str, value: float) -> None:
+    def metric(self, iteration: int, phase: str, name: str, value: float, *, sink_phase: str | None = None) -> None:
+        """A CSV row, and a call to each sink (with `sink_phase` when given: train net outputs
+        are 'train_output' there, so they never share a tag with the smoothed train loss)."""
         if self._csv is not None:
             self._csv.writerow([iteration, phase, name, repr(float(value)),
                                 f"{time.perf_counter() - self.started:.3f}"])
             self._csv_file.flush()
+        for sink in self.sinks:
+            sink(iteration, sink_phase or phase, name, value)
 
     # -- Caffe's solver messages --------------------------------------------------------------
     def train_loss(self, it: int, loss: float) -> None:
@@ -104,7 +110,7 @@ class CaffeLog:
         """``(name, value, loss_weight)`` for each net output, numbered as Caffe does."""
         for k, (name, value, weight) in enumerate(outputs):
             self.info(_output_line("Train", k, name, value, weight))
-            self.metric(it, "train", name, value)
+            self.metric(it, "train", name, value, sink_phase="train_output")
 
     def learning_rate(self, it: int, rate: float) -> None:
         self.info(f"Iteration {it}, lr = {fmt(rate)}")

@@ -43,6 +43,7 @@ class FitOptions:
     max_iter: int | None = None
     stream: IO[str] | None = sys.stderr
     handle_signals: bool = True
+    tensorboard: str | None = None   # a folder: every logged number also goes there as a TensorBoard scalar
 
 
 def _locate(path: str, solver_dir: Path | None) -> str:
@@ -169,6 +170,12 @@ def _build(opts: FitOptions, param, prefix: str, log: CaffeLog, xp, seed: int,
 def fit(opts: FitOptions) -> SolveResult:
     """Train as the solver says; returns what happened (snapshots, last test scores)."""
     solver, log, _ = build(opts)
+    board = None
+    if opts.tensorboard:
+        from trainer.tensorboard import ScalarWriter
+        board = ScalarWriter(opts.tensorboard)
+        log.sinks.append(board.metric)
+        log.info(f"Writing TensorBoard scalars to {opts.tensorboard}")
     previous: dict[int, Any] = {}
     if opts.handle_signals and threading.current_thread() is threading.main_thread():
         def on_signal(signum, frame) -> None:
@@ -190,6 +197,8 @@ def fit(opts: FitOptions) -> SolveResult:
             signal.signal(sig, handler)
         close_nets([solver.net, *solver.test_nets])
         log.close()
+        if board is not None:
+            board.close()
 
 
 def report_dict(result: SolveResult, opts: FitOptions, seconds: float) -> dict[str, Any]:
