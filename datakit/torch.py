@@ -342,28 +342,22 @@ class CaffeIterableDataset(_CaffeSequence, IterableDataset):
         self.records.check_processes()
         b = self.batch_size
         p = 0
-        for i, (key, value) in self._endless():
+        for key, value in self._endless():
             if p >= self.num_samples:
                 break
             if (p // b) % workers == wid:
-                if key is None:
-                    image, label = value
-                else:
-                    image, label = self.records.decode(key, value)
+                image, label = value if key is None else self.records.decode(key, value)
                 yield self.transform(p, image), label
             p += 1
-            del i
 
-    def _endless(self) -> Iterator[tuple[int, tuple[Any, Any]]]:
-        """(record index, (key, value)) from record ``skip``, wrapping at the end; HDF5 gives (None, (image, label))."""
+    def _endless(self) -> Iterator[tuple[Any, Any]]:
+        """(key, value) from record ``skip``, wrapping at the end; HDF5 gives (None, (image, label))."""
         start = self.skip % self.num_records
-        first = True
         while True:
             for i, item in enumerate(self._pass()):
-                if first and i < start:
-                    continue
-                yield i, item
-            first = False
+                if i >= start:
+                    yield item
+            start = 0
 
     def _pass(self) -> Iterator[tuple[Any, Any]]:
         if self.backend == "hdf5":

@@ -201,6 +201,7 @@ layer { name: "scale2" type: "Scale" bottom: "ip" bottom: "aux" top: "scaled2" s
 layer { name: "sum" type: "Eltwise" bottom: "scaled2" bottom: "ipt" top: "sum" }
 layer { name: "soft" type: "Softmax" bottom: "sum" top: "prob" }
 layer { name: "gapflat" type: "Flatten" bottom: "gap" top: "gapflat" }
+layer { name: "quiet" type: "Silence" bottom: "maxp" }
 """
 
 

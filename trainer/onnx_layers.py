@@ -191,6 +191,11 @@ def split(g: Graph, l: Any, bottoms: list[str], tops: list[str]) -> None:
         g.node("Identity", bottoms, [t])
 
 
+@converts("Silence")
+def silence(g: Graph, l: Any, bottoms: list[str], tops: list[str]) -> None:
+    """Consumes its bottoms and computes nothing: no node."""
+
+
 @converts("Eltwise")
 def eltwise(g: Graph, l: Any, bottoms: list[str], tops: list[str]) -> None:
     E = caffe_pb2.EltwiseParameter
@@ -267,5 +272,5 @@ def argmax(g: Graph, l: Any, bottoms: list[str], tops: list[str]) -> None:
     g.node("Cast", [idx], tops, to=1)  # FLOAT, as Caffe's top
 
 
-TRAINING_ONLY = {"SoftmaxWithLoss", "EuclideanLoss", "Accuracy", "Silence"}
+TRAINING_ONLY = {"SoftmaxWithLoss", "EuclideanLoss", "Accuracy"}
 DATA_LAYERS = {"Data", "ImageData", "HDF5Data", "MemoryData", "DummyData"}
