@@ -39,7 +39,10 @@ def test_every_name_in_the_readme_and_api_is_callable_and_documented():
             continue   # arrives with trainer/transfer.py (the transfer experiments)
         assert name in packages[pkg].API, f"README calls {pkg}.{name} but it is not in {pkg}.API"
     for pkg in packages.values():
-        for name in pkg.API:
+        for name, target in pkg.API.items():
+            module, _, attr = target.partition(":")
+            assert hasattr(__import__(module, fromlist=[attr]), attr), \
+                f"{pkg.__name__}.{name}: {module} defines no {attr}(); define the public call there or change {pkg.__name__}.API"
             fn = getattr(pkg, name)
             assert callable(fn), f"{pkg.__name__}.{name}"
             assert fn.__doc__ and len(fn.__doc__) > 40, f"{pkg.__name__}.{name} has no docstring"

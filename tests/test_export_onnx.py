@@ -228,6 +228,14 @@ def test_within_channel_lrn_and_even_pools(tmp_path):
     check_export(tmp_path, text)
 
 
+def test_reshape_that_moves_the_batch_axis(tmp_path):
+    text = ('name: "r" input: "data" input_shape { dim: 2 dim: 3 dim: 4 dim: 4 } '
+            'layer { name: "r" type: "Reshape" bottom: "data" top: "r" reshape_param { shape { dim: -1 dim: 3 } } } '
+            'layer { name: "s" type: "Softmax" bottom: "r" top: "s" }')
+    _, ours, _ = check_export(tmp_path, text)
+    assert ours["s"].shape == (32, 3)
+
+
 def test_unsupported_layer_is_one_line_error_naming_it(tmp_path, cli):
     text = ('name: "u" input: "data" input_shape { dim: 1 dim: 2 dim: 5 dim: 5 } '
             'layer { name: "pool" type: "Pooling" bottom: "data" top: "pool" top: "mask" pooling_param { pool: MAX kernel_size: 2 stride: 2 } }')

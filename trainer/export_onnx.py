@@ -65,9 +65,11 @@ class Graph:
     def scalar(self, value: float) -> str:
         return self.const(self.fresh("const"), np.array(value, np.float32))
 
-    def shape_const(self, layer: str, shape: tuple[int, ...]) -> str:
-        """A Reshape target: the batch axis copied (0), so the batch size stays free."""
-        return self.const(self.fresh(f"{layer}/shape"), np.array([0, *shape[1:]], np.int64))
+    def shape_const(self, layer: str, shape: tuple[int, ...], bottom_shape: tuple[int, ...]) -> str:
+        """A Reshape target: the batch axis copied (0) when the reshape keeps it, so the batch
+        size stays free; the trainer's static shape when it does not (e.g. a reshape to (-1, C))."""
+        target = [0, *shape[1:]] if shape[:1] == bottom_shape[:1] else list(shape)
+        return self.const(self.fresh(f"{layer}/shape"), np.array(target, np.int64))
 
     def shape(self, blob: str) -> tuple[int, ...]:
         return self.shapes[blob]
@@ -180,8 +182,10 @@ def net_to_onnx(net: Any, *, mean: np.ndarray | None = None, scale: float | None
         if current[name] != name:   # an input passed through untouched, or a renamed value
             g.node("Identity", [current[name]], [g.fresh(f"{name}/out") if name in g.names else name])
             current[name] = g.nodes[-1].output[0]
+        # the batch axis stays free unless a reshape made the first axis something else
+        first = "N" if shapes[name][:1] == shapes[inputs[0]][:1] else shapes[name][0]
         graph_outputs.append(helper.make_tensor_value_info(current[name], TensorProto.FLOAT,
-                                                           ["N", *shapes[name][1:]]))
+                                                           [first, *shapes[name][1:]]))
     graph_inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", *shapes[n][1:]]) for n in inputs]
     graph = helper.make_graph(g.nodes, net.name or "net", graph_inputs, graph_outputs, g.initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name=producer)

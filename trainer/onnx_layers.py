@@ -162,7 +162,7 @@ def inner_product(g: Graph, l: Any, bottoms: list[str], tops: list[str]) -> None
         g.node("Gemm", inputs, tops, transB=0 if l.transpose else 1)
         return
     y = g.node("Gemm", inputs, [g.fresh(f"{l.name}/gemm")], transB=0 if l.transpose else 1)
-    g.node("Reshape", [y, g.shape_const(l.name, out_shape)], tops)
+    g.node("Reshape", [y, g.shape_const(l.name, out_shape, g.shape(l.param.bottom[0]))], tops)
 
 
 @converts("Flatten", "Reshape")
@@ -171,7 +171,7 @@ def reshape(g: Graph, l: Any, bottoms: list[str], tops: list[str]) -> None:
     if l.type == "Flatten" and l.param.flatten_param.axis == 1 and l.param.flatten_param.end_axis == -1:
         g.node("Flatten", bottoms, tops, axis=1)
         return
-    g.node("Reshape", [bottoms[0], g.shape_const(l.name, out_shape)], tops)
+    g.node("Reshape", [bottoms[0], g.shape_const(l.name, out_shape, g.shape(l.param.bottom[0]))], tops)
 
 
 @converts("Concat")
