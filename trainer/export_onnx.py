@@ -117,6 +117,9 @@ def export_onnx(prototxt: str | os.PathLike, weights: str | os.PathLike | None, 
     before anything is written.
     """
     import onnx
+    if opset < 13:
+        raise ConfigError(f"--opset {opset}: the converters need opset 13 or newer (Softmax along one axis, "
+                          "Split sizes as an input)")
     net = build_net(prototxt, weights)
     try:
         model = net_to_onnx(net, mean=mean, scale=scale, opset=opset)
