@@ -181,3 +181,14 @@ def test_import_datakit_without_torch():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "pip install 'datakit[torch]'" in out.stdout
+
+
+def test_spawned_workers_pickle_the_dataset(raw_db):
+    """macOS / Windows start workers by spawning: the dataset travels pickled, without open handles."""
+    tr = transform_text(raw_db).split("{", 1)[1].rsplit("}", 1)[0]
+    ds = CaffeDataset(raw_db / "db", transform=tr, batch_size=BATCH, seed=trainer_seed(7), num_samples=3 * BATCH)
+    first = ds[0]   # opens the database in this process before the workers start
+    dl = DataLoader(ds, batch_size=BATCH, num_workers=1, multiprocessing_context="spawn")  # one: each spawn imports torch
+    spawned = [(d.numpy(), l.numpy()) for d, l in dl]
+    assert_same(spawned, loader_batches(ds, 3, 0))
+    assert first[0].numpy().tobytes() == spawned[0][0][0].tobytes()
