@@ -224,8 +224,10 @@ def test_every_layer_type_with_overhanging_ceil_pools(tmp_path):
 def test_within_channel_lrn_and_even_pools(tmp_path):
     text = ('name: "w" input: "data" input_shape { dim: 1 dim: 2 dim: 8 dim: 8 } '
             'layer { name: "lrn" type: "LRN" bottom: "data" top: "lrn" lrn_param { local_size: 5 alpha: 2 beta: 0.6 norm_region: WITHIN_CHANNEL } } '
-            'layer { name: "pool" type: "Pooling" bottom: "lrn" top: "pool" pooling_param { pool: AVE kernel_size: 2 stride: 2 } }')
-    check_export(tmp_path, text)
+            'layer { name: "pool" type: "Pooling" bottom: "lrn" top: "pool" pooling_param { pool: AVE kernel_size: 2 stride: 2 } } '
+            'layer { name: "am" type: "ArgMax" bottom: "lrn" top: "am" argmax_param { axis: 1 } }')
+    _, ours, theirs = check_export(tmp_path, text)
+    assert ours["am"].shape == (1, 1, 8, 8) and set(np.unique(theirs["am"])) <= {0.0, 1.0}
 
 
 def test_reshape_that_moves_the_batch_axis(tmp_path):
