@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test lint bench proto clean
+.PHONY: venv demo test lint bench bench-torch proto clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -34,10 +34,16 @@ bench: $(STAMP)
 	$(PY) -m pip install -q -e '.[test,bench]'
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m benchmarks.run_all
 
+# DataLoader over a datakit LMDB vs torchvision's ImageFolder: torchvision needs its own torch, so its own venv.
+bench-torch:
+	test -x .venv-tv/bin/python || $(PYTHON) -m venv .venv-tv
+	.venv-tv/bin/python -m pip install -q -e '.[bench-torchvision]'
+	.venv-tv/bin/python -m benchmarks.bench_torch_loader
+
 # Regenerate datakit/formats/caffe_pb2.py from caffe.proto.
 proto: $(STAMP)
 	$(PY) -m pip install -q -e '.[dev]'
 	$(PY) -m grpc_tools.protoc -Idatakit/formats --python_out=datakit/formats datakit/formats/caffe.proto
 
 clean:
-	rm -rf $(VENV) demo-out bench-out .pytest_cache
+	rm -rf $(VENV) .venv-tv demo-out bench-out .pytest_cache

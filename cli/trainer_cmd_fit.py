@@ -28,6 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics", help="metrics CSV, one row per event with a run column (default <snapshot_prefix>.metrics.csv)")
     p.add_argument("--max-iter", type=int, help="override the solver's max_iter (the test nets then also run after the last iteration)")
     p.add_argument("--report", metavar="JSON", help="write a JSON summary (iterations, snapshots, test scores)")
+    p.add_argument("--tensorboard", metavar="DIR", help="also write train loss, lr and every test output as TensorBoard scalars into DIR as training goes")
     p.add_argument("--quiet", action="store_true", help="no log lines on stderr (the log file is still written)")
 
 
@@ -36,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("give --snapshot (resume) or --restart (start over), not both")
     opts = FitOptions(solver=args.solver, weights=args.weights, snapshot=args.snapshot, device=args.device,
                       gpu=args.gpu, log=args.log, metrics=args.metrics, max_iter=args.max_iter,
-                      stream=None if args.quiet else sys.stderr, restart=args.restart)
+                      stream=None if args.quiet else sys.stderr, restart=args.restart,
+                      tensorboard=args.tensorboard)
     started = time.perf_counter()
     result = fit(opts)
     if args.report:

@@ -25,7 +25,7 @@ import threading
 import time
 from pathlib import Path
 from typing import IO
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 
 def fmt(value: float) -> str:
@@ -73,6 +73,8 @@ class CaffeLog:
         self._csv = None
         self.run = run if run is not None else 1 + max(runs_in_log(path), runs_in_metrics(metrics_path))
         self.renamed_metrics: Path | None = None
+        #: more places each metric goes, called as sink(iteration, phase, name, value) (TensorBoard)
+        self.sinks: list[Callable[[int, str, str, float], None]] = []
         if path is not None:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             self._file = open(path, "a", encoding="utf-8")
@@ -111,7 +113,11 @@ class CaffeLog:
         """The line that starts a run in the log: ``trainer fit run N: HOW``."""
         self.info(f"trainer fit run {self.run}: {how}")
 
-    def metric(self, iteration: int, phase: str, name: str, value: float) -> None:
+    def metric(self, iteration: int, phase: str, name: str, value: float, *, sink_phase: str | None = None,
+               sink_name: str | None = None) -> None:
+        """A CSV row (with this run's number), and a call to each sink, with `sink_phase` / `sink_name`
+        when given: train net outputs are 'train_output' there, so they never share a tag with the
+        smoothed train loss."""
         if self._csv is not None:
             try:
                 self._csv.writerow([iteration, phase, name, repr(float(value)),
@@ -119,6 +125,8 @@ class CaffeLog:
                 self._csv_file.flush()
             except OSError as err:
                 self._csv_file = self._csv = self._give_up(self._csv_file, err, "metrics CSV")
+        for sink in self.sinks:
+            sink(iteration, sink_phase or phase, sink_name or name, value)
 
     def _give_up(self, f: IO[str], err: OSError, what: str) -> None:
         """A log file that cannot be written (full disk) must not stop training: say so once and go on.
@@ -144,7 +152,7 @@ class CaffeLog:
         for k, (name, value, weight) in enumerate(outputs):
             self.info(_output_line("Train", k, name, value, weight))
             # "output NAME": the net's own output, apart from the averaged "loss" of the line above
-            self.metric(it, "train", f"output {name}", value)
+            self.metric(it, "train", f"output {name}", value, sink_phase="train_output", sink_name=name)
 
     def learning_rate(self, it: int, rate: float) -> None:
         self.info(f"Iteration {it}, lr = {fmt(rate)}")

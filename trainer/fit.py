@@ -50,6 +50,7 @@ class FitOptions:
     stream: IO[str] | None = sys.stderr
     handle_signals: bool = True
     restart: bool = False   # start over where snapshots of the same prefix exist (they are overwritten)
+    tensorboard: str | None = None   # a folder: every logged number also goes there as a TensorBoard scalar
 
 
 def _locate(path: str, solver_dir: Path | None, field: str = "net", solver: str | None = None) -> str:
@@ -232,6 +233,12 @@ def _build(opts: FitOptions, param, prefix: str, log: CaffeLog, xp, seed: int,
 def fit(opts: FitOptions) -> SolveResult:
     """Train as the solver says; returns what happened (snapshots, last test scores)."""
     solver, log, _ = build(opts)
+    board = None
+    if opts.tensorboard:
+        from trainer.tensorboard import ScalarWriter
+        board = ScalarWriter(opts.tensorboard)
+        log.sinks.append(board.metric)
+        log.info(f"Writing TensorBoard scalars to {opts.tensorboard}")
     previous: dict[int, Any] = {}
     if opts.handle_signals and threading.current_thread() is threading.main_thread():
         def on_signal(signum, frame) -> None:
@@ -253,6 +260,8 @@ def fit(opts: FitOptions) -> SolveResult:
             signal.signal(sig, handler)
         close_nets([solver.net, *solver.test_nets])
         log.close()
+        if board is not None:
+            board.close()
 
 
 def summary_lines(result: SolveResult) -> list[str]:

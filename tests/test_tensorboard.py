@@ -1,0 +1,98 @@
+"""TensorBoard scalars: `trainer fit --tensorboard` and `trainer plot --tensorboard`, read back with
+TensorBoard's own event reader (no TensorFlow)."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import pytest
+
+from tests.test_fit import opts, project  # noqa: F401  (fixture)
+from trainer.curves import parse_log
+
+pytest.importorskip("tensorboard", reason="tensorboard is not installed (pip install -e '.[test]' installs it)")
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+
+from trainer.fit import fit  # noqa: E402
+from trainer.tensorboard import tag_for  # noqa: E402
+
+
+def read_board(folder):
+    acc = EventAccumulator(str(folder), size_guidance={"scalars": 0})   # 0: keep every value
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def same(a, b):
+    return (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, rel=1e-6, abs=1e-12)
+
+
+def test_fit_writes_every_logged_number(project, tmp_path):  # noqa: F811
+    result = fit(opts(project(), tensorboard=str(tmp_path / "board")))
+    board = read_board(tmp_path / "board")
+    # every row of the metrics CSV is a scalar, same step and value (float32 in the event file)
+    with open(tmp_path / "snap/tiny.metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert rows
+    # the CSV's train rows hold the smoothed loss, then each train net output (named "loss" too)
+    want: dict[str, list] = {}
+    for r in rows:
+        tag = f"{r['phase']}/{r['name']}"
+        step = int(r["iteration"])
+        if tag == "train/loss" and want.get(tag) and want[tag][-1][0] == step:
+            tag = "train_output/loss"
+        want.setdefault(tag, []).append((step, float(r["value"])))
+    assert set(board) == set(want)
+    assert {"train/loss", "train/lr", "train_output/loss", "test/accuracy", "test/loss"} <= set(board)
+    for tag, points in want.items():
+        got = board[tag]
+        assert [s for s, _ in got] == [s for s, _ in points], tag
+        assert all(same(v, w) for (_, v), (_, w) in zip(got, points)), tag
+    assert [s for s, _ in board["test/accuracy"]] == [0, 20, 40]
+    assert board["test/accuracy"][-1][1] == pytest.approx(result.test_scores[0]["accuracy"], rel=1e-6)
+
+
+def test_cli_fit_tensorboard(project, tmp_path, cli):  # noqa: F811
+    name = project(max_iter=10, test_interval=10)
+    r = cli("trainer", "fit", "--solver", name, "--device", "cpu", "--quiet", "--tensorboard", "tb", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    board = read_board(tmp_path / "tb")
+    assert [s for s, _ in board["train/loss"]] == [0, 5, 10]
+    assert [s for s, _ in board["test/accuracy"]] == [0, 10]
+
+
+def real_logs(shared_data):
+    logs = sorted((shared_data / "caffe_logs").glob("*/*.gz"))
+    if not logs:
+        pytest.skip("no Caffe logs in shared data")
+    return logs
+
+
+def test_plot_converts_real_2014_caffe_logs(shared_data, tmp_path, cli):
+    logs = real_logs(shared_data)[:3]
+    r = cli("trainer", "plot", *map(str, logs), "--tensorboard", str(tmp_path / "tb"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert not (tmp_path / "curves.png").exists()   # only the board was asked for
+    for log in logs:
+        runs = parse_log(log)
+        for run in runs:
+            folder = tmp_path / "tb" / (log.name[:-3] + (f"-run{run.index + 1}" if run.index else ""))
+            board = read_board(folder)
+            n_values = 0
+            for kind, series in (("train", run.train), ("test", run.test)):
+                for name, points in series.items():
+                    got = board[tag_for(kind, name)]
+                    assert [s for s, _ in got] == [it for it, _ in points]
+                    assert all(same(v, w) for (_, v), (_, w) in zip(got, points))
+                    n_values += len(points)
+            assert n_values > 0
+    first = read_board(tmp_path / "tb" / logs[0].name[:-3])
+    assert "train/loss" in first and ("test/accuracy" in first or "test/loss" in first)
+
+
+def test_tag_scheme_matches_fit_and_logs():
+    assert tag_for("train", "loss") == "train/loss"
+    assert tag_for("train", "output loss") == "train_output/loss"
+    assert tag_for("test", "accuracy") == "test/accuracy"
+    assert tag_for("test", "accuracy (net #1)") == "test1/accuracy"

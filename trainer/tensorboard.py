@@ -1,0 +1,113 @@
+"""TensorBoard scalars from training: live from ``trainer fit --tensorboard DIR``, or from old logs.
+
+Written with TensorBoard's own event-file writer (``tensorboard`` package; no TensorFlow),
+so any TensorBoard reads the files. One tag scheme for both sources, so a run trained
+today and a 2014 Caffe log line up in one board:
+
+* ``train/loss`` (the smoothed loss Caffe prints), ``train/lr``, and
+  ``train_output/NAME`` for each train net output;
+* ``test/NAME`` for test net #0's outputs, ``test1/NAME``... for the others
+  (2014 logs' ``Test score #0/#1`` are ``test/accuracy`` and ``test/loss``, as
+  :mod:`trainer.curves` names them).
+
+``trainer fit --tensorboard DIR`` writes DIR itself (one run; a resumed run adds a new
+event file beside the old ones, which TensorBoard merges by step). ``trainer plot LOG...
+--tensorboard DIR`` writes one run folder per log (and per restart inside a log):
+``DIR/<log name>`` then ``DIR/<log name>-run2``...
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+
+from datakit.errors import ConfigError
+
+__all__ = ["ScalarWriter", "tag_for", "log_to_tensorboard", "runs_to_tensorboard"]
+
+
+def _writer_class():
+    try:
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+    except ImportError:
+        raise ConfigError("--tensorboard needs the tensorboard package: pip install 'datakit[tensorboard]'") from None
+    return EventFileWriter
+
+
+class ScalarWriter:
+    """Scalars into one TensorBoard run folder (created if missing); flushes at close()."""
+
+    def __init__(self, logdir: str | os.PathLike, *, flush_secs: float = 10) -> None:
+        self.logdir = Path(logdir)
+        self.logdir.mkdir(parents=True, exist_ok=True)
+        self._writer = _writer_class()(str(self.logdir), flush_secs=flush_secs)
+        self.count = 0
+
+    def scalar(self, tag: str, value: float, step: int, wall_time: float | None = None) -> None:
+        from tensorboard.compat.proto import event_pb2, summary_pb2
+        summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=tag, simple_value=float(value))])
+        self._writer.add_event(event_pb2.Event(summary=summary, step=int(step),
+                                               wall_time=time.time() if wall_time is None else wall_time))
+        self.count += 1
+
+    def metric(self, iteration: int, phase: str, name: str, value: float) -> None:
+        """A :class:`trainer.caffelog.CaffeLog` metric (``phase``: train, train_output, test, test1, ...)."""
+        self.scalar(f"{phase}/{name}", value, iteration)
+
+    def flush(self) -> None:
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+
+    def __enter__(self) -> ScalarWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+_NET = re.compile(r"^(.*) \(net #(\d+)\)$")
+
+
+def tag_for(kind: str, name: str) -> str:
+    """The tag of a parsed log series: ``kind`` 'train' or 'test', ``name`` as trainer.curves keys it."""
+    if kind == "train":
+        return f"train_output/{name[len('output '):]}" if name.startswith("output ") else f"train/{name}"
+    m = _NET.match(name)
+    return f"test{m.group(2)}/{m.group(1)}" if m else f"test/{name}"
+
+
+def _run_folder(name: str) -> str:
+    for suffix in (".gz", ".log", ".txt"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", name) or "log"
+
+
+def runs_to_tensorboard(runs: list, logdir: str | os.PathLike) -> list[tuple[Path, int]]:
+    """Write parsed runs (:func:`trainer.curves.parse_log`) to ``logdir``; (run folder, scalars) each."""
+    written = []
+    used: set[str] = set()
+    for run in runs:
+        folder = _run_folder(run.source) + (f"-run{run.index + 1}" if run.index else "")
+        while folder in used:
+            folder += "_"
+        used.add(folder)
+        with ScalarWriter(Path(logdir) / folder) as w:
+            for kind, series in (("train", run.train), ("test", run.test)):
+                for name, points in series.items():
+                    tag = tag_for(kind, name)
+                    for it, value in points:
+                        w.scalar(tag, value, it)
+            written.append((w.logdir, w.count))
+    return written
+
+
+def log_to_tensorboard(logs: list[str | os.PathLike], logdir: str | os.PathLike) -> list[tuple[Path, int]]:
+    """Convert Caffe-format logs (ours or Caffe's own, plain or .gz) into TensorBoard runs."""
+    from trainer.curves import parse_log
+    runs = [run for log in logs for run in parse_log(log)]
+    return runs_to_tensorboard(runs, logdir)
