@@ -10,7 +10,7 @@ the label an int:
 
 The optional Caffe transform (``crop_size`` / ``mirror`` / ``mean_file`` / ``mean_value`` /
 ``scale``, as in a ``transform_param``) runs through the trainer's own
-:class:`trainer.transform.Transformer`, and the random crops and flips are drawn the way
+:class:`datakit.transform.Transformer`, and the random crops and flips are drawn the way
 the trainer's Data layer draws them: item ``p`` of the sequence belongs to batch
 ``k = p // batch_size``, reads record ``(skip + p) % len(db)`` and takes its crop offsets
 and flip from ``numpy.random.default_rng([seed, k])``. With the DataLoader's
@@ -188,7 +188,7 @@ class _CaffeSequence:
     def __init__(self, source: str | os.PathLike, *, transform: Any = None, phase: str | int = "train",
                  batch_size: int = 1, seed: int = 0, skip: int = 0, num_samples: int | None = None,
                  backend: str | None = None, base_dir: str | os.PathLike = ".") -> None:
-        from trainer.transform import Transformer
+        from datakit.transform import Transformer
         self.source = Path(source)
         self.backend = backend or detect_backend(self.source)
         if isinstance(phase, str):
@@ -242,7 +242,7 @@ class _CaffeSequence:
 
     def transform(self, p: int, image: np.ndarray) -> torch.Tensor:
         """Item p's image transformed as the trainer transforms it inside batch p // batch_size."""
-        from trainer.transform import Plan
+        from datakit.transform import Plan
         t = self.transformer
         if t.is_identity or len(self.item_shape) != 3:
             return torch.from_numpy(np.array(image, dtype=np.float32))

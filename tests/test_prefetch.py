@@ -6,7 +6,8 @@ import threading
 
 import pytest
 
-from trainer.prefetch import Prefetcher, decode_pool
+from datakit.threadpool import decode_pool
+from trainer.prefetch import Prefetcher
 
 
 def test_batches_come_in_order_from_the_start_index_one_or_two_stages():

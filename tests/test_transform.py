@@ -8,7 +8,7 @@ import pytest
 from datakit.errors import ConfigError
 from datakit.formats import caffe_pb2
 from datakit.formats.blobproto import write_mean
-from trainer.transform import TEST, TRAIN, Plan, Transformer
+from datakit.transform import TEST, TRAIN, Plan, Transformer
 
 
 def caffe_reference(img, mean, mean_values, scale, crop, h_off, w_off, mirror):

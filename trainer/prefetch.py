@@ -1,40 +1,25 @@
-"""Background work for the data layers: a two-stage prefetch pipeline and the decode pool.
+"""Background work for the data layers: a two-stage prefetch pipeline.
 
 Why a thread: reading a database, decoding JPEGs and transforming a batch would
 otherwise stall the solver every iteration. ``Prefetcher`` runs batch k+1, k+2, ...
 in threads (one reading, one transforming and copying to the device) while the
-solver trains on batch k; ``decode_pool`` is the process-wide thread pool that
-decodes images and splits host transforms (OpenCV and NumPy release the GIL).
+solver trains on batch k.
 
 A leaf module: it knows nothing of layers, transforms or the net, so the data
-layers (``trainer/layers/base_data.py``) and the transform (``trainer/transform.py``)
-both depend on it and it on neither.
+layers (``trainer/layers/base_data.py``) depend on it and it on nothing of the
+trainer. ``decode_pool`` lives in ``datakit/threadpool.py``: the batch transform
+(``datakit/transform.py``) and the PyTorch datasets share it.
 """
 
 from __future__ import annotations
 
-import os
 import queue
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from collections.abc import Callable
 
 #: how many batches are prepared ahead (Caffe's PREFETCH_COUNT is 3-4).
 PREFETCH_DEPTH = 3
-
-_pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
-
-
-def decode_pool() -> ThreadPoolExecutor:
-    """One process-wide pool for image decoding (threads: cv2.imdecode releases the GIL)."""
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1)),
-                                       thread_name_prefix="datakit-decode")
-        return _pool
 
 
 class Prefetcher:

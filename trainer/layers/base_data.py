@@ -26,7 +26,7 @@ import numpy as np
 
 from trainer.prefetch import PREFETCH_DEPTH, Prefetcher
 from trainer.rails import longest_label_run
-from trainer.transform import Transformer, transformer_for
+from datakit.transform import Transformer, transformer_for
 
 from .base import Blob, Layer
 

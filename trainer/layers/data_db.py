@@ -19,7 +19,7 @@ from datakit.errors import DatabaseError
 
 from trainer.layers import register
 from trainer.layers.base_data import HostBatch, PrefetchingDataLayer
-from trainer.prefetch import decode_pool
+from datakit.threadpool import decode_pool
 
 LABEL_SAMPLE = 5000
 

@@ -19,7 +19,7 @@ from datakit.images import hwc_to_chw, read_image, resize_exact
 
 from trainer.layers import register
 from trainer.layers.base_data import HostBatch, PrefetchingDataLayer
-from trainer.prefetch import decode_pool
+from datakit.threadpool import decode_pool
 
 
 @register("ImageData")

@@ -34,7 +34,7 @@ import numpy as np
 from datakit.errors import ConfigError
 from datakit.formats import caffe_pb2
 
-from trainer.prefetch import decode_pool
+from datakit.threadpool import decode_pool
 
 TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
 
