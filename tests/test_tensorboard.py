@@ -35,13 +35,14 @@ def test_fit_writes_every_logged_number(project, tmp_path):  # noqa: F811
     with open(tmp_path / "snap/tiny.metrics.csv") as f:
         rows = list(csv.DictReader(f))
     assert rows
-    # the CSV's train rows hold the smoothed loss, then each train net output (named "loss" too)
+    # the CSV's train rows hold the smoothed loss, then each train net output ("output NAME" there,
+    # train_output/NAME on the board)
     want: dict[str, list] = {}
     for r in rows:
         tag = f"{r['phase']}/{r['name']}"
         step = int(r["iteration"])
-        if tag == "train/loss" and want.get(tag) and want[tag][-1][0] == step:
-            tag = "train_output/loss"
+        if r["phase"] == "train" and r["name"].startswith("output "):
+            tag = "train_output/" + r["name"].removeprefix("output ")
         want.setdefault(tag, []).append((step, float(r["value"])))
     assert set(board) == set(want)
     assert {"train/loss", "train/lr", "train_output/loss", "test/accuracy", "test/loss"} <= set(board)
