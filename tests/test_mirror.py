@@ -14,8 +14,10 @@ import pytest
 
 from datakit.errors import ConfigError
 from datakit.manifest import open_manifest
-from datakit.mirror import (MIRROR_PLACEHOLDER_SHA1, PLACEHOLDER_PATH, MirrorConfig, fault_for,
-                            mirror_subprocess, placeholder_bytes, serve_mirror, synthetic_image)
+from datakit.manifest import load_recipe
+from datakit.mirror import (MIRROR_PLACEHOLDER_SHA1, PLACEHOLDER_PATH, MirrorConfig, fault_for, placeholder_bytes,
+                            serve_mirror, synthetic_image)
+from scripts.mirror_process import mirror_subprocess
 
 
 def _get(url: str) -> tuple[int, bytes, str]:
@@ -74,6 +76,16 @@ def test_placeholder_is_a_fixed_decodable_image() -> None:
     data = placeholder_bytes()
     assert hashlib.sha1(data).hexdigest() == MIRROR_PLACEHOLDER_SHA1 == "32178e5661f857db6ff504aafabf094228d951f5"
     assert cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR).shape == (75, 100, 3)
+
+
+def test_the_demo_recipe_names_the_mirror_placeholder() -> None:
+    """The downloader learns the mirror's placeholder from the recipe, never by importing the mirror."""
+    assert load_recipe("demo").placeholder_sha1 == [MIRROR_PLACEHOLDER_SHA1]
+    import subprocess
+    import sys
+    code = "import sys, datakit.download.partition; print(sorted(m for m in sys.modules if 'mirror' in m))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_served_paths_folder_mode_and_placeholder(tmp_path: Path) -> None:
