@@ -9,8 +9,8 @@ Three steps, so that the middle one can run anywhere an executor reaches:
    (``datakit.download.partition``): downloads one partition on its own
    event loop; a picklable module-level function of plain data. The
    coordinator (``coordinator.py``) runs the partitions on an ``Executor``
-   (``datakit.parallel``; the default runs them in this process) and owns the
-   dead-list stop and Ctrl-C, cancelling what is left.
+   (``datakit.parallel``; the default runs them in this process, fused into
+   one stream) and owns the dead-list stop and Ctrl-C, cancelling what is left.
 3. ``finish(plan, results) -> AssembleResult`` (``finish.py``): the lists in
    Caffe's order, ``failed.csv`` and the ``AssembleReport``.
 
@@ -70,7 +70,6 @@ def assemble(cfg: AssembleConfig, log: Callable[[str], None] = print,
     bar = _progress_bar(the_plan.attempted, cfg.progress)
     own = executor is None
     executor = executor or InlineExecutor()
-    inline = isinstance(executor, InlineExecutor)
     failed = 0
 
     def on_outcome(outcome: Outcome) -> None:  # inline: every image as it lands
@@ -82,10 +81,9 @@ def assemble(cfg: AssembleConfig, log: Callable[[str], None] = print,
 
     def on_partition(result: PartitionResult) -> None:  # elsewhere: a partition at a time
         nonlocal failed
-        if not inline:
-            failed += len(result.failures)
-            bar.update(result.finished)
-            bar.set_postfix_str(f"failed {failed}", refresh=False)
+        failed += len(result.failures)
+        bar.update(result.finished)
+        bar.set_postfix_str(f"failed {failed}", refresh=False)
 
     try:
         record = run_partitions(the_plan, executor, on_outcome, on_partition)

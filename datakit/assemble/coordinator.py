@@ -2,27 +2,32 @@
 
 Policy, all of it here and none in the partitions:
 
-- **Dead list.** The plan's probe partitions (the first ``dead_after`` jobs)
-  run one at a time. When every one of those attempts failed and jobs are
-  left, the run stops as ``dead_list`` and the other partitions are never
-  started. Running the probe alone keeps the stop as early as it was with one
-  downloader (exactly ``dead_after`` requests) on any executor, at the price
-  of one pause in the pipeline after the probe.
-- **Ctrl-C.** A partition running in a main thread (this process under the
-  default ``InlineExecutor``, or a worker process, which gets the terminal's
-  SIGINT too) returns what it finished, marked interrupted. A
-  KeyboardInterrupt in the coordinator itself (between partitions, or while
-  it waits on a pool) counts the same. Either way the coordinator stops
-  submitting, cancels what has not started, and keeps the results of what
-  still returns, so ``failed.csv`` and the summary count them.
-- **Bounds.** With an executor that runs several partitions at once each
-  gets its share of ``concurrency`` / ``per_host`` (``DownloadOptions.share``),
-  so the limits still hold for the whole run; at most twice the executor's
-  workers are submitted ahead.
+- **Dead list** (the first ``dead_after`` attempts all fail: stop, cancel the
+  rest). Two executions of one rule:
 
-Under the default InlineExecutor each partition runs in this process, one
-after the other, with the whole concurrency, and reports every outcome to the
-progress bar as it happens; other executors move the bar a partition at a time.
+  - In this process (``InlineExecutor``, the default) the partitions are
+    fused into one stream on one event loop, as a single partition call, and
+    the coordinator sees every outcome as it lands: it stops the stream after
+    the ``dead_after``-th failure (requests already in flight are cancelled),
+    exactly as the single downloader before partitions did, with no pause
+    between partitions. Outcomes are filed under their partition by the tag
+    each job carries.
+  - Elsewhere (worker processes, a cluster) single outcomes cannot stream
+    back, so the plan cuts the first ``dead_after`` jobs into "probe"
+    partitions that end exactly there; the coordinator runs those one at a
+    time and, when every attempt in them failed, never starts the rest
+    (exactly ``dead_after`` requests, at the price of one pipeline pause).
+
+- **Ctrl-C.** A partition running in a main thread (this process, or a
+  worker process, which gets the terminal's SIGINT too) returns what it
+  finished, marked interrupted. A KeyboardInterrupt in the coordinator itself
+  (while it waits on a pool) counts the same. Either way the coordinator
+  stops submitting, cancels what has not started, and keeps the results of
+  what still returns, so ``failed.csv`` and the summary count them.
+- **Bounds.** When an executor runs several partitions at once each gets its
+  share of ``concurrency`` / ``per_host`` (``DownloadOptions.share``), so the
+  limits hold for the whole run; at most twice the executor's workers are
+  submitted ahead.
 """
 
 from __future__ import annotations
@@ -42,24 +47,71 @@ class RunRecord:
 
     results: list[PartitionResult] = field(default_factory=list)
     stopped: str | None = None       # None, 'dead_list' or 'interrupted'
-    submitted: int = 0
-    cancelled: int = 0               # partitions submitted and then cancelled before they ran
-    never_started: int = 0           # partitions not submitted at all because the run stopped
+    submitted: int = 0               # executor tasks submitted
+    cancelled: int = 0               # tasks submitted and then cancelled before they ran
+    never_started: int = 0           # partitions none of whose jobs was attempted because the run stopped
 
 
 def run_partitions(plan: Plan, executor: Executor, on_outcome: Callable[[Outcome], None] | None = None,
                    on_partition: Callable[[PartitionResult], None] | None = None) -> RunRecord:
     """Run every partition of `plan` on `executor` under the module's stop policy.
 
-    `on_outcome` sees each outcome as it happens when partitions run in this
-    process (InlineExecutor); `on_partition` sees each partition's result.
-    Exceptions other than KeyboardInterrupt cancel what is left and propagate.
+    `on_outcome` sees each outcome as it lands when partitions run in this
+    process (InlineExecutor); `on_partition` sees each partition's result as
+    it comes back from elsewhere. Exceptions other than KeyboardInterrupt
+    cancel what is left and propagate.
     """
-    inline = isinstance(executor, InlineExecutor)
-    options = plan.options if inline else plan.options.share(executor.workers)
-    per_outcome = on_outcome if inline else None
-    ahead = 1 if inline else max(1, 2 * executor.workers)
+    if isinstance(executor, InlineExecutor):
+        return _run_here(plan, executor, on_outcome)
+    return _run_elsewhere(plan, executor, on_partition)
+
+
+def _dead(plan: Plan, attempted: int, succeeded: int) -> bool:
+    """The first `dead_after` attempts all failed and jobs are left: the list looks dead."""
     dead_after = plan.config.dead_after
+    return dead_after > 0 and succeeded == 0 and attempted >= dead_after and plan.attempted > attempted
+
+
+def _run_here(plan: Plan, executor: Executor, on_outcome: Callable[[Outcome], None] | None) -> RunRecord:
+    """All partitions as one stream in this process; the dead-list check after every outcome."""
+    record = RunRecord()
+    results = {part.index: PartitionResult(part.index) for part in plan.partitions}
+    attempted = succeeded = 0
+
+    def file(outcome: Outcome) -> bool:
+        nonlocal attempted, succeeded
+        result = results[outcome.job.partition]
+        result.stats.add(outcome)
+        if outcome.ok:
+            result.ok_names.append(outcome.job.dest.name)
+            succeeded += 1
+        else:
+            result.failures.append(outcome)
+        attempted += 1
+        if on_outcome is not None:
+            on_outcome(outcome)
+        if record.stopped is None and _dead(plan, attempted, succeeded):
+            record.stopped = "dead_list"
+        return record.stopped is not None
+
+    jobs = plan.jobs
+    try:
+        if jobs:
+            record.submitted = 1
+            if executor.submit(run_partition, jobs, plan.options, -1, file).result().interrupted:
+                record.stopped = "interrupted"
+    except KeyboardInterrupt:  # between the loop's start and its Ctrl-C handler: the same stop
+        record.stopped = "interrupted"
+    record.results = [r for r in results.values() if r.finished]
+    record.never_started = len(results) - len(record.results)
+    return record
+
+
+def _run_elsewhere(plan: Plan, executor: Executor,
+                   on_partition: Callable[[PartitionResult], None] | None) -> RunRecord:
+    """Partitions as executor tasks: probe partitions alone, then up to 2 x workers in flight."""
+    options = plan.options.share(executor.workers)
+    ahead = max(1, 2 * executor.workers)
     record = RunRecord()
     todo: list[Partition] = list(reversed(plan.partitions))  # pop() takes the next one
     running: dict[TaskFuture, Partition] = {}
@@ -82,11 +134,10 @@ def run_partitions(plan: Plan, executor: Executor, on_outcome: Callable[[Outcome
             window = 1 if todo and todo[-1].probe else ahead
             while todo and len(running) < window:
                 part = todo.pop()
-                running[executor.submit(run_partition, part.jobs, options, part.index, per_outcome)] = part
+                running[executor.submit(run_partition, part.jobs, options, part.index)] = part
                 record.submitted += 1
             take(next(iter(executor.as_completed(list(running)))))
-            if (record.stopped is None and dead_after > 0 and succeeded == 0 and attempted >= dead_after
-                    and (todo or running)):
+            if record.stopped is None and _dead(plan, attempted, succeeded):
                 record.stopped = "dead_list"
     except KeyboardInterrupt:
         record.stopped = "interrupted"
@@ -95,7 +146,7 @@ def run_partitions(plan: Plan, executor: Executor, on_outcome: Callable[[Outcome
         raise
     if running:
         _wind_down(executor, running, record)
-    record.never_started = len(todo)
+    record.never_started = len(todo) + record.cancelled
     return record
 
 

@@ -8,13 +8,14 @@ the file name of each row (from its URL, refusing anything that could escape
 the jobs left, split into partitions.
 
 Partitions and the dead-list stop: a run stops early when its first
-``dead_after`` attempts all fail. So that the coordinator can decide that
-from whole partitions on any executor (a worker process or a cluster cannot
-stream single outcomes back), the first ``dead_after`` jobs are cut into
-partitions that end exactly at ``dead_after`` (``Partition.probe``); the
-coordinator runs those one at a time and, when all of them failed, cancels
-the rest without starting them. Later partitions are ``partition_size`` jobs
-each and may run at once.
+``dead_after`` attempts all fail. So that a coordinator can decide that from
+whole partitions on an executor that runs them elsewhere (a worker process
+or a cluster cannot stream single outcomes back), the first ``dead_after``
+jobs are cut into partitions that end exactly there (``Partition.probe``);
+the coordinator runs those one at a time and, when all of them failed,
+cancels the rest without starting them. Later partitions are
+``partition_size`` jobs each and may run at once. (In this process the
+coordinator fuses them into one stream instead; see ``coordinator``.)
 """
 
 from __future__ import annotations

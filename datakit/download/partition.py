@@ -42,22 +42,23 @@ class PartitionResult:
 
 
 def run_partition(jobs: Sequence[FetchJob], options: DownloadOptions | None = None, index: int = 0,
-                  on_outcome: Callable[[Outcome], None] | None = None) -> PartitionResult:
+                  on_outcome: Callable[[Outcome], bool | None] | None = None) -> PartitionResult:
     """Download `jobs` on a fresh event loop; see the module docstring.
 
-    `on_outcome` is called for every finished job, on the loop's thread: for
-    a coordinator in the same process (a per-image progress bar). Leave it
-    None when the partition runs elsewhere; nothing else depends on it.
+    `on_outcome` is called for every finished job, on the loop's thread, by a
+    coordinator in the same process (a per-image progress bar, a stop after
+    the first outcomes): returning True stops the partition (no new requests,
+    those in flight cancelled). Leave it None when the partition runs
+    elsewhere; nothing else depends on it.
     """
     result = PartitionResult(index)
 
-    def keep(outcome: Outcome) -> None:
+    def keep(outcome: Outcome) -> bool | None:
         if outcome.ok:
             result.ok_names.append(outcome.job.dest.name)
         else:
             result.failures.append(outcome)
-        if on_outcome is not None:
-            on_outcome(outcome)
+        return on_outcome(outcome) if on_outcome is not None else None
 
     async def main() -> Stats:
         stop = asyncio.Event()
