@@ -258,3 +258,29 @@ def test_an_empty_manifest_or_selection_is_an_error_and_writes_nothing(tmp_path:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.csv"]  # no OUT, no images/, no report
     with pytest.raises(ListError, match=message.replace("(", r"\(").replace(")", r"\)")):
         plan(AssembleConfig(manifest=str(manifest), out=out, labels=int(args[1]) if args else 0))
+
+
+def test_a_full_disk_stops_the_run_with_one_error_and_the_rerun_resumes(tmp_path: Path, demo_rows,
+                                                                       monkeypatch) -> None:
+    """Before: writes failing with ENOSPC ended the run quietly and wrote lists of what had fit (exit 0)."""
+    import datakit.download.store as store
+    real, calls = os.write, []
+
+    def fills_up(fd, data):
+        calls.append(1)
+        if len(calls) > 15:
+            raise OSError(28, "No space left on device")
+        return real(fd, data)
+
+    out = tmp_path / "d"
+    with serve_mirror(MirrorConfig.from_rows(demo_rows)) as m:
+        monkeypatch.setattr(store.os, "write", fills_up)
+        with pytest.raises(DownloadError, match=r"images/.*\.jpg: cannot write the image \(No space left on device\)"):
+            assemble(_cfg(out, m.url, images=80), log=lambda s: None)
+        monkeypatch.undo()
+        kept = {p.name: p.stat().st_ino for p in (out / "images").iterdir()}
+        assert 10 <= len(kept) <= 15 and not any(n.startswith(".") for n in kept)  # no temporaries left
+        assert not (out / "train.txt").exists()
+        result = assemble(_cfg(out, m.url, images=80), log=lambda s: None)
+    assert result.succeeded == 80 and result.present == len(kept)
+    assert all((out / "images" / n).stat().st_ino == ino for n, ino in kept.items())

@@ -30,6 +30,7 @@ from datakit.download.options import DownloadOptions
 from datakit.download.outcome import FetchJob, Kind, Outcome, Stats
 from datakit.download.store import image_ext, write_image
 from datakit.download.validate import check_image
+from datakit.errors import DownloadError
 
 
 def validate_image(data: bytes, dest: Path, options: DownloadOptions) -> tuple[Kind, str]:
@@ -41,7 +42,11 @@ def validate_image(data: bytes, dest: Path, options: DownloadOptions) -> tuple[K
     """
     verdict = check_image(data, options, image_ext(dest))
     if verdict.ok:
-        write_image(dest, verdict.data, fsync=options.fsync)
+        try:
+            write_image(dest, verdict.data, fsync=options.fsync)
+        except OSError as err:  # the disk, not the image: the whole run must stop and say so
+            raise DownloadError(f"{dest}: cannot write the image ({err.strerror or err}); the images already "
+                                "written are kept: fix this and re-run the same command to resume") from None
     return verdict.kind, verdict.detail
 
 
@@ -111,6 +116,8 @@ class Downloader:
         `on_outcome` is called on the loop for each finished job; returning
         True stops the run (no new jobs start, running ones are cancelled), as
         does setting `stop`. Jobs are pulled lazily through a bounded queue.
+        An exception in a job (a DownloadError for a file that cannot be
+        written) stops the run and is raised once the others are cancelled.
         """
         stop = stop or asyncio.Event()
         stats = Stats()
@@ -148,7 +155,10 @@ class Downloader:
                 await asyncio.wait([waiter, done], return_when=asyncio.FIRST_COMPLETED)
                 for t in tasks + [waiter, done]:
                     t.cancel()
-                await asyncio.gather(*tasks, waiter, done, return_exceptions=True)
+                ended = await asyncio.gather(*tasks, waiter, done, return_exceptions=True)
+            for err in ended:  # a worker that raised (a full disk, a bug) ends the run with its error
+                if isinstance(err, BaseException) and not isinstance(err, asyncio.CancelledError):
+                    raise err
         finally:
             if own_executor:
                 self._executor.shutdown(wait=True)
