@@ -284,3 +284,40 @@ def test_a_full_disk_stops_the_run_with_one_error_and_the_rerun_resumes(tmp_path
         result = assemble(_cfg(out, m.url, images=80), log=lambda s: None)
     assert result.succeeded == 80 and result.present == len(kept)
     assert all((out / "images" / n).stat().st_ino == ino for n, ino in kept.items())
+
+
+_WORKERS_RUN = """
+import sys
+from pathlib import Path
+from datakit.assemble import AssembleConfig, assemble
+from datakit.download import DownloadOptions
+from datakit.parallel import LocalExecutor
+with LocalExecutor(2, kind="processes") as ex:
+    r = assemble(AssembleConfig(manifest="demo", out=Path(sys.argv[2]), images=400, seed=1, mirror=sys.argv[1],
+                                progress=False, partition_size=40, dead_after=0,
+                                options=DownloadOptions(concurrency=4)), log=lambda s: None, executor=ex)
+print(r.report.line(), flush=True)
+"""
+
+
+def test_ctrl_c_to_worker_processes_returns_their_partial_partitions(tmp_path: Path, demo_rows) -> None:
+    """A terminal's Ctrl-C reaches the coordinator and its worker processes: each partition returns what it did."""
+    import subprocess
+    import sys
+    out = tmp_path / "d"
+    root = Path(__file__).resolve().parents[1]
+    with serve_mirror(MirrorConfig.from_rows(demo_rows, latency=0.05)) as m:
+        proc = subprocess.Popen([sys.executable, "-c", _WORKERS_RUN, m.url, str(out)], cwd=root, text=True,
+                                env=dict(os.environ, PYTHONPATH=str(root)), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, start_new_session=True)  # its own group, as a terminal's job
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            if (out / "images").is_dir() and len(list((out / "images").iterdir())) >= 30:
+                break
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and "Traceback" not in stderr, stderr
+    on_disk = [p for p in (out / "images").iterdir() if not p.name.startswith(".")]
+    assert 30 <= len(on_disk) < 400
+    assert stdout.startswith(f"Interrupted: {len(on_disk)} downloaded, 0 failed"), stdout
