@@ -155,13 +155,22 @@ class MirrorHandle:
     mirror: Mirror
 
 
+@dataclass
+class _Listening:
+    """What the server thread reports back once it listens (or why it could not)."""
+
+    runner: web.AppRunner | None = None
+    port: int = 0
+    error: BaseException | None = None
+
+
 @contextlib.contextmanager
 def serve_mirror(config: MirrorConfig, host: str = "127.0.0.1", port: int = 0) -> Iterator[MirrorHandle]:
     """Run a mirror in a background thread of this process; yields its handle (port 0: any free port)."""
     mirror = Mirror(config)
     loop = asyncio.new_event_loop()
     started = threading.Event()
-    box: dict = {}
+    state = _Listening()
 
     async def start() -> None:
         # a short shutdown: drips and endless bodies must not hold the caller's exit
@@ -169,30 +178,30 @@ def serve_mirror(config: MirrorConfig, host: str = "127.0.0.1", port: int = 0) -
         await runner.setup()
         site = web.TCPSite(runner, host, port, reuse_address=True)
         await site.start()
-        box["runner"] = runner
-        box["port"] = runner.addresses[0][1]
+        state.runner, state.port = runner, runner.addresses[0][1]
 
     def main() -> None:
         asyncio.set_event_loop(loop)
         try:
             loop.run_until_complete(start())
         except BaseException as err:  # report bind errors to the caller
-            box["error"] = err
+            state.error = err
             loop.close()
             started.set()
             return
         started.set()
         loop.run_forever()
-        loop.run_until_complete(box["runner"].cleanup())
+        assert state.runner is not None
+        loop.run_until_complete(state.runner.cleanup())
         loop.close()
 
     thread = threading.Thread(target=main, name="datakit-mirror", daemon=True)
     thread.start()
     started.wait()
-    if "error" in box:
-        raise ConfigError(f"mirror cannot listen on {host}:{port}: {box['error']}")
+    if state.error is not None:
+        raise ConfigError(f"mirror cannot listen on {host}:{port}: {state.error}")
     try:
-        yield MirrorHandle(f"http://{host}:{box['port']}", mirror.stats, mirror)
+        yield MirrorHandle(f"http://{host}:{state.port}", mirror.stats, mirror)
     finally:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=10)
