@@ -17,10 +17,9 @@ import cv2
 import numpy as np
 
 from datakit.errors import ImageError, ImageTooLarge
+from datakit.limits import DEFAULT_MAX_BYTES as DEFAULT_MAX_BYTES  # re-exported: callers import the limits from here
+from datakit.limits import DEFAULT_MAX_PIXELS
 
-# Default limits for images from the web; both can be raised by the caller.
-DEFAULT_MAX_BYTES = 20 * 1024 * 1024
-DEFAULT_MAX_PIXELS = 40_000_000
 
 
 @dataclass(frozen=True)

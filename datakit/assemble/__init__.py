@@ -2,7 +2,7 @@
 
 Three steps, so that the middle one can run anywhere an executor reaches:
 
-1. ``plan(cfg) -> Plan`` (``plan.py``): the recipe, Caffe's seeded subset,
+1. ``plan(cfg) -> Plan`` (``planner.py``): the recipe, Caffe's seeded subset,
    each row's file name, what a previous run finished or failed for good,
    and the jobs left, split into partitions. Reads, never writes.
 2. ``run_partition(jobs, options) -> PartitionResult``
@@ -11,7 +11,7 @@ Three steps, so that the middle one can run anywhere an executor reaches:
    coordinator (``coordinator.py``) runs the partitions on an ``Executor``
    (``datakit.parallel``; the default runs them in this process, fused into
    one stream) and owns the dead-list stop and Ctrl-C, cancelling what is left.
-3. ``finish(plan, results) -> AssembleResult`` (``finish.py``): the lists in
+3. ``finish(plan, results) -> AssembleResult`` (``outputs.py``): the lists in
    Caffe's order, ``failed.csv`` and the ``AssembleReport``.
 
 A re-run with the same options downloads only what is missing; rows that
@@ -23,19 +23,41 @@ timeouts.
 
 from __future__ import annotations
 
+import importlib
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from datakit.assemble.config import AssembleConfig
-from datakit.assemble.coordinator import RunRecord, run_partitions
-from datakit.assemble.finish import FINAL_MESSAGE, AssembleReport, AssembleResult, finish, write_failed_csv
-from datakit.assemble.plan import (FAILED_CSV, Item, Partition, Plan, PlannedRow, image_path, looks_complete,
-                                   name_from_url, plan, plan_items, read_failed_csv, resolve_manifest, split_jobs)
-from datakit.download.outcome import Outcome
-from datakit.download.partition import PartitionResult, run_partition
-from datakit.parallel import Executor, InlineExecutor
+
+if TYPE_CHECKING:
+    from datakit.assemble.outputs import AssembleResult
+    from datakit.parallel import Executor
+
+# Importing the package is cheap (PEP 562): the planner, the coordinator and the downloader behind
+# them (aiohttp, OpenCV) load on first use, so a command can build its parser from AssembleConfig alone.
+_WHERE = {
+    "RunRecord": "coordinator", "run_partitions": "coordinator",
+    "FINAL_MESSAGE": "outputs", "AssembleReport": "outputs", "AssembleResult": "outputs", "finish": "outputs",
+    "write_failed_csv": "outputs",
+    "FAILED_CSV": "planner", "Item": "planner", "Partition": "planner", "Plan": "planner", "PlannedRow": "planner",
+    "image_path": "planner", "looks_complete": "planner", "name_from_url": "planner", "plan": "planner",
+    "plan_items": "planner", "read_failed_csv": "planner", "resolve_manifest": "planner", "split_jobs": "planner",
+}
+_DOWNLOAD = {"PartitionResult", "run_partition"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _DOWNLOAD:
+        value = getattr(importlib.import_module("datakit.download.partition"), name)
+    elif name in _WHERE:
+        value = getattr(importlib.import_module(f"datakit.assemble.{_WHERE[name]}"), name)
+    else:
+        raise AttributeError(f"module 'datakit.assemble' has no attribute {name!r}")
+    globals()[name] = value
+    return value
 
 
 def _clean_temporaries(images_dir: Path) -> int:
@@ -61,6 +83,13 @@ def _progress_bar(total: int, enabled: bool | None):
 def assemble(cfg: AssembleConfig, log: Callable[[str], None] = print,
              executor: Executor | None = None) -> AssembleResult:
     """Plan, run every partition on `executor` (default: in this process), finish; see the module docstring."""
+    from datakit.assemble.coordinator import run_partitions  # noqa: PLC0415 - see _WHERE
+    from datakit.assemble.outputs import FINAL_MESSAGE, finish  # noqa: PLC0415
+    from datakit.assemble.planner import plan  # noqa: PLC0415
+    from datakit.download.outcome import Outcome  # noqa: PLC0415
+    from datakit.download.partition import PartitionResult  # noqa: PLC0415
+    from datakit.parallel import InlineExecutor  # noqa: PLC0415
+
     started = time.perf_counter()
     the_plan = plan(cfg)
     the_plan.images_dir.mkdir(parents=True, exist_ok=True)
@@ -97,7 +126,4 @@ def assemble(cfg: AssembleConfig, log: Callable[[str], None] = print,
     return result
 
 
-__all__ = ["FAILED_CSV", "FINAL_MESSAGE", "AssembleConfig", "AssembleReport", "AssembleResult", "Item", "Partition",
-           "PartitionResult", "Plan", "PlannedRow", "RunRecord", "assemble", "finish", "image_path", "looks_complete",
-           "name_from_url", "plan", "plan_items", "read_failed_csv", "resolve_manifest", "run_partition",
-           "run_partitions", "split_jobs", "write_failed_csv"]
+__all__ = sorted({"AssembleConfig", "assemble", *_WHERE, *_DOWNLOAD})

@@ -35,7 +35,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from datakit.assemble.plan import Partition, Plan
+from datakit.assemble.planner import Partition, Plan
 from datakit.download.outcome import Outcome
 from datakit.download.partition import PartitionResult, run_partition
 from datakit.parallel import Executor, InlineExecutor, TaskFuture

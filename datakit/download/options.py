@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from datakit import __version__
 from datakit.errors import ConfigError
-from datakit.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
+from datakit.limits import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 
 # Flickr answers a missing photo with this image (Caffe's MISSING_IMAGE_SHA1). Other hosts' placeholders
 # come from their recipe (``placeholder_sha1`` in manifests/NAME.json).

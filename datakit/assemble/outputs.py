@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from datakit.assemble.plan import Plan
+from datakit.assemble.planner import Plan
 from datakit.atomic import write_text_atomic
 from datakit.download.outcome import Kind, Stats
 from datakit.download.partition import PartitionResult
