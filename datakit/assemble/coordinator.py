@@ -23,7 +23,8 @@ Policy, all of it here and none in the partitions:
   finished, marked interrupted. A KeyboardInterrupt in the coordinator itself
   (while it waits on a pool) counts the same. Either way the coordinator
   stops submitting, cancels what has not started, and keeps the results of
-  what still returns, so ``failed.csv`` and the summary count them.
+  what still returns, so ``failed.csv`` and the summary count them
+  (partitions running in threads get no signal: they finish their jobs first).
 - **Bounds.** When an executor runs several partitions at once each gets its
   share of ``concurrency`` / ``per_host`` (``DownloadOptions.share``), so the
   limits hold for the whole run; at most twice the executor's workers are
