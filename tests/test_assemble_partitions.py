@@ -199,7 +199,10 @@ def test_plan_resumes_writes_nothing_and_skips_permanent_failures(tmp_path: Path
 
 def test_report_keeps_its_keys_and_says_its_line(tmp_path: Path, demo_rows) -> None:
     with serve_mirror(MirrorConfig.from_rows(demo_rows, faults={"not_found": 0.2}, seed=1)) as m:
-        result = assemble(_cfg(tmp_path / "d", m.url, images=50), log=lambda s: None)
+        cfg = _cfg(tmp_path / "d", m.url, images=50)
+        hashes = cfg.options.placeholder_sha1
+        result = assemble(cfg, log=lambda s: None)
+    assert cfg.options.placeholder_sha1 == hashes  # the recipe's placeholder joins a copy, not the caller's options
     report = result.report
     assert list(report.to_json()) == [
         "manifest", "recipe", "seed", "images", "labels", "out", "mirror", "rewrite", "selected", "unique_files",
