@@ -110,3 +110,17 @@ def test_mirror_command_runs_in_a_subprocess() -> None:
         status, body, ctype = _get(url + path)
         assert status == 200 and ctype == "image/jpeg"
         assert body == synthetic_image(path, rows[10].label, 0)
+
+
+def test_every_fault_kind_has_one_registered_handler_and_configs_are_checked(tmp_path: Path) -> None:
+    from datakit.mirror import FAULT_KINDS, FAULTS, fault
+    assert set(FAULTS) == set(FAULT_KINDS)
+    with pytest.raises(ValueError, match="already registered"):
+        fault("not_found")(FAULTS["gone"])
+    with pytest.raises(ValueError, match="not in FAULT_KINDS"):
+        fault("meteor")
+    with pytest.raises(ConfigError, match=r"rates must be in 0..1: gone=1.5"):
+        MirrorConfig(faults={"gone": 1.5}).validate()
+    with pytest.raises(ConfigError, match=r"--directory .*nope: no such folder"):
+        MirrorConfig.for_manifest(None, directory=str(tmp_path / "nope"))
+    assert MirrorConfig.for_manifest(None, directory=str(tmp_path)).any_path
