@@ -32,10 +32,11 @@ from urllib.parse import urlsplit
 
 import cv2
 
-from datakit.assemble import AssembleConfig, assemble
+from datakit.assemble import AssembleConfig, assemble, finish, plan, run_partitions  # noqa: F401 - loaded before any clock
 from datakit.download import FLICKR_PLACEHOLDER_SHA1, DownloadOptions
 from datakit.manifest import open_manifest, select_rows
-from datakit.mirror import mirror_subprocess, synthetic_image
+from datakit.mirror import synthetic_image
+from scripts.mirror_process import mirror_subprocess
 
 
 def _caffe_like_download(args: tuple[str, str]) -> bool:

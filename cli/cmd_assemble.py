@@ -7,7 +7,6 @@ from pathlib import Path
 
 from datakit.assemble import AssembleConfig, assemble
 from datakit.download import DownloadOptions
-from datakit.errors import ConfigError
 
 HELP = ("Download a manifest's images (Caffe's assemble_data.py, same seed = same subset) and write "
         "train.txt / test.txt; resumable, validated, with a local --mirror for offline use.")
@@ -41,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-w", "--workers", type=int, default=0, help="threads that validate and write images (0 or less: CPUs + 2; Caffe's -w -1 works)")
     p.add_argument("--dead-after", type=int, default=300,
                    help="stop when the first N attempts all fail (default 300; 0: never)")
-    p.add_argument("--partition-size", type=int, default=1000, help="rows per partition (default 1000)")
+    p.add_argument("--partition-size", type=int, default=1000, help="downloads per partition, the unit an executor runs (default 1000)")
     p.add_argument("--url-column", help="manifest column holding the URL (default image_url)")
     p.add_argument("--label-column", help="manifest column holding the label (default label)")
     p.add_argument("--split-column", help="manifest column holding train/test ('' : everything is train)")
@@ -53,9 +52,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    for name in ("concurrency", "retries", "max_bytes", "max_pixels", "partition_size"):
-        if getattr(args, name) < (0 if name == "retries" else 1):
-            raise ConfigError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be positive")
     options = DownloadOptions(
         concurrency=args.concurrency, per_host=args.per_host, timeout=args.timeout, read_timeout=args.read_timeout,
         retries=args.retries, backoff=args.backoff, max_bytes=args.max_bytes, max_pixels=args.max_pixels,
@@ -67,16 +63,6 @@ def run(args: argparse.Namespace) -> int:
         retry_failed=args.retry_failed, dead_after=args.dead_after, partition_size=args.partition_size,
         url_column=args.url_column, label_column=args.label_column, split_column=args.split_column,
         cache_dir=args.cache_dir, progress=args.progress, options=options)
-    result = assemble(cfg)
-    r = result.report
-    if result.stopped == "interrupted":
-        print(f"Interrupted: {r['downloaded']} downloaded, {r['failed']} failed, {r['already_present']} already "
-              f"present of {r['selected']} selected; re-run the same command to resume (finished images are kept).")
-        return 130
-    failures = ", ".join(f"{k} {v}" for k, v in r["failures"].items())
-    print(f"{r['downloaded']} downloaded, {r['already_present']} already present, {r['failed']} failed"
-          + (f" ({failures}; see {r['failed_csv']})" if failures else "")
-          + f" in {r['elapsed_s']:.1f} s"
-          + (f"; {r['skipped_permanent_failures']} not asked again (failed for good last time; --retry-failed asks)"
-             if r["skipped_permanent_failures"] else ""))
-    return 0
+    result = assemble(cfg)  # validates cfg (DownloadOptions.validate, AssembleConfig.validate) before anything
+    print(result.report.line())
+    return 130 if result.stopped == "interrupted" else 0

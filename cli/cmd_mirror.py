@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from datakit.errors import ConfigError
-from datakit.manifest import open_manifest
 from datakit.mirror import FAULT_KINDS, MirrorConfig, run_mirror
 
 HELP = ("Serve a manifest's image URLs locally (files from a folder, or synthetic per-label 'styles'), "
@@ -38,19 +36,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if not args.manifest and not args.any_path and not args.directory:
-        raise ConfigError("datakit mirror: give --manifest NAME_OR_CSV, --directory DIR or --any-path")
-    faults = dict(args.fault)
-    if sum(faults.values()) > 1:
-        raise ConfigError(f"--fault rates add up to {sum(faults.values()):g}, more than 1")
-    labels = {}
-    if args.manifest:
-        from urllib.parse import urlsplit
-        _, rows, _ = open_manifest(args.manifest)
-        labels = {urlsplit(r.url).path: r.label for r in rows}
-    config = MirrorConfig(labels=labels, directory=args.directory, seed=args.seed, faults=faults,
-                          latency=args.latency / 1000.0, any_path=args.any_path or (not labels),
-                          num_labels=args.num_labels, drip_interval=args.drip_interval)
+    config = MirrorConfig.for_manifest(args.manifest, directory=args.directory, any_path=args.any_path,
+                                       seed=args.seed, faults=dict(args.fault), latency=args.latency / 1000.0,
+                                       num_labels=args.num_labels, drip_interval=args.drip_interval)
     try:
         run_mirror(config, args.host, args.port, announce=lambda url: print(url, flush=True))
     except KeyboardInterrupt:

@@ -27,6 +27,14 @@ class ImageError(DatakitError):
     """An image could not be read, decoded or failed validation."""
 
 
+class ImageTooLarge(ImageError):
+    """An image has more bytes or pixels than the limit; `limit` says which ("bytes" or "pixels")."""
+
+    def __init__(self, message: str, limit: str = "pixels") -> None:
+        super().__init__(message)
+        self.limit = limit
+
+
 class DatabaseError(DatakitError):
     """A database is missing, incomplete, or not what was expected."""
 

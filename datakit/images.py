@@ -16,11 +16,10 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from datakit.errors import ImageError
+from datakit.errors import ImageError, ImageTooLarge
+from datakit.limits import DEFAULT_MAX_BYTES as DEFAULT_MAX_BYTES  # re-exported: callers import the limits from here
+from datakit.limits import DEFAULT_MAX_PIXELS
 
-# Default limits for images from the web; both can be raised by the caller.
-DEFAULT_MAX_BYTES = 20 * 1024 * 1024
-DEFAULT_MAX_PIXELS = 40_000_000
 
 
 @dataclass(frozen=True)
@@ -108,19 +107,19 @@ def decode_image(data: bytes, *, color: bool = True, max_pixels: int = DEFAULT_M
     header announces more than `max_pixels`, or OpenCV cannot decode them.
     """
     if max_bytes is not None and len(data) > max_bytes:
-        raise ImageError(f"{len(data)} bytes is more than the limit of {max_bytes}")
+        raise ImageTooLarge(f"{len(data)} bytes is more than the limit of {max_bytes}", "bytes")
     if not data:
         raise ImageError("empty file")
     header = read_header(data)
     if header is not None and header.width * header.height > max_pixels:
-        raise ImageError(f"{header.width}x{header.height} pixels is more than the limit of {max_pixels}")
+        raise ImageTooLarge(f"{header.width}x{header.height} pixels is more than the limit of {max_pixels}")
     flag = cv2.IMREAD_COLOR if color else cv2.IMREAD_GRAYSCALE
     img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flag)
     if img is None or img.size == 0:
         kind = sniff_format(data)
         raise ImageError("cannot be decoded as an image" + (f" (looks like {kind}, but is corrupt)" if kind else ""))
     if img.shape[0] * img.shape[1] > max_pixels:
-        raise ImageError(f"{img.shape[1]}x{img.shape[0]} pixels is more than the limit of {max_pixels}")
+        raise ImageTooLarge(f"{img.shape[1]}x{img.shape[0]} pixels is more than the limit of {max_pixels}")
     if img.ndim == 2:
         img = img[:, :, None]
     return img

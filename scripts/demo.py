@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from datakit.manifest import load_recipe
-from datakit.mirror import mirror_subprocess
+from scripts.mirror_process import mirror_subprocess
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "demo-out"

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from aiohttp import web
 
-from datakit.download import (FLICKR_PLACEHOLDER_SHA1, Downloader, DownloadOptions, Job, download_partition,
-                              validate_image)
+from datakit.download import (FLICKR_PLACEHOLDER_SHA1, Downloader, DownloadOptions, Job, Kind, check_image,
+                              download_partition, validate_image)
+from datakit.manifest import load_recipe
 from datakit.mirror import EXPECTED_REASON, FAULT_KINDS, MirrorConfig, fault_for, placeholder_bytes, serve_mirror
 
 
@@ -74,9 +75,11 @@ def test_validate_image_rejects_placeholder_bomb_and_garbage(tmp_path: Path) -> 
     assert validate_image(jpg.tobytes(), tmp_path / "e.jpg", small)[0] == "too_many_pixels"
     assert validate_image(jpg.tobytes(), tmp_path / "f.jpg", DownloadOptions(max_bytes=10))[0] == "too_large"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jpg"]
-    # Caffe's own placeholder hash and the mirror's are refused by default
+    # Caffe's own placeholder hash is refused by default; the mirror's by the recipe of the manifest it serves
     assert FLICKR_PLACEHOLDER_SHA1 in DownloadOptions().placeholder_sha1
-    assert validate_image(placeholder_bytes(), tmp_path / "g.jpg", DownloadOptions())[0] == "placeholder"
+    demo = DownloadOptions().with_placeholders(load_recipe("demo").placeholder_sha1)
+    assert validate_image(placeholder_bytes(), tmp_path / "g.jpg", demo)[0] == "placeholder"
+    assert check_image(placeholder_bytes(), DownloadOptions()).kind == Kind.OK  # the downloader knows no mirror
 
 
 def test_resize_on_the_way_in(tmp_path: Path) -> None:

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 
 from datakit.errors import DownloadError, ListError
-from datakit.manifest import (DEMO_LABELS, Recipe, caffe_subset_indices, demo_manifest_csv, fetch_manifest,
+from datakit.manifest import (Recipe, caffe_subset_indices, fetch_manifest,
                               load_recipe, mirror_url, open_manifest, partitions, read_manifest, select_rows,
                               sha256_file)
+from datakit.mirror.demo_manifest import DEMO_LABELS, demo_manifest_csv
 
 FLICKR_NAMES = ["Detailed", "Pastel", "Melancholy", "Noir", "HDR", "Vintage", "Long Exposure", "Horror", "Sunny",
                 "Bright", "Hazy", "Bokeh", "Serene", "Texture", "Ethereal", "Macro", "Depth of Field",

@@ -14,8 +14,10 @@ import pytest
 
 from datakit.errors import ConfigError
 from datakit.manifest import open_manifest
-from datakit.mirror import (MIRROR_PLACEHOLDER_SHA1, PLACEHOLDER_PATH, MirrorConfig, fault_for,
-                            mirror_subprocess, placeholder_bytes, serve_mirror, synthetic_image)
+from datakit.manifest import load_recipe
+from datakit.mirror import (MIRROR_PLACEHOLDER_SHA1, PLACEHOLDER_PATH, MirrorConfig, fault_for, placeholder_bytes,
+                            serve_mirror, synthetic_image)
+from scripts.mirror_process import mirror_subprocess
 
 
 def _get(url: str) -> tuple[int, bytes, str]:
@@ -76,6 +78,16 @@ def test_placeholder_is_a_fixed_decodable_image() -> None:
     assert cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR).shape == (75, 100, 3)
 
 
+def test_the_demo_recipe_names_the_mirror_placeholder() -> None:
+    """The downloader learns the mirror's placeholder from the recipe, never by importing the mirror."""
+    assert load_recipe("demo").placeholder_sha1 == [MIRROR_PLACEHOLDER_SHA1]
+    import subprocess
+    import sys
+    code = "import sys, datakit.download.partition; print(sorted(m for m in sys.modules if 'mirror' in m))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
 def test_served_paths_folder_mode_and_placeholder(tmp_path: Path) -> None:
     (tmp_path / "5_a.jpg").write_bytes(synthetic_image("/z", 1, 0))
     with serve_mirror(MirrorConfig(labels={"/1/5_a.jpg": 1, "/1/6_b.jpg": 2}, directory=str(tmp_path),
@@ -98,3 +110,17 @@ def test_mirror_command_runs_in_a_subprocess() -> None:
         status, body, ctype = _get(url + path)
         assert status == 200 and ctype == "image/jpeg"
         assert body == synthetic_image(path, rows[10].label, 0)
+
+
+def test_every_fault_kind_has_one_registered_handler_and_configs_are_checked(tmp_path: Path) -> None:
+    from datakit.mirror import FAULT_KINDS, FAULTS, fault
+    assert set(FAULTS) == set(FAULT_KINDS)
+    with pytest.raises(ValueError, match="already registered"):
+        fault("not_found")(FAULTS["gone"])
+    with pytest.raises(ValueError, match="not in FAULT_KINDS"):
+        fault("meteor")
+    with pytest.raises(ConfigError, match=r"rates must be in 0..1: gone=1.5"):
+        MirrorConfig(faults={"gone": 1.5}).validate()
+    with pytest.raises(ConfigError, match=r"--directory .*nope: no such folder"):
+        MirrorConfig.for_manifest(None, directory=str(tmp_path / "nope"))
+    assert MirrorConfig.for_manifest(None, directory=str(tmp_path)).any_path

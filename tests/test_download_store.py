@@ -1,4 +1,4 @@
-"""write_image: the downloader's atomic file write (temporary name, rename), in few system calls."""
+"""datakit.download.store.write_image: the downloader's atomic file write (temporary name, rename), in few system calls."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-import datakit.download as download
-from datakit.download import write_image
+import datakit.download.store as download
+from datakit.download.store import write_image
 
 
 def test_writes_whole_file_with_the_umask_mode_and_no_temporaries(tmp_path):
