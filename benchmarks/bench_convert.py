@@ -36,7 +36,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from datakit.convert import ConvertOptions, convert, default_workers, worker_pool
+from datakit.convert import ConvertOptions, convert
+from datakit.parallel import default_workers, worker_pool
 from datakit.datum import encode_datum
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,14 +13,17 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 
 from datakit.atomic import write_bytes_atomic
 from datakit.datum import datum_to_array, parse_datum_fields
-from datakit.db import Record, open_reader, read_progress
+from datakit.db import open_reader, read_progress
+from datakit.db.base import Reader, Record
 from datakit.images import read_header
+from datakit.report import progress_bar
 
 __all__ = ["DbSummary", "inspect_db", "contact_sheet", "write_contact_sheet"]
 
@@ -66,39 +69,53 @@ class DbSummary:
                 "kinds": dict(self.kinds), "first_key": self.first_key, "last_key": self.last_key}
 
 
-def inspect_db(path: str | os.PathLike, backend: str | None = None, *,
-               samples: int = 0) -> tuple[DbSummary, list[Record]]:
-    """Summarise every record; also return `samples` records spread evenly over the database, decoded."""
+def inspect_db(path: str | os.PathLike, backend: str | None = None, *, samples: int = 0,
+               progress: bool | None = False) -> tuple[DbSummary, list[Record]]:
+    """Summarise every record; also return `samples` records spread evenly over the database, decoded.
+
+    `progress`: a bar over the records (None: when stderr is a terminal).
+    """
     reader = open_reader(path, backend, decode=True)
     summary = DbSummary(str(path), reader.backend, progress=read_progress(path) if Path(path).is_dir() else None)
     picked: list[Record] = []
     with reader:
         total = len(reader)
         want = {i * total // samples for i in range(samples)} if samples and total else set()
-        if reader.backend == "hdf5":
-            for i, rec in enumerate(reader):
-                _count(summary, rec.key, "float", "x".join(map(str, rec.image.shape)), rec.label)
-                if i in want:
-                    picked.append(rec)
-            return summary, picked
-        for i, (key, value) in enumerate(reader.raw_items()):
-            skey = key.decode("utf-8", "backslashreplace")
-            f = parse_datum_fields(value, f"{path}: record {skey!r}")
-            if f.encoded:
-                try:
-                    head = read_header(bytes(f.data[:65536]))
-                except Exception:  # noqa: BLE001 - a bad header is reported as such, not fatal here
-                    head = None
-                shape = f"{head.format} {head.height}x{head.width}" if head else "encoded (unknown header)"
-                kind = "encoded"
-            else:
-                shape = f"{f.channels}x{f.height}x{f.width}"
-                kind = "raw" if len(f.data) else "float"
-            _count(summary, skey, kind, shape, f.label)
-            if i in want:
-                img = datum_to_array(f, color=None, where=f"{path}: record {skey!r}")
-                picked.append(Record(skey, f.label, img))
+        with progress_bar(total, progress, unit="rec", desc="inspect") as bar:
+            if reader.record_kind == "array":
+                for i, rec in enumerate(reader):
+                    _count(summary, rec.key, "float", "x".join(map(str, rec.image.shape)), rec.label)
+                    if i in want:
+                        picked.append(rec)
+                    if i % 256 == 255:
+                        bar.update(256)
+                return summary, picked
+            _summarise_datums(reader, summary, want, picked, bar, path)
     return summary, picked
+
+
+def _summarise_datums(reader: Reader, summary: DbSummary, want: set[int], picked: list[Record], bar: Any,
+                      path: str | os.PathLike) -> None:
+    """Count every serialized Datum; encoded ones are sized from their headers, not decoded."""
+    for i, (key, value) in enumerate(reader.raw_items()):
+        skey = key.decode("utf-8", "backslashreplace")
+        f = parse_datum_fields(value, f"{path}: record {skey!r}")
+        if f.encoded:
+            try:
+                head = read_header(bytes(f.data[:65536]))
+            except Exception:  # noqa: BLE001 - a bad header is reported as such, not fatal here
+                head = None
+            shape = f"{head.format} {head.height}x{head.width}" if head else "encoded (unknown header)"
+            kind = "encoded"
+        else:
+            shape = f"{f.channels}x{f.height}x{f.width}"
+            kind = "raw" if len(f.data) else "float"
+        _count(summary, skey, kind, shape, f.label)
+        if i in want:
+            img = datum_to_array(f, color=None, where=f"{path}: record {skey!r}")
+            picked.append(Record(skey, f.label, img))
+        if i % 256 == 255:
+            bar.update(256)
 
 
 def _count(summary: DbSummary, key: str, kind: str, shape: str, label: int) -> None:
