@@ -162,3 +162,40 @@ def test_the_fast_path_check_accepts_only_what_safe_join_accepts(path):
         assert safe, path
     if path in ("a/b.jpg", "im 1.png"):
         assert _plainly_inside(path)
+
+
+@pytest.mark.parametrize("backend", ["lmdb", "hdf5"])
+def test_partitions_run_on_an_executor_hold_the_single_database(tmp_path, backend):
+    """convert_partition: records a..b into a shard each, through the Executor seam (pickled to worker
+    processes); the shards, in order, hold the records and keys of the one database convert() writes."""
+    from datakit.convert.encode import EncodeSpec
+    from datakit.convert.partition import convert_partitions
+    from datakit.imagelist import read_list
+    from datakit.parallel import InlineExecutor, LocalExecutor
+
+    entries = make_images(tmp_path, 25, size=(24, 32))
+    entries.insert(7, ("sub/missing.png", 1))
+    lst = write_list(tmp_path / "list.txt", entries)
+    resize = dict(resize_height=20, resize_width=30)
+    convert(tmp_path / "img", lst, tmp_path / "one", _opts(backend=backend, workers=1, **resize))
+    rows = [(i, e.line, e.path, e.label) for i, e in enumerate(read_list(lst, allow_label_gaps=True))]
+    kind = "array" if backend == "hdf5" else "datum"
+    spec = EncodeSpec(str(tmp_path / "img"), kind, 20, 30, False, False, "", False, 40_000_000)
+    for name, executor in (("local", LocalExecutor(2)), ("inline", InlineExecutor())):
+        with executor:
+            shards = convert_partitions(executor, spec, backend, rows, tmp_path / name, per_partition=6,
+                                        list_name=str(lst), commit_every=4, shard_records=4)
+        assert [(s.first_index, s.next_index) for s in shards] == [(a, min(26, a + 6)) for a in range(0, 26, 6)]
+        assert sum(s.written for s in shards) == 25
+        assert [k.index for s in shards for k in s.skipped] == [7]
+        if backend == "hdf5":
+            with open_reader(tmp_path / "one") as one:
+                want = [(r.label, r.image.tobytes()) for r in one]
+            got = []
+            for s in shards:
+                with open_reader(s.shard) as r:
+                    got += [(rec.label, rec.image.tobytes()) for rec in r]
+        else:
+            want = _items(tmp_path / "one")
+            got = [item for s in shards for item in _items(s.shard)]
+        assert got == want
