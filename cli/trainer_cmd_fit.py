@@ -4,12 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-
-import json
 import time
-
-from datakit.atomic import write_text_atomic
-from trainer.fit import FitOptions, fit, report_dict
 
 HELP = "Train or fine-tune the net a Caffe solver prototxt names (Caffe's `caffe train`)."
 
@@ -30,14 +25,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from datakit.report import write_report
+    from trainer.fit import FitOptions, fit, report_dict
+
     opts = FitOptions(solver=args.solver, weights=args.weights, snapshot=args.snapshot, device=args.device,
                       gpu=args.gpu, log=args.log, metrics=args.metrics, max_iter=args.max_iter,
                       stream=None if args.quiet else sys.stderr)
     started = time.perf_counter()
     result = fit(opts)
     if args.report:
-        write_text_atomic(args.report, json.dumps(report_dict(result, opts, time.perf_counter() - started),
-                                                  indent=1) + "\n")
+        write_report(args.report, report_dict(result, opts, time.perf_counter() - started))
     last = result.snapshots[-1].caffemodel if result.snapshots else None
     scores = "; ".join(f"test net #{i}: " + ", ".join(f"{k} = {v:.4g}" for k, v in s.items())
                        for i, s in enumerate(result.test_scores))
