@@ -27,26 +27,12 @@ import cv2
 import numpy as np
 
 from datakit.errors import FormatError
+from datakit.formats.wire import varint
 
 __all__ = [
     "DatumFields", "encode_datum", "encode_datum_bytes", "raw_datum_parts", "parse_datum_fields", "decode_datum",
     "datum_to_array",
 ]
-
-
-def _varint(value: int) -> bytes:
-    """Protobuf base-128 varint; negative int32 values take 10 bytes (two's complement)."""
-    if value < 0:
-        value += 1 << 64
-    out = bytearray()
-    while True:
-        bits = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(bits | 0x80)
-        else:
-            out.append(bits)
-            return bytes(out)
 
 
 def raw_datum_parts(channels: int, height: int, width: int, label: int) -> tuple[bytes, bytes]:
@@ -57,9 +43,9 @@ def raw_datum_parts(channels: int, height: int, width: int, label: int) -> tuple
     into place between the two instead of building the Datum in Python.
     """
     size = channels * height * width
-    prefix = b"".join((b"\x08", _varint(channels), b"\x10", _varint(height), b"\x18", _varint(width),
-                       b"\x22", _varint(size)))
-    return prefix, b"".join((b"\x28", _varint(int(label)), b"\x38\x00"))
+    prefix = b"".join((b"\x08", varint(channels), b"\x10", varint(height), b"\x18", varint(width),
+                       b"\x22", varint(size)))
+    return prefix, b"".join((b"\x28", varint(int(label)), b"\x38\x00"))
 
 
 def encode_datum(image_chw: np.ndarray, label: int) -> bytes:
@@ -72,8 +58,8 @@ def encode_datum(image_chw: np.ndarray, label: int) -> bytes:
 
 def encode_datum_bytes(encoded: bytes, label: int) -> bytes:
     """An encoded Datum: the JPEG/PNG bytes, the label and ``encoded: true`` (Caffe's ReadFileToDatum)."""
-    return b"".join((b"\x22", _varint(len(encoded)), bytes(encoded),
-                     b"\x28", _varint(int(label)), b"\x38\x01"))
+    return b"".join((b"\x22", varint(len(encoded)), bytes(encoded),
+                     b"\x28", varint(int(label)), b"\x38\x01"))
 
 
 @dataclass(frozen=True, slots=True)

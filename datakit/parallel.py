@@ -12,6 +12,17 @@ The seam is deliberately the small common subset of ``concurrent.futures``
 and ``dask.distributed.Client``: ``submit`` returning a future with
 ``result()`` / ``cancel()`` / ``done()``, ``as_completed`` over futures, and
 ``close``. A Dask executor implements the same four methods over a client.
+
+Beside the seam, the local machinery the CPU-heavy stages share (and
+``benchmarks/`` import from here):
+
+* ``worker_pool`` / ``default_workers`` (datakit.workerpool): forked
+  processes that run OpenCV on one thread, keep freed memory, leave Ctrl-C to
+  the coordinator and exit when it dies;
+* ``SharedArena`` / ``ArenaSlot`` / ``Lease`` / ``ArenaMarker``
+  (datakit.arena): shared memory that workers write results into;
+* ``map_ordered``: a bounded, order-keeping map over batches in a worker
+  pool, with the arena as its transport (what ``datakit convert`` runs on).
 """
 
 from __future__ import annotations
