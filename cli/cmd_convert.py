@@ -44,8 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from datakit.convert import ConvertOptions, convert
-    from datakit.db import incomplete_path, read_progress
+    from datakit.convert import ConvertInterrupted, ConvertOptions, convert
     from datakit.report import write_report
 
     options = ConvertOptions(
@@ -57,11 +56,8 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite, progress=args.progress)
     try:
         summary = convert(args.root, args.list, args.db, options)
-    except KeyboardInterrupt:
-        partial = incomplete_path(args.db)
-        done = (read_progress(partial) or {}).get("written", 0) if partial.is_dir() else 0
-        print(f"datakit: interrupted; {done} records are saved in {partial}: rerun the same command with --resume "
-              "to finish", file=sys.stderr)
+    except ConvertInterrupted as stop:
+        print(f"datakit: {stop}", file=sys.stderr)
         return 130
     if summary.already_complete:
         print(f"{args.db}: already complete ({summary.written} records); nothing to resume")

@@ -23,6 +23,7 @@ shape caffe.io and the trainer expect.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import contextlib
 import os
 import time
@@ -38,7 +39,8 @@ from datakit.db import BACKENDS, get_backend, open_reader
 from datakit.db.base import Reader
 from datakit.errors import ConfigError, DatabaseError, FormatError
 from datakit.formats.blobproto import read_mean, write_mean
-from datakit.parallel import Executor, LocalExecutor, default_workers, opencv_one_thread
+from datakit.parallel import (Executor, LocalExecutor, ProgressCounter, default_workers, opencv_one_thread,
+                              report_progress)
 from datakit.report import progress_bar
 
 __all__ = ["MeanResult", "SumState", "compute_mean", "convert_mean", "mean_output_paths", "save_mean", "sum_range",
@@ -169,9 +171,15 @@ def _add_datum(acc: _Sum, key: bytes, value, color: bool | None) -> None:
 def sum_range(path: str, backend: str, start: bytes | None, stop: bytes | None, color: bool | None) -> SumState:
     """The exact sum of the Datum records with `start` <= key < `stop` (a partition of a shared-read backend)."""
     acc = _Sum(path)
+    since = 0
     with get_backend(backend).open_reader(Path(path)) as reader:
         for key, value in reader.scan(start, stop, buffers=True):
             _add_datum(acc, key, value, color)
+            since += 1
+            if since == 512:
+                report_progress(since)
+                since = 0
+    report_progress(since)
     return acc.state()
 
 
@@ -221,13 +229,16 @@ def compute_mean(db: str | os.PathLike, backend: str | None = None, *, workers: 
             color = _settle_color(reader, color)
             parallel = executor is not None or workers > 1
             if BACKENDS[reader.backend].shared_reads and parallel and n >= 2 * 256:
-                parts = min(n // 256, 4 * (executor.workers if executor is not None else workers))
+                # locally one key range per worker (each partial sum crosses the pipe: a few MB); an
+                # executor given by the caller (a cluster) gets more, smaller partitions to balance
+                parts = min(n // 256, 4 * executor.workers if executor is not None else workers)
                 ranges = _split_keys(reader, parts)
                 reader.close()  # each partition opens its own reader
-                with _executor(executor, workers) as ex:
+                counter = ProgressCounter()
+                with _executor(executor, workers, counter) as ex:
                     futures = [ex.submit(sum_range, str(reader.path), reader.backend, a, b, color)
                                for a, b in ranges]
-                    states = _gather(ex, futures, n, progress)
+                    states = _gather(ex, futures, n, progress, counter)
                 for state in states:  # in key order, whatever order they finished in: float sums repeat exactly
                     acc.merge(state)
             else:
@@ -239,27 +250,39 @@ def compute_mean(db: str | os.PathLike, backend: str | None = None, *, workers: 
 
 
 @contextlib.contextmanager
-def _executor(given: Executor | None, workers: int) -> Iterator[Executor]:
-    """The caller's executor, or local processes that decode with one OpenCV thread each."""
+def _executor(given: Executor | None, workers: int, counter: ProgressCounter | None = None) -> Iterator[Executor]:
+    """The caller's executor, or local processes that decode with one OpenCV thread each (and count
+    their progress into `counter`)."""
     if given is not None:
         yield given
         return
-    with opencv_one_thread(), LocalExecutor(workers) as ex:
+    with opencv_one_thread(), LocalExecutor(workers, initializer=counter.install if counter else None) as ex:
         yield ex
 
 
-def _gather(ex: Executor, futures: list, total: int, progress: bool | None) -> list[SumState]:
-    """Wait for every partition, the bar counting records as partitions finish; results in submission order."""
+def _gather(ex: Executor, futures: list, total: int, progress: bool | None,
+            counter: ProgressCounter) -> list[SumState]:
+    """Wait for every partition, the bar following the workers' counter (or finished partitions where
+    none is shared); results in submission order."""
     bar = progress_bar(total, progress, unit="rec", desc="mean")  # after the pool has forked
+    pending = list(futures)
     try:
-        for future in ex.as_completed(futures):
-            bar.update(future.result().count)
+        while pending:
+            if all(isinstance(f, cf.Future) for f in pending):  # local: wake up for the bar, or when all are done
+                pending = list(cf.wait(pending, timeout=0.25)[1])
+            else:
+                next(iter(ex.as_completed(pending)))
+                pending = [f for f in pending if not f.done()]
+            bar.n = counter.value or sum(f.result().count for f in futures if f.done())
+            bar.refresh()
+        states = [f.result() for f in futures]
     except BaseException:
         ex.cancel(futures)
         raise
     finally:
+        bar.n = total  # the bar ends at the total, not at the last update
         bar.close()
-    return [f.result() for f in futures]
+    return states
 
 
 def _settle_color(reader: Reader, color: bool | None) -> bool | None:

@@ -158,6 +158,43 @@ def run_all(executor: Executor, fn: Callable[..., T], argument_lists: Iterable[t
     return [f.result() for f in futures]
 
 
+# ------------------------------------------------------------------------- progress counter --
+_worker_progress: ProgressCounter | None = None
+
+
+class ProgressCounter:
+    """A count of work done that partitions in local worker processes add to, for the coordinator's bar.
+
+    Shared memory inherited by the workers (pass ``initializer=counter.install``
+    to LocalExecutor); never pickled with a task, so partition functions stay
+    the same on any executor: :func:`report_progress` is a no-op where no
+    counter was installed (this process, a cluster).
+    """
+
+    def __init__(self) -> None:
+        ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+        self._value = ctx.Value("q", 0)
+
+    @property
+    def value(self) -> int:
+        return int(self._value.value)
+
+    def add(self, n: int) -> None:
+        with self._value.get_lock():
+            self._value.value += n
+
+    def install(self) -> None:
+        """Worker initializer: report_progress() in this process adds here."""
+        global _worker_progress
+        _worker_progress = self
+
+
+def report_progress(n: int) -> None:
+    """Called by a partition function as it goes: adds `n` to the installed ProgressCounter, if any."""
+    if _worker_progress is not None and n:
+        _worker_progress.add(n)
+
+
 # ------------------------------------------------------------------------------ ordered map --
 # The arena is an inherited mapping: it reaches a worker once, through the pool's initializer,
 # and is held here for the worker's tasks, which receive their slot as an argument (ArenaSlot).
@@ -281,5 +318,5 @@ def map_ordered(fn: Callable[..., list], items: Iterable, *, args: tuple = (), w
 
 
 __all__ = ["ArenaMarker", "ArenaSlot", "Executor", "InlineExecutor", "Lease", "LocalExecutor", "MarkerKind",
-           "SharedArena", "TaskFuture", "WorkerSetup", "default_workers", "map_ordered", "opencv_one_thread",
-           "run_all", "start_worker", "worker_pool"]
+           "ProgressCounter", "SharedArena", "TaskFuture", "WorkerSetup", "default_workers", "map_ordered",
+           "opencv_one_thread", "report_progress", "run_all", "start_worker", "worker_pool"]

@@ -199,3 +199,40 @@ def test_partitions_run_on_an_executor_hold_the_single_database(tmp_path, backen
             want = _items(tmp_path / "one")
             got = [item for s in shards for item in _items(s.shard)]
         assert got == want
+
+
+def test_ctrl_c_raises_convert_interrupted_naming_what_is_saved(tmp_path):
+    """SIGINT mid-run: exit 130 and one line naming the records saved and --resume, which then finishes the job."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from datakit.db import incomplete_path
+    from tests.conftest import ROOT
+
+    entries = make_images(tmp_path, 400, size=(120, 160))
+    lst = write_list(tmp_path / "list.txt", entries)
+    cmd = [sys.executable, "-m", "cli.datakit_main", "convert", str(tmp_path / "img"), str(lst), str(tmp_path / "db"),
+           "--workers", "1", "--commit-every", "5", "--checkpoint-every", "1", "--no-progress"]
+    proc = subprocess.Popen(cmd, env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    progress = incomplete_path(tmp_path / "db") / PROGRESS_NAME
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if json.loads(progress.read_text())["written"] >= 10:
+                break
+        except (FileNotFoundError, ValueError, KeyError):
+            pass
+        time.sleep(0.005)
+    assert proc.poll() is None, "the conversion finished before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    saved = json.loads(progress.read_text())["written"]
+    assert proc.returncode == 130
+    assert f"interrupted; {saved} records are saved in {incomplete_path(tmp_path / 'db')}" in err
+    assert "--resume" in err and "Traceback" not in err
+    convert(tmp_path / "img", lst, tmp_path / "db", _opts(workers=1, resume=True))
+    assert len(_items(tmp_path / "db")) == 400

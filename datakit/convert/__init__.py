@@ -51,7 +51,8 @@ if TYPE_CHECKING:
     from datakit.convert.pipeline import PipelineSettings
     from datakit.imagelist import ListEntry
 
-__all__ = ["ENCODE_TYPES", "ConvertOptions", "ConvertSummary", "NothingWritten", "Skipped", "caffe_key", "convert"]
+__all__ = ["ENCODE_TYPES", "ConvertInterrupted", "ConvertOptions", "ConvertSummary", "NothingWritten", "Skipped",
+           "caffe_key", "convert"]
 
 
 def caffe_key(index: int, path: str) -> bytes:
@@ -61,6 +62,20 @@ def caffe_key(index: int, path: str) -> bytes:
 
 class NothingWritten(DatabaseError):
     """Every listed image was skipped: an empty database would only hide the mistake."""
+
+
+class ConvertInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM turned into it) stopped a conversion; what was saved stays for --resume.
+
+    `written`: records the progress file claims (all on disk); `partial`: the
+    work folder holding them.
+    """
+
+    def __init__(self, written: int, partial: Path) -> None:
+        super().__init__(f"interrupted; {written} records are saved in {partial}: rerun the same command "
+                         "with --resume to finish")
+        self.written = written
+        self.partial = partial
 
 
 def _stderr_warn(message: str) -> None:
@@ -151,6 +166,9 @@ def convert(root: str | os.PathLike, list_path: str | os.PathLike, db_path: str 
         writer.close()
         workdir.discard()
         raise
+    except KeyboardInterrupt:
+        writer.close()
+        raise ConvertInterrupted(int(workdir.state.get("written", 0)), workdir.path) from None
     except BaseException:
         writer.close()
         raise
