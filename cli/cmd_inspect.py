@@ -21,7 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from datakit.inspect import inspect_db, write_contact_sheet
+    from datakit.summary import inspect_db, write_contact_sheet
 
     summary, samples = inspect_db(args.db, args.backend, samples=args.samples if args.contact_sheet else 0,
                                   progress=args.progress)

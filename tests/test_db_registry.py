@@ -13,7 +13,7 @@ from datakit.convert import convert
 from datakit.db import BACKENDS, Backend, backend_names, detect_backend, open_reader, register_backend
 from datakit.db import PROGRESS_NAME, incomplete_path, unregister_backend
 from datakit.errors import DatabaseError
-from datakit.inspect import inspect_db
+from datakit.summary import inspect_db
 from datakit.mean import compute_mean
 from datakit.parallel import InlineExecutor
 

@@ -1,4 +1,4 @@
-"""What is in a database: count, record shapes, label histogram, and a contact sheet of samples.
+"""What is in a database (`datakit inspect`): count, record shapes, label histogram, a contact sheet of samples.
 
 The first thing to look at before training on a database someone else made
 (or on one we just made): a wrong label range, a mix of sizes, gray images in

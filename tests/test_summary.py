@@ -1,4 +1,4 @@
-"""`datakit inspect`: counts, shapes, labels and the contact sheet."""
+"""`datakit inspect` (datakit.summary): counts, shapes, labels and the contact sheet."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 
 from datakit.datum import encode_datum, encode_datum_bytes
 from datakit.db.lmdb_backend import LmdbWriter
-from datakit.inspect import contact_sheet, inspect_db
+from datakit.summary import contact_sheet, inspect_db
 from datakit.db import Record
 
 
