@@ -50,6 +50,16 @@ def _chosen(argv: Sequence[str], commands: dict[str, str]) -> str | None:
     return None
 
 
+def _list_only(sub: argparse._SubParsersAction, name: str, help_text: str) -> None:
+    """Show command `name` in --help without building its parser (each parser argparse builds costs
+    gettext look-ups on disk); it is never selected, since the command on the line is always built."""
+    try:
+        sub._choices_actions.append(sub._ChoicesPseudoAction(name, (), help_text))
+        sub._name_parser_map[name] = None
+    except AttributeError:  # an argparse without these internals: build it after all
+        sub.add_parser(name, help=help_text)
+
+
 def build_parser(prog: str, description: str, commands: dict[str, str],
                  argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The parser; with `argv`, only the command it names gets its arguments (and its module imported)."""
@@ -59,7 +69,7 @@ def build_parser(prog: str, description: str, commands: dict[str, str],
     chosen = _chosen(argv, commands) if argv is not None else None
     for name, module_name in commands.items():
         if argv is not None and name != chosen:
-            sub.add_parser(name, help=command_help(module_name))
+            _list_only(sub, name, command_help(module_name))
             continue
         module = importlib.import_module(module_name)
         p = sub.add_parser(name, help=module.HELP, description=module.HELP)
