@@ -22,6 +22,7 @@ from datakit.atomic import write_bytes_atomic
 from datakit.datum import datum_to_array, parse_datum_fields
 from datakit.db import open_reader, read_progress
 from datakit.db.base import Reader, Record
+from datakit.errors import ConfigError, ImageError
 from datakit.images import read_header
 from datakit.report import progress_bar
 
@@ -142,7 +143,7 @@ def _to_bgr(image: np.ndarray) -> np.ndarray:
 def contact_sheet(records: list[Record], *, cell: int = 96, columns: int = 0) -> np.ndarray:
     """Tile records (C x H x W, BGR) into one H x W x 3 BGR image, each cell labelled."""
     if not records:
-        raise ValueError("no records to show")
+        raise ConfigError("a contact sheet needs at least one record (--samples > 0)")
     columns = columns or int(np.ceil(np.sqrt(len(records))))
     rows = (len(records) + columns - 1) // columns
     sheet = np.full((rows * (cell + 2) + 2, columns * (cell + 2) + 2, 3), 40, np.uint8)
@@ -164,5 +165,5 @@ def contact_sheet(records: list[Record], *, cell: int = 96, columns: int = 0) ->
 def write_contact_sheet(path: str | os.PathLike, records: list[Record], *, cell: int = 96) -> None:
     ok, buf = cv2.imencode(".png", contact_sheet(records, cell=cell))
     if not ok:
-        raise OSError(f"{path}: could not encode the contact sheet")
+        raise ImageError(f"{path}: OpenCV could not encode the contact sheet as PNG")
     write_bytes_atomic(path, buf.tobytes())
