@@ -52,7 +52,8 @@ def encode_datum(image_chw: np.ndarray, label: int) -> bytes:
     """A raw Datum: uint8 C x H x W pixels (BGR) and a label, as Caffe's CVMatToDatum writes it."""
     if image_chw.dtype != np.uint8 or image_chw.ndim != 3:
         raise ValueError(f"expected a uint8 C x H x W array, got {image_chw.dtype} {image_chw.shape}")
-    prefix, suffix = raw_datum_parts(*image_chw.shape, label)
+    c, h, w = image_chw.shape
+    prefix, suffix = raw_datum_parts(c, h, w, label)
     return b"".join((prefix, np.ascontiguousarray(image_chw).tobytes(), suffix))
 
 

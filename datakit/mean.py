@@ -67,7 +67,7 @@ class SumState(NamedTuple):
 
     shape: tuple[int, ...] | None
     first_key: str
-    count: int
+    records: int  # (not `count`: that would hide tuple.count)
     u64: np.ndarray | None
     f64: np.ndarray | None
 
@@ -132,7 +132,7 @@ class _Sum:
     def merge(self, state: SumState) -> None:
         """Add a partial sum (of another partition): exact, so partitions may merge in any grouping."""
         shape, key, count, u64, f64 = state
-        if not count:
+        if not count or shape is None:
             return
         self._check(shape, key)
         self.count += count
@@ -273,7 +273,7 @@ def _gather(ex: Executor, futures: list, total: int, progress: bool | None,
             else:
                 next(iter(ex.as_completed(pending)))
                 pending = [f for f in pending if not f.done()]
-            bar.n = counter.value or sum(f.result().count for f in futures if f.done())
+            bar.n = counter.value or sum(f.result().records for f in futures if f.done())
             bar.refresh()
         states = [f.result() for f in futures]
     except BaseException:
@@ -289,9 +289,7 @@ def _settle_color(reader: Reader, color: bool | None) -> bool | None:
     """Native decoding, except that a color first record makes every record color (gray ones promoted)."""
     if color is not None:
         return color
-    items = reader.raw_items()
-    key, value = next(items)
-    items.close()
+    key, value = next(iter(reader.raw_items()))  # the generator (and its read transaction) ends here
     where = f"{reader.path}: record {key!r}"
     f = parse_datum_fields(value, where)
     if f.encoded and datum_to_array(f, color=None, where=where).shape[0] == 3:
@@ -317,11 +315,11 @@ def _sum_sequential(reader: Reader, acc: _Sum, color: bool | None, workers: int,
                         done = next(iter(ex.as_completed(pending)))
                         pending.remove(done)
                         acc.merge(done.result())
-                        bar.update(done.result().count)
+                        bar.update(done.result().records)
                     pending.append(ex.submit(sum_values, acc.where, batch, color))
                 for done in ex.as_completed(pending):
                     acc.merge(done.result())
-                    bar.update(done.result().count)
+                    bar.update(done.result().records)
             except BaseException:
                 ex.cancel(pending)
                 raise

@@ -85,6 +85,7 @@ def inspect_db(path: str | os.PathLike, backend: str | None = None, *, samples: 
         with progress_bar(total, progress, unit="rec", desc="inspect") as bar:
             if reader.record_kind == "array":
                 for i, rec in enumerate(reader):
+                    assert rec.image is not None  # array records always carry their rows
                     _count(summary, rec.key, "float", "x".join(map(str, rec.image.shape)), rec.label)
                     if i in want:
                         picked.append(rec)
@@ -148,6 +149,8 @@ def contact_sheet(records: list[Record], *, cell: int = 96, columns: int = 0) ->
     rows = (len(records) + columns - 1) // columns
     sheet = np.full((rows * (cell + 2) + 2, columns * (cell + 2) + 2, 3), 40, np.uint8)
     for i, rec in enumerate(records):
+        if rec.image is None:
+            raise ConfigError(f"record {rec.key!r} is not decoded; a contact sheet needs pixels")
         img = _to_bgr(rec.image)
         h, w = img.shape[:2]
         scale = cell / max(h, w)

@@ -17,6 +17,7 @@ import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from datakit.convert import Skipped, caffe_key
 from datakit.convert.encode import EncodeSpec, encode_batch
@@ -69,6 +70,7 @@ def convert_partition(spec: EncodeSpec, backend: str, rows: Sequence[PartitionRo
                     raise ImageError(f"{where}: {error} (--strict)")
                 result.skipped.append(Skipped(index, line, path, error))
                 continue
+            assert shape is not None  # every record without an error has its shape
             if result.shapes and list(shape) != result.shapes[0] and one_shape:
                 raise ImageError(f"{where}: size {'x'.join(map(str, shape))} differs from the first record's "
                                  f"{'x'.join(map(str, result.shapes[0]))}")
@@ -97,7 +99,7 @@ def plan_partitions(count: int, per_partition: int) -> list[tuple[int, int]]:
 
 
 def convert_partitions(executor: Executor, spec: EncodeSpec, backend: str, rows: Sequence[PartitionRow],
-                       out_dir: str | Path, *, per_partition: int = 1000, **kwargs: object) -> list[ShardResult]:
+                       out_dir: str | Path, *, per_partition: int = 1000, **kwargs: Any) -> list[ShardResult]:
     """Run convert_partition over `rows` (consecutive output indices) on `executor`: one shard each,
     ``out_dir/shard-NNNNN``; results in shard order (the first failure cancels the rest and is raised)."""
     out = Path(out_dir)

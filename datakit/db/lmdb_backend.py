@@ -54,12 +54,13 @@ class LmdbReader(Reader):
         return int(self.env.stat()["entries"])
 
     def raw_items(self, start: bytes | None = None, stop: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
-        yield from self.scan(start, stop, buffers=False)
+        for key, value in self.scan(start, stop, buffers=False):
+            yield key, bytes(value)  # already bytes without buffers: no copy
 
     def scan(self, start: bytes | None = None, stop: bytes | None = None, *,
              buffers: bool = True) -> Iterator[tuple[bytes, bytes | memoryview]]:
         """(key, value) with `buffers=True` giving zero-copy views valid only until the next item."""
-        with self.env.begin(buffers=buffers) as txn:
+        with (self.env.begin(buffers=True) if buffers else self.env.begin()) as txn:
             cur = txn.cursor()
             ok = cur.set_range(start) if start is not None else cur.first()
             while ok:
