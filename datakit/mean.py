@@ -34,7 +34,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from datakit.datum import datum_to_array, parse_datum_fields
+from datakit.formats.datum import datum_to_array, parse_datum_fields
 from datakit.db import BACKENDS, get_backend, open_reader
 from datakit.db.base import Reader
 from datakit.errors import ConfigError, DatabaseError, FormatError

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from datakit.atomic import write_bytes_atomic
-from datakit.datum import datum_to_array, parse_datum_fields
+from datakit.formats.datum import datum_to_array, parse_datum_fields
 from datakit.db import open_reader, read_progress
 from datakit.db.base import Reader, Record
 from datakit.errors import ConfigError, ImageError

@@ -17,7 +17,7 @@ import pytest
 from datakit.arena import SharedArena
 from datakit.convert import ConvertOptions, convert
 from datakit.convert.pipeline import PipelineSettings
-from datakit.datum import encode_datum, raw_datum_parts
+from datakit.formats.datum import encode_datum, raw_datum_parts
 from datakit.db import PROGRESS_NAME, open_reader
 from datakit.db.lmdb_backend import LmdbWriter
 from datakit.formats import caffe_pb2

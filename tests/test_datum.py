@@ -1,4 +1,4 @@
-"""datakit.datum: Datum records framed by hand, byte for byte what protobuf writes, and parsed back."""
+"""datakit.formats.datum (also importable as datakit.datum): Datum records framed by hand, byte for byte what protobuf writes, and parsed back."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from datakit.datum import decode_datum, encode_datum, encode_datum_bytes, parse_datum_fields
+from datakit.formats.datum import decode_datum, encode_datum, encode_datum_bytes, parse_datum_fields
 from datakit.errors import FormatError
 from datakit.formats import caffe_pb2
 from datakit.formats.wire import varint
@@ -58,3 +58,10 @@ def test_bad_datum_bytes_raise_format_error():
 def test_varint_is_protobufs(value):
     d = caffe_pb2.Datum(label=value)
     assert d.SerializeToString() == b"\x28" + varint(value)
+
+
+def test_the_old_import_path_gives_the_same_functions():
+    import datakit.datum
+    import datakit.formats.datum
+    assert all(getattr(datakit.datum, n) is getattr(datakit.formats.datum, n) for n in datakit.datum.__all__)
+    assert set(datakit.datum.__all__) == set(datakit.formats.datum.__all__)

@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 import pytest
 
-from datakit.datum import encode_datum, encode_datum_bytes
+from datakit.formats.datum import encode_datum, encode_datum_bytes
 from datakit.db import PROGRESS_NAME, detect_backend, incomplete_path, open_reader
 from datakit.db.hdf5_backend import HDF5Writer
 from datakit.db.leveldb_backend import LevelDBWriter

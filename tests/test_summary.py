@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from datakit.datum import encode_datum, encode_datum_bytes
+from datakit.formats.datum import encode_datum, encode_datum_bytes
 from datakit.db.lmdb_backend import LmdbWriter
 from datakit.summary import contact_sheet, inspect_db
 from datakit.db import Record

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 import pytest
 
-from datakit.datum import encode_datum_bytes
+from datakit.formats.datum import encode_datum_bytes
 from datakit.db.lmdb_backend import LmdbWriter
 from datakit.parallel import LocalExecutor, default_workers, worker_pool
 

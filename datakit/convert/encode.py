@@ -19,7 +19,7 @@ import numpy as np
 
 from datakit.arena import ArenaMarker, ArenaSlot
 from datakit.convert import caffe_key
-from datakit.datum import encode_datum, encode_datum_bytes, raw_datum_parts
+from datakit.formats.datum import encode_datum, encode_datum_bytes, raw_datum_parts
 from datakit.errors import ImageError, ListError
 from datakit.images import decode_image, encode_image, hwc_to_chw, resize_exact
 from datakit.imagelist import plainly_inside, safe_join

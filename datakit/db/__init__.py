@@ -228,7 +228,7 @@ register_backend(Backend("hdf5", _is_hdf5, "datakit.db.hdf5_backend:HDF5Reader",
 
 
 _LAZY = {"Record": "datakit.db.base", "Reader": "datakit.db.base", "Writer": "datakit.db.base",
-         "KeyValueWriter": "datakit.db.base", "decode_datum": "datakit.datum"}
+         "KeyValueWriter": "datakit.db.base", "decode_datum": "datakit.formats.datum"}
 
 
 def __getattr__(name: str) -> Any:

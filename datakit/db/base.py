@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from datakit.datum import DatumFields, datum_to_array, parse_datum_fields
+from datakit.formats.datum import DatumFields, datum_to_array, parse_datum_fields
 from datakit.errors import DatabaseError
 
 __all__ = ["Record", "Reader", "Writer", "KeyValueWriter", "SLAB_BYTES"]
@@ -43,7 +43,7 @@ class Reader:
     """Iterate one database. Subclasses: LmdbReader, LevelDBReader, HDF5Reader (and any registered backend's).
 
     `decode=True` decodes encoded Datums to pixels (`color` as in
-    :func:`datakit.datum.decode_datum`); by default they come back as bytes in `encoded`.
+    :func:`datakit.formats.datum.decode_datum`); by default they come back as bytes in `encoded`.
 
     A Datum backend implements ``__len__`` and ``raw_items``; ``scan``,
     ``keys`` and ``seek`` have defaults built on them. An array backend

@@ -1,7 +1,7 @@
 """The protobuf wire format's one primitive we write by hand: the base-128 varint.
 
 Used where records are serialized without the protobuf library for speed
-(datakit.datum's Datum framing, datakit.formats.blobproto's packed floats);
+(datakit.formats.datum's Datum framing, datakit.formats.blobproto's packed floats);
 both are checked byte for byte against caffe_pb2 in the tests.
 """
 
