@@ -36,8 +36,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from datakit.convert import ConvertOptions, convert, default_workers, worker_pool
-from datakit.datum import encode_datum
+from datakit.convert import ConvertOptions, convert
+from datakit.parallel import default_workers, worker_pool
+from datakit.formats.datum import encode_datum
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("DATAKIT_SHARED", ROOT.parent / "shared")) / "data"

@@ -21,7 +21,7 @@ NEEDED_IMG_S = 1000  # CaffeNet on one modern GPU, training (low end of the 1,00
 
 
 def make_db(path: Path, n: int) -> np.ndarray:
-    from datakit.datum import encode_datum
+    from datakit.formats.datum import encode_datum
     from datakit.db.lmdb_backend import LmdbWriter
     rng = np.random.default_rng(0)
     w = LmdbWriter(path)

@@ -23,8 +23,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from datakit.convert import default_workers
-from datakit.datum import encode_datum
+from datakit.parallel import default_workers
+from datakit.formats.datum import encode_datum
 from datakit.db.lmdb_backend import LmdbReader, LmdbWriter
 from datakit.formats import caffe_pb2
 from datakit.mean import compute_mean

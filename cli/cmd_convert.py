@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
-from datakit.atomic import write_text_atomic
-from datakit.convert import ENCODE_TYPES, ConvertOptions, convert
-from datakit.db import incomplete_path, read_progress
+from cli.common_options import add_backend_flag, add_progress_flags
+from datakit.convert.options import ENCODE_TYPES
 
 HELP = ("Convert a Caffe image list into an LMDB, LevelDB or HDF5 database of Datums "
         "(convert_imageset's options and bytes; parallel, resumable).")
@@ -18,7 +16,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("root", help="image root folder; list paths are relative to it")
     p.add_argument("list", help="Caffe image list: 'relative/path label' per line")
     p.add_argument("db", help="output database (a folder for lmdb/leveldb/hdf5)")
-    p.add_argument("--backend", choices=["lmdb", "leveldb", "hdf5"], default="lmdb", help="default: lmdb")
+    add_backend_flag(p, default="lmdb", help="default: lmdb")
     p.add_argument("--resize-height", type=int, default=0, metavar="H", help="resize to H rows (0 = keep)")
     p.add_argument("--resize-width", type=int, default=0, metavar="W", help="resize to W columns (0 = keep)")
     p.add_argument("--gray", action="store_true", help="read images as one gray channel")
@@ -42,31 +40,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="finish an interrupted conversion into DB")
     p.add_argument("--overwrite", action="store_true", help="replace DB (only once the new one is complete)")
     p.add_argument("--report", metavar="JSON", help="write a machine-readable summary (skipped files, counts)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_flags(p)
 
 
 def run(args: argparse.Namespace) -> int:
+    from datakit.convert import ConvertInterrupted, ConvertOptions, convert
+    from datakit.report import write_report
+
     options = ConvertOptions(
         backend=args.backend, resize_height=args.resize_height, resize_width=args.resize_width, gray=args.gray,
         shuffle=args.shuffle, seed=args.seed, encoded=args.encoded, encode_type=args.encode_type,
         check_size=args.check_size, hdf5_chunk=args.hdf5_chunk, allow_absolute=args.allow_absolute,
         workers=args.workers, commit_every=args.commit_every,
         checkpoint_every=args.checkpoint_every, strict=args.strict, resume=args.resume,
-        overwrite=args.overwrite, progress=False if args.no_progress else None)
+        overwrite=args.overwrite, progress=args.progress)
     try:
         summary = convert(args.root, args.list, args.db, options)
-    except KeyboardInterrupt:
-        partial = incomplete_path(args.db)
-        done = (read_progress(partial) or {}).get("written", 0) if partial.is_dir() else 0
-        print(f"datakit: interrupted; {done} records are saved in {partial}: rerun the same command with --resume "
-              "to finish", file=sys.stderr)
+    except ConvertInterrupted as stop:
+        print(f"datakit: {stop}", file=sys.stderr)
         return 130
     if summary.already_complete:
         print(f"{args.db}: already complete ({summary.written} records); nothing to resume")
     else:
         print(summary.line())
     if args.report:
-        write_text_atomic(args.report, json.dumps(summary.to_json(), indent=1) + "\n")
+        write_report(args.report, summary.to_json())
     if summary.skipped:
         print(f"{len(summary.skipped)} images skipped (listed above{' and in ' + args.report if args.report else ''})",
               file=sys.stderr)

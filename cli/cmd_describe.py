@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from datakit.formats.describe import describe
-
 HELP = "Summarise a Caffe file: net or solver prototxt, .caffemodel(.h5), .binaryproto/.npy mean, .solverstate(.h5)."
 
 
@@ -14,6 +12,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from datakit.formats.describe import describe
+
     for line in describe(args.file):
         print(line)
     return 0

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from datakit.idx import export_images, read_mnist
-
 HELP = ("Export idx(.gz) image/label files (MNIST's format) as PNG files plus a Caffe list, "
         "ready for `datakit convert --gray`.")
 
@@ -22,6 +20,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from datakit.idx import export_images, read_mnist
+
     images, labels = read_mnist(args.images, args.labels)
     list_path = Path(args.list_path) if args.list_path else Path(args.out) / "list.txt"
     count = export_images(images, labels, args.out, list_path, subdir=args.subdir, limit=args.limit)

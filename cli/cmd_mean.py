@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from datakit.errors import ConfigError
-from datakit.mean import compute_mean, convert_mean, save_mean
+from cli.common_options import add_backend_flag, add_progress_flags
 
 HELP = ("Per-pixel mean image of a database (compute_image_mean) as .binaryproto and/or .npy; "
         "--convert IN OUT between the two formats.")
@@ -19,12 +18,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--npy", action="store_true", help="also write OUT with a .npy suffix")
     p.add_argument("--convert", action="store_true",
                    help="convert the mean file DB (.binaryproto or .npy) to OUT instead of computing")
-    p.add_argument("--backend", choices=["lmdb", "leveldb", "hdf5"], help="default: detected from DB")
+    add_backend_flag(p, help="default: detected from DB")
     p.add_argument("--workers", type=int, default=0, help="reader/decoder processes (default 0 = all cores)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_flags(p)
 
 
 def run(args: argparse.Namespace) -> int:
+    from datakit.errors import ConfigError
+    from datakit.mean import compute_mean, convert_mean, save_mean
+
     if args.convert:
         if args.npy or args.backend:
             raise ConfigError("--convert takes only IN and OUT")
@@ -32,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{args.source} -> {args.out}: {'x'.join(map(str, mean.shape))}")
         return 0
     result = compute_mean(args.source, args.backend, workers=args.workers,
-                          progress=False if args.no_progress else None)
+                          progress=args.progress)
     paths = save_mean(result, args.out, also_npy=args.npy)
     for c, value in enumerate(result.per_channel):
         print(f"mean_value channel [{c}]: {value:.6g}")

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from datakit.formats.describe import upgrade_file
-
 HELP = "Rewrite an old (V0/V1) net prototxt, solver or .caffemodel in the current Caffe form."
 
 
@@ -15,6 +13,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from datakit.formats.describe import upgrade_file
+
     kind = upgrade_file(args.input, args.output)
     print(f"wrote upgraded {kind} to {args.output}")
     return 0

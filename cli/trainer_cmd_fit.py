@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-
-from datakit.atomic import write_text_atomic
-from datakit.errors import ConfigError
-from trainer.fit import FitOptions, exit_status, fit, report_dict, summary_lines
 
 HELP = "Train or fine-tune the net a Caffe solver prototxt names (Caffe's `caffe train`)."
 
@@ -33,6 +28,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from datakit.errors import ConfigError
+    from datakit.report import write_report
+    from trainer.fit import FitOptions, exit_status, fit, report_dict, summary_lines
+
     if args.restart and args.snapshot:
         raise ConfigError("give --snapshot (resume) or --restart (start over), not both")
     opts = FitOptions(solver=args.solver, weights=args.weights, snapshot=args.snapshot, device=args.device,
@@ -42,8 +41,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     result = fit(opts)
     if args.report:
-        write_text_atomic(args.report, json.dumps(report_dict(result, opts, time.perf_counter() - started),
-                                                  indent=1) + "\n")
+        write_report(args.report, report_dict(result, opts, time.perf_counter() - started))
     for line in summary_lines(result):
         print(line)
     return exit_status(result)

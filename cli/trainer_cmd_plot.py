@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from trainer.curves import parse_log, plot, summary
-
 HELP = "Plot train loss, test loss/accuracy and lr against iteration from Caffe-format logs (.gz ok)."
 
 
@@ -17,6 +15,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from trainer.curves import parse_log, plot, summary
+
     for log in args.logs:
         print(summary(parse_log(log)))
     if args.tensorboard:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
+from cli.common_options import add_progress_flags
 from cli.trainer_options import add_device_options, add_state_options, check_exists, phase_of, positive
 
 HELP = "Score a trained model: run N batches and print each net output averaged (like `caffe test`)."
@@ -20,12 +20,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_device_options(p)
     p.add_argument("--quiet", action="store_true", help="do not print the per-batch lines")
     p.add_argument("--report", metavar="JSON", help="also write the averaged outputs as JSON")
+    add_progress_flags(p)
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from datakit.atomic import write_text_atomic
+    from datakit.report import progress_bar, write_report
     from trainer import backend
     from trainer.evaluate import batch_lines, score_net
     from trainer.net import Net
@@ -38,8 +37,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"Weights: {rep.summary()}", file=sys.stderr)
     print(f"Running {args.iterations} iterations on {backend.device_name(xp)}.", file=sys.stderr)
 
-    bar = tqdm(total=args.iterations, desc="test", unit="batch", disable=not (args.quiet and sys.stderr.isatty()),
-               file=sys.stderr)
+    # by default only with --quiet (the per-batch lines would fight a bar) and on a terminal
+    shown = args.progress if args.progress is not None else (None if args.quiet else False)
+    bar = progress_bar(args.iterations, shown, desc="test", unit="batch")
 
     def on_batch(it: int, outs: dict) -> None:
         bar.update(1)
@@ -56,5 +56,5 @@ def run(args: argparse.Namespace) -> int:
     for line in result.lines():
         print(line)
     if args.report:
-        write_text_atomic(args.report, json.dumps(result.as_dict(), indent=2) + "\n")
+        write_report(args.report, result.as_dict())
     return 130 if result.interrupted else 0

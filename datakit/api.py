@@ -96,9 +96,9 @@ def inspect(db: str | os.PathLike, *, backend: str | None = None, samples: int =
     """Count, shapes and label histogram of a database (``datakit inspect``).
 
     Returns ``(summary, samples)``: ``summary.lines()`` is what the command prints;
-    ``samples`` the first records (for ``datakit.inspect.write_contact_sheet``).
+    ``samples`` the first records (for ``datakit.summary.write_contact_sheet``).
     """
-    from datakit.inspect import inspect_db
+    from datakit.summary import inspect_db
     return inspect_db(db, backend, samples=samples)
 
 

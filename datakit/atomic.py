@@ -9,7 +9,9 @@ half-written file under a name a later run would trust.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+import shutil
 import tempfile
 import threading
 from pathlib import Path
@@ -71,3 +73,37 @@ def write_text_atomic(path: str | os.PathLike, text: str, *, fsync: bool = True)
     """Write `text` (UTF-8) to `path` atomically."""
     with atomic_write(path, "w", fsync=fsync) as fh:
         fh.write(text)
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Flush a folder's entries (a rename into it) to disk; best effort where folders cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def install_dir(work: str | os.PathLike, final: str | os.PathLike) -> None:
+    """Rename the finished folder `work` to `final`; an old `final` is removed only after the rename."""
+    work, final = Path(work), Path(final)
+    old = None
+    if final.exists() or final.is_symlink():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, old)
+    os.replace(work, final)
+    fsync_dir(final.parent)
+    if old is not None:
+        shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes, hex (read in 1 MB blocks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from collections.abc import Iterable, Iterator
 
 from datakit.atomic import atomic_write
 from datakit.errors import ListError
@@ -32,13 +32,20 @@ class ListEntry:
     line: int
 
 
+ERROR = "error"
+WARNING = "warning"
+# What check_list looks for, each an error unless the caller's `severity` says otherwise.
+CHECKS = ("syntax", "escape", "duplicate", "label-gap", "missing-file")
+
+
 @dataclass
 class ListCheck:
-    """The result of checking a whole list: its entries and every problem found."""
+    """The result of checking a whole list: its entries, every problem (error) and every warning found."""
 
     list_path: str
     entries: list[ListEntry] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -48,11 +55,6 @@ class ListCheck:
     def labels(self) -> Counter:
         return Counter(e.label for e in self.entries)
 
-    @property
-    def num_classes(self) -> int:
-        """Classes a classifier needs for this list: max label + 1 (0 when empty)."""
-        return max((e.label for e in self.entries), default=-1) + 1
-
     def summary(self) -> str:
         return (f"{self.list_path}: {len(self.entries)} records, {len(self.labels)} classes "
                 f"(labels {min(self.labels, default=0)}..{max(self.labels, default=-1)})")
@@ -61,6 +63,16 @@ class ListCheck:
         if self.problems:
             more = f" (and {len(self.problems) - 1} more problems)" if len(self.problems) > 1 else ""
             raise ListError(self.problems[0] + more)
+
+
+def plainly_inside(path: str) -> bool:
+    """True for a relative path that cannot leave its root: no leading slash, no '..', no drive colon.
+
+    A string test cheap enough for every record of a large list (pathlib's
+    parsing is far slower); what it does not accept goes through the full
+    test (_path_escapes / safe_join), which decides and words the error.
+    """
+    return bool(path) and path[0] not in "/\\" and ".." not in path and ":" not in path
 
 
 def _path_escapes(path: str) -> bool:
@@ -128,40 +140,52 @@ def iter_list(list_path: str | os.PathLike) -> Iterator[ListEntry]:
 
 def check_list(list_path: str | os.PathLike, *, root: str | os.PathLike | None = None,
                allow_label_gaps: bool = False, check_files: bool = False,
-               allow_absolute: bool = False) -> ListCheck:
-    """Read a whole list and collect every problem as 'LIST:LINE: message'.
+               allow_absolute: bool = False, severity: Mapping[str, str] | None = None) -> ListCheck:
+    """Read a whole list and collect every finding as 'LIST:LINE: message'.
 
-    Checks: syntax and integer labels >= 0; paths that escape the root
-    (absolute or '..', unless `allow_absolute` for Caffe's absolute lists);
-    duplicate paths; labels that do not start at 0 or leave gaps (unless
-    `allow_label_gaps`); and, with `check_files`, files missing under `root`.
+    Checks (the names of CHECKS): ``syntax`` (a path and an integer label >= 0),
+    ``escape`` (paths that leave the root: absolute or '..', unless
+    `allow_absolute` for Caffe's absolute lists), ``duplicate`` paths,
+    ``label-gap`` (labels that do not start at 0 or leave gaps, unless
+    `allow_label_gaps`) and, with `check_files`, ``missing-file`` under `root`.
+    Each finding is a problem (ERROR) unless `severity` maps its check to
+    WARNING (``datakit convert`` warns of duplicates and label gaps, which
+    Caffe accepts, and refuses the rest).
     """
+    levels = {name: ERROR for name in CHECKS} | dict(severity or {})
     name = str(list_path)
     result = ListCheck(name)
+
+    def report(check: str, message: str) -> None:
+        (result.problems if levels[check] == ERROR else result.warnings).append(message)
+
     seen: dict[str, int] = {}
     for number, text in _numbered_lines(list_path):
         where = f"{name}:{number}"
         try:
             path, label = parse_line(text, where)
         except ListError as err:
-            result.problems.append(str(err))
+            report("syntax", str(err))
             continue
         entry = ListEntry(path, label, number)
         result.entries.append(entry)
-        if _path_escapes(path) and not (allow_absolute and os.path.isabs(path) and ".." not in Path(path).parts):
-            result.problems.append(f"{where}: path {path!r} escapes the image root "
-                                   "(absolute paths and '..' are not allowed)")
+        if not plainly_inside(path) and _path_escapes(path) and not (
+                allow_absolute and os.path.isabs(path) and ".." not in Path(path).parts):
+            report("escape", f"{where}: path {path!r} escapes the image root "
+                             "(absolute paths and '..' are not allowed"
+                             + ("" if allow_absolute else "; --allow-absolute accepts absolute ones") + ")")
             continue
         if path in seen:
-            result.problems.append(f"{where}: duplicate of line {seen[path]} ({path!r})")
+            report("duplicate", f"{where}: duplicate of line {seen[path]} ({path!r})")
         else:
             seen[path] = number
         if check_files:
             full = Path(path) if os.path.isabs(path) else Path(root or ".") / path
             if not full.is_file():
-                result.problems.append(f"{where}: file not found: {full}")
+                report("missing-file", f"{where}: file not found: {full}")
     if not allow_label_gaps and result.entries:
-        result.problems.extend(_label_gap_problems(name, result.entries))
+        for problem in _label_gap_problems(name, result.entries):
+            report("label-gap", problem)
     return result
 
 

@@ -17,9 +17,10 @@ import cv2
 import numpy as np
 
 from datakit.errors import ImageError, ImageTooLarge
-from datakit.limits import DEFAULT_MAX_BYTES as DEFAULT_MAX_BYTES  # re-exported: callers import the limits from here
-from datakit.limits import DEFAULT_MAX_PIXELS
+from datakit.limits import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 
+__all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_MAX_PIXELS", "ImageHeader", "decode_image", "encode_image", "hwc_to_chw",
+           "read_header", "read_image", "resize_exact", "resize_keep_aspect", "sniff_format"]
 
 
 @dataclass(frozen=True)
@@ -183,8 +184,3 @@ def hwc_to_chw(img: np.ndarray) -> np.ndarray:
     if img.ndim == 2:
         img = img[:, :, None]
     return np.ascontiguousarray(img.transpose(2, 0, 1))
-
-
-def chw_to_hwc(arr: np.ndarray) -> np.ndarray:
-    """C x H x W -> H x W x C, contiguous (for OpenCV)."""
-    return np.ascontiguousarray(arr.transpose(1, 2, 0))

@@ -7,10 +7,12 @@ records, which is also the fastest way numpy has to add bytes) and divide in
 float64, so the mean is the correctly rounded one for any dataset size.
 float_data records and HDF5 are summed in float64.
 
-Records are read in parallel: an LMDB is split into key ranges, one per
-worker process, each reading its range straight from the memory map;
-LevelDB allows one process to open it, so there the main process reads and
-workers decode (encoded records only). Encoded records are decoded as
+Records are summed in partitions whose partial sums merge exactly
+(``sum_range``, ``sum_values``, run on a datakit.parallel Executor): a
+database several processes may read (LMDB) is split into key ranges, each
+read straight from the memory map by its worker; LevelDB allows one process
+to open it, so there the main process reads and workers decode (encoded
+records only). Encoded records are decoded as
 compute_image_mean does (DecodeDatumNative: the file's own channel count); a
 gray image in a color database is promoted to 3 channels instead of failing.
 
@@ -22,22 +24,27 @@ shape caffe.io and the trainer expect.
 from __future__ import annotations
 
 import concurrent.futures as cf
-import multiprocessing
+import contextlib
 import os
-import sys
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Iterable
+from typing import NamedTuple
 
 import numpy as np
 
-from datakit.datum import datum_to_array, parse_datum_fields
-from datakit.db import Reader, open_reader
+from datakit.formats.datum import datum_to_array, parse_datum_fields
+from datakit.db import BACKENDS, get_backend, open_reader
+from datakit.db.base import Reader
 from datakit.errors import ConfigError, DatabaseError, FormatError
 from datakit.formats.blobproto import read_mean, write_mean
+from datakit.parallel import (Executor, LocalExecutor, ProgressCounter, default_workers, opencv_one_thread,
+                              report_progress)
+from datakit.report import progress_bar
 
-__all__ = ["MeanResult", "compute_mean", "save_mean", "convert_mean", "mean_output_paths"]
+__all__ = ["MeanResult", "SumState", "compute_mean", "convert_mean", "mean_output_paths", "save_mean", "sum_range",
+           "sum_values"]
 
 _FOLD = 257  # 255 * 257 = 65535: the most uint8 records a uint16 sum can hold
 
@@ -55,8 +62,18 @@ class MeanResult:
         return self.mean.reshape(self.mean.shape[0], -1).mean(axis=1)
 
 
+class SumState(NamedTuple):
+    """A partial sum, as a partition returns it (picklable): exact uint64 for bytes, float64 for floats."""
+
+    shape: tuple[int, ...] | None
+    first_key: str
+    records: int  # (not `count`: that would hide tuple.count)
+    u64: np.ndarray | None
+    f64: np.ndarray | None
+
+
 class _Sum:
-    """Exact running sum of same-shaped records; mergeable across processes."""
+    """Exact running sum of same-shaped records; mergeable across processes (state() / merge())."""
 
     def __init__(self, where: str) -> None:
         self.where = where
@@ -108,13 +125,14 @@ class _Sum:
         self.f64 += np.add.reduce(slab.reshape(slab.shape[0], -1), axis=0, dtype=np.float64)
         self.count += slab.shape[0]
 
-    def state(self) -> tuple:
+    def state(self) -> SumState:
         self._fold()
-        return (self.shape, self.first_key, self.count, self.u64, self.f64)
+        return SumState(self.shape, self.first_key, self.count, self.u64, self.f64)
 
-    def merge(self, state: tuple) -> None:
+    def merge(self, state: SumState) -> None:
+        """Add a partial sum (of another partition): exact, so partitions may merge in any grouping."""
         shape, key, count, u64, f64 = state
-        if not count:
+        if not count or shape is None:
             return
         self._check(shape, key)
         self.count += count
@@ -149,69 +167,28 @@ def _add_datum(acc: _Sum, key: bytes, value, color: bool | None) -> None:
         acc.add_float(datum_to_array(f, color=color, where=where), skey)
 
 
-# Worker side: set by the pool initializer in each worker.
-_COUNTER = None
-
-
-def _init_worker(counter) -> None:
-    global _COUNTER
-    _COUNTER = counter
-
-
-def _tick(n: int) -> None:
-    if _COUNTER is not None and n:
-        with _COUNTER.get_lock():
-            _COUNTER.value += n
-
-
-def _sum_lmdb_range(path: str, start: bytes | None, stop: bytes | None, color: bool | None) -> tuple:
-    from datakit.db.lmdb_backend import LmdbReader
+# -- partitions: pure functions of their arguments, run by an Executor --------------------------
+def sum_range(path: str, backend: str, start: bytes | None, stop: bytes | None, color: bool | None) -> SumState:
+    """The exact sum of the Datum records with `start` <= key < `stop` (a partition of a shared-read backend)."""
     acc = _Sum(path)
     since = 0
-    with LmdbReader(path) as reader:
+    with get_backend(backend).open_reader(Path(path)) as reader:
         for key, value in reader.scan(start, stop, buffers=True):
             _add_datum(acc, key, value, color)
             since += 1
             if since == 512:
-                _tick(since)
+                report_progress(since)
                 since = 0
-    _tick(since)
+    report_progress(since)
     return acc.state()
 
 
-def _sum_values(where: str, items: list[tuple[bytes, bytes]], color: bool | None) -> tuple:
+def sum_values(where: str, items: list[tuple[bytes, bytes]], color: bool | None) -> SumState:
+    """The exact sum of serialized Datums read by the coordinator (backends one process may open)."""
     acc = _Sum(where)
     for key, value in items:
         _add_datum(acc, key, value, color)
-    _tick(len(items))
     return acc.state()
-
-
-def _pool(workers: int, counter):
-    from datakit.convert import worker_pool
-    return worker_pool(workers, _init_worker, (counter,))
-
-
-def _counter():
-    return multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn").Value("q", 0)
-
-
-def _wait_all(futures: list[cf.Future], counter, total: int, show: bool) -> list:
-    bar = None
-    if show:
-        from tqdm import tqdm
-        bar = tqdm(total=total, unit="rec", desc="mean", file=sys.stderr)
-    try:
-        pending = set(futures)
-        while pending:
-            _, pending = cf.wait(pending, timeout=0.25)
-            if bar is not None:
-                bar.n = counter.value
-                bar.refresh()
-        return [f.result() for f in futures]
-    finally:
-        if bar is not None:
-            bar.close()
 
 
 def _split_keys(reader: Reader, parts: int) -> list[tuple[bytes | None, bytes | None]]:
@@ -226,55 +203,93 @@ def _split_keys(reader: Reader, parts: int) -> list[tuple[bytes | None, bytes | 
 
 
 def compute_mean(db: str | os.PathLike, backend: str | None = None, *, workers: int = 0,
-                 color: bool | None = None, progress: bool | None = None) -> MeanResult:
+                 color: bool | None = None, progress: bool | None = None,
+                 executor: Executor | None = None) -> MeanResult:
     """The per-pixel mean over every record of `db` (any backend).
 
     `color` decodes encoded records as color (True) / gray (False); None keeps
-    each file's own channels, as compute_image_mean does.
+    each file's own channels, as compute_image_mean does. The partitions
+    (key ranges, or batches of values for a backend one process may open) run
+    on `executor`, by default `workers` local processes (0 = all cores).
     """
-    from datakit.convert import default_workers
-
     started = time.perf_counter()
     workers = workers or default_workers()
-    show = sys.stderr.isatty() if progress is None else progress
     reader = open_reader(db, backend)
-    where = str(db)
-    acc = _Sum(where)
+    acc = _Sum(str(db))
     try:
         n = len(reader)
         if n == 0:
             raise DatabaseError(f"{db}: has no records; nothing to average")
-        if reader.backend == "hdf5":
-            _sum_hdf5(reader, acc)
-            color = None
+        if reader.record_kind == "array":
+            with progress_bar(n, progress, unit="rec", desc="mean") as bar:
+                for first, slab, _ in reader.slabs():
+                    acc.add_float_slab(slab, first)
+                    bar.update(len(slab))
         else:
             color = _settle_color(reader, color)
-        if reader.backend == "hdf5":
-            pass
-        elif reader.backend == "lmdb" and workers > 1 and n >= 2 * 256:
-            parts = min(workers, n // 256)
-            ranges = _split_keys(reader, parts)
-            reader.close()  # each worker opens its own environment
-            counter = _counter()
-            with _pool(parts, counter) as pool:
-                futures = [pool.submit(_sum_lmdb_range, str(reader.path), a, b, color) for a, b in ranges]
-                for state in _wait_all(futures, counter, n, show):
+            parallel = executor is not None or workers > 1
+            if BACKENDS[reader.backend].shared_reads and parallel and n >= 2 * 256:
+                # locally one key range per worker (each partial sum crosses the pipe: a few MB); an
+                # executor given by the caller (a cluster) gets more, smaller partitions to balance
+                parts = min(n // 256, 4 * executor.workers if executor is not None else workers)
+                ranges = _split_keys(reader, parts)
+                reader.close()  # each partition opens its own reader
+                counter = ProgressCounter()
+                with _executor(executor, workers, counter) as ex:
+                    futures = [ex.submit(sum_range, str(reader.path), reader.backend, a, b, color)
+                               for a, b in ranges]
+                    states = _gather(ex, futures, n, progress, counter)
+                for state in states:  # in key order, whatever order they finished in: float sums repeat exactly
                     acc.merge(state)
-        else:
-            _sum_sequential(reader, acc, color, workers, n, show)
+            else:
+                _sum_sequential(reader, acc, color, workers if parallel else 1, n, progress, executor)
     finally:
         reader.close()
     mean = acc.total() / acc.count
     return MeanResult(mean.reshape(acc.shape), acc.count, time.perf_counter() - started)
 
 
+@contextlib.contextmanager
+def _executor(given: Executor | None, workers: int, counter: ProgressCounter | None = None) -> Iterator[Executor]:
+    """The caller's executor, or local processes that decode with one OpenCV thread each (and count
+    their progress into `counter`)."""
+    if given is not None:
+        yield given
+        return
+    with opencv_one_thread(), LocalExecutor(workers, initializer=counter.install if counter else None) as ex:
+        yield ex
+
+
+def _gather(ex: Executor, futures: list, total: int, progress: bool | None,
+            counter: ProgressCounter) -> list[SumState]:
+    """Wait for every partition, the bar following the workers' counter (or finished partitions where
+    none is shared); results in submission order."""
+    bar = progress_bar(total, progress, unit="rec", desc="mean")  # after the pool has forked
+    pending = list(futures)
+    try:
+        while pending:
+            if all(isinstance(f, cf.Future) for f in pending):  # local: wake up for the bar, or when all are done
+                pending = list(cf.wait(pending, timeout=0.25)[1])
+            else:
+                next(iter(ex.as_completed(pending)))
+                pending = [f for f in pending if not f.done()]
+            bar.n = counter.value or sum(f.result().records for f in futures if f.done())
+            bar.refresh()
+        states = [f.result() for f in futures]
+    except BaseException:
+        ex.cancel(futures)
+        raise
+    finally:
+        bar.n = total  # the bar ends at the total, not at the last update
+        bar.close()
+    return states
+
+
 def _settle_color(reader: Reader, color: bool | None) -> bool | None:
     """Native decoding, except that a color first record makes every record color (gray ones promoted)."""
     if color is not None:
         return color
-    items = reader.raw_items()
-    key, value = next(items)
-    items.close()
+    key, value = next(iter(reader.raw_items()))  # the generator (and its read transaction) ends here
     where = f"{reader.path}: record {key!r}"
     f = parse_datum_fields(value, where)
     if f.encoded and datum_to_array(f, color=None, where=where).shape[0] == 3:
@@ -282,62 +297,44 @@ def _settle_color(reader: Reader, color: bool | None) -> bool | None:
     return None
 
 
-def _sum_hdf5(reader, acc: _Sum) -> None:
-    import h5py
-
-    from datakit.db.hdf5_backend import SLAB_BYTES
-    for f in reader.files:
-        with h5py.File(f, "r") as h5:
-            data = h5["data"]
-            rows = max(1, SLAB_BYTES // max(1, int(np.prod(data.shape[1:])) * 4))
-            for lo in range(0, data.shape[0], rows):
-                slab = np.asarray(data[lo:lo + rows])
-                if slab.ndim == 2:
-                    slab = slab[:, :, None, None]
-                acc.add_float_slab(slab, f"{f.name}/{lo:08d}")
-
-
-def _sum_sequential(reader: Reader, acc: _Sum, color: bool | None, workers: int, n: int, show: bool) -> None:
-    """LevelDB (one process may open it) or small LMDBs: read here; decode encoded records in a pool."""
+def _sum_sequential(reader: Reader, acc: _Sum, color: bool | None, workers: int, n: int,
+                    progress: bool | None, executor: Executor | None) -> None:
+    """Backends one process may open (LevelDB) or small databases: read here; decode encoded records in
+    partitions of 64 values, at most 4 per worker in flight (bounded memory)."""
     items = reader.raw_items()
     first = next(items)
     encoded = parse_datum_fields(first[1], f"{reader.path}: record {first[0]!r}").encoded
     _add_datum(acc, first[0], first[1], color)
-    def progress_bar():  # made once the pool has forked: tqdm runs a monitor thread
-        from tqdm import tqdm
-        return tqdm(total=n, initial=1, unit="rec", desc="mean", file=sys.stderr) if show else None
-
-    bar = None
     if encoded and workers > 1:
-        counter = _counter()
-        with _pool(workers, counter) as pool:
-            pending: set[cf.Future] = set()
-            for batch in _chunks(items, 64):
-                if pending and bar is None:
-                    bar = progress_bar()
-                if len(pending) >= workers * 4:  # bounded: at most this many batches in memory
-                    done, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
-                    for f in done:
-                        acc.merge(f.result())
-                    if bar is not None:
-                        bar.n = counter.value + 1
-                        bar.refresh()
-                pending.add(pool.submit(_sum_values, acc.where, batch, color))
-            for f in cf.as_completed(pending):
-                acc.merge(f.result())
-        if bar is not None:
-            bar.n = n  # the bar ends at the total, not at the last update
-            bar.close()
+        with _executor(executor, workers) as ex:
+            bar = progress_bar(n, progress, initial=1, unit="rec", desc="mean")  # after the pool has forked
+            pending: list = []
+            try:
+                for batch in _chunks(items, 64):
+                    if len(pending) >= workers * 4:
+                        done = next(iter(ex.as_completed(pending)))
+                        pending.remove(done)
+                        acc.merge(done.result())
+                        bar.update(done.result().records)
+                    pending.append(ex.submit(sum_values, acc.where, batch, color))
+                for done in ex.as_completed(pending):
+                    acc.merge(done.result())
+                    bar.update(done.result().records)
+            except BaseException:
+                ex.cancel(pending)
+                raise
+            finally:
+                bar.close()
         return
-    bar = progress_bar()
-    for i, (key, value) in enumerate(items, start=1):
-        _add_datum(acc, key, value, color)
-        if bar is not None and i % 256 == 0:
-            bar.n = i + 1
-            bar.refresh()
-    if bar is not None:
-        bar.n = n
-        bar.close()
+    with progress_bar(n, progress, initial=1, unit="rec", desc="mean") as bar:
+        since = 0
+        for key, value in items:
+            _add_datum(acc, key, value, color)
+            since += 1
+            if since == 256:
+                bar.update(since)
+                since = 0
+        bar.update(since)
 
 
 def _chunks(items: Iterable, size: int):

@@ -45,7 +45,7 @@ try:
 except ImportError as _err:  # pragma: no cover - exercised only without torch
     raise ImportError("datakit.torch needs PyTorch: pip install 'datakit[torch]'") from _err
 
-from datakit.datum import datum_to_array, parse_datum_fields
+from datakit.formats.datum import datum_to_array, parse_datum_fields
 from datakit.db import detect_backend, open_reader
 from datakit.errors import ConfigError, DatabaseError
 from datakit.formats import caffe_pb2

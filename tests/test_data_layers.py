@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from google.protobuf import text_format
 
-from datakit.datum import encode_datum, encode_datum_bytes
+from datakit.formats.datum import encode_datum, encode_datum_bytes
 from datakit.db.lmdb_backend import LmdbWriter
 from datakit.errors import ConfigError, DatabaseError
 from datakit.formats import caffe_pb2

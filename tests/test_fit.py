@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from datakit.datum import encode_datum
+from datakit.formats.datum import encode_datum
 from datakit.db.lmdb_backend import LmdbWriter
 from datakit.formats.caffemodel import read_caffemodel
 from trainer.curves import parse_log

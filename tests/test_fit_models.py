@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from datakit.datum import encode_datum
+from datakit.formats.datum import encode_datum
 from datakit.db.lmdb_backend import LmdbWriter
 from datakit.formats import caffe_pb2
 from datakit.formats.blobproto import write_mean

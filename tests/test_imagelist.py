@@ -117,19 +117,3 @@ def test_cli_check_list_root_checks_files(tmp_path, cli):
     path = write(tmp_path, "a.jpg 0\n")
     result = cli("datakit", "check-list", str(path), "--root", str(tmp_path))
     assert result.returncode == 1 and "file not found" in result.stderr
-
-
-def test_written_files_get_the_umask_mode_not_0600(tmp_path):
-    import os
-
-    old = os.umask(0o022)
-    try:
-        import datakit.atomic as atomic
-
-        atomic._umask = None  # re-read the umask set above
-        path = tmp_path / "list.txt"
-        write_list(path, [("a.jpg", 0)])
-        assert path.stat().st_mode & 0o777 == 0o644
-    finally:
-        os.umask(old)
-        atomic._umask = None

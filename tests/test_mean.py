@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from datakit.datum import encode_datum, encode_datum_bytes
+from datakit.formats.datum import encode_datum, encode_datum_bytes
 from datakit.db.hdf5_backend import HDF5Writer
 from datakit.db.leveldb_backend import LevelDBWriter
 from datakit.db.lmdb_backend import LmdbWriter

@@ -1,12 +1,15 @@
-"""datakit.parallel: the executor seam every fan-out stage submits its partitions through."""
+"""datakit.parallel: the executor seam every fan-out stage submits its partitions through, the ordered map,
+the shared-memory arena (datakit.arena) and the progress counter."""
 
 from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 
-from datakit.parallel import InlineExecutor, LocalExecutor, run_all
+from datakit.arena import ArenaMarker, MarkerKind, SharedArena
+from datakit.parallel import InlineExecutor, LocalExecutor, ProgressCounter, map_ordered, report_progress, run_all
 
 
 def square_and_pid(x: int) -> tuple[int, int]:
@@ -53,3 +56,79 @@ def test_as_completed_yields_every_future_once():
 def test_unknown_kind_is_refused():
     with pytest.raises(ValueError, match="processes"):
         LocalExecutor(2, "fibers")
+
+
+# -- the ordered map and its shared-memory arena ---------------------------------------------------------------
+
+
+def payloads(scale: int, chunk: list[int], slot) -> list[tuple]:
+    """A partition function for map_ordered: bytes and an array per item, in the arena when there is room."""
+    out = []
+    for i in chunk:
+        data = bytes([i % 256]) * (i % 5000 + 1)
+        array = np.full((2, 3), i * scale, np.int64)
+        if slot is not None:
+            data = slot.put_bytes(data) or data
+            array = slot.put_array(array) if slot.room >= array.nbytes else array
+        out.append((i, data, array, os.getpid()))
+    return out
+
+
+@pytest.mark.parametrize("workers,slot_bytes", [(1, 0), (2, 0), (2, 64 << 10), (2, 6000)])
+def test_map_ordered_yields_in_input_order_whatever_way_payloads_travel(workers, slot_bytes):
+    taken = []
+
+    class Recording(SharedArena):
+        def take(self, marker):
+            taken.append(marker)
+            return super().take(marker)
+
+    seen = []
+    for (i, data, array, _), lease in map_ordered(payloads, range(300), args=(7,), workers=workers, batch=3,
+                                                   slot_bytes=slot_bytes, spare_slots=1, arena_factory=Recording):
+        assert bytes(data) == bytes([i % 256]) * (i % 5000 + 1)
+        assert array.tolist() == [[i * 7] * 3] * 2
+        seen.append(i)
+        if lease is not None:
+            lease.release()
+    assert seen == list(range(300))
+    if slot_bytes:
+        kinds = {m.kind for m in taken}
+        assert kinds == {MarkerKind.VIEW, MarkerKind.COPY} and all(isinstance(m, ArenaMarker) for m in taken)
+    else:
+        assert not taken
+
+
+def test_an_arena_slot_refuses_what_does_not_fit_and_lends_views_until_released():
+    arena = SharedArena(2, 100)
+    slot = arena.acquire()
+    writer = arena.slot(slot)
+    assert writer.put_bytes(b"x" * 101) is None
+    marker = writer.put_bytes(b"y" * 60)
+    assert marker == ArenaMarker(MarkerKind.VIEW, slot * 100, 60) and writer.room == 40
+    assert writer.put_bytes(b"z" * 41) is None
+    view = arena.take(marker)
+    assert bytes(view) == b"y" * 60
+    arena.lend(slot, 1)
+    other = arena.acquire()
+    assert arena.acquire() is None  # both slots in use
+    arena.release(slot)
+    assert arena.acquire() == slot and other != slot
+    view.release()
+    arena.close()
+
+
+def counted(n: int) -> int:
+    for _ in range(n):
+        report_progress(1)
+    return n
+
+
+def test_partitions_report_progress_to_the_coordinator_through_a_shared_counter():
+    counter = ProgressCounter()
+    with LocalExecutor(2, initializer=counter.install) as ex:
+        assert run_all(ex, counted, [(100,), (250,)]) == [100, 250]
+    assert counter.value == 350
+    with InlineExecutor() as ex:  # nothing installed here: the same function runs, counting nothing
+        assert run_all(ex, counted, [(5,)]) == [5]
+    assert counter.value == 350

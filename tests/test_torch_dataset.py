@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
-from datakit.datum import encode_datum
+from datakit.formats.datum import encode_datum
 from datakit.db.leveldb_backend import LevelDBWriter
 from datakit.errors import DatabaseError
 from datakit.formats import caffe_pb2

@@ -1,62 +1,137 @@
-"""One small API over Caffe's three database backends: LMDB, LevelDB and HDF5.
+"""One small API over the databases Caffe reads: a registry of backends, each a Reader and a Writer.
 
-Readers (used by ``datakit mean``, ``datakit inspect`` and the trainer's data
-layers) yield :class:`Record` in database order, from the first record, the
-order Caffe's Data layer reads them in. LMDB and LevelDB hold serialized
-``Datum`` values (see :mod:`datakit.datum`); HDF5 holds float ``data`` /
-``label`` datasets listed in a text file, as Caffe's HDF5Data layer reads them.
+As Caffe's ``util/db.hpp`` (DB / Cursor / Transaction and one ``GetDB``),
+callers never branch on a backend's name: ``convert``, ``mean``, ``inspect``
+and the trainer's data layers go through :func:`open_reader`,
+:func:`open_writer` and the :class:`Backend` entry, and the command line's
+``--backend`` choices are :func:`backend_names`. A new backend is one module
+that calls :func:`register_backend` (see tests/sqlite_backend.py).
 
-Layout on disk:
+Built in:
 
-* LMDB: a folder with ``data.mdb`` (and ``lock.mdb``);
-* LevelDB: a folder with ``CURRENT``;
-* HDF5: a ``.h5`` file, a ``.txt`` list of ``.h5`` files, or a folder holding
-  ``list.txt`` (what ``datakit convert --backend hdf5`` writes).
+* ``lmdb``: a folder with ``data.mdb`` (and ``lock.mdb``), Caffe's default;
+* ``leveldb``: a folder with ``CURRENT``;
+* ``hdf5``: a ``.h5`` file, a ``.txt`` list of ``.h5`` files, or a folder
+  holding ``list.txt`` (what ``datakit convert --backend hdf5`` writes).
+
+LMDB and LevelDB hold serialized ``Datum`` values (``record_kind="datum"``,
+keyed ``%08d_path`` as convert_imageset keys them); HDF5 holds float ``data``
+/ ``label`` datasets (``record_kind="array"``), as Caffe's HDF5Data reads.
+Readers yield records in database order, from the first, the order Caffe's
+Data layer reads them in.
 
 A database that ``datakit convert`` is still writing lives at ``DB.incomplete``
 and is renamed to ``DB`` only when the conversion has finished, so neither we
 nor Caffe can mistake a half-written database for a whole one; the progress
 file inside (``datakit-convert.json``) says how far it got.
+
+This module imports nothing heavy (the command line reads the registry to
+build its parser); each backend's module is imported when it is first opened.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from datakit.datum import DatumFields, datum_to_array, decode_datum, parse_datum_fields
 from datakit.errors import DatabaseError
 
+if TYPE_CHECKING:
+    from datakit.db.base import Reader, Record, Writer
+
 __all__ = [
-    "Record", "Reader", "BACKENDS", "PROGRESS_NAME", "INCOMPLETE_SUFFIX", "detect_backend",
-    "open_reader", "decode_datum", "read_progress", "incomplete_path",
+    "Backend", "Record", "Reader", "Writer", "BACKENDS", "PROGRESS_NAME", "INCOMPLETE_SUFFIX", "backend_names",
+    "detect_backend", "get_backend", "open_reader", "open_writer", "register_backend", "decode_datum",
+    "read_progress", "incomplete_path",
 ]
 
-BACKENDS = ("lmdb", "leveldb", "hdf5")
 PROGRESS_NAME = "datakit-convert.json"
 INCOMPLETE_SUFFIX = ".incomplete"
 HDF5_LIST_NAME = "list.txt"
+RECORD_KINDS = ("datum", "array")
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One database record.
+@dataclass(frozen=True)
+class Backend:
+    """One database format: how to recognise it on disk, read it and write it.
 
-    `image` is C x H x W: uint8 (BGR) for raw Datums, float32 for HDF5 and
-    float_data Datums, None for an encoded Datum read without decoding (then
-    `encoded` holds the JPEG/PNG bytes). Arrays may be read-only views of the
-    stored bytes: copy before modifying.
+    * `detect(path) -> bool`: whether `path` (an existing file or folder) is
+      one of ours; it may raise DatabaseError for a recognisable mistake
+      (e.g. an LMDB's data.mdb given instead of its folder).
+    * `reader(path, decode=, color=) -> Reader` and
+      `writer(folder, shard_records=) -> Writer`: classes or factories, or
+      ``"module:name"`` strings imported on first use (so that building the
+      command line imports no database library).
+    * `record_kind`: ``"datum"`` (serialized Datum values under
+      convert_imageset's keys) or ``"array"`` (float C x H x W rows + labels).
+    * `shared_reads`: several processes may read it at once (LevelDB: no).
+    * `caffe_enum`: its ``DataParameter.DB`` value, if Caffe's Data layer has one.
+    * `layer`: the Caffe layer type that reads it.
+    * `hint`: what marks it on disk, for "not a database" messages.
     """
 
-    key: str
-    label: int
-    image: np.ndarray | None
-    encoded: bytes | None = None
+    name: str
+    detect: Callable[[Path], bool]
+    reader: Any
+    writer: Any
+    record_kind: str = "datum"
+    shared_reads: bool = True
+    caffe_enum: int | None = None
+    layer: str = "Data"
+    hint: str = ""
+
+    def __post_init__(self) -> None:
+        if self.record_kind not in RECORD_KINDS:
+            raise ValueError(f"backend {self.name!r}: record_kind must be one of {RECORD_KINDS}")
+
+    @staticmethod
+    def _load(target: Any) -> Any:
+        if isinstance(target, str):
+            module, _, attr = target.partition(":")
+            return getattr(importlib.import_module(module), attr)
+        return target
+
+    def open_reader(self, path: Path, *, decode: bool = False, color: bool | None = True) -> Reader:
+        return self._load(self.reader)(path, decode=decode, color=color)
+
+    def open_writer(self, folder: Path, *, shard_records: int = 1000) -> Writer:
+        return self._load(self.writer)(folder, shard_records=shard_records)
+
+
+BACKENDS: dict[str, Backend] = {}
+
+
+def register_backend(backend: Backend, *, replace: bool = False) -> Backend:
+    """Add `backend` to the registry (detection tries backends in registration order).
+
+    A second backend under a taken name is refused unless `replace`, so that
+    a typo'd copy cannot silently shadow a real one.
+    """
+    if backend.name in BACKENDS and not replace:
+        raise ValueError(f"database backend {backend.name!r} is already registered")
+    BACKENDS[backend.name] = backend
+    return backend
+
+
+def unregister_backend(name: str) -> None:
+    BACKENDS.pop(name, None)
+
+
+def backend_names() -> list[str]:
+    return list(BACKENDS)
+
+
+def get_backend(name: str, where: str | os.PathLike = "") -> Backend:
+    try:
+        return BACKENDS[name]
+    except KeyError:
+        prefix = f"{where}: " if str(where) else ""
+        raise DatabaseError(f"{prefix}unknown backend {name!r} (expected one of {', '.join(BACKENDS)})") from None
 
 
 def incomplete_path(path: str | os.PathLike) -> Path:
@@ -76,28 +151,19 @@ def read_progress(folder: str | os.PathLike) -> dict | None:
         raise DatabaseError(f"{f}: unreadable progress file ({err}); delete it to read the database anyway") from None
 
 
-def detect_backend(path: str | os.PathLike) -> str:
-    """'lmdb', 'leveldb' or 'hdf5', from what is on disk at `path`.
+def _hints() -> str:
+    hints = [b.hint for b in BACKENDS.values() if b.hint]
+    return ", ".join(hints[:-1]) + (", or " if len(hints) > 1 else "") + hints[-1] if hints else "a known backend"
 
-    An LMDB is a folder with data.mdb, a LevelDB a folder with CURRENT, HDF5 a
-    .h5 file, a .txt list of .h5 files or a folder with list.txt / .h5 files.
-    """
+
+def detect_backend(path: str | os.PathLike) -> str:
+    """The name of the backend whose database is at `path`, from what is on disk."""
     p = Path(path)
-    if p.is_dir():
-        if (p / "data.mdb").is_file():
-            return "lmdb"
-        if (p / "CURRENT").is_file():
-            return "leveldb"
-        if (p / HDF5_LIST_NAME).is_file() or any(p.glob("*.h5")):
-            return "hdf5"
-        raise DatabaseError(f"{p}: not a database (expected data.mdb for LMDB, CURRENT for LevelDB, "
-                            f"or {HDF5_LIST_NAME} / .h5 files for HDF5)")
-    if p.is_file():
-        if p.suffix.lower() in (".h5", ".hdf5", ".hdf", ".txt"):
-            return "hdf5"
-        if p.name == "data.mdb":
-            raise DatabaseError(f"{p}: give the LMDB folder ({p.parent}), not its data.mdb file")
-        raise DatabaseError(f"{p}: not a database (an LMDB or LevelDB is a folder; HDF5 is .h5 or a .txt list)")
+    if p.exists():
+        for backend in BACKENDS.values():
+            if backend.detect(p):
+                return backend.name
+        raise DatabaseError(f"{p}: not a database (expected {_hints()})")
     partial = incomplete_path(p)
     if partial.exists():
         prog = read_progress(partial) or {}
@@ -105,62 +171,6 @@ def detect_backend(path: str | os.PathLike) -> str:
         raise DatabaseError(f"{p}: conversion was interrupted ({done} records written, kept in {partial}); "
                             "rerun the same `datakit convert` with --resume to finish it")
     raise DatabaseError(f"{p}: database not found")
-
-
-class Reader:
-    """Iterate one database. Subclasses: LmdbReader, LevelDBReader, HDF5Reader.
-
-    `decode=True` decodes encoded Datums to pixels (`color` as in
-    :func:`decode_datum`); by default they come back as bytes in `encoded`.
-    """
-
-    backend: str = ""
-
-    def __init__(self, path: str | os.PathLike, *, decode: bool = False, color: bool | None = True) -> None:
-        self.path = Path(path)
-        self.decode = decode
-        self.color = color
-
-    def __len__(self) -> int:
-        raise NotImplementedError
-
-    def __iter__(self) -> Iterator[Record]:
-        for key, value in self.raw_items():
-            yield self._record(key, value)
-
-    def raw_items(self, start: bytes | None = None, stop: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
-        """(key, serialized Datum) pairs in key order, `start` <= key < `stop`.
-
-        For workers that decode in parallel. HDF5 has no Datums and raises.
-        """
-        raise DatabaseError(f"{self.path}: {self.backend} databases hold arrays, not serialized Datums; "
-                            "iterate the reader for records")
-
-    def keys(self) -> Iterator[bytes]:
-        """Every key in order (cheap: values are not copied)."""
-        for key, _ in self.raw_items():
-            yield key
-
-    def _record(self, key: bytes, value: bytes) -> Record:
-        where = f"{self.path}: record {key.decode('utf-8', 'backslashreplace')!r}"
-        fields: DatumFields = parse_datum_fields(value, where)
-        skey = key.decode("utf-8", "surrogateescape")
-        if fields.encoded and not self.decode:
-            return Record(skey, fields.label, None, bytes(fields.data))
-        return Record(skey, fields.label, datum_to_array(fields, color=self.color, where=where),
-                      bytes(fields.data) if fields.encoded else None)
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self) -> Reader:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.path}>"
 
 
 def open_reader(path: str | os.PathLike, backend: str | None = None, *, decode: bool = False,
@@ -173,20 +183,56 @@ def open_reader(path: str | os.PathLike, backend: str | None = None, *, decode: 
     p = Path(path)
     if backend is None:
         backend = detect_backend(p)
-    elif backend not in BACKENDS:
-        raise DatabaseError(f"{p}: unknown backend {backend!r} (expected one of {', '.join(BACKENDS)})")
-    elif not p.exists():
-        detect_backend(p)  # raises the right "not found" / "interrupted" message
+    else:
+        get_backend(backend, p)
+        if not p.exists():
+            detect_backend(p)  # raises the right "not found" / "interrupted" message
     if p.is_dir() and not allow_incomplete:
         prog = read_progress(p)
         if prog is not None and prog.get("status") != "complete":
             raise DatabaseError(f"{p}: conversion has not finished ({prog.get('written', '?')} records written); "
                                 "rerun `datakit convert` with --resume")
-    if backend == "lmdb":
-        from datakit.db.lmdb_backend import LmdbReader
-        return LmdbReader(p, decode=decode, color=color)
-    if backend == "leveldb":
-        from datakit.db.leveldb_backend import LevelDBReader
-        return LevelDBReader(p, decode=decode, color=color)
-    from datakit.db.hdf5_backend import HDF5Reader
-    return HDF5Reader(p, decode=decode, color=color)
+    return BACKENDS[backend].open_reader(p, decode=decode, color=color)
+
+
+def open_writer(name: str, folder: str | os.PathLike, *, shard_records: int = 1000) -> Writer:
+    """A Writer of backend `name` into `folder` (created, or continued when it holds earlier work)."""
+    return get_backend(name, folder).open_writer(Path(folder), shard_records=shard_records)
+
+
+# -- the built-in backends: recognised without importing their libraries ------------------------
+def _is_lmdb(p: Path) -> bool:
+    if p.is_file() and p.name == "data.mdb":
+        raise DatabaseError(f"{p}: give the LMDB folder ({p.parent}), not its data.mdb file")
+    return p.is_dir() and (p / "data.mdb").is_file()
+
+
+def _is_leveldb(p: Path) -> bool:
+    return p.is_dir() and (p / "CURRENT").is_file()
+
+
+def _is_hdf5(p: Path) -> bool:
+    if p.is_dir():
+        return (p / HDF5_LIST_NAME).is_file() or any(p.glob("*.h5"))
+    return p.is_file() and p.suffix.lower() in (".h5", ".hdf5", ".hdf", ".txt")
+
+
+register_backend(Backend("lmdb", _is_lmdb, "datakit.db.lmdb_backend:LmdbReader",
+                         "datakit.db.lmdb_backend:open_writer", caffe_enum=1, hint="data.mdb for LMDB"))
+register_backend(Backend("leveldb", _is_leveldb, "datakit.db.leveldb_backend:LevelDBReader",
+                         "datakit.db.leveldb_backend:open_writer", shared_reads=False, caffe_enum=0,
+                         hint="CURRENT for LevelDB"))
+register_backend(Backend("hdf5", _is_hdf5, "datakit.db.hdf5_backend:HDF5Reader",
+                         "datakit.db.hdf5_backend:open_writer", record_kind="array", layer="HDF5Data",
+                         hint=f"{HDF5_LIST_NAME} / .h5 files (or a .h5 / .txt file) for HDF5"))
+
+
+_LAZY = {"Record": "datakit.db.base", "Reader": "datakit.db.base", "Writer": "datakit.db.base",
+         "KeyValueWriter": "datakit.db.base", "decode_datum": "datakit.formats.datum"}
+
+
+def __getattr__(name: str) -> Any:
+    """Record, Reader, Writer and decode_datum load numpy: imported when first asked for."""
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'datakit.db' has no attribute {name!r}")

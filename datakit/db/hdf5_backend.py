@@ -19,34 +19,46 @@ import h5py
 import numpy as np
 
 from datakit.atomic import write_text_atomic
-from datakit.db import HDF5_LIST_NAME, Reader, Record
+from datakit.db import HDF5_LIST_NAME
+from datakit.db.base import SLAB_BYTES, Reader, Writer
 from datakit.db.pagecache import DropBehind
 from datakit.errors import DatabaseError
 
-SLAB_BYTES = 32 << 20  # read this much of `data` at a time
+__all__ = ["HDF5Reader", "HDF5Writer", "SLAB_BYTES", "hdf5_files", "read_hdf5_list", "shard_name"]
 
 
 def shard_name(index: int) -> str:
     return f"data_{index:05d}.h5"
 
 
-def _resolve_list(list_file: Path) -> list[Path]:
+def read_hdf5_list(list_file: Path, base_dir: Path | None = None) -> list[Path]:
+    """The .h5 files a Caffe HDF5 list names: the one parser of these lists (datakit and the trainer).
+
+    One path per line; blank lines and lines starting with '#' are skipped. A
+    relative path is looked for, in order, under `base_dir` (the trainer's
+    stand-in for Caffe's working directory), beside the list, under this
+    process's working directory, and finally by its file name beside the list
+    (a folder that was moved after ``datakit convert`` wrote absolute paths).
+    """
+    try:
+        text = list_file.read_text(encoding="utf-8")
+    except OSError as err:
+        raise DatabaseError(f"{list_file}: cannot read the HDF5 list ({err.strerror or err})") from None
     files = []
-    for number, line in enumerate(list_file.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(text.splitlines(), start=1):
         name = line.strip()
-        if not name:
+        if not name or name.startswith("#"):
             continue
-        cand = Path(name)
-        if not cand.is_absolute():
-            beside = list_file.parent / cand
-            cand = beside if beside.exists() or not cand.exists() else cand
-        if not cand.exists():
-            moved = list_file.parent / Path(name).name
-            if moved.exists():
-                cand = moved
-            else:
-                raise DatabaseError(f"{list_file}:{number}: HDF5 file {name!r} not found")
-        files.append(cand)
+        given = Path(name)
+        if given.is_absolute():
+            candidates = [given]
+        else:
+            candidates = ([base_dir / given] if base_dir is not None else []) + [list_file.parent / given, given]
+        candidates.append(list_file.parent / given.name)
+        found = next((c for c in candidates if c.exists()), None)
+        if found is None:
+            raise DatabaseError(f"{list_file}:{number}: HDF5 file {name!r} not found")
+        files.append(found)
     if not files:
         raise DatabaseError(f"{list_file}: lists no .h5 files")
     return files
@@ -56,13 +68,13 @@ def hdf5_files(path: Path) -> list[Path]:
     """The .h5 files of an HDF5 'database': a .h5 file, a .txt list, or a folder."""
     if path.is_dir():
         if (path / HDF5_LIST_NAME).is_file():
-            return _resolve_list(path / HDF5_LIST_NAME)
+            return read_hdf5_list(path / HDF5_LIST_NAME)
         files = sorted(path.glob("*.h5"))
         if not files:
             raise DatabaseError(f"{path}: no {HDF5_LIST_NAME} and no .h5 files")
         return files
     if path.suffix.lower() == ".txt":
-        return _resolve_list(path)
+        return read_hdf5_list(path)
     return [path]
 
 
@@ -70,6 +82,7 @@ class HDF5Reader(Reader):
     """Iterate `data` / `label` of every listed file, in list order; keys are 'FILE/ROW'."""
 
     backend = "hdf5"
+    record_kind = "array"
 
     def __init__(self, path: str | os.PathLike, *, decode: bool = False, color: bool | None = True) -> None:
         super().__init__(path, decode=decode, color=color)
@@ -107,32 +120,37 @@ class HDF5Reader(Reader):
                 out.append(tuple(h5["data"].shape[1:]))
         return out
 
-    def __iter__(self) -> Iterator[Record]:
+    def slabs(self, max_bytes: int = SLAB_BYTES) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+        """(FILE/ROW of the first row, float32 N x C x H x W, N labels), about `max_bytes` of data each."""
         for f in self.files:
             with self._open(f) as h5:
                 data, label = h5["data"], h5["label"]
                 n = data.shape[0]
                 row_bytes = max(1, int(np.prod(data.shape[1:], dtype=np.int64)) * 4)
-                step = max(1, SLAB_BYTES // row_bytes)
+                step = max(1, max_bytes // row_bytes)
                 for lo in range(0, n, step):
                     hi = min(n, lo + step)
                     slab = np.asarray(data[lo:hi], dtype=np.float32)
                     if slab.ndim == 2:
                         slab = slab[:, :, None, None]
-                    labels = np.asarray(label[lo:hi]).reshape(hi - lo, -1)[:, 0]
-                    for i in range(hi - lo):
-                        yield Record(f"{f.name}/{lo + i:08d}", int(labels[i]), slab[i], None)
+                    labels = np.asarray(label[lo:hi]).reshape(hi - lo, -1)[:, 0].astype(np.int64)
+                    yield f"{f.name}/{lo:08d}", slab, labels
 
 
-class HDF5Writer:
+class HDF5Writer(Writer):
     """Write (C x H x W image, label) into shards of `chunk` records plus list.txt.
 
     A shard is written under a temporary name and renamed when full, so every
     `data_NNNNN.h5` on disk is whole; `write` returns True each time a shard
-    is completed: the moments a resumable conversion can record progress.
+    is completed: the moments a resumable conversion can record progress
+    (``progress_state()`` then says how many shards are whole). Shards are
+    this writer's business: callers see the Writer protocol only.
     """
 
     backend = "hdf5"
+    record_kind = "array"
+    syncs = False      # a partial shard is never durable: only completed shards count
+    one_shape = True   # one `data` dataset per shard
 
     def __init__(self, folder: str | os.PathLike, *, chunk: int = 1000) -> None:
         if chunk <= 0:
@@ -156,6 +174,22 @@ class HDF5Writer:
     def rows(self) -> int:
         """Records in the shard being written (not yet on disk under its final name)."""
         return self._rows
+
+    def batch_limit(self, handed: int, commit_every: int) -> int:
+        """No batch crosses a shard boundary, so that each completed shard is a durable point."""
+        return min(commit_every, self.chunk - handed % self.chunk)
+
+    def progress_state(self) -> dict:
+        return {"shards": self.shards}
+
+    def resume(self, progress: dict) -> None:
+        """Remove the shards completed after the saved progress: their records are redone."""
+        keep = int(progress.get("shards", 0))
+        index = keep
+        while (self.folder / shard_name(index)).exists():
+            (self.folder / shard_name(index)).unlink()
+            index += 1
+        self.shards = keep
 
     def _tmp(self) -> Path:
         return self.folder / f".{shard_name(self.shards)}.part"
@@ -226,3 +260,7 @@ class HDF5Writer:
             self._h5.close()
             self._h5 = None
             self._tmp().unlink(missing_ok=True)
+
+
+def open_writer(folder: str | os.PathLike, *, shard_records: int = 1000) -> HDF5Writer:
+    return HDF5Writer(folder, chunk=shard_records)

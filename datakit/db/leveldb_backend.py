@@ -16,7 +16,7 @@ try:
 except ImportError:  # Python >= 3.13: plyvel has no wheels there; plyvel-next is its fork with the same API
     import plyvel_next as plyvel  # type: ignore[no-redef]
 
-from datakit.db import Reader
+from datakit.db.base import KeyValueWriter, Reader
 from datakit.errors import DatabaseError
 
 
@@ -58,7 +58,7 @@ class LevelDBReader(Reader):
             self.db.close()
 
 
-class LevelDBWriter:
+class LevelDBWriter(KeyValueWriter):
     """Write batches of (key, value) to a LevelDB, one write batch per call, durable at `sync()`.
 
     Batches are written without fsync (a killed process loses nothing LevelDB
@@ -72,15 +72,16 @@ class LevelDBWriter:
         self.path = Path(path)
         # Caffe uses a 256 MB write buffer; 64 MB keeps memory bounded with little loss. No Snappy:
         # pixels and JPEG bytes barely compress, and compressing them halved the conversion's speed
-        # (318 vs 739 images/s for 2,000 256x256 images); every LevelDB reader, Caffe's too, reads
-        # uncompressed blocks (each block says how it is stored).
+        # (benchmarks/RESULTS.md, LevelDB); every LevelDB reader, Caffe's too, reads uncompressed
+        # blocks (each block says how it is stored).
         self.db = _open_db(self.path, create_if_missing=True, write_buffer_size=64 << 20,
                            block_size=65536, max_open_files=100, compression=None)
 
-    def write(self, items: Sequence[tuple[bytes, bytes]]) -> None:
+    def write(self, items: Sequence[tuple[bytes, bytes]]) -> bool:
         with self.db.write_batch(sync=False) as batch:
             for key, value in items:
                 batch.put(key, value)
+        return False
 
     def truncate_from(self, key: bytes) -> int:
         keys = list(self.db.iterator(start=key, include_value=False))
@@ -97,3 +98,7 @@ class LevelDBWriter:
         if not self.db.closed:
             self.sync()
             self.db.close()
+
+
+def open_writer(folder: str | os.PathLike, *, shard_records: int = 1000) -> LevelDBWriter:
+    return LevelDBWriter(folder)

@@ -8,9 +8,8 @@ the database's final size as Caffe's fixed 1 TB map asks them to.
 
 The writer commits without flushing to disk (MDB_NOSYNC) and flushes only when
 asked (`sync()`, which the converter calls before it records a checkpoint, and
-`close()`): an msync of the write map after every transaction cost about
-0.3 ms of kernel CPU per 196 KB record, a fifth of the time it takes to decode
-the image. A killed process loses nothing committed (the pages are in the
+`close()`): an msync of the write map after every transaction costs kernel CPU
+comparable to decoding the image (benchmarks/RESULTS.md, convert). A killed process loses nothing committed (the pages are in the
 shared page cache); only a crash of the whole machine can lose or damage what
 was committed after the last `sync()`, which is why a resumed conversion
 starts from the last checkpoint, never from the last commit.
@@ -25,15 +24,13 @@ from collections.abc import Iterator, Sequence
 
 import lmdb
 
-from datakit.db import Reader
+from datakit.db.base import KeyValueWriter, Reader
 from datakit.db.pagecache import FALLOCATE, MADV_DONTNEED, MADVISE, DropBehind
 from datakit.errors import DatabaseError
 
 DEFAULT_MAP_SIZE = 1 << 30  # 1 GiB to start; doubled whenever it fills up
 PREALLOCATE_STEP = 256 << 20  # most disk blocks reserved ahead of the writer (as many as written so far, up
                               # to this), trimmed in close()
-
-
 
 
 def _open_env(path: Path, **kwargs) -> lmdb.Environment:
@@ -57,12 +54,13 @@ class LmdbReader(Reader):
         return int(self.env.stat()["entries"])
 
     def raw_items(self, start: bytes | None = None, stop: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
-        yield from self.scan(start, stop, buffers=False)
+        for key, value in self.scan(start, stop, buffers=False):
+            yield key, bytes(value)  # already bytes without buffers: no copy
 
     def scan(self, start: bytes | None = None, stop: bytes | None = None, *,
              buffers: bool = True) -> Iterator[tuple[bytes, bytes | memoryview]]:
         """(key, value) with `buffers=True` giving zero-copy views valid only until the next item."""
-        with self.env.begin(buffers=buffers) as txn:
+        with (self.env.begin(buffers=True) if buffers else self.env.begin()) as txn:
             cur = txn.cursor()
             ok = cur.set_range(start) if start is not None else cur.first()
             while ok:
@@ -83,7 +81,7 @@ class LmdbReader(Reader):
             self.env.close()
 
 
-class LmdbWriter:
+class LmdbWriter(KeyValueWriter):
     """Append batches of (key, value) to an LMDB, one transaction per batch, durable at `sync()`."""
 
     backend = "lmdb"
@@ -98,11 +96,10 @@ class LmdbWriter:
         "no cache"). The conversion's page cache then stays at a few
         transactions however large the database, does not push the source
         images out of the cache, and the writer refills pages the kernel has
-        just freed instead of memory touched for the first time, which on the
-        2-core VM of benchmarks/RESULTS.md is what made writing expensive: the
-        writer thread's CPU per 196 KB record went from 0.14-0.42 ms (varying
-        with the host) to 0.16-0.19 ms. The cost: a reader right after the
-        conversion reads the database from disk, not from memory.
+        just freed instead of memory touched for the first time (what it saves
+        is measured in benchmarks/RESULTS.md, convert). The cost: a reader
+        right after the conversion reads the database from disk, not from
+        memory.
         """
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
@@ -143,10 +140,13 @@ class LmdbWriter:
             return
         self._allocated = max(self._allocated, end)
 
-    def write(self, items: Sequence[tuple[bytes, bytes]]) -> None:
-        """Put every item in one transaction; grows the map and retries on MDB_MAP_FULL."""
+    def write(self, items: Sequence[tuple[bytes, bytes]]) -> bool:
+        """Put every item in one transaction; grows the map and retries on MDB_MAP_FULL.
+
+        Returns False: a commit is durable only at the next sync().
+        """
         if not items:
-            return
+            return False
         in_order = all(a[0] < b[0] for a, b in zip(items, items[1:]))
         append = in_order and (self._last is None or items[0][0] > self._last)
         self._reserve(sum(len(k) + len(v) for k, v in items))
@@ -163,6 +163,7 @@ class LmdbWriter:
         last = max(items[-1][0], items[0][0]) if in_order else max(k for k, _ in items)
         self._last = last if self._last is None or last > self._last else self._last
         self._start_writeback()
+        return False
 
     def _start_writeback(self) -> None:
         """Let the disk start on what was just committed, so a later sync() (and the last one) waits
@@ -236,3 +237,8 @@ class LmdbWriter:
         data = self.path / "data.mdb"
         if data.stat().st_size > used:
             os.truncate(data, used)
+
+
+def open_writer(folder: str | os.PathLike, *, shard_records: int = 1000) -> LmdbWriter:
+    """The registry's writer: written pages leave the page cache (a conversion streams)."""
+    return LmdbWriter(folder, drop_written=True)

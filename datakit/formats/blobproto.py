@@ -19,6 +19,7 @@ from google.protobuf.message import DecodeError
 from datakit.atomic import write_bytes_atomic
 from datakit.errors import FormatError
 from datakit.formats import caffe_pb2
+from datakit.formats.wire import varint
 
 
 def blob_shape(blob: caffe_pb2.BlobProto) -> tuple[int, ...]:
@@ -77,21 +78,12 @@ def array_to_blob(arr: np.ndarray, *, diff: np.ndarray | None = None,
 _DATA_FIELD, _DIFF_FIELD = 5, 6  # BlobProto: repeated float data = 5, diff = 6, both [packed = true]
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        low, value = value & 0x7F, value >> 7
-        out.append(low | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
 def _packed_floats(field: int, values: np.ndarray) -> bytes:
     """The wire bytes of a packed `repeated float` field: tag, byte length, little-endian float32s."""
     raw = np.ascontiguousarray(values, dtype="<f4").tobytes()
     if not raw:
         return b""  # an empty packed field is not written at all
-    return _varint(field << 3 | 2) + _varint(len(raw)) + raw
+    return varint(field << 3 | 2) + varint(len(raw)) + raw
 
 
 def parse_blobproto(data: bytes, *, where: str) -> caffe_pb2.BlobProto:

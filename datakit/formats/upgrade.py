@@ -61,13 +61,6 @@ _SHARED_PARAM_FIELDS = [
 _DATA_TYPES = {"Data", "ImageData", "WindowData"}
 
 
-def needs_upgrade(net: caffe_pb2.NetParameter) -> bool:
-    """True when the net uses old-style `layers`, net-level inputs or in-layer data transforms."""
-    if len(net.layers) or len(net.input) or len(net.input_dim) or len(net.input_shape):
-        return True
-    return any(_has_deprecated_transform(layer) for layer in net.layer)
-
-
 def upgrade_net(net: caffe_pb2.NetParameter, *, source: str = "<net>") -> caffe_pb2.NetParameter:
     """Return the net in the current form (a new message; the input is not modified)."""
     out = caffe_pb2.NetParameter()

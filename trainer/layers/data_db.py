@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from datakit.datum import datum_to_array, parse_datum_fields
-from datakit.db import detect_backend, open_reader
+from datakit.formats.datum import datum_to_array, parse_datum_fields
+from datakit.db import BACKENDS, detect_backend, open_reader
 from datakit.errors import DatabaseError
 
 from trainer.layers import register
@@ -61,15 +61,15 @@ class DataLayer(PrefetchingDataLayer):
         if not p.source:
             raise self.error("data_param.source is empty; give the database folder")
         self.source = Path(self.base_dir) / p.source
-        backend_names = {0: "leveldb", 1: "lmdb"}
-        wanted = backend_names.get(p.backend, "lmdb") if p.HasField("backend") else None
+        by_enum = {b.caffe_enum: b.name for b in BACKENDS.values() if b.caffe_enum is not None}
+        wanted = by_enum.get(p.backend, "lmdb") if p.HasField("backend") else None
         found = detect_backend(self.source)
         if wanted and found != wanted:
             # Caffe would fail; the database on disk tells the truth, so follow it and say so.
             self.log_warning(f"layer {self.name}: data_param.backend is {wanted.upper()} but {self.source} "
                              f"is {found}; reading it as {found}")
-        if found not in ("lmdb", "leveldb"):
-            raise self.error(f"{self.source} is a {found} database; use an HDF5Data layer for it")
+        if BACKENDS[found].record_kind != "datum":
+            raise self.error(f"{self.source} is a {found} database; use an {BACKENDS[found].layer} layer for it")
         self.reader = _acquire_reader(self.source, found)
         self.backend = found
         n = len(self.reader)
@@ -96,9 +96,7 @@ class DataLayer(PrefetchingDataLayer):
 
     def source_label_sample(self) -> list[int]:
         labels = []
-        scan = getattr(self.reader, "scan", None)   # zero-copy on LMDB: only the label is read
-        items = scan(buffers=True) if scan is not None else self.reader.raw_items()
-        for i, (_, value) in enumerate(items):
+        for i, (_, value) in enumerate(self.reader.scan(buffers=True)):  # zero-copy where the backend can
             if i >= LABEL_SAMPLE:
                 break
             labels.append(parse_datum_fields(value).label)
@@ -111,19 +109,9 @@ class DataLayer(PrefetchingDataLayer):
         On LMDB the values are zero-copy views, valid until the next item: read_batch copies
         the pixels straight into the batch array, one copy instead of two.
         """
-        pos = start_record % self.num_records
-        start_key = None
-        if pos:
-            for i, key in enumerate(self.reader.keys()):
-                if i == pos:
-                    start_key = key
-                    break
-        scan = getattr(self.reader, "scan", None)
+        start_key = self.reader.seek(start_record % self.num_records)
         while True:
-            if scan is not None:
-                yield from scan(start_key, buffers=True)
-            else:
-                yield from self.reader.raw_items(start=start_key)
+            yield from self.reader.scan(start_key, buffers=True)
             start_key = None
 
     def read_batch(self, k: int) -> HostBatch:

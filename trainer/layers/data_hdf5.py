@@ -33,18 +33,15 @@ class HDF5DataLayer(PrefetchingDataLayer):
 
     def open_source(self):
         import h5py
+
+        from datakit.db.hdf5_backend import read_hdf5_list  # the one parser of HDF5 lists
         p = self.param.hdf5_data_param
         self.batch_size = int(p.batch_size)
         self.shuffle = bool(p.shuffle)
         list_path = Path(self.base_dir) / p.source
-        try:
-            lines = [ln.strip() for ln in list_path.read_text(encoding="utf-8").splitlines()]
-        except OSError as err:
-            raise ConfigError(f"layer {self.name}: cannot read hdf5_data_param.source {list_path}: "
-                              f"{err.strerror or err}") from None
-        self.files = [Path(self.base_dir) / ln for ln in lines if ln and not ln.startswith("#")]
-        if not self.files:
-            raise ConfigError(f"{list_path}: lists no .h5 files")
+        if not list_path.is_file():
+            raise ConfigError(f"layer {self.name}: cannot read hdf5_data_param.source {list_path}: not a file")
+        self.files = read_hdf5_list(list_path, base_dir=Path(self.base_dir))
         self.rows: list[int] = []
         self.shapes: dict[str, tuple[int, ...]] = {}
         for f in self.files:

@@ -1,4 +1,4 @@
-"""What is in a database: count, record shapes, label histogram, and a contact sheet of samples.
+"""What is in a database (`datakit inspect`): count, record shapes, label histogram, a contact sheet of samples.
 
 The first thing to look at before training on a database someone else made
 (or on one we just made): a wrong label range, a mix of sizes, gray images in
@@ -13,14 +13,18 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 
 from datakit.atomic import write_bytes_atomic
-from datakit.datum import datum_to_array, parse_datum_fields
-from datakit.db import Record, open_reader, read_progress
+from datakit.formats.datum import datum_to_array, parse_datum_fields
+from datakit.db import open_reader, read_progress
+from datakit.db.base import Reader, Record
+from datakit.errors import ConfigError, ImageError
 from datakit.images import read_header
+from datakit.report import progress_bar
 
 __all__ = ["DbSummary", "inspect_db", "contact_sheet", "write_contact_sheet"]
 
@@ -66,39 +70,54 @@ class DbSummary:
                 "kinds": dict(self.kinds), "first_key": self.first_key, "last_key": self.last_key}
 
 
-def inspect_db(path: str | os.PathLike, backend: str | None = None, *,
-               samples: int = 0) -> tuple[DbSummary, list[Record]]:
-    """Summarise every record; also return `samples` records spread evenly over the database, decoded."""
+def inspect_db(path: str | os.PathLike, backend: str | None = None, *, samples: int = 0,
+               progress: bool | None = False) -> tuple[DbSummary, list[Record]]:
+    """Summarise every record; also return `samples` records spread evenly over the database, decoded.
+
+    `progress`: a bar over the records (None: when stderr is a terminal).
+    """
     reader = open_reader(path, backend, decode=True)
     summary = DbSummary(str(path), reader.backend, progress=read_progress(path) if Path(path).is_dir() else None)
     picked: list[Record] = []
     with reader:
         total = len(reader)
         want = {i * total // samples for i in range(samples)} if samples and total else set()
-        if reader.backend == "hdf5":
-            for i, rec in enumerate(reader):
-                _count(summary, rec.key, "float", "x".join(map(str, rec.image.shape)), rec.label)
-                if i in want:
-                    picked.append(rec)
-            return summary, picked
-        for i, (key, value) in enumerate(reader.raw_items()):
-            skey = key.decode("utf-8", "backslashreplace")
-            f = parse_datum_fields(value, f"{path}: record {skey!r}")
-            if f.encoded:
-                try:
-                    head = read_header(bytes(f.data[:65536]))
-                except Exception:  # noqa: BLE001 - a bad header is reported as such, not fatal here
-                    head = None
-                shape = f"{head.format} {head.height}x{head.width}" if head else "encoded (unknown header)"
-                kind = "encoded"
-            else:
-                shape = f"{f.channels}x{f.height}x{f.width}"
-                kind = "raw" if len(f.data) else "float"
-            _count(summary, skey, kind, shape, f.label)
-            if i in want:
-                img = datum_to_array(f, color=None, where=f"{path}: record {skey!r}")
-                picked.append(Record(skey, f.label, img))
+        with progress_bar(total, progress, unit="rec", desc="inspect") as bar:
+            if reader.record_kind == "array":
+                for i, rec in enumerate(reader):
+                    assert rec.image is not None  # array records always carry their rows
+                    _count(summary, rec.key, "float", "x".join(map(str, rec.image.shape)), rec.label)
+                    if i in want:
+                        picked.append(rec)
+                    if i % 256 == 255:
+                        bar.update(256)
+                return summary, picked
+            _summarise_datums(reader, summary, want, picked, bar, path)
     return summary, picked
+
+
+def _summarise_datums(reader: Reader, summary: DbSummary, want: set[int], picked: list[Record], bar: Any,
+                      path: str | os.PathLike) -> None:
+    """Count every serialized Datum; encoded ones are sized from their headers, not decoded."""
+    for i, (key, value) in enumerate(reader.raw_items()):
+        skey = key.decode("utf-8", "backslashreplace")
+        f = parse_datum_fields(value, f"{path}: record {skey!r}")
+        if f.encoded:
+            try:
+                head = read_header(bytes(f.data[:65536]))
+            except Exception:  # noqa: BLE001 - a bad header is reported as such, not fatal here
+                head = None
+            shape = f"{head.format} {head.height}x{head.width}" if head else "encoded (unknown header)"
+            kind = "encoded"
+        else:
+            shape = f"{f.channels}x{f.height}x{f.width}"
+            kind = "raw" if len(f.data) else "float"
+        _count(summary, skey, kind, shape, f.label)
+        if i in want:
+            img = datum_to_array(f, color=None, where=f"{path}: record {skey!r}")
+            picked.append(Record(skey, f.label, img))
+        if i % 256 == 255:
+            bar.update(256)
 
 
 def _count(summary: DbSummary, key: str, kind: str, shape: str, label: int) -> None:
@@ -125,11 +144,13 @@ def _to_bgr(image: np.ndarray) -> np.ndarray:
 def contact_sheet(records: list[Record], *, cell: int = 96, columns: int = 0) -> np.ndarray:
     """Tile records (C x H x W, BGR) into one H x W x 3 BGR image, each cell labelled."""
     if not records:
-        raise ValueError("no records to show")
+        raise ConfigError("a contact sheet needs at least one record (--samples > 0)")
     columns = columns or int(np.ceil(np.sqrt(len(records))))
     rows = (len(records) + columns - 1) // columns
     sheet = np.full((rows * (cell + 2) + 2, columns * (cell + 2) + 2, 3), 40, np.uint8)
     for i, rec in enumerate(records):
+        if rec.image is None:
+            raise ConfigError(f"record {rec.key!r} is not decoded; a contact sheet needs pixels")
         img = _to_bgr(rec.image)
         h, w = img.shape[:2]
         scale = cell / max(h, w)
@@ -147,5 +168,5 @@ def contact_sheet(records: list[Record], *, cell: int = 96, columns: int = 0) ->
 def write_contact_sheet(path: str | os.PathLike, records: list[Record], *, cell: int = 96) -> None:
     ok, buf = cv2.imencode(".png", contact_sheet(records, cell=cell))
     if not ok:
-        raise OSError(f"{path}: could not encode the contact sheet")
+        raise ImageError(f"{path}: OpenCV could not encode the contact sheet as PNG")
     write_bytes_atomic(path, buf.tobytes())

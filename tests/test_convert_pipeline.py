@@ -1,4 +1,6 @@
-"""How records travel from the workers to the writer: shared memory, its fallbacks, and checkpoints.
+"""datakit.convert.pipeline: how records travel from the workers to the writer (shared memory, its
+fallbacks) and when checkpoints are saved. The arena and the checkpoints are reached through
+PipelineSettings and convert's on_progress_saved, never through private names.
 
 Whatever way a record takes (written in place in a shared-memory slot, sent
 through the pipe because it did not fit or no slot was free), the database
@@ -12,9 +14,10 @@ import json
 import numpy as np
 import pytest
 
-import datakit.convert as convert_mod
+from datakit.arena import SharedArena
 from datakit.convert import ConvertOptions, convert
-from datakit.datum import encode_datum, raw_datum_parts
+from datakit.convert.pipeline import PipelineSettings
+from datakit.formats.datum import encode_datum, raw_datum_parts
 from datakit.db import PROGRESS_NAME, open_reader
 from datakit.db.lmdb_backend import LmdbWriter
 from datakit.formats import caffe_pb2
@@ -44,7 +47,7 @@ def test_raw_datum_parts_frame_the_pixels_as_protobuf_does(shape, label):
 @pytest.mark.parametrize("extra", [{}, {"gray": True}, {"encoded": True, "encode_type": "png"},
                                    {"backend": "leveldb"}, {"backend": "hdf5", "resize_height": 30,
                                                             "resize_width": 40}])
-def test_small_slots_and_records_that_do_not_fit_give_the_same_database(tmp_path, monkeypatch, extra):
+def test_small_slots_and_records_that_do_not_fit_give_the_same_database(tmp_path, extra):
     # 8 KB slots: the 24x32 records fit (several per slot), the 60x80 ones (14 KB raw) never do.
     entries = make_images(tmp_path, 30, size=(24, 32))
     big = make_images(tmp_path / "big", 10, size=(60, 80), seed=1)
@@ -54,8 +57,8 @@ def test_small_slots_and_records_that_do_not_fit_give_the_same_database(tmp_path
     entries = [entries[i] for i in np.random.default_rng(2).permutation(len(entries))]
     lst = write_list(tmp_path / "list.txt", entries)
     convert(tmp_path / "img", lst, tmp_path / "one", _opts(workers=1, **extra))
-    monkeypatch.setattr(convert_mod, "_SLOT_BYTES", 8 << 10)  # read when the pool starts; forked workers inherit
-    convert(tmp_path / "img", lst, tmp_path / "two", _opts(workers=2, commit_every=3, **extra))
+    convert(tmp_path / "img", lst, tmp_path / "two", _opts(workers=2, commit_every=3, **extra),
+            settings=PipelineSettings(slot_bytes=8 << 10))
     if extra.get("backend") == "hdf5":
         with open_reader(tmp_path / "one") as a, open_reader(tmp_path / "two") as b:
             ra, rb = list(a), list(b)
@@ -72,12 +75,12 @@ def test_a_slow_writer_leaves_no_slot_free_and_records_take_the_pipe(tmp_path, m
     convert(tmp_path / "img", lst, tmp_path / "one", _opts(workers=1))
 
     starved = []
-    acquire = convert_mod._Arena.acquire
 
-    def counting_acquire(self):
-        slot = acquire(self)
-        starved.append(slot is None)
-        return slot
+    class CountingArena(SharedArena):
+        def acquire(self):
+            slot = super().acquire()
+            starved.append(slot is None)
+            return slot
 
     write = LmdbWriter.write
 
@@ -86,16 +89,10 @@ def test_a_slow_writer_leaves_no_slot_free_and_records_take_the_pipe(tmp_path, m
         time.sleep(0.03)
         return write(self, items)
 
-    parallel_map = convert_mod.ordered_parallel_map
-
-    def no_spare_slots(*args, **kwargs):
-        kwargs.update(spare_slots=0, batch=1, max_batch=2)  # only as many slots as tasks in flight
-        return parallel_map(*args, **kwargs)
-
-    monkeypatch.setattr(convert_mod._Arena, "acquire", counting_acquire)
-    monkeypatch.setattr(convert_mod, "ordered_parallel_map", no_spare_slots)
     monkeypatch.setattr(LmdbWriter, "write", slow_write)
-    convert(tmp_path / "img", lst, tmp_path / "two", _opts(workers=2, commit_every=2))
+    # only as many slots as tasks in flight
+    settings = PipelineSettings(spare_slots=0, batch=1, max_batch=2, arena_factory=CountingArena)
+    convert(tmp_path / "img", lst, tmp_path / "two", _opts(workers=2, commit_every=2), settings=settings)
     assert any(starved), "the writer never held every slot; the fallback was not exercised"
     assert not all(starved)
     assert _items(tmp_path / "two") == _items(tmp_path / "one")
@@ -106,11 +103,6 @@ def test_progress_is_saved_at_checkpoints_not_every_transaction(tmp_path, monkey
     lst = write_list(tmp_path / "list.txt", entries)
     saved: list[int] = []
     synced: list[int] = []
-    save = convert_mod._Progress.save
-
-    def recording_save(self, **changes):
-        save(self, **changes)
-        saved.append(self.state["written"])
 
     sync = LmdbWriter.sync
 
@@ -133,10 +125,10 @@ def test_progress_is_saved_at_checkpoints_not_every_transaction(tmp_path, monkey
         writes[0] += 1
         return write(self, items)
 
-    monkeypatch.setattr(convert_mod._Progress, "save", recording_save)
     monkeypatch.setattr(LmdbWriter, "sync", recording_sync)
     monkeypatch.setattr(LmdbWriter, "write", paced_write)
-    convert(tmp_path / "img", lst, tmp_path / "db", _opts(workers=1, commit_every=2, checkpoint_every=3))
+    convert(tmp_path / "img", lst, tmp_path / "db", _opts(workers=1, commit_every=2, checkpoint_every=3),
+            on_progress_saved=lambda state: saved.append(state["written"]))
     # a checkpoint every 3 x 2 records, then the final one; the first save is the empty start
     assert saved[:5] == [0, 6, 12, 18, 23]
     # each checkpoint's records were flushed before the progress file claimed them
@@ -158,8 +150,8 @@ def test_reserved_disk_blocks_are_given_back_on_close(tmp_path):
 @pytest.mark.parametrize("path", ["a/b.jpg", "im 1.png", "../x.jpg", "a/../../b", "/abs.jpg", "\\\\srv\\x.jpg",
                                   "C:x.jpg", "c:/x.jpg", "", "..", "a/..", "a\\..\\..\\b", "...jpg", "x..y/z.jpg"])
 def test_the_fast_path_check_accepts_only_what_safe_join_accepts(path):
-    from datakit.convert import _plainly_inside
     from datakit.errors import ListError
+    from datakit.imagelist import plainly_inside as _plainly_inside
     from datakit.imagelist import safe_join
     try:
         safe_join("/root", path)
@@ -170,3 +162,77 @@ def test_the_fast_path_check_accepts_only_what_safe_join_accepts(path):
         assert safe, path
     if path in ("a/b.jpg", "im 1.png"):
         assert _plainly_inside(path)
+
+
+@pytest.mark.parametrize("backend", ["lmdb", "hdf5"])
+def test_partitions_run_on_an_executor_hold_the_single_database(tmp_path, backend):
+    """convert_partition: records a..b into a shard each, through the Executor seam (pickled to worker
+    processes); the shards, in order, hold the records and keys of the one database convert() writes."""
+    from datakit.convert.encode import EncodeSpec
+    from datakit.convert.partition import convert_partitions
+    from datakit.imagelist import read_list
+    from datakit.parallel import InlineExecutor, LocalExecutor
+
+    entries = make_images(tmp_path, 25, size=(24, 32))
+    entries.insert(7, ("sub/missing.png", 1))
+    lst = write_list(tmp_path / "list.txt", entries)
+    resize = dict(resize_height=20, resize_width=30)
+    convert(tmp_path / "img", lst, tmp_path / "one", _opts(backend=backend, workers=1, **resize))
+    rows = [(i, e.line, e.path, e.label) for i, e in enumerate(read_list(lst, allow_label_gaps=True))]
+    kind = "array" if backend == "hdf5" else "datum"
+    spec = EncodeSpec(str(tmp_path / "img"), kind, 20, 30, False, False, "", False, 40_000_000)
+    for name, executor in (("local", LocalExecutor(2)), ("inline", InlineExecutor())):
+        with executor:
+            shards = convert_partitions(executor, spec, backend, rows, tmp_path / name, per_partition=6,
+                                        list_name=str(lst), commit_every=4, shard_records=4)
+        assert [(s.first_index, s.next_index) for s in shards] == [(a, min(26, a + 6)) for a in range(0, 26, 6)]
+        assert sum(s.written for s in shards) == 25
+        assert [k.index for s in shards for k in s.skipped] == [7]
+        if backend == "hdf5":
+            with open_reader(tmp_path / "one") as one:
+                want = [(r.label, r.image.tobytes()) for r in one]
+            got = []
+            for s in shards:
+                with open_reader(s.shard) as r:
+                    got += [(rec.label, rec.image.tobytes()) for rec in r]
+        else:
+            want = _items(tmp_path / "one")
+            got = [item for s in shards for item in _items(s.shard)]
+        assert got == want
+
+
+def test_ctrl_c_raises_convert_interrupted_naming_what_is_saved(tmp_path):
+    """SIGINT mid-run: exit 130 and one line naming the records saved and --resume, which then finishes the job."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from datakit.db import incomplete_path
+    from tests.conftest import ROOT
+
+    entries = make_images(tmp_path, 400, size=(120, 160))
+    lst = write_list(tmp_path / "list.txt", entries)
+    cmd = [sys.executable, "-m", "cli.datakit_main", "convert", str(tmp_path / "img"), str(lst), str(tmp_path / "db"),
+           "--workers", "1", "--commit-every", "5", "--checkpoint-every", "1", "--no-progress"]
+    proc = subprocess.Popen(cmd, env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    progress = incomplete_path(tmp_path / "db") / PROGRESS_NAME
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if json.loads(progress.read_text())["written"] >= 10:
+                break
+        except (FileNotFoundError, ValueError, KeyError):
+            pass
+        time.sleep(0.005)
+    assert proc.poll() is None, "the conversion finished before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    saved = json.loads(progress.read_text())["written"]
+    assert proc.returncode == 130
+    assert f"interrupted; {saved} records are saved in {incomplete_path(tmp_path / 'db')}" in err
+    assert "--resume" in err and "Traceback" not in err
+    convert(tmp_path / "img", lst, tmp_path / "db", _opts(workers=1, resume=True))
+    assert len(_items(tmp_path / "db")) == 400

@@ -1,4 +1,4 @@
-"""`datakit inspect`: counts, shapes, labels and the contact sheet."""
+"""`datakit inspect` (datakit.summary): counts, shapes, labels and the contact sheet."""
 
 from __future__ import annotations
 
@@ -6,10 +6,11 @@ import json
 
 import cv2
 import numpy as np
+import pytest
 
-from datakit.datum import encode_datum, encode_datum_bytes
+from datakit.formats.datum import encode_datum, encode_datum_bytes
 from datakit.db.lmdb_backend import LmdbWriter
-from datakit.inspect import contact_sheet, inspect_db
+from datakit.summary import contact_sheet, inspect_db
 from datakit.db import Record
 
 
@@ -47,3 +48,9 @@ def test_contact_sheet_places_scaled_images():
     assert sheet.shape == (18 + 2, 2 * 18 + 2, 3)
     assert tuple(sheet[5, 5]) == (0, 0, 255)          # BGR red, scaled 8 -> 16
     assert tuple(sheet[4, 2 + 18 + 4]) == (128, 128, 128)  # gray promoted to 3 channels
+
+
+def test_a_contact_sheet_of_nothing_is_a_one_line_error():
+    from datakit.errors import ConfigError
+    with pytest.raises(ConfigError, match="at least one record"):
+        contact_sheet([])

@@ -1,0 +1,183 @@
+"""Image list -> LMDB / LevelDB / HDF5 (any registered backend): Caffe's ``convert_imageset``, parallel, resumable.
+
+What matches convert_imageset byte for byte: the keys ``%08d_<path as listed>``
+(the index is the record's position in the output order, so a skipped image
+leaves a gap exactly as in Caffe), the Datum bytes (raw C x H x W BGR pixels,
+or with ``--encoded`` the file bytes unchanged when no resize is asked and the
+file's extension matches the encoding, otherwise ``cv::imencode``), the
+resize (cv::resize INTER_LINEAR, only when both sizes are > 0) and ``--gray``.
+
+What differs on purpose:
+
+* ``--shuffle`` uses our own seeded shuffle (Python's ``random.Random(seed)``),
+  not ``std::random_shuffle``: the order is repeatable with ``--seed`` but not
+  the order Caffe would pick.
+* Decoding runs in worker processes; one writer puts the records in order,
+  in transactions of ``--commit-every`` records (Caffe's 1000) or 8 MB.
+* Durability at checkpoints, not at every transaction (see
+  :mod:`datakit.convert.pipeline`); the progress file never claims a record
+  that is not on disk, so ``--resume`` after any interruption gives the same
+  database an uninterrupted run would have written.
+* An LMDB's or HDF5 shard's pages leave the page cache once they are on disk
+  (datakit.db.pagecache), so a conversion's page cache stays small.
+* The database is built at ``DB.incomplete`` and renamed to ``DB`` at the
+  end (:mod:`datakit.convert.workdir`).
+* Unreadable images are skipped with a warning naming list line and file
+  (Caffe logs and skips too); ``--strict`` makes them fatal. With
+  ``--check-size`` a record of another size is fatal, as in Caffe.
+
+The package: ``options`` (ConvertOptions, ConvertSummary), ``encode`` (the
+pure per-image encoder), ``workdir`` (resume / overwrite / install),
+``pipeline`` (workers -> ordered writer -> checkpoints) and ``partition``
+(records a..b into a shard of their own, for an executor).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import secrets
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from datakit.convert.options import ENCODE_TYPES, ConvertOptions, ConvertSummary, Skipped
+from datakit.errors import ConfigError, DatabaseError, ListError
+
+if TYPE_CHECKING:
+    from datakit.convert.pipeline import PipelineSettings
+    from datakit.imagelist import ListEntry
+
+__all__ = ["ENCODE_TYPES", "ConvertInterrupted", "ConvertOptions", "ConvertSummary", "NothingWritten", "Skipped",
+           "caffe_key", "convert"]
+
+
+def caffe_key(index: int, path: str) -> bytes:
+    """convert_imageset's key: the 8-digit position in the output order, '_', the path as listed."""
+    return f"{index:08d}_{path}".encode()
+
+
+class NothingWritten(DatabaseError):
+    """Every listed image was skipped: an empty database would only hide the mistake."""
+
+
+class ConvertInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM turned into it) stopped a conversion; what was saved stays for --resume.
+
+    `written`: records the progress file claims (all on disk); `partial`: the
+    work folder holding them.
+    """
+
+    def __init__(self, written: int, partial: Path) -> None:
+        super().__init__(f"interrupted; {written} records are saved in {partial}: rerun the same command "
+                         "with --resume to finish")
+        self.written = written
+        self.partial = partial
+
+
+def _stderr_warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def read_entries(list_path: Path, allow_absolute: bool, warn: Callable[[str], None]) -> list[ListEntry]:
+    """The whole list, checked by imagelist.check_list: bad syntax or an escaping path is fatal (the first
+    is raised); duplicates are warnings, as Caffe accepts them, and so are labels that are not 0..K-1."""
+    from datakit.imagelist import WARNING, check_list
+    check = check_list(list_path, allow_absolute=allow_absolute, allow_label_gaps=True,
+                       severity={"duplicate": WARNING})
+    check.raise_if_problems()
+    for message in check.warnings:
+        warn(f"{message}; converting both")
+    labels = sorted(check.labels)
+    if labels and (labels[0] != 0 or labels[-1] != len(labels) - 1):
+        warn(f"{list_path}: labels are not exactly 0..K-1 (found {len(labels)} values from {labels[0]} to "
+             f"{labels[-1]}); a classifier needs num_output >= {labels[-1] + 1}")
+    return check.entries
+
+
+def convert(root: str | os.PathLike, list_path: str | os.PathLike, db_path: str | os.PathLike,
+            options: ConvertOptions | None = None, *, warn: Callable[[str], None] = _stderr_warn,
+            settings: PipelineSettings | None = None,
+            on_progress_saved: Callable[[dict], None] | None = None) -> ConvertSummary:
+    """Convert the images of a Caffe list under `root` into the database `db_path`.
+
+    Returns the summary; raises DatakitError subclasses with one-line messages
+    (list problems before any work starts; with --strict, the first bad image).
+    `settings` tunes how records travel from the workers (PipelineSettings);
+    `on_progress_saved(state)` is called after every save of the progress file.
+    """
+    from datakit.atomic import sha256_file
+    from datakit.convert.encode import EncodeSpec
+    from datakit.convert.pipeline import PipelineSettings, write_records
+    from datakit.convert.workdir import RESUME_KEYS, AlreadyComplete, WorkDir, check_resumable
+    from datakit.db import BACKENDS
+
+    opts = options or ConvertOptions()
+    opts.validate()
+    started = time.perf_counter()
+    root, list_path, final = Path(root), Path(list_path), Path(db_path)
+    if not root.is_dir():
+        raise ConfigError(f"{root}: image root folder not found")
+    if not list_path.is_file():
+        raise ListError(f"{list_path}: list file not found")
+    workdir = WorkDir(final, on_save=on_progress_saved)
+    fingerprint = {"list": str(list_path.resolve()), "list_sha256": sha256_file(list_path),
+                   "root": str(root.resolve())}
+    try:
+        prior = workdir.open(resume=opts.resume, overwrite=opts.overwrite)
+    except AlreadyComplete as done:
+        return ConvertSummary.from_progress(str(final), done.progress)
+
+    entries = read_entries(list_path, opts.allow_absolute, warn)
+    seed = opts.seed
+    if prior is not None:
+        check_resumable(prior, opts, fingerprint, workdir.path)
+        seed = prior["options"]["seed"]
+    elif opts.shuffle and seed is None:
+        seed = secrets.randbits(32)
+    order = list(range(len(entries)))
+    if opts.shuffle:
+        random.Random(seed).shuffle(order)
+
+    if prior is None:
+        recorded = {k: getattr(opts, k) for k in RESUME_KEYS} | {"seed": seed}
+        workdir.start({"status": "incomplete", "tool": "datakit convert", "options": recorded, **fingerprint,
+                       "listed": len(entries), "next_index": 0, "written": 0, "shards": 0, "shapes": [],
+                       "skipped": []})
+    else:
+        workdir.continue_from(prior)
+    start = int(workdir.state["next_index"])
+    backend = BACKENDS[opts.backend]
+    spec = EncodeSpec(str(root), backend.record_kind, opts.resize_height, opts.resize_width, opts.gray,
+                      opts.encoded, opts.encode_type.lower(), opts.allow_absolute, opts.max_pixels)
+    writer = backend.open_writer(workdir.path, shard_records=opts.hdf5_chunk)
+    try:
+        writer.resume(workdir.state)
+        summary = write_records(entries, order, opts, spec, list_path, writer, workdir, warn,
+                                settings or PipelineSettings())
+        if summary.written == 0 and entries:
+            raise NothingWritten(f"{list_path}: none of its {len(entries)} images could be read, so no "
+                                 f"database was written (list paths are relative to the root {root})")
+        writer.finish(final)
+    except NothingWritten:
+        writer.close()
+        workdir.discard()
+        raise
+    except KeyboardInterrupt:
+        writer.close()
+        raise ConvertInterrupted(int(workdir.state.get("written", 0)), workdir.path) from None
+    except BaseException:
+        writer.close()
+        raise
+    writer.close()
+    summary.db, summary.seed, summary.resumed_at = str(final), seed, start or None
+    summary.seconds = time.perf_counter() - started
+    workdir.save(status="complete", next_index=len(entries), written=summary.written, shapes=summary.shapes,
+                 skipped=[asdict(s) for s in summary.skipped], **writer.progress_state(),
+                 summary={"listed": summary.listed, "written": summary.written, "shapes": summary.shapes,
+                          "seconds": round(summary.seconds, 3)})
+    workdir.install()
+    return summary

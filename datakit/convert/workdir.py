@@ -1,0 +1,141 @@
+"""The work folder of a conversion: where it is built, when it may resume or overwrite, how it is installed.
+
+A database is built at ``DB.incomplete`` with a progress file inside
+(``datakit-convert.json``) and renamed to ``DB`` only when it is complete, so
+an interruption never leaves a database that looks whole, and ``--resume``
+finishes it with the same bytes an uninterrupted run would have written. The
+progress file never claims a record that is not on disk: it is saved only at
+a durable point of the writer (see datakit.db.base.Writer).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from datakit.atomic import install_dir, write_text_atomic
+from datakit.db import PROGRESS_NAME, detect_backend, incomplete_path, read_progress
+from datakit.errors import ConfigError, DatabaseError
+
+if TYPE_CHECKING:
+    from datakit.convert.options import ConvertOptions
+
+__all__ = ["AlreadyComplete", "RESUME_KEYS", "WorkDir", "check_resumable"]
+
+# Options that decide the bytes written; a resumed run must use the same ones.
+RESUME_KEYS = ("backend", "resize_height", "resize_width", "gray", "shuffle", "seed", "encoded",
+               "encode_type", "check_size", "hdf5_chunk", "allow_absolute")
+
+
+class AlreadyComplete(Exception):
+    """--resume found the database already finished; `progress` is its final progress file."""
+
+    def __init__(self, progress: dict) -> None:
+        super().__init__("already complete")
+        self.progress = progress
+
+
+def _is_ours_or_db(path: Path) -> bool:
+    """Whether `path` may be replaced by --overwrite: a database or a folder this tool made."""
+    if path.is_dir() and (path / PROGRESS_NAME).exists():
+        return True
+    try:
+        detect_backend(path)
+        return True
+    except DatabaseError:
+        return path.is_dir() and not any(path.iterdir())
+
+
+class WorkDir:
+    """``FINAL.incomplete`` and its progress file.
+
+    `on_save(state)` is called after every save of the progress file (with
+    the state saved), for callers that watch the checkpoints.
+    """
+
+    def __init__(self, final: str | Path, *, on_save: Callable[[dict], None] | None = None) -> None:
+        self.final = Path(final)
+        if self.final.suffix.lower() == ".incomplete":
+            raise ConfigError(f"{self.final}: name the database without '.incomplete' "
+                              "(that is where unfinished work lives)")
+        self.path = incomplete_path(self.final)
+        self.state: dict = {}
+        self.on_save = on_save
+
+    def open(self, *, resume: bool, overwrite: bool) -> dict | None:
+        """The progress of the interrupted conversion to continue, or None to start afresh.
+
+        Refuses (DatabaseError) what would lose or hide work: a finished
+        database without --overwrite, interrupted work without --resume or
+        --overwrite, something that is not a database. With --overwrite the
+        interrupted work is removed here; the old database only at install().
+        With --resume on a finished database, raises AlreadyComplete.
+        """
+        final, work = self.final, self.path
+        prior = read_progress(work) if work.is_dir() else None
+        if resume:
+            if prior is None and final.exists():
+                done = read_progress(final) if final.is_dir() else None
+                if done is not None and done.get("status") == "complete":
+                    raise AlreadyComplete(done)
+                raise DatabaseError(f"{final}: exists and has no unfinished conversion to resume; "
+                                    "use --overwrite to convert again")
+            if prior is None and work.exists():
+                raise DatabaseError(f"{work}: unfinished conversion without a progress file; delete it and start over")
+            return prior
+        if work.exists():
+            if not overwrite:
+                raise DatabaseError(f"{work}: an interrupted conversion is there; pass --resume to finish it "
+                                    "or --overwrite to start over")
+            if prior is None:
+                raise DatabaseError(f"{work}: not made by datakit convert; remove it yourself")
+            shutil.rmtree(work)
+        if final.exists() and not overwrite:
+            raise DatabaseError(f"{final}: already exists; pass --overwrite to replace it "
+                                "(it is replaced only once the new database is complete)")
+        if final.exists() and not _is_ours_or_db(final):
+            raise DatabaseError(f"{final}: exists and is not a database; refusing to overwrite it")
+        return None
+
+    def start(self, state: dict) -> None:
+        """Create the work folder and save the first progress file."""
+        self.path.mkdir(parents=True)
+        self.state = state
+        self.save()
+
+    def continue_from(self, state: dict) -> None:
+        self.state = state
+
+    def save(self, **changes: object) -> None:
+        """Update the progress state and write it atomically."""
+        self.state.update(changes)
+        write_text_atomic(self.path / PROGRESS_NAME, json.dumps(self.state, indent=1) + "\n")
+        if self.on_save is not None:
+            self.on_save(self.state)
+
+    def discard(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    def install(self) -> None:
+        """Rename the finished database into place; an old one (--overwrite) goes only after that."""
+        install_dir(self.path, self.final)
+
+
+def check_resumable(prior: dict, options: ConvertOptions, fingerprint: dict, work: Path) -> None:
+    """Refuse (ConfigError) to resume with another list, root or byte-deciding option."""
+    changed = [k for k in ("list_sha256", "root") if prior.get(k) != fingerprint[k]]
+    if changed:
+        what = "the list file changed" if "list_sha256" in changed else "the image root changed"
+        raise ConfigError(f"{work}: cannot resume: {what} since the interrupted run; "
+                          "use --overwrite to start over")
+    before = prior.get("options", {})
+    diffs = [f"{k}={before.get(k)!r} (now {getattr(options, k)!r})" for k in RESUME_KEYS
+             if k != "seed" and before.get(k) != getattr(options, k)]
+    seed = options.seed
+    if seed is not None and before.get("seed") != seed:
+        diffs.append(f"seed={before.get('seed')!r} (now {seed!r})")
+    if diffs:
+        raise ConfigError(f"{work}: cannot resume with different options: " + ", ".join(diffs))
