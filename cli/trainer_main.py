@@ -14,6 +14,7 @@ COMMANDS: dict[str, str] = {
     "time": "cli.trainer_cmd_time",
     "classify": "cli.trainer_cmd_classify",
     "draw": "cli.trainer_cmd_draw",
+    "board": "cli.trainer_cmd_board",
 }
 
 

@@ -1,0 +1,60 @@
+"""A database's card: ``datakit inspect``'s summary, the label histogram and a contact sheet.
+
+Built with :func:`datakit.inspect.inspect_db` (every record is read once, encoded records sized
+from their headers) and kept until a file of the database changes. A half-written database
+(``DB.incomplete``, still being converted) or a corrupt one gives a card with the error line
+instead of the summary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from trainer.board.svg import bar_chart
+
+__all__ = ["DbCard", "database_card", "SAMPLES"]
+
+SAMPLES = 16
+
+
+@dataclass
+class DbCard:
+    """What the card shows; `sheet_png` is served on its own URL."""
+
+    path: str
+    error: str | None
+    lines: list[str]
+    summary: dict
+    histogram: str
+    sheet_png: bytes | None
+
+    def to_json(self) -> dict:
+        return {"path": self.path, "error": self.error, "lines": self.lines, "summary": self.summary,
+                "histogram": self.histogram, "has_sheet": self.sheet_png is not None}
+
+
+def database_card(path: Path, name: str, *, samples: int = SAMPLES) -> DbCard:
+    """Inspect the database at `path` (blocking: run it in a thread)."""
+    import cv2
+
+    from datakit.inspect import contact_sheet, inspect_db
+
+    try:
+        summary, picked = inspect_db(path, samples=samples)
+    except Exception as err:  # noqa: BLE001 - a half-written or corrupt database is shown, not fatal
+        return DbCard(name, _one_line(err, name), [], {}, "", None)
+    summary.path = name
+    labels = sorted(summary.labels.items())
+    histogram = bar_chart([(str(k), float(v)) for k, v in labels], title="records per label",
+                          xlabel="label", ylabel="records", css_class="chart histogram")
+    png = None
+    if picked:
+        ok, buf = cv2.imencode(".png", contact_sheet(picked, cell=80))
+        png = buf.tobytes() if ok else None
+    return DbCard(name, None, summary.lines(), summary.to_json(), histogram, png)
+
+
+def _one_line(err: BaseException, name: str) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if name in text or "/" in text else f"{name}: {text}"
