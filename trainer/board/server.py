@@ -133,12 +133,13 @@ class Board:
 
     def run_card(self, path: Path, name: str) -> dict:
         from trainer.board.runs import curves_svg, point_counts
+        from trainer.draw import dot_available
         info = self.run_info(path, name)
         row = self.run_row(path, name)
         if isinstance(info, str):
-            return {"row": row, "error": info, "charts": {}, "points": {}, "nets": []}
+            return {"row": row, "error": info, "charts": {}, "points": {}, "nets": [], "can_draw": False}
         return {"row": row, "error": None, "charts": curves_svg(info), "points": point_counts(info),
-                "nets": self.nets_beside(path, info.nets)}
+                "nets": self.nets_beside(path, info.nets), "can_draw": dot_available()}
 
     def nets_beside(self, log: Path, named: list[str]) -> list[str]:
         """Net prototxts in the log's folder (the ones the log names first) for the drawing."""
@@ -270,8 +271,9 @@ async def model_card(request: web.Request) -> web.Response:
     except Exception as err:  # noqa: BLE001
         return _json({"path": name, "error": board.scrub(str(err))})
     rel = lambda p: p.relative_to(board.root).as_posix() if p is not None else None  # noqa: E731
+    from trainer.draw import dot_available
     return _json({"path": name, "error": None, "deploy": rel(files.deploy), "weights": [rel(p) for p in files.weights],
-                  "labels": rel(files.labels), "mean": rel(files.mean)})
+                  "labels": rel(files.labels), "mean": rel(files.mean), "can_draw": dot_available()})
 
 
 async def classify(request: web.Request) -> web.Response:

@@ -55,6 +55,13 @@ def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
     return ticks
 
 
+def _log_ticks(e0: float, e1: float) -> list[float]:
+    """Ticks for a log axis spanning 10**e0..10**e1: powers of ten, and 2 and 5 times them when
+    the span is short (an lr stepping by 0.9 stays inside one decade)."""
+    mults = (1,) if e1 - e0 > 2 else (1, 2, 5)
+    return [m * 10 ** e for e in range(math.floor(e0), math.ceil(e1) + 1) for m in mults]
+
+
 def _fmt(v: float) -> str:
     if v == 0:
         return "0"
@@ -110,7 +117,7 @@ def line_chart(series: Sequence[Series], *, title: str, xlabel: str = "", ylabel
         X = sx(t)
         out.append(f'<line x1="{X:.1f}" y1="{_M["top"]}" x2="{X:.1f}" y2="{_M["top"] + ph}" stroke="#eee"/>')
         out.append(f'<text x="{X:.1f}" y="{_M["top"] + ph + 14}" text-anchor="middle">{_fmt(t)}</text>')
-    yticks = [10 ** e for e in range(math.floor(y0), math.ceil(y1) + 1)] if ylog else nice_ticks(y0, y1, 4)
+    yticks = _log_ticks(y0, y1) if ylog else nice_ticks(y0, y1, 4)
     for t in yticks:
         Y = sy(t)
         if not (_M["top"] - 0.5 <= Y <= _M["top"] + ph + 0.5):

@@ -90,7 +90,8 @@ function chartBox(svgText, cls) {
 
 function errorLine(text) { return el("p", {class: "error-line", text: text}); }
 
-function drawingBox(prototxt, card) {
+function drawingBox(prototxt, card, canDraw) {
+  if (!canDraw) return el("p", {class: "muted", text: "no drawing: Graphviz's dot program is not installed on the server"});
   const box = card.querySelector(".drawing") || el("div", {class: "drawing"});
   const src = apiUrl("/api/draw", {path: prototxt});
   if (src !== lastDrawing || !box.firstChild) {
@@ -115,7 +116,7 @@ function renderRun(card, data) {
   if (counts) parts.push(el("p", {class: "muted points", text: "points: " + counts}));
   if (data.nets.length) {
     const old = card.querySelector(".drawing");
-    parts.push(el("h4", {text: "net: " + data.nets[0]}), drawingBox(data.nets[0], old ? card : el("div")));
+    parts.push(el("h4", {text: "net: " + data.nets[0]}), drawingBox(data.nets[0], old ? card : el("div"), data.can_draw));
   }
   card.replaceChildren(...parts);
 }
@@ -180,7 +181,7 @@ function renderModel(card, data) {
     if (e.dataTransfer.files.length) send(e.dataTransfer.files[0]);
   });
   input.addEventListener("change", () => { if (input.files.length) send(input.files[0]); });
-  parts.push(drop, result, el("h4", {text: "net: " + data.deploy}), drawingBox(data.deploy, el("div")));
+  parts.push(drop, result, el("h4", {text: "net: " + data.deploy}), drawingBox(data.deploy, el("div"), data.can_draw));
   card.replaceChildren(...parts);
 }
 
