@@ -11,7 +11,14 @@ from typing import IO
 from trainer.board.safety import is_loopback, new_token
 from trainer.board.server import MAX_UPLOAD, make_app
 
-__all__ = ["serve", "board_url"]
+__all__ = ["serve", "board_url", "choose_token"]
+
+
+def choose_token(host: str, token: str | None) -> str | None:
+    """The token the board requires: the one given, else a random one when `host` is not loopback."""
+    if token:
+        return token
+    return None if is_loopback(host) else new_token()
 
 
 def board_url(host: str, port: int, token: str | None) -> str:
@@ -50,6 +57,5 @@ def serve(root: str | Path, *, host: str = "127.0.0.1", port: int = 8470, token:
           poll: float = 1.0, stale_after: float | None = None, max_upload: int = MAX_UPLOAD,
           out: IO[str] = sys.stdout) -> None:
     """Serve the board of `root`; off loopback a token is required (a random one unless given)."""
-    if token is None and not is_loopback(host):
-        token = new_token()
+    token = choose_token(host, token)
     asyncio.run(_serve(Path(root), host, port, token, poll, stale_after, max_upload, out))
