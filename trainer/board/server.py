@@ -39,6 +39,7 @@ from trainer.board.safety import PathRefused, guard_middleware, resolve_under
 __all__ = ["Board", "make_app", "MAX_UPLOAD"]
 
 MAX_UPLOAD = 8 * 1024 * 1024
+MAX_PROTOTXT = 4 * 1024 * 1024
 _STATIC = {"index.html": "text/html", "board.css": "text/css", "board.js": "text/javascript"}
 
 
@@ -142,16 +143,31 @@ class Board:
                 "nets": self.nets_beside(path, info.nets), "can_draw": dot_available()}
 
     def nets_beside(self, log: Path, named: list[str]) -> list[str]:
-        """Net prototxts in the log's folder (the ones the log names first) for the drawing."""
-        folder = log.parent
-        names = {Path(n).name for n in named}
-        candidates = sorted(p for p in folder.glob("*.prototxt") if "solver" not in p.name and p.is_file())
-        candidates.sort(key=lambda p: p.name not in names)
-        out = []
-        for p in candidates:
-            with contextlib.suppress(PathRefused):
-                resolve_under(self.root, p.relative_to(self.root).as_posix())
-                out.append(p.relative_to(self.root).as_posix())
+        """Net files for the run's drawing: those the log names ("Creating training net from X",
+        X relative to where fit ran: looked for from the log's folder up to DIR), then the other
+        net prototxts in the log's folder. Only files inside DIR."""
+        out: list[str] = []
+
+        def add(p: Path) -> None:
+            try:
+                rel = p.resolve().relative_to(self.root).as_posix()
+                resolve_under(self.root, rel)
+            except (ValueError, OSError, PathRefused):
+                return
+            if p.is_file() and rel not in out:
+                out.append(rel)
+
+        folders = [log.parent] + [f for f in log.parent.parents if f == self.root or self.root in f.parents]
+        for name in named:
+            if Path(name).is_absolute() or ".." in Path(name).parts:
+                continue
+            for folder in folders:
+                if (folder / name).is_file():
+                    add(folder / name)
+                    break
+        for p in sorted(log.parent.glob("*.prototxt")):
+            if "solver" not in p.name:
+                add(p)
         return out
 
     # -- databases, drawings --------------------------------------------------------------------
@@ -308,8 +324,10 @@ async def classify(request: web.Request) -> web.Response:
 async def draw(request: web.Request) -> web.Response:
     board = _board(request)
     path, name = board.resolve(request)
-    if path.suffix != ".prototxt" or not path.is_file():
-        raise web.HTTPNotFound(text=f"{name}: not a net prototxt")
+    if not path.is_file():
+        raise web.HTTPNotFound(text=f"{name}: no such file")
+    if path.stat().st_size > MAX_PROTOTXT:
+        raise web.HTTPUnprocessableEntity(text=f"{name}: too large for a net prototxt")
     rankdir = request.query.get("rankdir", "TB")
     if rankdir not in ("LR", "TB"):
         raise web.HTTPBadRequest(text="rankdir: LR or TB")
