@@ -153,7 +153,7 @@ class Browser:
         return result.get("result", {}).get("value")
 
     async def wait_for(self, expression: str, timeout: float | None = None) -> Any:
-        """Evaluate `expression` until it is truthy; its value."""
+        """Evaluate `expression` until it is truthy; its value (a DOM node comes back as {}: use !!)."""
         deadline = asyncio.get_running_loop().time() + (timeout or self.timeout)
         while True:
             value = await self.evaluate(expression)

@@ -59,7 +59,11 @@ def _log_ticks(e0: float, e1: float) -> list[float]:
     """Ticks for a log axis spanning 10**e0..10**e1: powers of ten, and 2 and 5 times them when
     the span is short (an lr stepping by 0.9 stays inside one decade)."""
     mults = (1,) if e1 - e0 > 2 else (1, 2, 5)
-    return [m * 10 ** e for e in range(math.floor(e0), math.ceil(e1) + 1) for m in mults]
+    ticks = [m * 10 ** e for e in range(math.floor(e0), math.ceil(e1) + 1) for m in mults]
+    inside = [t for t in ticks if e0 <= math.log10(t) <= e1]
+    if len(inside) >= 2:
+        return inside
+    return [t for t in nice_ticks(10 ** e0, 10 ** e1, 3) if t > 0]
 
 
 def _fmt(v: float) -> str:
