@@ -45,7 +45,7 @@ def build(folder: Path) -> subprocess.Popen:
     caffe = SHARED / "caffe_logs" / "half0A"
     (folder / "transfer" / "half0A").mkdir(parents=True)
     for log in sorted(caffe.glob("*.gz"))[:1]:
-        shutil.copy(log, folder / "transfer" / "half0A" / log.name)
+        shutil.copy2(log, folder / "transfer" / "half0A" / log.name)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     return subprocess.Popen([sys.executable, "-m", "cli.trainer_main", "fit", "--solver", "lenet_solver.prototxt",
                              "--device", "cpu", "--quiet"], cwd=run, env=env)

@@ -16,6 +16,7 @@ import pytest
 
 from tests.board_fixtures import loss_points, start_run, write_iterations
 from tests.cdp import Browser, find_chromium
+from tests.test_board_cards import model  # noqa: F401 - the fixture
 
 from trainer.board.server import make_app
 
@@ -59,3 +60,36 @@ async def test_board_page_in_chromium(tmp_path, aiohttp_server):
             assert page.errors == [], json.dumps(page.errors, indent=1)
     finally:
         log.close()
+
+
+async def test_grid_database_and_classify_by_drop_in_chromium(tmp_path, aiohttp_server, model):
+    import base64
+
+    from tests.test_board_cards import NAMES, FakeGrid, _grid_dir, _lmdb, _png, _statuses
+
+    _grid_dir(tmp_path)
+    _lmdb(tmp_path / "data" / "train_lmdb", [0, 1, 1, 2])
+    server = await aiohttp_server(make_app(tmp_path, poll=0.2, grid=FakeGrid(_statuses())))
+    url = f"http://127.0.0.1:{server.port}/"
+    async with Browser() as page:
+        await page.goto(url + "#grid=grids%2Ftransfer")
+        await page.wait_for("document.querySelectorAll('#grid-table tbody tr').length === 7")
+        assert await page.evaluate("document.querySelector('#detail svg.grid-figure polyline[data-series=\"BnB\"]').dataset.n") == "2"
+        await page.evaluate("document.querySelector('#db-list li').click()")
+        await page.wait_for("document.querySelector('#detail pre.summary')?.textContent.includes('4 records')")
+        await page.wait_for("document.querySelector('#detail img.sheet')?.naturalWidth > 0")
+        assert await page.evaluate("document.querySelectorAll('#detail svg.histogram rect.bar').length") == 3
+        await page.evaluate("document.querySelector('#model-list li').click()")
+        await page.wait_for("!!document.getElementById('drop')")
+        png = base64.b64encode(_png()).decode()
+        await page.evaluate(f"""(() => {{
+            const bytes = Uint8Array.from(atob("{png}"), c => c.charCodeAt(0));
+            const dt = new DataTransfer();
+            dt.items.add(new File([bytes], "photo.png", {{type: "image/png"}}));
+            document.getElementById('drop').dispatchEvent(new DragEvent("drop", {{dataTransfer: dt, bubbles: true}}));
+        }})()""")
+        await page.wait_for("document.querySelectorAll('#top5 tbody tr').length === 5")
+        names = await page.evaluate("[...document.querySelectorAll('#top5 tbody tr td:nth-child(3)')].map(td => td.textContent)")
+        assert len(names) == 5 and set(names) <= set(NAMES)
+        await page.screenshot(ARTIFACTS / "board-classify.png")
+        assert page.errors == [], json.dumps(page.errors, indent=1)

@@ -194,7 +194,7 @@ async def test_half_written_and_corrupt_databases_are_errors_on_their_cards(tmp_
 DEPLOY = """name: "tiny"
 layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 8 dim: 8 } } }
 layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc"
-        inner_product_param { num_output: 7 weight_filler { type: "gaussian" std: 0.5 } bias_filler { type: "constant" value: 0.1 } } }
+        inner_product_param { num_output: 7 weight_filler { type: "gaussian" std: 0.002 } bias_filler { type: "constant" value: 0.1 } } }
 layer { name: "prob" type: "Softmax" bottom: "fc" top: "prob" }
 """
 NAMES = ["ant", "bee", "cat", "dog", "eel", "fox", "gnu"]

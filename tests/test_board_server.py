@@ -301,9 +301,14 @@ def test_cli_prints_the_url_with_its_token_and_enforces_it(tmp_path):
         assert err.value.code == 403
         with urllib.request.urlopen(base + "/api/overview?token=tok-123", timeout=10) as r:
             assert r.status == 200
+        # an open event stream (a browser tab) does not hold the shutdown up
+        stream = urllib.request.urlopen(base + "/api/events?token=tok-123", timeout=10)
+        assert stream.readline() == b"event: change\n"
     finally:
         proc.terminate()
-        out, _ = proc.communicate(timeout=20)
+        out, _ = proc.communicate(timeout=20)   # aiohttp would wait 60 s for a handler still running
+        if "stream" in locals():
+            stream.close()
     assert proc.returncode == 0 and "board: stopped" in out
 
 

@@ -76,6 +76,7 @@ class Board:
         self.max_entries = max_entries
         self.found = discover.Found()
         self.version = 0
+        self.closing = False                  # set at shutdown: event streams end at once
         self.changed = asyncio.Event()
         self._runs: dict[str, tuple[Any, Any]] = {}
         self._dbs: dict[str, tuple[Any, Any]] = {}
@@ -345,7 +346,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     await resp.prepare(request)
     seen = -1
     try:
-        while True:
+        while not board.closing:
             if board.version != seen:
                 seen = board.version
                 await resp.write(f"event: change\ndata: {seen}\n\n".encode())
@@ -384,5 +385,10 @@ def make_app(root: str | Path, *, token: str | None = None, poll: float = 1.0, s
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
+    async def end_streams(app: web.Application) -> None:
+        board.closing = True
+        board.changed.set()
+
     app.cleanup_ctx.append(start_watch)
+    app.on_shutdown.append(end_streams)
     return app
