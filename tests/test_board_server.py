@@ -49,9 +49,18 @@ async def test_overview_finds_runs_added_after_start(tmp_path, board):
     assert row["best_accuracy"] == pytest.approx(0.1)
 
 
+def frozen_clock(client) -> list[float]:
+    """Make the board's clock the test's: parses take no time, so a grown log is read again at once."""
+    from trainer.board.server import BOARD_KEY
+    now = [0.0]
+    client.server.app[BOARD_KEY].clock = lambda: now[0]
+    return now
+
+
 async def test_run_card_grows_with_its_log(tmp_path, board):
     log = start_run(tmp_path / "r", iterations=100)
     client = await board()
+    frozen_clock(client)
     card = await (await client.get("/api/run", params={"path": "r/train.log"})).json()
     assert card["error"] is None
     assert polyline_counts(card["charts"]["loss"])["train loss"] == loss_points(100)
@@ -66,6 +75,28 @@ async def test_run_card_grows_with_its_log(tmp_path, board):
     log.close()
     card = await (await client.get("/api/run", params={"path": "r/train.log"})).json()
     assert card["row"]["state"] == "finished"
+
+
+async def test_a_slow_log_is_read_again_only_after_ten_times_its_parse(tmp_path, board, monkeypatch):
+    import trainer.board.runs as runs
+    log = start_run(tmp_path / "r", iterations=100)
+    client = await board()
+    now = frozen_clock(client)
+    real = runs.read_run
+
+    def slow_read(path, name):       # a parse that takes 2 s on the board's clock
+        now[0] += 2.0
+        return real(path, name)
+
+    monkeypatch.setattr(runs, "read_run", slow_read)
+    get = lambda: client.get("/api/run", params={"path": "r/train.log"})  # noqa: E731
+    assert (await (await get()).json())["row"]["iteration"] == 90       # parsed at 0..2: held until 22
+    write_iterations(log, 100, 200)
+    now[0] = 15.0
+    assert (await (await get()).json())["row"]["iteration"] == 90       # grown, but still held
+    now[0] = 23.0
+    assert (await (await get()).json())["row"]["iteration"] == 190
+    log.close()
 
 
 async def test_events_announce_a_grown_log(tmp_path, board):

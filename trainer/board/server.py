@@ -27,6 +27,9 @@ import contextlib
 import functools
 import json
 import math
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -40,6 +43,7 @@ __all__ = ["Board", "make_app", "MAX_UPLOAD"]
 
 MAX_UPLOAD = 8 * 1024 * 1024
 MAX_PROTOTXT = 4 * 1024 * 1024
+REPARSE_FACTOR = 10.0
 _STATIC = {"index.html": "text/html", "board.css": "text/css", "board.js": "text/javascript"}
 
 
@@ -78,7 +82,12 @@ class Board:
         self.version = 0
         self.closing = False                  # set at shutdown: event streams end at once
         self.changed = asyncio.Event()
-        self._runs: dict[str, tuple[Any, Any]] = {}
+        self._runs: dict[str, tuple[Any, Any, float]] = {}
+        self.clock = time.monotonic
+        # Inspecting a big database or loading a net takes long: their own threads, so the
+        # quick requests (the table, the curves) never wait behind them; one inspect per database.
+        self.slow = ThreadPoolExecutor(max_workers=2, thread_name_prefix="board-slow")
+        self._db_locks: dict[str, threading.Lock] = {}
         self._dbs: dict[str, tuple[Any, Any]] = {}
         self._draws: dict[tuple, bytes] = {}
         self.classifiers = ClassifierCache()
@@ -107,23 +116,31 @@ class Board:
         return changed
 
     async def watch(self) -> None:
+        """Look under DIR every `poll` seconds, or every REPARSE_FACTOR times a look takes when
+        that is longer (a huge folder is then looked at less often rather than all the time)."""
         while True:
+            start = time.monotonic()
             with contextlib.suppress(Exception):  # a folder vanishing mid-walk: try again next time
                 await self.rescan()
-            await asyncio.sleep(self.poll)
+            await asyncio.sleep(max(self.poll, REPARSE_FACTOR * (time.monotonic() - start)))
 
     # -- runs -----------------------------------------------------------------------------------
     def run_info(self, path: Path, name: str) -> Any:
+        """The parsed log (or its error line), parsed again when the file changed, but not more
+        often than every REPARSE_FACTOR times the last parse took: a long log that grows every
+        second then costs the board a bounded share of a core, not the training's."""
         from trainer.board.runs import read_run
         stamp = discover._stamp(path)
         cached = self._runs.get(name)
-        if cached and cached[0] == stamp:
+        now = self.clock()
+        if cached and (cached[0] == stamp or now < cached[2]):
             return cached[1]
         try:
             info: Any = read_run(path, name)
         except Exception as err:  # noqa: BLE001 - a malformed log is an error on its card
             info = self.scrub(" ".join(str(err).split()))
-        self._runs[name] = (stamp, info)
+        done = self.clock()
+        self._runs[name] = (stamp, info, done + REPARSE_FACTOR * (done - now))
         return info
 
     def run_row(self, path: Path, name: str) -> dict:
@@ -174,15 +191,19 @@ class Board:
     # -- databases, drawings --------------------------------------------------------------------
     def db_card(self, path: Path, name: str) -> Any:
         from trainer.board.databases import database_card
-        stamp = self.found.databases.get(name)
-        cached = self._dbs.get(name)
-        if cached and stamp is not None and cached[0] == stamp:
-            return cached[1]
-        card = database_card(path, name)
-        if card.error:
-            card.error = self.scrub(card.error)
-        self._dbs[name] = (stamp, card)
-        return card
+        with self._db_locks.setdefault(name, threading.Lock()):
+            stamp = self.found.databases.get(name)
+            cached = self._dbs.get(name)
+            if cached and stamp is not None and cached[0] == stamp:
+                return cached[1]
+            card = database_card(path, name)
+            if card.error:
+                card.error = self.scrub(card.error)
+            self._dbs[name] = (stamp, card)
+            return card
+
+    async def in_slow(self, fn, *args) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.slow, fn, *args)
 
     def drawing(self, path: Path, rankdir: str) -> bytes:
         from datakit.formats.prototxt import read_net
@@ -243,8 +264,7 @@ async def _known(board: Board, name: str, kind: str) -> None:
 async def run_card(request: web.Request) -> web.Response:
     board = _board(request)
     path, name = board.resolve(request)
-    if not path.is_file():
-        raise web.HTTPNotFound(text=f"{name}: no such log")
+    await _known(board, name, "runs")    # only logs: never read a database file as text
     return _json(await asyncio.to_thread(board.run_card, path, name))
 
 
@@ -264,7 +284,7 @@ async def db_card(request: web.Request) -> web.Response:
     board = _board(request)
     path, name = board.resolve(request)
     await _known(board, name, "databases")
-    card = await asyncio.to_thread(board.db_card, path, name)
+    card = await board.in_slow(board.db_card, path, name)
     return _json(card.to_json())
 
 
@@ -272,7 +292,7 @@ async def db_sheet(request: web.Request) -> web.Response:
     board = _board(request)
     path, name = board.resolve(request)
     await _known(board, name, "databases")
-    card = await asyncio.to_thread(board.db_card, path, name)
+    card = await board.in_slow(board.db_card, path, name)
     if card.sheet_png is None:
         raise web.HTTPNotFound(text=f"{name}: no contact sheet ({card.error or 'empty database'})")
     return web.Response(body=card.sheet_png, content_type="image/png")
@@ -314,7 +334,7 @@ async def classify(request: web.Request) -> web.Response:
         return classify_bytes(board.classifiers.get(files, weights), data)
 
     try:
-        top = await asyncio.to_thread(work)
+        top = await board.in_slow(work)
     except PathRefused as err:
         raise web.HTTPForbidden(text=str(err)) from None
     except Exception as err:  # noqa: BLE001 - a bad image or model: one line back to the page
@@ -333,7 +353,7 @@ async def draw(request: web.Request) -> web.Response:
     if rankdir not in ("LR", "TB"):
         raise web.HTTPBadRequest(text="rankdir: LR or TB")
     try:
-        svg = await asyncio.to_thread(board.drawing, path, rankdir)
+        svg = await board.in_slow(board.drawing, path, rankdir)
     except Exception as err:  # noqa: BLE001 - no dot, or a prototxt that does not parse
         raise web.HTTPUnprocessableEntity(text=board.scrub(" ".join(str(err).split()))) from None
     return web.Response(body=svg, content_type="image/svg+xml")
@@ -384,6 +404,7 @@ def make_app(root: str | Path, *, token: str | None = None, poll: float = 1.0, s
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        board.slow.shutdown(wait=False, cancel_futures=True)
 
     async def end_streams(app: web.Application) -> None:
         board.closing = True
