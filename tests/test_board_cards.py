@@ -275,3 +275,50 @@ async def test_classify_with_weights_that_miss_a_layer_says_so(tmp_path, aiohttp
     client = await aiohttp_client(make_app(tmp_path))
     r = await client.post("/api/classify", params={"path": "models/tiny"}, data=_png())
     assert r.status == 422 and "has no weights for layer(s) fc" in (await r.json())["error"]
+
+
+async def test_leveldb_and_hdf5_databases_are_found_and_inspected(tmp_path, aiohttp_client):
+    from datakit.db.hdf5_backend import HDF5Writer
+    from datakit.db.leveldb_backend import LevelDBWriter
+
+    rng = np.random.default_rng(1)
+    writer = LevelDBWriter(tmp_path / "ldb")
+    writer.write([(f"{i:08d}".encode(), encode_datum(rng.integers(0, 256, (1, 6, 6), dtype=np.uint8), i % 2))
+                  for i in range(5)])
+    writer.close()
+    h5 = HDF5Writer(tmp_path / "sets" / "train_h5", chunk=4)
+    h5.write([(rng.integers(0, 256, (3, 5, 5)).astype(np.uint8), i % 3) for i in range(6)])
+    h5.finish(tmp_path / "sets" / "train_h5")
+    h5.close()
+    client = await aiohttp_client(make_app(tmp_path))
+    overview = await (await client.get("/api/overview")).json()
+    assert overview["databases"] == ["ldb", "sets/train_h5"]
+    card = await (await client.get("/api/db", params={"path": "ldb"})).json()
+    assert card["lines"][0] == "ldb: leveldb, 5 records (5 raw)" and card["has_sheet"]
+    card = await (await client.get("/api/db", params={"path": "sets/train_h5"})).json()
+    assert card["lines"][0] == "sets/train_h5: hdf5, 6 records (6 float)"
+    bars = dict(re.findall(r'class="bar" data-label="(\d+)" data-value="([\d.]+)"', card["histogram"]))
+    assert bars == {"0": "2", "1": "2", "2": "2"}
+    assert (await client.get("/api/db/sheet", params={"path": "sets/train_h5"})).status == 200
+
+
+async def test_databases_reading_files_outside_dir_are_refused(tmp_path, aiohttp_client):
+    from datakit.db.hdf5_backend import HDF5Writer
+
+    root = tmp_path / "board"
+    h5 = HDF5Writer(tmp_path / "elsewhere", chunk=4)
+    h5.write([(np.zeros((1, 2, 2), np.uint8), 0)])
+    h5.finish(tmp_path / "elsewhere")
+    h5.close()
+    (root / "h5").mkdir(parents=True)
+    (root / "h5" / "list.txt").write_text(str(tmp_path / "elsewhere" / "data_00000.h5") + "\n")
+    (root / "h5" / "x.h5").write_bytes(b"")
+    _lmdb(tmp_path / "secret_lmdb", [0])
+    (root / "linked_lmdb").mkdir()
+    (root / "linked_lmdb" / "data.mdb").symlink_to(tmp_path / "secret_lmdb" / "data.mdb")
+    client = await aiohttp_client(make_app(root))
+    assert (await (await client.get("/api/overview")).json())["databases"] == ["h5", "linked_lmdb"]
+    for name, bad in [("h5", "data_00000.h5"), ("linked_lmdb", "data.mdb")]:
+        card = await (await client.get("/api/db", params={"path": name})).json()
+        assert card["error"] == f"{name}: reads files outside the board's folder ({bad}); not shown", card
+        assert (await client.get("/api/db/sheet", params={"path": name})).status == 404

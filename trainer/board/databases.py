@@ -34,13 +34,35 @@ class DbCard:
                 "histogram": self.histogram, "has_sheet": self.sheet_png is not None}
 
 
-def database_card(path: Path, name: str, *, samples: int = SAMPLES) -> DbCard:
-    """Inspect the database at `path` (blocking: run it in a thread)."""
+def files_outside(root: Path, path: Path) -> list[str]:
+    """Files the database at `path` would read from outside `root`: symlinks out of its folder,
+    or .h5 files its list.txt names elsewhere (HDF5 lists hold paths of any kind)."""
+    from datakit.db import detect_backend
+    from datakit.db.hdf5_backend import hdf5_files
+
+    files = [p for p in path.iterdir()] if path.is_dir() else [path]
+    if path.is_dir() and detect_backend(path) == "hdf5":
+        files += hdf5_files(path)
+    out = []
+    for f in files:
+        real = f.resolve()
+        if real != root and root not in real.parents:
+            out.append(f.name)
+    return out
+
+
+def database_card(path: Path, name: str, *, samples: int = SAMPLES, root: Path | None = None) -> DbCard:
+    """Inspect the database at `path` (blocking: run it in a thread); with `root`, refuse one
+    that reads files outside it."""
     import cv2
 
     from datakit.inspect import contact_sheet, inspect_db
 
     try:
+        outside = files_outside(root, path) if root is not None else []
+        if outside:
+            return DbCard(name, f"{name}: reads files outside the board's folder ({', '.join(outside[:3])}); "
+                                "not shown", [], {}, "", None)
         summary, picked = inspect_db(path, samples=samples)
     except Exception as err:  # noqa: BLE001 - a half-written or corrupt database is shown, not fatal
         return DbCard(name, _one_line(err, name), [], {}, "", None)

@@ -196,7 +196,7 @@ class Board:
             cached = self._dbs.get(name)
             if cached and stamp is not None and cached[0] == stamp:
                 return cached[1]
-            card = database_card(path, name)
+            card = database_card(path, name, root=self.root)
             if card.error:
                 card.error = self.scrub(card.error)
             self._dbs[name] = (stamp, card)
