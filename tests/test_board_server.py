@@ -167,6 +167,14 @@ async def test_corrupt_logs_are_errors_on_their_cards(tmp_path, board):
     assert (await client.get("/api/overview")).status == 200   # still serving
 
 
+def test_net_files_named_by_caffe_and_by_us():
+    from trainer.board.runs import _scan_endings
+    lines = ["I0101 00:00:00.000000 1 solver.cpp:81] Creating training net from net file: nets/lenet.prototxt",
+             "I0101 00:00:00.000000 1 solver.cpp:81] Creating test net (#0) specified by net file: nets/val.prototxt",
+             "I0101 00:00:00.000000 1 fit.py:1] Creating training net from lenet.prototxt"]
+    assert _scan_endings(lines)[2] == ["nets/lenet.prototxt", "nets/val.prototxt", "lenet.prototxt"]
+
+
 async def test_a_run_that_has_not_reached_iteration_0_is_running(tmp_path, board):
     from trainer.caffelog import CaffeLog
     log = CaffeLog(tmp_path / "new.log", stream=None)
@@ -178,13 +186,20 @@ async def test_a_run_that_has_not_reached_iteration_0_is_running(tmp_path, board
 
 
 async def test_real_caffe_log_of_the_transfer_study(tmp_path, board, shared_data):
-    src = next((shared_data / "caffe_logs" / "half0A").glob("*.gz"))
-    shutil.copy(src, tmp_path / src.name)
+    folder = shared_data / "caffe_logs" / "half0A"
+    src = sorted(folder.glob("*.gz"))[0]
+    for f in [src, *folder.glob("*.prototxt")]:
+        shutil.copy2(f, tmp_path / f.name)
     client = await board()
     [row] = (await (await client.get("/api/overview")).json())["runs"]
-    assert row["path"] == src.name and row["error"] is None and row["iteration"] > 0
+    assert row["path"] == src.name and row["error"] is None and row["iteration"] == 286180
+    assert row["state"] == "stopped"    # ends without 'Optimization Done.' and was written in 2014
     card = await (await client.get("/api/run", params={"path": src.name})).json()
-    assert polyline_counts(card["charts"]["loss"])  # curves drawn
+    assert polyline_counts(card["charts"]["loss"])["train loss"] == card["points"]["train loss"] > 1000
+    assert card["nets"] == ["imagenet_train.prototxt", "imagenet_val.prototxt"]   # the solver is left out
+    if shutil.which("dot"):
+        r = await client.get("/api/draw", params={"path": "imagenet_train.prototxt"})
+        assert r.status == 200 and ">conv1 (Convolution)<" in await r.text()
 
 
 async def test_static_page_and_files(board):

@@ -35,7 +35,9 @@ _ERROR_LINE = re.compile(r"^[EF]\d{4} \d\d:\d\d:\d\d")
 _GLOG_LINE = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d")
 _STOPPED = "Optimization stopped early"
 _DONE = "Optimization Done."
-_NET_FROM = re.compile(r"Creating (?:training|test) net (?:\(#\d+\) specified by|from) (\S+)")
+# ours: "Creating training net from X" / "Creating test net (#0) specified by X";
+# Caffe's: "... from net file: X" / "... specified by net file: X" / "... from train_net file: X".
+_NET_FROM = re.compile(r"Creating (?:training|test) net.*?(?:file: |from |specified by )(\S+)\s*$")
 
 
 @dataclass
