@@ -7,7 +7,8 @@ SVG on the server (:mod:`.svg`), live updates by server-sent events.
 
 Modules: :mod:`.safety` (paths under DIR, token off loopback), :mod:`.discover` (what is
 under DIR), :mod:`.runs`, :mod:`.grids`, :mod:`.databases`, :mod:`.models` (one card each),
-:mod:`.server` (the aiohttp app) and :func:`serve` (what the command runs).
+:mod:`.state` (what was found and read, kept by file stamps), :mod:`.server` (the aiohttp
+app) and :func:`serve` (what the command runs).
 """
 
 from __future__ import annotations
