@@ -127,7 +127,8 @@ async def db_card(request: web.Request) -> web.Response:
     path, name = board.resolve(request)
     await _known(board, name, "databases")
     card = await board.in_slow(board.db_card, path, name)
-    return _json(card.to_json())
+    stamp = board.found.databases.get(name, (0, 0))
+    return _json({**card.to_json(), "stamp": f"{stamp[0]}-{stamp[1]}"})
 
 
 async def db_sheet(request: web.Request) -> web.Response:

@@ -142,7 +142,7 @@ function renderDb(card, data) {
   if (data.error) { card.replaceChildren(...parts, errorLine(data.error)); return; }
   parts.push(el("pre", {class: "summary", text: data.lines.join("\n")}), chartBox(data.histogram, "histogram"));
   if (data.has_sheet) {
-    parts.push(el("img", {class: "sheet", alt: "contact sheet", src: apiUrl("/api/db/sheet", {path: data.path, v: String(Date.now())})}));
+    parts.push(el("img", {class: "sheet", alt: "contact sheet", src: apiUrl("/api/db/sheet", {path: data.path, v: data.stamp})}));
   }
   card.replaceChildren(...parts);
 }
