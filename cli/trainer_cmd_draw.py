@@ -13,6 +13,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="file to write; the format follows the suffix: .svg .png .pdf (Graphviz's dot), .dot/.gv (source)")
     p.add_argument("--rankdir", choices=("LR", "TB", "RL", "BT"), default="LR",
                    help="direction of the graph: LR left to right (default, as draw_net.py), TB top to bottom")
+    p.add_argument("--blobs", choices=("edges", "nodes"), default="edges",
+                   help="blobs as labelled edges between layers (default) or as octagons of their own (draw_net.py's look)")
     p.add_argument("--phase", choices=("TRAIN", "TEST", "ALL"), default="ALL",
                    help="draw only the layers of this phase (include/exclude rules); ALL draws every layer (default)")
 
@@ -25,6 +27,6 @@ def run(args: argparse.Namespace) -> int:
 
     check_exists(args.net, "net prototxt")
     phase = None if args.phase == "ALL" else getattr(caffe_pb2, args.phase)
-    drawing = draw_file(args.net, args.output, rankdir=args.rankdir, phase=phase)
+    drawing = draw_file(args.net, args.output, rankdir=args.rankdir, phase=phase, blobs=args.blobs)
     print(f"wrote {args.output}: {len(drawing.layer_names)} layers, {len(drawing.blobs)} blobs")
     return 0

@@ -11,7 +11,7 @@ import pytest
 
 from datakit.formats import caffe_pb2
 from datakit.formats.prototxt import parse_net, read_net
-from trainer.draw import net_drawing, net_graph
+from trainer.draw import blob_edges, net_drawing, net_graph
 from trainer.net import filter_net
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,9 +49,15 @@ def test_in_place_layers_fold_into_the_layer_that_wrote_their_blob():
     assert "stride 4, pad 0" in by_name["conv1"].label_lines()
     assert "MAX 3" in by_name["pool1"].label_lines()
     assert "1000 outputs" in by_name["fc8"].label_lines()
-    # no loops: each blob node is written at most once
+    # no loops: each blob node is written at most once in one phase
     writes = [dst for src, dst in drawing.edges if dst in drawing.blobs]
     assert len(writes) == len(set(writes))
+    # all phases: both data layers write the one data blob conv1 reads
+    everything = net_drawing(net)
+    [data] = [b for b, n in everything.blobs.items() if n == "data"]
+    box_of = {b.node: b for b in everything.boxes}
+    writers = [box_of[src] for src, dst in everything.edges if dst == data]
+    assert [(w.layer.name, w.layer.include[0].phase) for w in writers] == [("data", caffe_pb2.TRAIN), ("data", caffe_pb2.TEST)]
 
 
 def test_in_place_layers_fold_into_a_net_input_and_stand_alone_on_a_blob_nobody_wrote():
@@ -115,3 +121,25 @@ def test_names_with_quotes_and_backslashes_stay_one_dot_string():
     net = parse_net('layer { name: "a\\"b\\\\n" type: "Input" top: "x" input_param { shape { dim: 1 } } }')
     source = net_graph(net).source
     assert 'label="a\\"b\\\\n (Input)' in source
+
+
+def test_blobs_as_edges_keep_only_net_inputs_and_outputs_as_nodes():
+    net = read_net(ROOT / "models/caffenet/train_val.prototxt")
+    drawing = net_drawing(net, caffe_pb2.TRAIN)
+    edges, nodes = blob_edges(drawing)
+    assert sorted(nodes.values()) == ["loss"]
+    name = {b.node: b.layer.name for b in drawing.boxes} | nodes
+    named = {(name[s], name[t], blob) for s, t, blob in edges}
+    assert {("data", "loss", "label"), ("data", "conv1", "data"), ("conv1", "pool1", "conv1"),
+            ("fc8", "loss", "fc8"), ("loss", "loss", "")} <= named
+    # a blob read by nobody and written by nobody would be lost as an edge: it stays a node
+    test_drawing = net_drawing(net, caffe_pb2.TEST)
+    assert sorted(blob_edges(test_drawing)[1].values()) == ["accuracy", "loss"]
+
+
+def test_blobs_as_nodes_is_draw_nets_look(tmp_path, cli):
+    for mode, octagons in [("nodes", 17), ("edges", 2)]:   # CaffeNet, every phase: 17 blobs; loss, accuracy
+        out = tmp_path / f"{mode}.dot"
+        res = cli("trainer", "draw", str(ROOT / "models/caffenet/train_val.prototxt"), "-o", str(out), "--blobs", mode)
+        assert res.returncode == 0, res.stderr
+        assert out.read_text().count("shape=octagon") == octagons, mode

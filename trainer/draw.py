@@ -2,7 +2,9 @@
 
 Each layer is a box naming the layer, its type and its main parameters (kernel, stride, pad and
 outputs for convolutions, the method and window for pooling, ``num_output`` for inner products,
-...); each blob is an octagon between the layer that writes it and the layers that read it.
+...); each blob is an edge labelled with its name from the layer that writes it to each layer
+that reads it (net inputs and outputs, which have no layer at one end, are octagons), or with
+``blobs="nodes"`` an octagon between them as draw_net.py draws it.
 In-place layers (one bottom, the same blob as top: ReLU, Dropout, ...) are folded into the box of
 the layer that wrote their blob, so a conv + ReLU reads as one step instead of a loop.
 
@@ -152,6 +154,7 @@ def net_drawing(net: caffe_pb2.NetParameter, phase: int | None = None) -> NetDra
     drawing = NetDrawing(net.name or "net")
     writer: dict[str, LayerBox] = {}   # blob name -> the box that last wrote it
     blob_node: dict[str, str] = {}     # blob name -> its current node id
+    read: set[str] = set()             # blob nodes some layer reads
 
     def new_blob(name: str) -> str:
         node = f"blob{len(drawing.blobs)}"
@@ -169,35 +172,76 @@ def net_drawing(net: caffe_pb2.NetParameter, phase: int | None = None) -> NetDra
         for bottom in lp.bottom:
             src = blob_node.get(bottom) or new_blob(bottom)
             drawing.edges.append((src, box.node))
+            read.add(src)
         for top in lp.top:
-            # A new node per write, so an in-place layer on a blob no drawn layer wrote (a net
-            # input) reads input -> layer -> blob instead of a loop.
-            drawing.edges.append((box.node, new_blob(top)))
+            # A blob nobody has read yet is the same blob written again: the TRAIN and TEST data
+            # layers of a train_val net (all phases drawn) both feed conv1. Once read, a write
+            # is a new node, so an in-place layer on a net input reads input -> layer -> blob.
+            node = blob_node.get(top)
+            drawing.edges.append((box.node, node if node is not None and node not in read else new_blob(top)))
             writer[top] = box
     return drawing
 
 
-def net_graph(net: caffe_pb2.NetParameter, *, rankdir: str = "LR", phase: int | None = None):
-    """A ``graphviz.Digraph`` of the net (see the module docstring for what is drawn)."""
+def blob_edges(drawing: NetDrawing) -> tuple[list[tuple[str, str, str]], dict[str, str]]:
+    """The drawing with blobs as edges: (writer box, reader box, blob name) for every blob read by
+    a layer, and the blob nodes still needed: blobs no drawn layer wrote (net inputs) or read
+    (net outputs such as loss and accuracy), which would vanish as edges."""
+    writers: dict[str, list[str]] = {}
+    readers: dict[str, list[str]] = {}
+    for src, dst in drawing.edges:
+        if dst in drawing.blobs:
+            writers.setdefault(dst, []).append(src)
+        else:
+            readers.setdefault(src, []).append(dst)
+    edges, nodes = [], {}
+    for blob, name in drawing.blobs.items():
+        ws, rs = writers.get(blob, []), readers.get(blob, [])
+        if ws and rs:
+            edges += [(w, r, name) for w in ws for r in rs]
+        else:
+            nodes[blob] = name
+            edges += [(w, blob, "") for w in ws] + [(blob, r, "") for r in rs]
+    return edges, nodes
+
+
+def net_graph(net: caffe_pb2.NetParameter, *, rankdir: str = "LR", phase: int | None = None,
+              blobs: str = "edges"):
+    """A ``graphviz.Digraph`` of the net (see the module docstring for what is drawn).
+
+    ``blobs="edges"``: a blob is an edge from the layer that writes it to each layer that reads
+    it, labelled with its name (net inputs and outputs stay octagons); ``"nodes"``: every blob is
+    an octagon, as Caffe's draw_net.py draws it.
+    """
     try:
         import graphviz
     except ImportError as err:  # a dependency; only missing in a broken install
         raise ConfigError("the `graphviz` Python package is missing: pip install graphviz") from err
     if rankdir not in ("LR", "TB", "RL", "BT"):
         raise ConfigError(f"rankdir {rankdir!r}: expected LR, TB, RL or BT")
+    if blobs not in ("edges", "nodes"):
+        raise ConfigError(f"blobs {blobs!r}: expected edges or nodes")
     drawing = net_drawing(net, phase)
     g = graphviz.Digraph(name=drawing.name, graph_attr={"rankdir": rankdir, "label": drawing.name,
                                                         "labelloc": "t", "fontname": "Helvetica"},
-                         node_attr={"fontname": "Helvetica", "fontsize": "10"})
+                         node_attr={"fontname": "Helvetica", "fontsize": "10"},
+                         edge_attr={"fontname": "Helvetica", "fontsize": "9"})
     for box in drawing.boxes:
         colour = _COLOURS.get(box.layer.type, _DEFAULT_COLOUR)
-        # escape() doubles backslashes in names, so only our own \\n separators are DOT escapes.
+        # escape() doubles backslashes in names, so only our own "\\n" separators are DOT escapes.
         label = "\\n".join(graphviz.escape(line) for line in box.label_lines())
         g.node(box.node, label=label, fillcolor=colour, tooltip=graphviz.escape(box.layer.name), **_LAYER_STYLE)
-    for node, name in drawing.blobs.items():
+    if blobs == "nodes":
+        edges, nodes = [(src, dst, "") for src, dst in drawing.edges], drawing.blobs
+    else:
+        edges, nodes = blob_edges(drawing)
+    for node, name in nodes.items():
         g.node(node, label=graphviz.escape(name), tooltip=graphviz.escape(name), **_BLOB_STYLE)
-    for src, dst in drawing.edges:
-        g.edge(src, dst)
+    for src, dst, name in edges:
+        if name:
+            g.edge(src, dst, label=graphviz.escape(name), tooltip=graphviz.escape(name))
+        else:
+            g.edge(src, dst)
     return g
 
 
@@ -208,9 +252,9 @@ def dot_available() -> bool:
 
 
 def render(net: caffe_pb2.NetParameter, fmt: str = "svg", *, rankdir: str = "LR",
-           phase: int | None = None) -> bytes:
+           phase: int | None = None, blobs: str = "edges") -> bytes:
     """The drawing as bytes in `fmt` (svg, png, pdf; dot gives the DOT source)."""
-    g = net_graph(net, rankdir=rankdir, phase=phase)
+    g = net_graph(net, rankdir=rankdir, phase=phase, blobs=blobs)
     if fmt == "dot":
         return g.source.encode("utf-8")
     import graphviz
@@ -232,13 +276,13 @@ def format_for(out: str | os.PathLike) -> str:
 
 
 def draw_file(prototxt: str | os.PathLike, out: str | os.PathLike, *, rankdir: str = "LR",
-              phase: int | None = None) -> NetDrawing:
+              phase: int | None = None, blobs: str = "edges") -> NetDrawing:
     """Read a net prototxt, write its drawing to `out` (format from the suffix), return what was drawn."""
     from datakit.atomic import write_bytes_atomic
     from datakit.formats.prototxt import read_net
 
     fmt = format_for(out)
     net = read_net(prototxt)
-    data = render(net, fmt, rankdir=rankdir, phase=phase)
+    data = render(net, fmt, rankdir=rankdir, phase=phase, blobs=blobs)
     write_bytes_atomic(out, data)
     return net_drawing(net, phase)
