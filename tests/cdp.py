@@ -38,7 +38,8 @@ def find_chromium() -> str | None:
 class Browser:
     """``async with Browser() as page:`` a headless Chromium page driven over CDP."""
 
-    def __init__(self, executable: str | None = None, timeout: float = 30.0) -> None:
+    def __init__(self, executable: str | None = None, timeout: float = 90.0) -> None:
+        # Generous: on a loaded 2-core machine chromium and the server share the cores with others.
         self.executable = executable or find_chromium()
         if self.executable is None:
             raise FileNotFoundError("chromium not found")
@@ -66,9 +67,12 @@ class Browser:
         port = int(port_file.read_text().split()[0])
         self._http = aiohttp.ClientSession()
         page = None
-        for _ in range(50):
-            async with self._http.get(f"http://127.0.0.1:{port}/json/list") as r:
-                targets = await r.json(content_type=None)
+        for _ in range(int(self.timeout * 10)):
+            try:   # the port file can appear a moment before the port answers
+                async with self._http.get(f"http://127.0.0.1:{port}/json/list") as r:
+                    targets = await r.json(content_type=None)
+            except (aiohttp.ClientError, OSError):
+                targets = []
             page = next((t for t in targets if t.get("type") == "page"), None)
             if page:
                 break

@@ -51,7 +51,7 @@ async def test_board_page_in_chromium(tmp_path, aiohttp_server):
             assert int(acc) == 4   # test passes at 0, 50, 100, 150
             # the log grows: the curve follows through the server's events, without a reload
             write_iterations(log, 200, 300)
-            await page.wait_for(f"({POINTS}) == {loss_points(300)}", timeout=20)
+            await page.wait_for(f"({POINTS}) == {loss_points(300)}")
             assert await page.evaluate("window.__notReloaded === true")
             await page.wait_for("document.querySelector('#detail .drawing img')?.complete")
             await page.evaluate("window.scrollTo(0, 0)")
@@ -92,4 +92,20 @@ async def test_grid_database_and_classify_by_drop_in_chromium(tmp_path, aiohttp_
         names = await page.evaluate("[...document.querySelectorAll('#top5 tbody tr td:nth-child(3)')].map(td => td.textContent)")
         assert len(names) == 5 and set(names) <= set(NAMES)
         await page.screenshot(ARTIFACTS / "board-classify.png")
+        assert page.errors == [], json.dumps(page.errors, indent=1)
+
+
+async def test_board_with_a_token_in_chromium(tmp_path, aiohttp_server):
+    start_run(tmp_path / "r", iterations=50).close()
+    (tmp_path / "r" / "net.prototxt").write_bytes((ROOT / "models/lenet/lenet_train_test.prototxt").read_bytes())
+    server = await aiohttp_server(make_app(tmp_path, token="tok-xyz"))
+    base = f"http://127.0.0.1:{server.port}/"
+    async with Browser() as page:
+        await page.goto(base)
+        assert "token is required" in await page.evaluate("document.body.innerText")
+        page.errors.clear()   # the 403 itself is logged as a failed load
+        await page.goto(base + "?token=tok-xyz#run=r%2Ftrain.log")
+        await page.wait_for(f"({POINTS}) == {loss_points(50)}")
+        await page.wait_for("document.querySelector('#live').textContent === 'live'")   # the event stream too
+        await page.wait_for("document.querySelector('#detail .drawing img')?.naturalWidth > 0")
         assert page.errors == [], json.dumps(page.errors, indent=1)

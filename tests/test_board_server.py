@@ -300,6 +300,8 @@ async def test_token_is_required_everywhere_when_set(tmp_path, aiohttp_client):
         assert r.status == 403, url
         assert (await client.get(url, params={"token": "wrong"})).status == 403
     assert (await client.post("/api/classify?path=m", data=b"x")).status == 403
+    r = await client.get("/favicon.ico")     # answered, empty, so a refusal page logs no second error
+    assert r.status == 204 and await r.read() == b""
     r = await client.get("/api/overview", params={"token": "s3cret-token"})
     assert r.status == 200 and "board_token" in r.cookies
     assert (await client.get("/api/run", params={"path": "r/train.log"})).status == 200   # the cookie now

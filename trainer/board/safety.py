@@ -88,6 +88,8 @@ def guard_middleware(token: str | None):
     @web.middleware
     async def guard(request: web.Request, handler):
         via_query = False
+        if request.path == "/favicon.ico":   # asked by browsers on their own, even of a refusal page
+            return web.Response(status=204)
         if token is None:
             if not is_loopback(_host_name(request)):
                 raise web.HTTPForbidden(text="the board answers only requests to a loopback address "
