@@ -148,14 +148,17 @@ def curves_svg(info: RunInfo) -> dict[str, str]:
             accuracy.append(Series(f"{name}{tag}", run.test[name], markers=True))
         if run.train.get("lr"):
             lr.append(Series(f"lr{tag}", run.train["lr"]))
+    its = [it for s in loss + accuracy + lr for it, _ in s.points]
+    x_range = (min(its) - 0.02 * (max(its) - min(its) or 1), max(its) + 0.02 * (max(its) - min(its) or 1)) if its else None
     acc_values = [v for s in accuracy for _, v in s.points if math.isfinite(v)]
     y_acc = (0.0, 1.0) if acc_values and all(0 <= v <= 1 for v in acc_values) else None
     positive_lr = all(v > 0 for s in lr for _, v in s.points if math.isfinite(v))
     return {
-        "loss": line_chart(loss, title="loss", xlabel="iteration", css_class="chart loss"),
-        "accuracy": line_chart(accuracy, title="test accuracy", xlabel="iteration", y_range=y_acc,
+        # one iteration axis for the three, so a test point sits under the loss of its iteration
+        "loss": line_chart(loss, title="loss", xlabel="iteration", css_class="chart loss", x_range=x_range),
+        "accuracy": line_chart(accuracy, title="test accuracy", xlabel="iteration", y_range=y_acc, x_range=x_range,
                                css_class="chart accuracy", empty_text="no test outputs yet"),
-        "lr": line_chart(lr, title="learning rate", xlabel="iteration", ylog=bool(lr) and positive_lr,
+        "lr": line_chart(lr, title="learning rate", xlabel="iteration", ylog=bool(lr) and positive_lr, x_range=x_range,
                          css_class="chart lr", height=160, empty_text="no lr lines in this log"),
     }
 
