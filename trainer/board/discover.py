@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from datakit.db import HDF5_LIST_NAME, INCOMPLETE_SUFFIX, PROGRESS_NAME
+from datakit.db import INCOMPLETE_SUFFIX, PROGRESS_NAME
 
 from trainer.board.safety import relative_name
 
@@ -31,6 +31,7 @@ __all__ = ["Found", "scan", "is_run_log", "Stamp"]
 
 RUN_LOG = re.compile(r"(\.log|\.INFO|\.o\d+|\.log\.txt)(\.gz)?$")
 _SKIP_DIRS = {"__pycache__", "node_modules", "site-packages"}
+HDF5_LIST = "list.txt"   # what `datakit convert --backend hdf5` writes beside its .h5 shards
 
 #: (size, mtime_ns) of a file: what changes when a log grows or a database is written.
 Stamp = tuple[int, int]
@@ -77,7 +78,7 @@ def _database_kind(dirpath: str, dirnames: list[str], filenames: list[str]) -> s
         return "lmdb"
     if "CURRENT" in names and any(n.startswith("MANIFEST-") or n.endswith(".ldb") or n == "LOG" for n in names):
         return "leveldb"
-    if HDF5_LIST_NAME in names and any(n.endswith(".h5") for n in names):
+    if HDF5_LIST in names and any(n.endswith(".h5") for n in names):
         return "hdf5"
     return None
 
