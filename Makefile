@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test lint bench bench-torch proto clean
+.PHONY: venv demo test test-tools lint bench bench-torch proto clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +22,20 @@ venv: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check --no-cache .
 
+# System programs some tests need: Graphviz's dot (`trainer draw`) and Chromium (the board's
+# browser test). Installed with apt-get when missing and running as root on a Debian-like machine
+# (as CI does; about 2 minutes the first time); otherwise nothing is installed and those tests
+# skip, saying why. DATAKIT_NO_APT=1 turns the install off.
+test-tools:
+	@if [ -z "$$DATAKIT_NO_APT" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+	    && { ! command -v dot >/dev/null 2>&1 || ! command -v chromium >/dev/null 2>&1; }; then \
+	  echo "make: installing graphviz and chromium with apt-get for the draw and board tests"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq graphviz chromium >/dev/null; } \
+	    || echo "make: apt-get could not install them: those tests will skip"; \
+	fi
+
 # Lint first (ruff, configured in pyproject.toml), then the tests; -rs prints why each skip skipped.
-test: $(STAMP)
+test: $(STAMP) test-tools
 	$(PY) -m ruff check --no-cache .
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest -q -rs -p no:cacheprovider
 

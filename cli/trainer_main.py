@@ -14,6 +14,8 @@ COMMANDS: dict[str, str] = {
     "time": "cli.trainer_cmd_time",
     "classify": "cli.trainer_cmd_classify",
     "export": "cli.trainer_cmd_export",
+    "draw": "cli.trainer_cmd_draw",
+    "board": "cli.trainer_cmd_board",
 }
 
 

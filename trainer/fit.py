@@ -24,7 +24,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from datakit.errors import ConfigError
+from datakit.errors import ConfigError, DatakitError
 from datakit.formats import caffe_pb2
 from datakit.formats.prototxt import read_net, read_solver
 from datakit.formats.upgrade import upgrade_net
@@ -255,6 +255,12 @@ def fit(opts: FitOptions) -> SolveResult:
         # layer at fault); NumPy's own RuntimeWarnings would only bury that one line.
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             return solver.solve()
+    except DatakitError as err:
+        # Also in the log file, at glog's E severity, so whoever reads the log later (`trainer
+        # board`) sees why the run ended; not on the stream, where the CLI prints it once.
+        log.stream = None
+        log.line(str(err), severity="E")
+        raise
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
