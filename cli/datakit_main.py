@@ -18,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "convert": "cli.cmd_convert",
     "mean": "cli.cmd_mean",
     "inspect": "cli.cmd_inspect",
+    "split": "cli.cmd_split",
 }
 
 
