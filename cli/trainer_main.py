@@ -13,6 +13,7 @@ COMMANDS: dict[str, str] = {
     "test": "cli.trainer_cmd_test",
     "time": "cli.trainer_cmd_time",
     "classify": "cli.trainer_cmd_classify",
+    "transfer": "cli.trainer_cmd_transfer",
 }
 
 
