@@ -6,18 +6,43 @@ import argparse
 
 from trainer.curves import parse_log, plot, summary
 
-HELP = "Plot train loss, test loss/accuracy and lr against iteration from Caffe-format logs (.gz ok)."
+HELP = ("Plot train loss, test loss/accuracy and lr against iteration from Caffe-format logs (.gz ok); "
+        "--transfer DIR draws the transfer paper's figures from a grid or results folder.")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("logs", nargs="+", help="log files written by `trainer fit` or by Caffe (plain or .gz)")
+    p.add_argument("logs", nargs="+", help="log files written by `trainer fit` or by Caffe (plain or .gz); "
+                   "with --transfer, one grid / results folder or a `trainer grid summary --json` file")
+    p.add_argument("--transfer", action="store_true",
+                   help="draw Figure 2 (BnB, BnB+, AnB, AnB+ against n) and the natural/man-made, "
+                   "random-frozen and reduced-volume panels whose nets are present")
     p.add_argument("-o", "--output", default="curves.png", help="PNG to write (default curves.png)")
     p.add_argument("--title", help="figure title (default: the log names)")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.transfer:
+        return _run_transfer(args)
     for log in args.logs:
         print(summary(parse_log(log)))
     out = plot(args.logs, args.output, title=args.title)
+    print(f"wrote {out}")
+    return 0
+
+
+def _run_transfer(args: argparse.Namespace) -> int:
+    import os
+    from pathlib import Path
+
+    from datakit.errors import ConfigError
+    from trainer.grid.figure import plot_transfer
+    from trainer.grid.summary import format_table, group, read_json, summarize
+
+    if len(args.logs) != 1:
+        raise ConfigError("--transfer takes one grid / results folder or one summary .json")
+    source = Path(args.logs[0])
+    rows = read_json(source) if source.is_file() else summarize(source, jobs=min(4, os.cpu_count() or 1))
+    print(format_table(rows, group(rows)))
+    out = plot_transfer(rows, args.output, title=args.title)
     print(f"wrote {out}")
     return 0

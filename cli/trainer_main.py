@@ -14,6 +14,7 @@ COMMANDS: dict[str, str] = {
     "time": "cli.trainer_cmd_time",
     "classify": "cli.trainer_cmd_classify",
     "transfer": "cli.trainer_cmd_transfer",
+    "grid": "cli.trainer_cmd_grid",
 }
 
 

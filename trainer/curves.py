@@ -36,6 +36,7 @@ RE_TEST_OUT = re.compile(r"Test net output #(\d+): (\S+) = " + _NUM, re.I)
 RE_TRAIN_OUT = re.compile(r"Train net output #(\d+): (\S+) = " + _NUM, re.I)
 RE_SCORE = re.compile(r"Test score #(\d+): " + _NUM, re.I)
 RE_TEST_LOSS = re.compile(r"Test loss: " + _NUM, re.I)
+RE_STAMP = re.compile(r"^[IWEF](\d{4} \d\d:\d\d:\d\d\.\d+) ")
 
 
 def _num(text: str) -> float:
@@ -53,6 +54,8 @@ class Run:
     index: int
     train: dict[str, list[tuple[int, float]]] = field(default_factory=dict)   # "loss", "lr", "output NAME"
     test: dict[str, list[tuple[int, float]]] = field(default_factory=dict)    # "accuracy", "loss", ...
+    #: glog time stamp ("MMDD HH:MM:SS.micro", no year) of the run's first glog line, None if none had one
+    started: str | None = None
 
     @property
     def label(self) -> str:
@@ -99,10 +102,16 @@ def parse_lines(lines: Iterable[str], source: str = "log") -> list[Run]:
     def restart_if_back(it: int) -> None:
         nonlocal last_train_it
         if it < last_train_it and not current().empty():
-            runs.append(Run(source, len(runs)))
+            runs.append(Run(source, len(runs), started=stamp))
         last_train_it = it
 
+    stamp: str | None = None
     for line in lines:
+        m = RE_STAMP.match(line)
+        if m:
+            stamp = m.group(1)
+            if current().started is None or current().empty():
+                current().started = stamp
         if "Iteration" in line:
             m = RE_LOSS.search(line)
             if m:
