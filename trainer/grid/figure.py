@@ -1,7 +1,7 @@
 """The transfer paper's figures from a study's scores (`trainer plot --transfer`).
 
 Panels, each drawn only when its nets are present:
-- Figure 2: one marker per net against n (base nets at n = 0, then BnB, BnB+, AnB, AnB+ with a
+- Figure 2: one marker per net against n (the base nets of the target halves at n = 0, then BnB, BnB+, AnB, AnB+ with a
   small offset each so that markers do not hide each other) and a line through each family's
   per-n means (the base mean drawn as a dotted level);
 - natural / man-made: the natman base nets and transfers, one line per target half;
@@ -30,7 +30,17 @@ def _means(rows: list[NetScore], family: str) -> list[tuple[int, float]]:
     return sorted((n, sum(v) / len(v)) for n, v in by_n.items())
 
 
+def target_bases(rows: list[NetScore]) -> list[NetScore]:
+    """The base nets a transfer family is compared with: those trained on a half that some transfer net
+    of the same split targets (all base nets when the study has no transfer net). With transfers in both
+    directions (the paper's grid) that is every base net; with only A -> B and B -> B, the B nets."""
+    targets = {(r.split, r.half) for r in rows if r.family in ("BnB", "BnB+", "AnB", "AnB+")}
+    bases = [r for r in rows if r.family == "base"]
+    return [r for r in bases if (r.split, r.half) in targets] if targets else bases
+
+
 def _figure2(ax, rows: list[NetScore]) -> None:
+    rows = [r for r in rows if r.family != "base"] + target_bases(rows)
     base = _means(rows, "base")
     for family, (colour, marker, dx) in STYLE.items():
         pts = [(r.n, r.score) for r in rows if r.family == family and r.score is not None and r.n is not None]
