@@ -152,6 +152,7 @@ def test_failure_is_reported_and_its_dependents_skipped(project, tmp_path):
     assert states["half0B"][0] == states["transfer0B0B_1_1"][0] == "done"
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="children stop with their runner via Linux's PR_SET_PDEATHSIG")
 def test_resume_after_the_runner_is_killed_retrains_no_finished_net(project, tmp_path):
     grid = tmp_path / "g"
     make(project, grid, layers=[1], pairs=["AB"], families=["AnB"], max_iter=120)

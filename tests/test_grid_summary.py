@@ -103,6 +103,8 @@ def test_whole_families_of_the_authors_results(families):
         missing = by_name[f"transfer-ft0B0A_1_{n}"]
         assert (missing.status, missing.score, missing.logs) == ("missing", None, 0)
     assert by_name["unfinished"].status == "missing"
+    empty = read_curve(root / "half0A")  # two of its four logs are empty gzip files (49 bytes)
+    assert (empty.logs, empty.empty_logs, by_name["half0A"].logs) == (4, 2, 4)
     means = {(g.family, g.n): g for g in group(rows)}
     assert (means["base", 0].nets, means["base", 0].scored) == (2, 2)
     assert all((means["AnB+", n].nets, means["AnB+", n].scored) == (2, 1) for n in range(1, 8))
