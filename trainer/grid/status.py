@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from datakit.errors import ConfigError
 from trainer.grid.layout import (GRID_FILE, LOG_FILE, RUNNING_FILE, STATE_FILE, is_done, latest_solverstate,
                                  log_iteration, pid_alive, read_grid, read_json)
 from trainer.grid.metric import NetCurve, read_curve
@@ -41,7 +42,7 @@ def is_grid(path: str | os.PathLike) -> bool:
     """True when `path` is a folder with a grid.json written by `trainer grid make`."""
     try:
         read_grid(path)
-    except Exception:
+    except (ConfigError, OSError):
         return False
     return (Path(path) / GRID_FILE).is_file()
 
