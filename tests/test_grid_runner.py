@@ -184,3 +184,22 @@ def test_resume_after_the_runner_is_killed_retrains_no_finished_net(project, tmp
     assert len(runs) == 2 and "--snapshot snapshots/net_iter_" in runs[1]
     assert "half0B: done at iteration 120" in ran.stderr and "resumed from iteration" in ran.stderr
     assert [r.state for r in grid_status(grid)] == ["done"] * 3
+
+
+def test_optional_families_are_named_as_the_authors_named_theirs(project, tmp_path):
+    from trainer.grid.names import classify
+
+    names = make(project, tmp_path / "g", layers=[1], pairs=["AB"], families=["AnB", "AnB+"], natman=True,
+                 random_frozen=True, reduced=[5], reduced_data=str(project / "data/0A_{phase}_lmdb"),
+                 num_output={"A": 3, "B": 3})
+    assert {"halfnatmanA", "halfnatmanB", "transfernatmanAB_1_1", "transfer-ftnatmanAB_1_1", "nolearn0B_1_1",
+            "reduced-0005"} <= set(names)
+    for name in names:
+        spec = json.loads((tmp_path / "g" / name / "net.json").read_text())
+        kind = classify(name)
+        assert (kind.family, kind.n, kind.split, kind.half, kind.per_class) == (
+            spec["family"], spec["n"], spec["split"], spec["half"], spec["per_class"]), name
+    natman = read_net(tmp_path / "g/transfernatmanAB_1_1/train_val.prototxt")
+    assert natman.layer[0].data_param.source.endswith("data/natmanB_train_lmdb")
+    assert read_net(tmp_path / "g/reduced-0005/train_val.prototxt").layer[1].data_param.source.endswith(
+        "data/0A_test_lmdb")
