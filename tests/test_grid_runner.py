@@ -203,3 +203,24 @@ def test_optional_families_are_named_as_the_authors_named_theirs(project, tmp_pa
     assert natman.layer[0].data_param.source.endswith("data/natmanB_train_lmdb")
     assert read_net(tmp_path / "g/reduced-0005/train_val.prototxt").layer[1].data_param.source.endswith(
         "data/0A_test_lmdb")
+
+
+def test_interrupting_the_runner_stops_its_net_at_a_snapshot_and_resumes(project, tmp_path):
+    grid = tmp_path / "g"
+    make(project, grid, layers=[1], pairs=["AB"], families=["AnB"], max_iter=150)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    runner = subprocess.Popen([sys.executable, "-m", "cli.trainer_main", "grid", "run", str(grid)],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (grid_status(grid)[0].state == "running" and grid_status(grid)[0].iteration >= 15):
+        assert time.monotonic() < deadline and runner.poll() is None
+        time.sleep(0.05)
+    runner.send_signal(signal.SIGINT)  # to the runner only, as `kill -INT` would
+    _, err = runner.communicate(timeout=120)
+    assert runner.returncode == 130, err
+    state = json.loads((grid / "half0A/state.json").read_text())
+    assert state["state"] == "interrupted" and grid_status(grid)[0].state == "waiting"
+    stopped_at = int(state["reason"].split("iteration ")[1].split()[0])
+    assert 15 <= stopped_at < 150 and (grid / f"half0A/snapshots/net_iter_{stopped_at}.solverstate").is_file()
+    ran = trainer("grid", "run", str(grid))
+    assert ran.returncode == 0 and f"resumed from iteration {stopped_at}" in ran.stderr

@@ -150,7 +150,7 @@ def log_tail(path: Path, lines: int = 8, max_bytes: int = 16384) -> list[str]:
     return [line for line in text.splitlines() if line.strip()][-lines:]
 
 
-_LOG_ITER = re.compile(r"Iteration (\d+)")
+_LOG_ITER = re.compile(r"iteration (\d+)", re.I)
 
 
 def log_iteration(folder: Path) -> int:

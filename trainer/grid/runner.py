@@ -111,8 +111,9 @@ def run_net(folder: str) -> NetOutcome:
             raise
         finally:
             (path / RUNNING_FILE).unlink(missing_ok=True)
-    outcome = NetOutcome(spec.name, "done", code, log_iteration(path), time.monotonic() - started,
-                         resumed_from=latest[0] if latest else None)
+    newest = latest_solverstate(path)
+    outcome = NetOutcome(spec.name, "done", code, max(log_iteration(path), newest[0] if newest else 0),
+                         time.monotonic() - started, resumed_from=latest[0] if latest else None)
     if code == 0 and spec.final_snapshot(path).is_file():
         write_json(path / STATE_FILE, {"state": "done", "started": began, "finished": _now(), "exit_code": 0,
                                        "seconds": round(outcome.seconds, 1)})
