@@ -12,8 +12,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("list", metavar="LIST", help="Caffe image list ('path label' lines, labels 0..K-1)")
     p.add_argument("out", metavar="OUT", help="output folder: OUT/A/files.txt + idxmap.txt and OUT/B/... "
                    "for halves, OUT/files.txt for --per-class; OUT/split.json describes the split")
-    p.add_argument("--halves", nargs="+", metavar="random|FILE_A FILE_B", default=None,
-                   help="'random' (default) for seeded random halves, or two class index files")
+    p.add_argument("--halves", nargs="+", metavar="FILE", default=None,
+                   help="'random' (default): seeded random halves; or FILE_A FILE_B: two class index files")
     p.add_argument("--seed", type=int, default=0, help="seed of the random halves (the paper used 0..3)")
     p.add_argument("--per-class", type=int, metavar="N", help="keep the first N lines of each class instead")
     p.add_argument("--num-classes", type=int, metavar="K",
