@@ -144,3 +144,10 @@ def test_our_own_logs_are_scored_too(tmp_path):
     [row] = summarize(tmp_path / "grid")
     assert (row.family, row.tests, row.status) == ("base", 4, "partial")
     assert row.score == pytest.approx((0.1 + 0.5 + 0.4 + 0.7) / 4) and row.best_accuracy == 0.7
+
+
+def test_top_k_is_an_option(shared_data):
+    logs = shared_data / "caffe_logs"
+    [row] = [r for r in summarize(logs, top=3) if r.net == "half0A"]
+    best3 = sorted(read_curve(logs / "half0A").tests.values())[-3:]
+    assert row.score == pytest.approx(sum(best3) / 3, rel=1e-12)

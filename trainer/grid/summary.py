@@ -72,11 +72,11 @@ def net_folders(root: str | os.PathLike) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def score_net(folder: Path, metric: str = "accuracy") -> NetScore:
+def score_net(folder: Path, metric: str = "accuracy", top: int = TOP_K) -> NetScore:
     kind = net_kind(folder)
     curve = read_curve(folder, metric)
-    score = curve.score()
-    status = "missing" if score is None else ("partial" if len(curve.tests) < TOP_K else "ok")
+    score = curve.score(top)
+    status = "missing" if score is None else ("partial" if len(curve.tests) < top else "ok")
     return NetScore(folder.name, kind.family, kind.n, kind.split, kind.half, kind.per_class, score, curve.best,
                     len(curve.tests), curve.last_iteration, curve.logs, status)
 
@@ -86,15 +86,18 @@ def _order(row: NetScore) -> tuple:
     return (family, row.n if row.n is not None else -1, row.per_class or 0, str(row.split), str(row.half), row.net)
 
 
-def summarize(root: str | os.PathLike, metric: str = "accuracy", jobs: int = 1) -> list[NetScore]:
-    """A NetScore for every net folder under `root`, in family, n, name order (`jobs` processes)."""
+def summarize(root: str | os.PathLike, metric: str = "accuracy", jobs: int = 1, top: int = TOP_K) -> list[NetScore]:
+    """A NetScore for every net folder under `root`, in family, n, name order (`jobs` processes);
+    `top` is how many of the best tests the score averages (the paper: 10)."""
+    if top < 1:
+        raise ConfigError(f"--top must be at least 1, got {top}")
     folders = net_folders(root)
     if jobs > 1 and len(folders) > 1:
         from datakit.parallel import LocalExecutor, run_all
         with LocalExecutor(jobs) as pool:
-            rows = run_all(pool, score_net, [(folder, metric) for folder in folders])
+            rows = run_all(pool, score_net, [(folder, metric, top) for folder in folders])
     else:
-        rows = [score_net(folder, metric) for folder in folders]
+        rows = [score_net(folder, metric, top) for folder in folders]
     if not rows:
         raise ConfigError(f"{root}: no net folders inside")
     return sorted(rows, key=_order)
@@ -157,7 +160,7 @@ def write_csv(path: str | os.PathLike, rows: list[NetScore]) -> None:
     write_text_atomic(path, buf.getvalue())
 
 
-def write_json(path: str | os.PathLike, rows: list[NetScore], groups: list[GroupScore]) -> None:
-    doc = {"metric": f"mean of the {TOP_K} highest test top-1 accuracies", "nets": [asdict(r) for r in rows],
+def write_json(path: str | os.PathLike, rows: list[NetScore], groups: list[GroupScore], top: int = TOP_K) -> None:
+    doc = {"metric": f"mean of the {top} highest test top-1 accuracies", "nets": [asdict(r) for r in rows],
            "groups": [asdict(g) for g in groups]}
     write_text_atomic(path, json.dumps(doc, indent=1) + "\n")
