@@ -43,6 +43,10 @@ def _run_transfer(args: argparse.Namespace) -> int:
     source = Path(args.logs[0])
     rows = read_json(source) if source.is_file() else summarize(source, jobs=min(4, os.cpu_count() or 1))
     print(format_table(rows, group(rows)))
-    out = plot_transfer(rows, args.output, title=args.title)
+    metric = "mean of the 10 highest test top-1 accuracies"
+    if source.is_file():
+        import json
+        metric = json.loads(source.read_text(encoding="utf-8")).get("metric", metric)
+    out = plot_transfer(rows, args.output, title=args.title, ylabel=f"top-1 accuracy ({metric})")
     print(f"wrote {out}")
     return 0

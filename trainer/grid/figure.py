@@ -39,7 +39,7 @@ def target_bases(rows: list[NetScore]) -> list[NetScore]:
     return [r for r in bases if (r.split, r.half) in targets] if targets else bases
 
 
-def _figure2(ax, rows: list[NetScore]) -> None:
+def _figure2(ax, rows: list[NetScore], ylabel: str) -> None:
     rows = [r for r in rows if r.family != "base"] + target_bases(rows)
     base = _means(rows, "base")
     for family, (colour, marker, dx) in STYLE.items():
@@ -56,9 +56,9 @@ def _figure2(ax, rows: list[NetScore]) -> None:
     if base:
         ax.axhline(base[0][1], color="grey", ls=":", lw=1)
     ax.set_xlabel("layer n at which the net is chopped and retrained")
-    ax.set_ylabel("top-1 accuracy (mean of the 10 best tests)")
+    ax.set_ylabel(ylabel)
     ax.set_title("Figure 2: transfer between random halves")
-    ax.legend(fontsize=7, loc="lower left")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside: never over a marker
 
 
 def _natman(ax, rows: list[NetScore]) -> None:
@@ -98,7 +98,8 @@ def _reduced(ax, rows: list[NetScore]) -> None:
     ax.set_title("reduced volume")
 
 
-def plot_transfer(rows: list[NetScore], out: str | os.PathLike, title: str | None = None) -> Path:
+def plot_transfer(rows: list[NetScore], out: str | os.PathLike, title: str | None = None,
+                  ylabel: str = "top-1 accuracy (mean of the 10 best tests)") -> Path:
     """Draw the panels the rows allow into a PNG at `out` (atomically); returns the path."""
     import io
 
@@ -126,7 +127,10 @@ def plot_transfer(rows: list[NetScore], out: str | os.PathLike, title: str | Non
     placed = ([(fig.add_subplot(grid[0, :]), _figure2)] if top else [])
     placed += [(fig.add_subplot(grid[rows_n - 1, i]), draw) for i, draw in enumerate(others)]
     for ax, draw in placed:
-        draw(ax, rows)
+        if draw is _figure2:
+            draw(ax, rows, ylabel)
+        else:
+            draw(ax, rows)
         ax.grid(True, alpha=0.3)
     if title:
         fig.suptitle(title, fontsize=10)
