@@ -13,7 +13,9 @@ import asyncio
 import base64
 import contextlib
 import json
+import os
 import shutil
+import signal
 import subprocess
 import tempfile
 from pathlib import Path
@@ -51,10 +53,12 @@ class Browser:
         self._next = 0
 
     async def __aenter__(self) -> Browser:
-        self._profile = tempfile.TemporaryDirectory(prefix="board-chromium-")
+        # the profile may still be written by chromium's helpers while it is removed: never fail on that
+        self._profile = tempfile.TemporaryDirectory(prefix="board-chromium-", ignore_cleanup_errors=True)
+        # its own process group, so that the renderer and GPU helpers are stopped with it
         self._proc = subprocess.Popen([self.executable, *FLAGS, f"--user-data-dir={self._profile.name}",
                                        "--remote-debugging-port=0", "about:blank"],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         port_file = Path(self._profile.name) / "DevToolsActivePort"
         for _ in range(int(self.timeout * 10)):
             if port_file.is_file() and len(port_file.read_text().split()) >= 2:
@@ -98,6 +102,8 @@ class Browser:
         except subprocess.TimeoutExpired:
             self._proc.kill()
             self._proc.wait()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._proc.pid, signal.SIGKILL)   # helpers left behind by the browser
         self._profile.cleanup()
 
     async def _read(self) -> None:
