@@ -43,6 +43,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_progress_flags(p)
 
 
+def resume_command(argv: list[str]) -> str | None:
+    """The command that finishes an interrupted conversion: this one with --resume instead of --overwrite
+    (the two contradict each other). None when `argv` holds no `convert` command line."""
+    import shlex
+
+    if "convert" not in argv[1:]:
+        return None
+    rest = argv[argv.index("convert", 1) + 1:]
+    rest = [a for a in rest if a != "--overwrite"]
+    if "--resume" not in rest:
+        rest.append("--resume")
+    return shlex.join(["datakit", "convert", *rest])
+
+
 def run(args: argparse.Namespace) -> int:
     from datakit.convert import ConvertInterrupted, ConvertOptions, convert
     from datakit.report import write_report
@@ -57,7 +71,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         summary = convert(args.root, args.list, args.db, options)
     except ConvertInterrupted as stop:
-        print(f"datakit: {stop}", file=sys.stderr)
+        command = resume_command(sys.argv)
+        if command is None:
+            print(f"datakit: {stop}", file=sys.stderr)
+        else:
+            print(f"datakit: interrupted; {stop.written} records are saved in {stop.partial}: to finish, run: "
+                  f"{command}", file=sys.stderr)
         return 130
     if summary.already_complete:
         print(f"{args.db}: already complete ({summary.written} records); nothing to resume")
