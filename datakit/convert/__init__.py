@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from datakit.convert.options import ENCODE_TYPES, ConvertOptions, ConvertSummary, Skipped
-from datakit.errors import ConfigError, DatabaseError, ListError
+from datakit.errors import ConfigError, DatabaseError, DiskFull, ListError
 from datakit.warncap import WarningCap, missing_under_root
 
 if TYPE_CHECKING:
@@ -187,6 +187,11 @@ def convert(root: str | os.PathLike, list_path: str | os.PathLike, db_path: str 
         writer.close()
         workdir.discard()
         raise
+    except DiskFull as full:
+        writer.close()
+        how = "--resume in place of --overwrite" if opts.overwrite else "--resume"
+        raise DiskFull(f"{full}; the {int(workdir.state.get('written', 0))} records saved so far are kept in "
+                       f"{workdir.path}: free some space, then rerun the same command with {how}") from None
     except KeyboardInterrupt:
         writer.close()
         raise ConvertInterrupted(int(workdir.state.get("written", 0)), workdir.path, opts.overwrite) from None
