@@ -156,3 +156,30 @@ def test_a_regular_file_where_the_database_goes_gets_advice_that_works(tmp_path,
     db.rename(tmp_path / "precious.txt")  # what the message says to do
     res = cli("datakit", "convert", str(tmp_path / "img"), str(lst), str(db), "--no-progress")
     assert res.returncode == 0, res.stderr
+
+
+def test_the_library_message_after_an_interrupted_overwrite_does_not_contradict_it(tmp_path):
+    from datakit.convert import ConvertInterrupted
+
+    assert "with --resume to finish" in str(ConvertInterrupted(3, tmp_path))
+    assert "with --resume in place of --overwrite to finish" in str(ConvertInterrupted(3, tmp_path, True))
+
+
+def test_warning_cap_shows_the_first_ones_and_keeps_all():
+    from datakit.warncap import WarningCap, missing_under_root
+
+    shown: list[str] = []
+    cap = WarningCap(shown.append, "things", limit=3, where_all="r.json")
+    for i in range(7):
+        cap(f"w{i}")
+    cap.finish()
+    cap.finish()  # once only
+    assert shown == ["w0", "w1", "w2", "... and 4 more things (7 in all; all of them in r.json)"]
+    assert cap.messages == [f"w{i}" for i in range(7)]
+    quiet: list[str] = []
+    few = WarningCap(quiet.append, "things", limit=3)
+    few("a")
+    few.finish()
+    assert quiet == ["a"]
+    assert missing_under_root(5, 10, "R", "--root") is None
+    assert missing_under_root(6, 10, "R", "--root") == "6 of 10 files missing under R: is --root right?"

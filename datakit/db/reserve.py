@@ -56,6 +56,8 @@ def allocate(fd: int, offset: int, length: int, *, keep_size: bool = False) -> b
 def free_bytes(folder: str | os.PathLike) -> int:
     """Bytes this process may still write in `folder`'s file system (root may use the reserve)."""
     st = os.statvfs(folder)
+    if st.f_blocks == 0:  # a file system that reports no sizes (some FUSE and network ones): do not guess
+        return 1 << 62
     blocks = st.f_bfree if os.geteuid() == 0 else st.f_bavail
     return int(blocks) * int(st.f_frsize)
 
