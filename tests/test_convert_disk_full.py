@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from datakit.db import incomplete_path, open_reader
+from tests.conftest import ROOT
 from tests.test_convert import make_images, write_list
 
 
@@ -77,12 +79,25 @@ def test_lmdb_on_a_full_disk_is_one_line_then_resume_gives_the_same_database(sma
         assert len(a) == 80
 
 
-def test_lmdb_reservation_failing_at_the_start_is_one_line(small_fs, tmp_path, cli):
+def test_lmdb_reservation_failing_at_the_first_transaction_is_one_line(small_fs, tmp_path, cli):
     entries = make_images(tmp_path, 20, size=(120, 160))
     lst = write_list(tmp_path / "list.txt", entries)
-    _fill(small_fs, 200 << 10)  # room to create the database, not for its first transaction
+    _fill(small_fs, 1200 << 10)  # room to open the LMDB, not for the first transaction's reservation
     db = small_fs / "db"
-    _one_line_naming(_convert(cli, tmp_path, lst, db), incomplete_path(db))
+    line = _one_line_naming(_convert(cli, tmp_path, lst, db), incomplete_path(db) / "data.mdb")
+    assert " needs " in line and " free" in line and "the 0 records saved so far" in line, line
+
+
+def test_lmdb_writer_opened_on_a_full_disk_raises_instead_of_dying(small_fs):
+    """LMDB writes its lock file through a memory map too: on a full disk that was SIGBUS at open."""
+    _fill(small_fs, 0)
+    code = ("from datakit.db.lmdb_backend import LmdbWriter\n"
+            f"LmdbWriter({str(small_fs / 'db')!r}).write([(b'k', b'v' * 100)])\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert res.returncode == 1, (res.returncode, res.stderr)
+    assert res.stderr.strip().splitlines()[-1].startswith(
+        f"datakit.errors.DiskFull: {small_fs / 'db'}: no space left on device: opening the LMDB writer needs")
 
 
 def test_hdf5_on_a_full_disk_names_the_shard_then_resume_gives_the_same_data(small_fs, tmp_path, cli):

@@ -26,7 +26,7 @@ import lmdb
 
 from datakit.db.base import KeyValueWriter, Reader
 from datakit.db.pagecache import FALLOCATE, MADV_DONTNEED, MADVISE, DropBehind
-from datakit.db.reserve import allocate, no_space
+from datakit.db.reserve import allocate, free_bytes, no_space
 from datakit.db.reserve import size_text as len_text
 from datakit.errors import DatabaseError
 
@@ -40,6 +40,28 @@ def _open_env(path: Path, **kwargs) -> lmdb.Environment:
         return lmdb.open(str(path), subdir=True, **kwargs)
     except lmdb.Error as err:
         raise DatabaseError(f"{path}: cannot open LMDB ({err})") from None
+
+
+OPEN_RESERVE = 1 << 20  # free space a writer needs to open: lock.mdb, the meta pages, a first transaction
+LOCK_RESERVE = 64 << 10  # more than lock.mdb's reader table (126 readers) takes
+
+
+def _reserve_to_open(folder: Path) -> None:
+    """Refuse to open a writer on a (nearly) full disk, and reserve lock.mdb's blocks before LMDB maps it.
+
+    LMDB writes its lock file and reader table through a memory map: on a
+    full disk that is SIGBUS at open, before any transaction.
+    """
+    if free_bytes(folder) < OPEN_RESERVE:
+        raise no_space(folder, OPEN_RESERVE, "opening the LMDB writer")
+    lock = folder / "lock.mdb"
+    if not lock.exists():
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            if allocate(fd, 0, LOCK_RESERVE, keep_size=True) is False:  # LMDB sizes the file itself
+                raise no_space(lock, LOCK_RESERVE, "the LMDB lock file")
+        finally:
+            os.close(fd)
 
 
 class LmdbReader(Reader):
@@ -105,6 +127,7 @@ class LmdbWriter(KeyValueWriter):
         """
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
+        _reserve_to_open(self.path)
         existing = (self.path / "data.mdb")
         if existing.exists():
             map_size = max(map_size, existing.stat().st_size * 2)
