@@ -85,6 +85,9 @@ def run(args: argparse.Namespace) -> int:
     if args.report:
         write_report(args.report, summary.to_json())
     if summary.skipped:
-        print(f"{len(summary.skipped)} images skipped (listed above{' and in ' + args.report if args.report else ''})",
-              file=sys.stderr)
+        from datakit.warncap import TERMINAL_LIMIT
+
+        above = "listed above" if len(summary.skipped) <= TERMINAL_LIMIT else f"the first {TERMINAL_LIMIT} listed above"
+        where = f"; all of them in {args.report}" if args.report else "; --report FILE lists them all"
+        print(f"{len(summary.skipped)} images skipped ({above}{where})", file=sys.stderr)
     return 0
