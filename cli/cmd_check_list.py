@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from datakit.imagelist import check_list
+from datakit.warncap import WarningCap, missing_under_root
 
 HELP = "Check a Caffe image list ('path label' lines): labels 0..K-1, safe paths, duplicates, files."
 
@@ -17,14 +18,37 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="accept labels that do not start at 0 or skip values")
     p.add_argument("--allow-absolute", action="store_true",
                    help="accept absolute paths (Caffe's absolute-path lists)")
+    p.add_argument("--report", metavar="JSON",
+                   help="write every problem found (the terminal shows the first 10 of each kind)")
 
 
 def run(args: argparse.Namespace) -> int:
+    from datakit.report import write_report
+
     result = check_list(args.list, root=args.root, allow_label_gaps=args.allow_label_gaps,
                         check_files=args.root is not None, allow_absolute=args.allow_absolute)
+    if args.report:
+        write_report(args.report, {"list": args.list, "root": args.root, "records": len(result.entries),
+                                   "ok": result.ok and bool(result.entries), "counts": dict(result.counts),
+                                   "problems": result.problems, "warnings": result.warnings})
+    if result.ok and not result.entries:
+        print(f"{args.list}: lists no images (the file is empty or holds only blank lines)", file=sys.stderr)
+        return 1
     if result.ok:
         print(result.summary())
         return 0
+
+    def stderr(message: str) -> None:
+        print(message, file=sys.stderr)
+
+    where_all = args.report or "the --report file"
+    wrong_root = missing_under_root(result.counts["missing-file"], len(result.entries), args.root, "--root")
+    cap = WarningCap(stderr, "problems", where_all=where_all)
     for problem in result.problems:
-        print(problem, file=sys.stderr)
+        cap(problem)
+    cap.finish()
+    if wrong_root is not None:
+        stderr(wrong_root)
+    elif cap.hidden:
+        stderr(f"{args.list}: {len(result.problems)} problems in {len(result.entries)} records")
     return 1

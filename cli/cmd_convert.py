@@ -43,6 +43,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_progress_flags(p)
 
 
+def resume_command(argv: list[str]) -> str | None:
+    """The command that finishes an interrupted conversion: this one with --resume instead of --overwrite
+    (the two contradict each other). None when `argv` holds no `convert` command line."""
+    import shlex
+
+    if "convert" not in argv[1:]:
+        return None
+    rest = argv[argv.index("convert", 1) + 1:]
+    rest = [a for a in rest if a != "--overwrite"]
+    if "--resume" not in rest:
+        rest.append("--resume")
+    return shlex.join(["datakit", "convert", *rest])
+
+
 def run(args: argparse.Namespace) -> int:
     from datakit.convert import ConvertInterrupted, ConvertOptions, convert
     from datakit.report import write_report
@@ -57,7 +71,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         summary = convert(args.root, args.list, args.db, options)
     except ConvertInterrupted as stop:
-        print(f"datakit: {stop}", file=sys.stderr)
+        command = resume_command(sys.argv)
+        if command is None:
+            print(f"datakit: {stop}", file=sys.stderr)
+        else:
+            print(f"datakit: interrupted; {stop.written} records are saved in {stop.partial}: to finish, run: "
+                  f"{command}", file=sys.stderr)
         return 130
     if summary.already_complete:
         print(f"{args.db}: already complete ({summary.written} records); nothing to resume")
@@ -66,6 +85,9 @@ def run(args: argparse.Namespace) -> int:
     if args.report:
         write_report(args.report, summary.to_json())
     if summary.skipped:
-        print(f"{len(summary.skipped)} images skipped (listed above{' and in ' + args.report if args.report else ''})",
-              file=sys.stderr)
+        from datakit.warncap import TERMINAL_LIMIT
+
+        above = "listed above" if len(summary.skipped) <= TERMINAL_LIMIT else f"the first {TERMINAL_LIMIT} listed above"
+        where = f"; all of them in {args.report}" if args.report else "; --report FILE lists them all"
+        print(f"{len(summary.skipped)} images skipped ({above}{where})", file=sys.stderr)
     return 0

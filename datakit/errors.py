@@ -45,3 +45,7 @@ class DownloadError(DatakitError):
 
 class ConfigError(DatakitError):
     """Command-line options or parameters contradict each other or are out of range."""
+
+
+class DiskFull(DatabaseError):
+    """The file system ran out of space before a write; what was made durable before it is kept."""

@@ -46,6 +46,7 @@ class ListCheck:
     entries: list[ListEntry] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    counts: Counter = field(default_factory=Counter)  # findings per check name (problems and warnings)
 
     @property
     def ok(self) -> bool:
@@ -158,6 +159,7 @@ def check_list(list_path: str | os.PathLike, *, root: str | os.PathLike | None =
 
     def report(check: str, message: str) -> None:
         (result.problems if levels[check] == ERROR else result.warnings).append(message)
+        result.counts[check] += 1
 
     seen: dict[str, int] = {}
     for number, text in _numbered_lines(list_path):

@@ -45,7 +45,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from datakit.convert.options import ENCODE_TYPES, ConvertOptions, ConvertSummary, Skipped
-from datakit.errors import ConfigError, DatabaseError, ListError
+from datakit.errors import ConfigError, DatabaseError, DiskFull, ListError
+from datakit.warncap import WarningCap, missing_under_root
 
 if TYPE_CHECKING:
     from datakit.convert.pipeline import PipelineSettings
@@ -71,11 +72,14 @@ class ConvertInterrupted(KeyboardInterrupt):
     work folder holding them.
     """
 
-    def __init__(self, written: int, partial: Path) -> None:
+    def __init__(self, written: int, partial: Path, overwrite: bool = False) -> None:
+        # After --overwrite, "the same command with --resume" would be refused (the two contradict).
+        how = "with --resume in place of --overwrite" if overwrite else "with --resume"
         super().__init__(f"interrupted; {written} records are saved in {partial}: rerun the same command "
-                         "with --resume to finish")
+                         f"{how} to finish")
         self.written = written
         self.partial = partial
+        self.overwrite = overwrite
 
 
 def _stderr_warn(message: str) -> None:
@@ -126,12 +130,21 @@ def convert(root: str | os.PathLike, list_path: str | os.PathLike, db_path: str 
     workdir = WorkDir(final, on_save=on_progress_saved)
     fingerprint = {"list": str(list_path.resolve()), "list_sha256": sha256_file(list_path),
                    "root": str(root.resolve())}
+    # The list is read before the work folder is touched: a bad or empty list changes nothing on disk
+    # (with --overwrite neither the old database nor interrupted work is removed).
+    list_warnings: list[str] = []
+    entries = read_entries(list_path, opts.allow_absolute, list_warnings.append)
+    if not entries:
+        raise ListError(f"{list_path}: lists no images (the file is empty or holds only blank lines); "
+                        "nothing was converted" + (f" and {final} was left as it was" if final.exists() else ""))
     try:
         prior = workdir.open(resume=opts.resume, overwrite=opts.overwrite)
     except AlreadyComplete as done:
         return ConvertSummary.from_progress(str(final), done.progress)
-
-    entries = read_entries(list_path, opts.allow_absolute, warn)
+    list_cap = WarningCap(warn, "list warnings", where_all="the --report file")
+    for message in list_warnings:
+        list_cap(message)
+    list_cap.finish()
     seed = opts.seed
     if prior is not None:
         check_resumable(prior, opts, fingerprint, workdir.path)
@@ -154,21 +167,34 @@ def convert(root: str | os.PathLike, list_path: str | os.PathLike, db_path: str 
     spec = EncodeSpec(str(root), backend.record_kind, opts.resize_height, opts.resize_width, opts.gray,
                       opts.encoded, opts.encode_type.lower(), opts.allow_absolute, opts.max_pixels)
     writer = backend.open_writer(workdir.path, shard_records=opts.hdf5_chunk)
+    skip_cap = WarningCap(warn, "skipped images", where_all="the summary's skipped list and --report")
     try:
         writer.resume(workdir.state)
-        summary = write_records(entries, order, opts, spec, list_path, writer, workdir, warn,
+        summary = write_records(entries, order, opts, spec, list_path, writer, workdir, skip_cap,
                                 settings or PipelineSettings())
+        skip_cap.finish()
+        summary.warnings = list_cap.messages
+        missing = sum(1 for s in summary.skipped if s.reason.startswith("file not found"))
+        wrong_root = missing_under_root(missing, len(entries), root, "the image root")
         if summary.written == 0 and entries:
             raise NothingWritten(f"{list_path}: none of its {len(entries)} images could be read, so no "
-                                 f"database was written (list paths are relative to the root {root})")
+                                 f"database was written (" + (wrong_root or
+                                 f"list paths are relative to the root {root}") + ")")
+        if wrong_root is not None:
+            warn(wrong_root)
         writer.finish(final)
     except NothingWritten:
         writer.close()
         workdir.discard()
         raise
+    except DiskFull as full:
+        writer.close()
+        how = "--resume in place of --overwrite" if opts.overwrite else "--resume"
+        raise DiskFull(f"{full}; the {int(workdir.state.get('written', 0))} records saved so far are kept in "
+                       f"{workdir.path}: free some space, then rerun the same command with {how}") from None
     except KeyboardInterrupt:
         writer.close()
-        raise ConvertInterrupted(int(workdir.state.get("written", 0)), workdir.path) from None
+        raise ConvertInterrupted(int(workdir.state.get("written", 0)), workdir.path, opts.overwrite) from None
     except BaseException:
         writer.close()
         raise

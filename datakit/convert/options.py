@@ -88,6 +88,7 @@ class ConvertSummary:
     seed: int | None = None
     resumed_at: int | None = None
     already_complete: bool = False
+    warnings: list[str] = field(default_factory=list)  # every warning about the list (duplicates, labels)
 
     def line(self) -> str:
         shapes = ", ".join("x".join(map(str, s)) for s in self.shapes[:3]) + (" ..." if len(self.shapes) > 3 else "")

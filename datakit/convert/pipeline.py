@@ -38,9 +38,6 @@ from datakit.report import progress_bar
 
 __all__ = ["BackgroundWriter", "PipelineSettings", "write_records"]
 
-WARN_AT_MOST = 50  # skipped images warned one by one; the rest are counted in the summary and --report
-
-
 @dataclass(frozen=True)
 class PipelineSettings:
     """How records travel from the workers to the writer (tuning of the local path; tests shrink it).
@@ -189,7 +186,6 @@ def write_records(entries: list[ListEntry], order: list[int], opts: ConvertOptio
     batch_bytes = 0
     handed = 0  # records given to the writer since it opened (for its batch_limit)
     since_records = since_bytes = 0  # since the last checkpoint
-    warned = 0
     background = BackgroundWriter(writer, workdir)
 
     def commit(last: bool = False) -> None:
@@ -225,11 +221,7 @@ def write_records(entries: list[ListEntry], order: list[int], opts: ConvertOptio
                 if opts.strict:
                     raise ImageError(f"{where}: {error} (--strict)")
                 tally.skipped.append(Skipped(index, entry.line, entry.path, error))
-                warned += 1
-                if warned <= WARN_AT_MOST:
-                    warn(f"{where}: {error}; skipped")
-                elif warned == WARN_AT_MOST + 1:
-                    warn("more images skipped; see the summary and --report")
+                warn(f"{where}: {error}; skipped")  # the caller caps these (datakit.warncap)
             else:
                 if shape not in shapes and len(shapes) < 100:
                     shapes.append(shape)

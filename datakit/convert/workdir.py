@@ -93,11 +93,14 @@ class WorkDir:
             if prior is None:
                 raise DatabaseError(f"{work}: not made by datakit convert; remove it yourself")
             shutil.rmtree(work)
+        if final.exists() and not _is_ours_or_db(final):
+            # Checked first, with or without --overwrite: suggesting --overwrite here would lead to a refusal.
+            what = "a file" if not final.is_dir() else "a folder that is not a database"
+            raise DatabaseError(f"{final}: exists and is {what}; refusing to replace it (--overwrite replaces "
+                                "only a database): move it away or name another output database")
         if final.exists() and not overwrite:
             raise DatabaseError(f"{final}: already exists; pass --overwrite to replace it "
                                 "(it is replaced only once the new database is complete)")
-        if final.exists() and not _is_ours_or_db(final):
-            raise DatabaseError(f"{final}: exists and is not a database; refusing to overwrite it")
         return None
 
     def start(self, state: dict) -> None:

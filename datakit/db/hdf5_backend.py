@@ -22,7 +22,8 @@ from datakit.atomic import write_text_atomic
 from datakit.db import HDF5_LIST_NAME
 from datakit.db.base import SLAB_BYTES, Reader, Writer
 from datakit.db.pagecache import DropBehind
-from datakit.errors import DatabaseError
+from datakit.db.reserve import allocate, free_bytes, no_space
+from datakit.errors import DatabaseError, DiskFull
 
 __all__ = ["HDF5Reader", "HDF5Writer", "SLAB_BYTES", "hdf5_files", "read_hdf5_list", "shard_name"]
 
@@ -200,9 +201,8 @@ class HDF5Writer(Writer):
         while pos < len(items):
             if self._h5 is None:
                 c, h, w = items[pos][0].shape
-                self._h5 = h5py.File(self._tmp(), "w")
-                self._pages_fd = os.open(self._tmp(), os.O_RDONLY)
-                self._pages = DropBehind(self._pages_fd)
+                self._open_shard(c, h, w)
+                assert self._h5 is not None
                 self._h5.create_dataset("data", shape=(self.chunk, c, h, w), maxshape=(self.chunk, c, h, w),
                                         dtype="f4", chunks=(1, c, h, w))
                 self._h5.create_dataset("label", shape=(self.chunk,), maxshape=(self.chunk,), dtype="f4")
@@ -224,6 +224,30 @@ class HDF5Writer(Writer):
                 self._finish_shard()
                 completed = True
         return completed
+
+    def _open_shard(self, c: int, h: int, w: int) -> None:
+        """Start the next shard, its disk space reserved first (DiskFull, naming it, when there is none).
+
+        HDF5 reports a full disk as an error but may then crash when the file
+        is closed, so no shard is begun that the file system cannot hold:
+        the free space is checked before the file is made, and its blocks are
+        reserved (fallocate, keeping the file's size) before any data goes in.
+        """
+        tmp = self._tmp()
+        needed = self.chunk * (c * h * w * 4 + 4 + 64) + (256 << 10)  # data, labels, chunk index, headers
+        what = f"shard {self.shards} ({self.chunk} records of {c}x{h}x{w} float32)"
+        if free_bytes(self.folder) < needed:
+            raise no_space(tmp, needed, what)
+        try:
+            self._h5 = h5py.File(tmp, "w")
+        except OSError as err:
+            raise DiskFull(f"{tmp}: cannot create the shard ({err})") from None
+        self._pages_fd = os.open(tmp, os.O_RDWR)
+        self._pages = DropBehind(self._pages_fd)
+        size = os.fstat(self._pages_fd).st_size
+        if allocate(self._pages_fd, size, needed, keep_size=True) is False:
+            self.close()
+            raise no_space(tmp, needed, what)
 
     def _finish_shard(self) -> None:
         assert self._h5 is not None

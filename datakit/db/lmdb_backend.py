@@ -26,6 +26,8 @@ import lmdb
 
 from datakit.db.base import KeyValueWriter, Reader
 from datakit.db.pagecache import FALLOCATE, MADV_DONTNEED, MADVISE, DropBehind
+from datakit.db.reserve import allocate, free_bytes, no_space
+from datakit.db.reserve import size_text as len_text
 from datakit.errors import DatabaseError
 
 DEFAULT_MAP_SIZE = 1 << 30  # 1 GiB to start; doubled whenever it fills up
@@ -38,6 +40,28 @@ def _open_env(path: Path, **kwargs) -> lmdb.Environment:
         return lmdb.open(str(path), subdir=True, **kwargs)
     except lmdb.Error as err:
         raise DatabaseError(f"{path}: cannot open LMDB ({err})") from None
+
+
+OPEN_RESERVE = 1 << 20  # free space a writer needs to open: lock.mdb, the meta pages, a first transaction
+LOCK_RESERVE = 64 << 10  # more than lock.mdb's reader table (126 readers) takes
+
+
+def _reserve_to_open(folder: Path) -> None:
+    """Refuse to open a writer on a (nearly) full disk, and reserve lock.mdb's blocks before LMDB maps it.
+
+    LMDB writes its lock file and reader table through a memory map: on a
+    full disk that is SIGBUS at open, before any transaction.
+    """
+    if free_bytes(folder) < OPEN_RESERVE:
+        raise no_space(folder, OPEN_RESERVE, "opening the LMDB writer")
+    lock = folder / "lock.mdb"
+    if not lock.exists():
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            if allocate(fd, 0, LOCK_RESERVE, keep_size=True) is False:  # LMDB sizes the file itself
+                raise no_space(lock, LOCK_RESERVE, "the LMDB lock file")
+        finally:
+            os.close(fd)
 
 
 class LmdbReader(Reader):
@@ -103,6 +127,7 @@ class LmdbWriter(KeyValueWriter):
         """
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
+        _reserve_to_open(self.path)
         existing = (self.path / "data.mdb")
         if existing.exists():
             map_size = max(map_size, existing.stat().st_size * 2)
@@ -125,20 +150,33 @@ class LmdbWriter(KeyValueWriter):
         return (self.env.info()["last_pgno"] + 1) * self.env.stat()["psize"]
 
     def _reserve(self, nbytes: int) -> None:
-        """Allocate disk blocks for the next `nbytes` of values (best effort: any failure turns it off)."""
+        """Allocate disk blocks for the next `nbytes` of values before LMDB writes them through the map.
+
+        Required, not an optimisation: a store into the write map where the
+        file system has no block left kills the process with SIGBUS. Raises
+        DiskFull (nothing of the transaction written) when even the least
+        the transaction may need cannot be reserved; on a file system that
+        cannot reserve at all (no fallocate), it writes into holes as before.
+        """
         if self._fd is None:
             return
         used = self._used()
-        need = used + nbytes + nbytes // 8 + (1 << 20)
+        need = min(self.env.info()["map_size"], used + nbytes + nbytes // 8 + (1 << 20))
         if need <= self._allocated:
             return
         ahead = min(PREALLOCATE_STEP, max(4 * nbytes, used))  # a small database reserves little
         end = min(self.env.info()["map_size"], need + ahead)
-        if end > self._allocated and FALLOCATE(self._fd, 0, self._allocated, end - self._allocated) != 0:
-            os.close(self._fd)  # not supported here (or no space yet): write into holes as before
-            self._fd = self._pages = None  # no page-cache control either (its fd is gone)
-            return
-        self._allocated = max(self._allocated, end)
+        for target in (end, need):  # the step ahead if there is room, else only what this batch needs
+            done = allocate(self._fd, self._allocated, target - self._allocated)
+            if done:
+                self._allocated = target
+                return
+            if done is None:  # not supported here: write into holes as before
+                os.close(self._fd)
+                self._fd = self._pages = None  # no page-cache control either (its fd is gone)
+                return
+        raise no_space(self.path / "data.mdb", need - self._allocated,
+                       f"the next transaction ({len_text(nbytes)} of records)")
 
     def write(self, items: Sequence[tuple[bytes, bytes]]) -> bool:
         """Put every item in one transaction; grows the map and retries on MDB_MAP_FULL.
@@ -160,6 +198,7 @@ class LmdbWriter(KeyValueWriter):
                 break
             except lmdb.MapFullError:
                 self.env.set_mapsize(self.env.info()["map_size"] * 2)
+                self._reserve(sum(len(k) + len(v) for k, v in items))  # the new part of the map is a hole
         last = max(items[-1][0], items[0][0]) if in_order else max(k for k, _ in items)
         self._last = last if self._last is None or last > self._last else self._last
         self._start_writeback()
@@ -206,6 +245,7 @@ class LmdbWriter(KeyValueWriter):
 
     def truncate_from(self, key: bytes) -> int:
         """Delete every record whose key is >= `key` (work redone after an interruption)."""
+        self._reserve(0)  # the deletion copies the pages it changes
         with self.env.begin(write=True) as txn:
             cur = txn.cursor()
             doomed = [bytes(k) for k in cur.iternext(keys=True, values=False)] if cur.set_range(key) else []
