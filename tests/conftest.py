@@ -38,3 +38,32 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300,
 @pytest.fixture
 def cli():
     return run_cli
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """Mount small tmpfs file systems for full-disk tests: ``tmpfs("8m")`` -> its folder.
+
+    Every one is unmounted afterwards. Skips, saying why, where this process may not mount
+    (not root, or no mount permission in this container); ``why`` adds what covers the case then.
+    """
+    mounted: list[Path] = []
+
+    def mount(size: str, why: str = "") -> Path:
+        note = f" ({why})" if why else ""
+        if os.geteuid() != 0:
+            pytest.skip(f"mounting a tmpfs needs root{note}")
+        mnt = tmp_path / f"fs{len(mounted)}"
+        mnt.mkdir()
+        res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
+                             capture_output=True, text=True)
+        if res.returncode != 0:
+            pytest.skip(f"may not mount a tmpfs here: {res.stderr.strip() or res.returncode}{note}")
+        mounted.append(mnt)
+        return mnt
+
+    try:
+        yield mount
+    finally:
+        for mnt in mounted:
+            subprocess.run(["umount", "-l", str(mnt)], check=False)

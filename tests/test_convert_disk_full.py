@@ -22,19 +22,9 @@ from tests.test_convert import make_images, write_list
 
 
 @pytest.fixture
-def small_fs(tmp_path):
-    """An 8 MiB tmpfs at tmp_path/fs, unmounted afterwards."""
-    mnt = tmp_path / "fs"
-    mnt.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if res.returncode != 0:
-        pytest.skip(f"may not mount a tmpfs here: {res.stderr.strip() or res.returncode}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
+def small_fs(tmpfs):
+    """An 8 MiB tmpfs, unmounted afterwards."""
+    return tmpfs("8m")
 
 
 def _fill(folder: Path, leave: int) -> Path:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import io
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -27,19 +26,9 @@ def _state_files(folder: Path) -> list[str]:
 
 
 @pytest.fixture
-def small_fs(tmp_path):
-    """A 1 MiB tmpfs at tmp_path/fs, unmounted afterwards."""
-    mnt = tmp_path / "fs"
-    mnt.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root (the ENOSPC simulation below covers this case)")
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if res.returncode != 0:
-        pytest.skip(f"may not mount a tmpfs here: {res.stderr.strip() or res.returncode}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
+def small_fs(tmpfs):
+    """A 1 MiB tmpfs, unmounted afterwards."""
+    return tmpfs("1m", why="the ENOSPC simulation below covers this case")
 
 
 def _fill(folder: Path, leave: int) -> None:
