@@ -67,3 +67,22 @@ def tmpfs(tmp_path):
     finally:
         for mnt in mounted:
             subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def wait_until_written(progress: Path, proc: subprocess.Popen, at_least: int, timeout: float = 60) -> None:
+    """Wait until a running `datakit convert` has saved progress for ``at_least`` records.
+
+    Paced on convert's own progress file, never on a sleep; fails the test if the process
+    finished first (then it could not be interrupted mid-run).
+    """
+    import json
+    import time
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if json.loads(progress.read_text())["written"] >= at_least:
+                break
+        except (FileNotFoundError, ValueError, KeyError):
+            pass
+        time.sleep(0.005)
+    assert proc.poll() is None, "the conversion finished before it could be interrupted"

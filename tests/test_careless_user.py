@@ -8,11 +8,10 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from datakit.db import PROGRESS_NAME, incomplete_path, open_reader
-from tests.conftest import ROOT
+from tests.conftest import wait_until_written, ROOT
 from tests.test_convert import make_images, write_list
 
 
@@ -118,15 +117,7 @@ def test_interrupted_overwrite_suggests_a_command_that_finishes_the_job(tmp_path
     proc = subprocess.Popen(_convert(tmp_path, big, db, "--overwrite"), env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     progress = incomplete_path(db) / PROGRESS_NAME
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            if json.loads(progress.read_text())["written"] >= 10:
-                break
-        except (FileNotFoundError, ValueError, KeyError):
-            pass
-        time.sleep(0.005)
-    assert proc.poll() is None, "the conversion finished before it could be interrupted"
+    wait_until_written(progress, proc, 10)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err

@@ -207,10 +207,9 @@ def test_ctrl_c_raises_convert_interrupted_naming_what_is_saved(tmp_path):
     import signal
     import subprocess
     import sys
-    import time
 
     from datakit.db import incomplete_path
-    from tests.conftest import ROOT
+    from tests.conftest import wait_until_written, ROOT
 
     entries = make_images(tmp_path, 400, size=(120, 160))
     lst = write_list(tmp_path / "list.txt", entries)
@@ -219,15 +218,7 @@ def test_ctrl_c_raises_convert_interrupted_naming_what_is_saved(tmp_path):
     proc = subprocess.Popen(cmd, env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     progress = incomplete_path(tmp_path / "db") / PROGRESS_NAME
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            if json.loads(progress.read_text())["written"] >= 10:
-                break
-        except (FileNotFoundError, ValueError, KeyError):
-            pass
-        time.sleep(0.005)
-    assert proc.poll() is None, "the conversion finished before it could be interrupted"
+    wait_until_written(progress, proc, 10)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     saved = json.loads(progress.read_text())["written"]
