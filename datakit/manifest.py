@@ -30,7 +30,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from datakit.atomic import atomic_write
+from datakit.atomic import atomic_write, sha256_file
 from datakit.errors import ConfigError, DownloadError, ListError
 from datakit.resources import bundled_dir
 
@@ -107,14 +107,6 @@ def load_recipe(name_or_path: str | os.PathLike) -> Recipe:
         raise ConfigError(f"{path}: unknown recipe keys {sorted(unknown)} (known: {sorted(known)})")
     data = {k: v for k, v in data.items() if k != "rewrites"}
     return Recipe(rewrites=rewrites, **data)
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def default_cache_dir() -> Path:

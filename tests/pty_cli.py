@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import pty
+import struct
+import termios
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +21,7 @@ def run_on_terminal(*args: str, cwd: Path | None = None, timeout: float = 300) -
     module = {"datakit": "cli.datakit_main", "trainer": "cli.trainer_main"}[tool]
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a new pty is 0 columns wide
     try:
         proc = subprocess.Popen([sys.executable, "-m", module, *rest], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=slave)
