@@ -109,8 +109,8 @@ def install(package: str, api: dict[str, str]) -> None:
     def __dir__() -> list[str]:
         return sorted(set(mod.__dict__) | set(api))
 
-    mod.__getattr__ = __getattr__  # type: ignore[attr-defined]
-    mod.__dir__ = __dir__  # type: ignore[attr-defined]
+    mod.__getattr__ = __getattr__  # type: ignore[method-assign]  # PEP 562: a module's own attribute hook
+    mod.__dir__ = __dir__  # type: ignore[method-assign]
     for name in stages:
         mod.__dict__.pop(name, None)
     mod.__class__ = _Package

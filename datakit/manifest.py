@@ -197,7 +197,13 @@ def read_manifest(path: str | os.PathLike, *, url_column: str = "image_url", lab
                                     f"(choose one with --{what}-column)")
                 return header.index(col)
 
-            iu, il = column(url_column, "url"), column(label_column, "label")
+            def required(col: int | str | None, what: str) -> int:
+                index = column(col, what)
+                if index is None:
+                    raise ListError(f"{name}: a manifest needs a {what} column (--{what}-column cannot be empty)")
+                return index
+
+            iu, il = required(url_column, "url"), required(label_column, "label")
             isp, iid = column(split_column, "split"), column(id_column, "id")
             for line, rec in enumerate(reader, start=2):
                 if not rec:
