@@ -185,6 +185,13 @@ def test_classify_color_pipeline_and_names(cli, tmp_path):
     assert res.returncode == 0, res.stderr
     rows = re.findall(r"^  \d\. ([\d.]+)  \[(\d)\]  (\w+)$", res.stdout, flags=re.M)
     assert [(float(v), int(i), n) for v, i, n in rows] == [(100.0, 1, "green"), (50.0, 2, "red"), (5.0, 0, "blue")]
+    res = cli("trainer", "classify", str(tmp_path / "x.png"), "--model", str(model),
+              "--weights", str(tmp_path / "w.caffemodel"), "--mean-value", "5,100,10", "--top-k", "1",
+              "--device", "cpu", "--json", str(tmp_path / "p.json"))
+    assert res.returncode == 0, res.stderr
+    from tests.pty_cli import assert_one_report_format
+    [only] = assert_one_report_format(tmp_path / "p.json")  # --json: the one --report format
+    assert only["image"] == str(tmp_path / "x.png") and only["top"][0]["class"] == 1 and only["top"][0]["prob"] == 100.0
 
 
 def test_trainer_test_refuses_a_deploy_net(cli, shared_data):
