@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from cli.common_options import add_progress_flags
 from datakit.assemble import AssembleConfig, assemble
 from datakit.download import DownloadOptions
 
@@ -46,9 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split-column", help="manifest column holding train/test ('' : everything is train)")
     p.add_argument("--cache-dir", type=Path, help="where downloaded manifests are kept (default ~/.cache/datakit)")
     p.add_argument("--fsync", action="store_true", help="fsync every image (survives power loss, slower)")
-    bar = p.add_mutually_exclusive_group()
-    bar.add_argument("--progress", dest="progress", action="store_true", default=None, help="always show a progress bar")
-    bar.add_argument("--no-progress", dest="progress", action="store_false", help="never show a progress bar")
+    add_progress_flags(p)
 
 
 def run(args: argparse.Namespace) -> int:

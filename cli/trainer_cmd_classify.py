@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from datakit.errors import ConfigError
 
@@ -51,7 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from datakit.atomic import write_text_atomic
+    from datakit.report import write_report
     from trainer import backend
     from trainer.classify import Classifier, read_labels
 
@@ -70,6 +69,5 @@ def run(args: argparse.Namespace) -> int:
     for pred in preds:
         print(pred.format())
     if args.json:
-        data = [p.as_dict() for p in preds]
-        write_text_atomic(args.json, json.dumps(data, indent=2) + "\n")
+        write_report(args.json, [p.as_dict() for p in preds])
     return 0

@@ -6,6 +6,8 @@ import argparse
 import sys
 import time
 
+from cli.common_options import add_progress_flags
+
 HELP = "Train or fine-tune the net a Caffe solver prototxt names (Caffe's `caffe train`)."
 
 
@@ -25,6 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report", metavar="JSON", help="write a JSON summary (iterations, snapshots, test scores)")
     p.add_argument("--tensorboard", metavar="DIR", help="also write train loss, lr and every test output as TensorBoard scalars into DIR as training goes")
     p.add_argument("--quiet", action="store_true", help="no log lines on stderr (the log file is still written)")
+    add_progress_flags(p)  # the test passes' bar
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     opts = FitOptions(solver=args.solver, weights=args.weights, snapshot=args.snapshot, device=args.device,
                       gpu=args.gpu, log=args.log, metrics=args.metrics, max_iter=args.max_iter,
                       stream=None if args.quiet else sys.stderr, restart=args.restart,
-                      tensorboard=args.tensorboard)
+                      tensorboard=args.tensorboard, progress=args.progress)
     started = time.perf_counter()
     result = fit(opts)
     if args.report:

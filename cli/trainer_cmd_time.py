@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 
+from cli.common_options import add_progress_flags
 from cli.trainer_options import add_device_options, add_state_options, check_exists, phase_of, positive
 
 HELP = "Benchmark a net layer by layer: average forward/backward ms (like `caffe time`)."
@@ -20,12 +19,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_state_options(p, "TRAIN")
     add_device_options(p)
     p.add_argument("--report", metavar="JSON", help="also write the timings as JSON")
+    add_progress_flags(p)
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from datakit.atomic import write_text_atomic
+    from datakit.report import progress_bar, write_report
     from trainer import backend
     from trainer.timing import time_net, timing_net
 
@@ -34,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     net = timing_net(args.model, batch_size=args.batch_size, phase=phase_of(args.phase), stages=args.stage,
                      level=args.level, weights=args.weights, xp=xp)
     print(f"Timing {args.iterations} iterations on {backend.device_name(xp)}.", flush=True)
-    bar = tqdm(total=args.iterations, desc="time", unit="iter", disable=not sys.stderr.isatty(), file=sys.stderr)
+    bar = progress_bar(args.iterations, args.progress, desc="time", unit="iter")
     try:
         report = time_net(net, args.iterations, forward_only=args.forward_only, progress=lambda _: bar.update(1))
     finally:
@@ -42,5 +40,5 @@ def run(args: argparse.Namespace) -> int:
         net.close()
     print(report.format())
     if args.report:
-        write_text_atomic(args.report, json.dumps(report.as_dict(), indent=2) + "\n")
+        write_report(args.report, report.as_dict())
     return 0

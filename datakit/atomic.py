@@ -102,7 +102,12 @@ def install_dir(work: str | os.PathLike, final: str | os.PathLike) -> None:
 
 def sha256_file(path: str | os.PathLike) -> str:
     """The SHA-256 of a file's bytes, hex (read in 1 MB blocks)."""
-    h = hashlib.sha256()
+    return file_digest(path, "sha256")
+
+
+def file_digest(path: str | os.PathLike, algorithm: str) -> str:
+    """The `algorithm` (a hashlib name: sha256, sha1, ...) digest of a file's bytes, hex, read in 1 MB blocks."""
+    h = hashlib.new(algorithm)
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import os
 import sys
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import IO
 from urllib.parse import urlsplit
 
+from datakit.atomic import file_digest
 from datakit.errors import DownloadError
 
 CHUNK = 1 << 16
@@ -45,11 +45,8 @@ def mirror_url(url: str, mirror: str | None) -> str:
 
 
 def sha1_of(path: Path) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    """The SHA-1 Caffe's model zoo publishes for a file (datakit.atomic.file_digest)."""
+    return file_digest(path, "sha1")
 
 
 def _finish(part: Path, dest: Path) -> None:

@@ -36,7 +36,7 @@ def check_mean(data: bytes, recipe: MeanRecipe, where: str) -> tuple[list[float]
     shape = blob_shape(blob)
     if tuple(shape) != recipe.shape:
         raise FormatError(f"{where}: shape {shape}, but the {recipe.name} mean is {recipe.shape}")
-    arr = blob_to_array(blob, where=where).reshape(recipe.shape[-3:])
+    arr: np.ndarray = blob_to_array(blob, where=where).reshape(recipe.shape[-3:])
     means = [float(v) for v in arr.reshape(arr.shape[0], -1).mean(axis=1)]
     if not np.allclose(means, recipe.channel_means, atol=0.01):
         want = ", ".join(f"{v:.4f}" for v in recipe.channel_means)

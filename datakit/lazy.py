@@ -4,7 +4,7 @@ A package lists its public calls as ``name -> "module:attribute"``; :func:`insta
 each one resolve on first use (PEP 562 style), so ``import datakit`` stays light.
 
 The twist is that several calls share their name with a submodule (``datakit.convert``
-is both the stage and ``datakit/convert.py``), and importing a submodule normally
+is both the stage and the ``datakit/convert/`` package), and importing a submodule normally
 rebinds the package attribute to the module. For those names the package attribute is a
 :class:`Stage`: calling it calls the API function; every other attribute access
 (``datakit.convert.ConvertOptions``), assignment and deletion (``monkeypatch``) goes
@@ -109,8 +109,8 @@ def install(package: str, api: dict[str, str]) -> None:
     def __dir__() -> list[str]:
         return sorted(set(mod.__dict__) | set(api))
 
-    mod.__getattr__ = __getattr__  # type: ignore[attr-defined]
-    mod.__dir__ = __dir__  # type: ignore[attr-defined]
+    mod.__getattr__ = __getattr__  # type: ignore[method-assign]  # PEP 562: a module's own attribute hook
+    mod.__dir__ = __dir__  # type: ignore[method-assign]
     for name in stages:
         mod.__dict__.pop(name, None)
     mod.__class__ = _Package

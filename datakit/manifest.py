@@ -30,7 +30,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from datakit.atomic import atomic_write
+from datakit.atomic import atomic_write, sha256_file
 from datakit.errors import ConfigError, DownloadError, ListError
 from datakit.resources import bundled_dir
 
@@ -107,14 +107,6 @@ def load_recipe(name_or_path: str | os.PathLike) -> Recipe:
         raise ConfigError(f"{path}: unknown recipe keys {sorted(unknown)} (known: {sorted(known)})")
     data = {k: v for k, v in data.items() if k != "rewrites"}
     return Recipe(rewrites=rewrites, **data)
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def default_cache_dir() -> Path:
@@ -205,7 +197,13 @@ def read_manifest(path: str | os.PathLike, *, url_column: str = "image_url", lab
                                     f"(choose one with --{what}-column)")
                 return header.index(col)
 
-            iu, il = column(url_column, "url"), column(label_column, "label")
+            def required(col: int | str | None, what: str) -> int:
+                index = column(col, what)
+                if index is None:
+                    raise ListError(f"{name}: a manifest needs a {what} column (--{what}-column cannot be empty)")
+                return index
+
+            iu, il = required(url_column, "url"), required(label_column, "label")
             isp, iid = column(split_column, "split"), column(id_column, "id")
             for line, rec in enumerate(reader, start=2):
                 if not rec:

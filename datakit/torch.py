@@ -209,7 +209,7 @@ class _CaffeSequence:
         if self.num_records == 0:
             raise DatabaseError(f"{self.source}: the database is empty")
         if len(self.item_shape) == 3:
-            self.out_shape = self.transformer.output_shape(*self.item_shape)
+            self.out_shape: tuple[int, ...] = self.transformer.output_shape(*self.item_shape)
         elif not self.transformer.is_identity:
             raise ConfigError(f"{self.source}: records are {self.item_shape}, not C×H×W images; drop the transform")
         else:
@@ -298,6 +298,7 @@ class CaffeDataset(_CaffeSequence, Dataset):
         if self.backend == "hdf5":
             image, label = self._hdf5_item(i)
         else:
+            assert self._keys is not None  # _scan lists the keys of every key-value backend
             key = self._keys[i]
             item = next(self.records.reader().raw_items(start=key), None)
             if item is None or item[0] != key:

@@ -52,7 +52,7 @@ class Transformer:
     """``transform_param`` of one layer, checked against the input shape at setup."""
 
     def __init__(self, param: caffe_pb2.TransformationParameter | None, phase: int, *,
-                 base_dir: str | Path = ".", where: str = "transform_param") -> None:
+                 base_dir: str | os.PathLike = ".", where: str = "transform_param") -> None:
         param = param if param is not None else caffe_pb2.TransformationParameter()
         self.where = where
         self.phase = phase
@@ -183,13 +183,14 @@ class Transformer:
             hs = slice(h0, h0 + oh)
             src = batch[i, :, hs, w0:w0 + ow]
             if plan.mirror[i]:
+                assert tmp is not None  # made above whenever lo..hi holds a mirrored image
                 for ch in range(c):
                     cv2.flip(src[ch], 1, dst=tmp[ch])
                 src = tmp
                 # columns w0..w0+ow-1 read right to left = the flipped mean's columns W-w0-ow..W-w0-1
-                m = flipped_mean[:, hs, width - w0 - ow:width - w0] if per_image_mean else mean
+                m = flipped_mean[:, hs, width - w0 - ow:width - w0] if flipped_mean is not None else mean
             else:
-                m = mean[:, hs, w0:w0 + ow] if per_image_mean else mean
+                m = mean[:, hs, w0:w0 + ow] if per_image_mean and mean is not None else mean
             if m is None:
                 out[i] = src
             else:
@@ -197,6 +198,7 @@ class Transformer:
 
     def _flipped_mean(self) -> np.ndarray:
         if self._mean_lr is None:
+            assert self.mean is not None  # called only for a per-image mean
             self._mean_lr = np.ascontiguousarray(self.mean[:, :, ::-1])
         return self._mean_lr
 

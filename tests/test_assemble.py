@@ -76,6 +76,21 @@ def test_cli_assembles_the_demo_like_caffe(cli, tmp_path: Path, demo_rows) -> No
     assert "(120 already present, 130 selected)" in r.stdout
 
 
+def test_assemble_bar_on_a_terminal_only_unless_told_and_the_report_in_the_one_format(tmp_path: Path, demo_rows) -> None:
+    from tests.pty_cli import assert_one_report_format, run_on_terminal
+    args = ("datakit", "assemble", "--manifest", "demo", "--images", "40", "--seed", "3")
+    with serve_mirror(MirrorConfig.from_rows(demo_rows)) as m:
+        rc, out, term = run_on_terminal(*args, "--mirror", m.url, "--out", str(tmp_path / "a"),
+                                        "--report", str(tmp_path / "r.json"), cwd=tmp_path)
+        assert rc == 0, term
+        assert "40/40" in term and "img/s" in term
+        assert assert_one_report_format(tmp_path / "r.json")["succeeded"] == 40
+        rc, out, term = run_on_terminal(*args, "--mirror", m.url, "--out", str(tmp_path / "b"), "--no-progress",
+                                        cwd=tmp_path)
+    assert rc == 0, term
+    assert "img/s" not in term and "Writing train/val for 40 successfully downloaded images." in out
+
+
 def test_faults_reach_the_report_failed_csv_and_reruns(tmp_path: Path, demo_rows) -> None:
     faults = {"not_found": 0.1, "server_error": 0.1, "placeholder": 0.1, "corrupt": 0.05, "flaky": 0.1}
     out = tmp_path / "d"

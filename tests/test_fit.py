@@ -136,6 +136,28 @@ def test_test_passes_get_a_progress_bar_on_a_terminal_only(project, monkeypatch)
     assert on_tty.test_scores == plain.test_scores
 
 
+def test_fit_progress_flags_force_or_refuse_the_test_bar(project, monkeypatch, cli, tmp_path):
+    """--progress draws the test passes' bar even off a terminal; --no-progress (progress=False) none even on one."""
+    import tqdm
+
+    from tests.pty_cli import assert_one_report_format
+    made: list[dict] = []
+    real = tqdm.tqdm
+    monkeypatch.setattr(tqdm, "tqdm", lambda *a, **kw: made.append(kw) or real(*a, **{**kw, "delay": 0}))
+    fit(FitOptions(solver=project(max_iter=20), device="cpu", stream=_Terminal(), handle_signals=False,
+                   progress=False))
+    assert made == []
+    name = project("cli.prototxt", max_iter=20, prefix="cli/run")
+    forced = cli("trainer", "fit", "--solver", name, "--device", "cpu", "--progress", "--report", "r.json",
+                 cwd=tmp_path)
+    assert forced.returncode == 0, forced.stderr
+    assert "test net #0: " in forced.stderr and "/3 [" in forced.stderr  # the bar's desc and count
+    assert assert_one_report_format(tmp_path / "r.json")["iterations"] == 20
+    plain = cli("trainer", "fit", "--solver", name, "--device", "cpu", "--restart", cwd=tmp_path)
+    assert plain.returncode == 0, plain.stderr
+    assert "Testing net (#0)" in plain.stderr and "test net #0" not in plain.stderr  # the log line, no bar
+
+
 def test_resume_reproduces_the_uninterrupted_losses(project, tmp_path):
     whole = fit(opts(project("a.prototxt", max_iter=30, prefix="a/run")))
     half = fit(opts(project("b.prototxt", max_iter=30, snapshot=12, prefix="b/run"), max_iter=12))

@@ -168,3 +168,12 @@ def test_recipe_files_are_valid_json() -> None:
     for p in root.glob("*.json"):
         data = json.loads(p.read_text())
         assert load_recipe(p.stem).name == data["name"] == p.stem
+
+
+@pytest.mark.parametrize("which", ["url_column", "label_column"])
+def test_an_empty_url_or_label_column_is_one_clear_error(tmp_path, which) -> None:
+    path = tmp_path / "m.csv"
+    path.write_text("id,image_url,label\n0,http://h/a.jpg,1\n")
+    what = which.split("_")[0]
+    with pytest.raises(ListError, match=f"m.csv: a manifest needs a {what} column"):
+        read_manifest(path, split_column=None, **{which: ""})

@@ -185,6 +185,13 @@ def test_classify_color_pipeline_and_names(cli, tmp_path):
     assert res.returncode == 0, res.stderr
     rows = re.findall(r"^  \d\. ([\d.]+)  \[(\d)\]  (\w+)$", res.stdout, flags=re.M)
     assert [(float(v), int(i), n) for v, i, n in rows] == [(100.0, 1, "green"), (50.0, 2, "red"), (5.0, 0, "blue")]
+    res = cli("trainer", "classify", str(tmp_path / "x.png"), "--model", str(model),
+              "--weights", str(tmp_path / "w.caffemodel"), "--mean-value", "5,100,10", "--top-k", "1",
+              "--device", "cpu", "--json", str(tmp_path / "p.json"))
+    assert res.returncode == 0, res.stderr
+    from tests.pty_cli import assert_one_report_format
+    [only] = assert_one_report_format(tmp_path / "p.json")  # --json: the one --report format
+    assert only["image"] == str(tmp_path / "x.png") and only["top"][0]["class"] == 1 and only["top"][0]["prob"] == 100.0
 
 
 def test_trainer_test_refuses_a_deploy_net(cli, shared_data):
@@ -223,3 +230,22 @@ def test_output_sums_average_element_wise_in_float64():
     means = sums.means()
     assert sums.count == 2 and means["acc"] == 0.375 and means["acc"].dtype == np.float64
     np.testing.assert_array_equal(means["per_class"], [2.0, 4.0])
+
+
+def test_trainer_time_bar_follows_the_one_policy_and_the_report_the_one_format(cli, tmp_path):
+    """A bar on a terminal or with --progress, none with --no-progress or off a terminal; --report as write_report."""
+    from tests.pty_cli import assert_one_report_format, run_on_terminal
+    model = tmp_path / "deploy.prototxt"
+    model.write_text('layer { name: "in" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 dim: 6 dim: 6 } } }\n'
+                     'layer { name: "prob" type: "Softmax" bottom: "data" top: "prob" }\n')
+    base = ("trainer", "time", "--model", str(model), "--iterations", "3", "--device", "cpu")
+    rc, out, term = run_on_terminal(*base, "--report", str(tmp_path / "t.json"))
+    assert rc == 0, term
+    assert "3/3" in term and "iter" in term and "Average Forward pass" in out
+    assert assert_one_report_format(tmp_path / "t.json")["iterations"] == 3
+    rc, _, term = run_on_terminal(*base, "--no-progress")
+    assert rc == 0 and "3/3" not in term
+    piped = cli(*base)
+    assert piped.returncode == 0 and "3/3" not in piped.stderr
+    forced = cli(*base, "--progress")
+    assert forced.returncode == 0 and "3/3" in forced.stderr

@@ -2,7 +2,7 @@
 
 Each call is the ``trainer`` command of the same name, with the command's long options
 as keyword arguments (``-`` written ``_``) and the same defaults; each returns the
-command's result object. ``trainer.Net`` / ``trainer.load_net`` give a net to step by
+command's result object. ``trainer.load_net`` (or ``trainer.net.Net``) gives a net to step by
 hand. These names are the public API: kept stable.
 """
 

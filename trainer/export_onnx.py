@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from datakit.atomic import write_bytes_atomic
 from datakit.errors import ConfigError, FormatError
 
 from trainer.onnx_layers import CONVERTERS, DATA_LAYERS, TRAINING_ONLY, UnsupportedLayer, unsupported
@@ -127,9 +128,7 @@ def export_onnx(prototxt: str | os.PathLike, weights: str | os.PathLike | None, 
         net.close()
     onnx.checker.check_model(model)
     out = Path(output)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    tmp.write_bytes(model.SerializeToString())
-    os.replace(tmp, out)
+    write_bytes_atomic(out, model.SerializeToString())
     return out
 
 

@@ -51,6 +51,7 @@ class FitOptions:
     handle_signals: bool = True
     restart: bool = False   # start over where snapshots of the same prefix exist (they are overwritten)
     tensorboard: str | None = None   # a folder: every logged number also goes there as a TensorBoard scalar
+    progress: bool | None = None     # the test passes' bar: True always, False never, None on a terminal
 
 
 def _locate(path: str, solver_dir: Path | None, field: str = "net", solver: str | None = None) -> str:
@@ -213,7 +214,8 @@ def _build(opts: FitOptions, param, prefix: str, log: CaffeLog, xp, seed: int,
         nets.append(test_nets[-1])
     for net in [train_net, *test_nets]:
         rails.install(net, warn=log.warning)
-    solver = Solver(param, train_net, test_nets, log=log, snapshot_prefix=prefix, seed=seed)
+    solver = Solver(param, train_net, test_nets, log=log, snapshot_prefix=prefix, seed=seed,
+                    progress=opts.progress)
     solver.final_test = opts.max_iter is not None
     if opts.weights:
         from trainer.weights import iter_load_weights

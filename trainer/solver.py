@@ -52,8 +52,10 @@ class Solver:
     """Trains ``net`` with the SolverParameter ``param``; ``test_nets`` share its weights."""
 
     def __init__(self, param, net, test_nets: Sequence[Any] = (), *, log: CaffeLog | None = None,
-                 snapshot_prefix: str | None = None, seed: int | None = None) -> None:
+                 snapshot_prefix: str | None = None, seed: int | None = None,
+                 progress: bool | None = None) -> None:
         self.param = param
+        self.progress = progress  # the test passes' bar: True always, False never, None on a terminal
         self.net = net
         self.test_nets = list(test_nets)
         self.log = log if log is not None else CaffeLog()
@@ -157,14 +159,17 @@ class Solver:
     def _test_progress(self, batches: int, net_id: int) -> Any:
         """A progress bar for a test pass that lasts (CaffeNet's 100 batches take minutes on a CPU).
 
-        Only on a terminal, shown after 2 s and erased when done, so logs and
-        quick tests look as Caffe's do.
+        The one policy of ``datakit.report.progress_bar`` on the log's stream
+        (stderr unless ``--quiet``): drawn when ``progress`` is True, never
+        when False, else only on a terminal, shown after 2 s and erased when
+        done, so logs and quick tests look as Caffe's do.
         """
+        from datakit.report import progress_bar  # noqa: PLC0415 - tqdm only when a bar is drawn
         stream = self.log.stream
-        if stream is None or not getattr(stream, "isatty", lambda: False)():
-            return None
-        from tqdm import tqdm  # noqa: PLC0415 - only for terminals
-        return tqdm(total=batches, desc=f"test net #{net_id}", unit="batch", leave=False, delay=2, file=stream)
+        if stream is None and self.progress is not True:
+            return progress_bar(batches, False)
+        return progress_bar(batches, self.progress, desc=f"test net #{net_id}", unit="batch", leave=False,
+                            stream=stream, **({} if self.progress else {"delay": 2}))
 
     def test(self, net_id: int) -> dict[str, float]:
         net = self.test_nets[net_id]
@@ -177,13 +182,11 @@ class Solver:
         for done in range(1, n_iter + 1):
             loss_total += net.forward()
             sums.add({name: to_host(net.blobs[name].data) for name in net.output_names})
-            if bar is not None:
-                bar.update(1)
+            bar.update(1)
             if self.stop_reason:
                 n_iter = done
                 break
-        if bar is not None:
-            bar.close()
+        bar.close()
         if self.param.test_compute_loss:
             self.log.info(f"Test loss: {fmt(loss_total / max(n_iter, 1))}")
         means: dict[str, float] = {}

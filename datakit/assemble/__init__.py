@@ -24,7 +24,6 @@ timeouts.
 from __future__ import annotations
 
 import importlib
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -73,11 +72,10 @@ def _clean_temporaries(images_dir: Path) -> int:
     return removed
 
 
-def _progress_bar(total: int, enabled: bool | None):
-    from tqdm import tqdm  # noqa: PLC0415 - only when a run starts
-    if enabled is None:
-        enabled = sys.stderr.isatty()
-    return tqdm(total=total, unit="img", disable=not enabled, smoothing=0.1, dynamic_ncols=True)
+def _progress_bar(total: int, enabled: bool | None) -> Any:
+    """The run's bar, under the one policy of ``datakit.report.progress_bar`` (None: only on a terminal)."""
+    from datakit.report import progress_bar  # noqa: PLC0415 - tqdm only when a bar is drawn
+    return progress_bar(total, enabled, unit="img", smoothing=0.1, dynamic_ncols=True)
 
 
 def assemble(cfg: AssembleConfig, log: Callable[[str], None] = print,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 from collections import Counter
 from collections.abc import Sequence
@@ -24,6 +23,7 @@ from datakit.download.outcome import Kind, Stats
 from datakit.download.partition import PartitionResult
 from datakit.errors import DownloadError
 from datakit.imagelist import write_list
+from datakit.report import write_report
 
 FINAL_MESSAGE = "Writing train/val for {} successfully downloaded images."
 
@@ -159,7 +159,7 @@ def finish(plan: Plan, results: Sequence[PartitionResult], *, stopped: str | Non
         lists={k: str(v) for k, v in lists.items()}, failed_csv=str(plan.failed_csv),
         partitions=[{"partition": r.index, **r.stats.as_dict()} for r in results if r.finished])
     if cfg.report:
-        write_text_atomic(cfg.report, json.dumps(report.to_json(), indent=2) + "\n")
+        write_report(cfg.report, report.to_json())
     result = AssembleResult(len(plan.selected), succeeded, len(plan.present), stats, lists, plan.failed_csv,
                             stopped, elapsed, report)
     if stopped == "dead_list" or (stopped is None and succeeded == 0):

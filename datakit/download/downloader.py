@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
+from typing import Any
 
 import aiohttp
 
@@ -150,8 +151,8 @@ class Downloader:
             async with self.session() as session:
                 tasks = [asyncio.ensure_future(produce())]
                 tasks += [asyncio.ensure_future(work(session)) for _ in range(n_workers)]
-                waiter = asyncio.ensure_future(stop.wait())
-                done = asyncio.ensure_future(asyncio.gather(*tasks[1:]))
+                waiter: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
+                done: asyncio.Future[Any] = asyncio.ensure_future(asyncio.gather(*tasks[1:]))
                 await asyncio.wait([waiter, done], return_when=asyncio.FIRST_COMPLETED)
                 for t in tasks + [waiter, done]:
                     t.cancel()
@@ -160,7 +161,7 @@ class Downloader:
                 if isinstance(err, BaseException) and not isinstance(err, asyncio.CancelledError):
                     raise err
         finally:
-            if own_executor:
+            if own_executor and self._executor is not None:
                 self._executor.shutdown(wait=True)
                 self._executor = None
         return stats

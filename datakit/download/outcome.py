@@ -21,7 +21,9 @@ class Kind(str, enum.Enum):
     """How one download ended: ``OK`` or the reason it failed."""
 
     __str__ = str.__str__          # "http_404", not "Kind.HTTP_404", in messages and CSV files
-    __format__ = str.__format__
+
+    def __format__(self, spec: str) -> str:  # f"{kind}" as str(kind), not Enum's "Kind.HTTP_404"
+        return str.__format__(self, spec)
 
     OK = "ok"
     # the network and the server

@@ -17,8 +17,7 @@ from datakit.formats import caffe_pb2
 from datakit.formats.blobproto import read_binaryproto, read_mean
 from datakit.formats.caffemodel import model_layers, read_caffemodel, write_caffemodel
 from datakit.formats.hdf5_snapshot import is_hdf5, read_solverstate_any
-from datakit.formats.prototxt import parse_net, parse_text, read_net, to_text, write_prototxt
-from datakit.formats.upgrade import upgrade_solver
+from datakit.formats.prototxt import parse_net, read_net, read_solver, to_text, write_prototxt
 
 
 def file_kind(path: str | os.PathLike) -> str:
@@ -68,8 +67,7 @@ def describe(path: str | os.PathLike) -> list[str]:
     if kind == "net":
         return _net_lines(read_net(path))
     if kind == "solver":
-        text = Path(path).read_text(encoding="utf-8")
-        solver = upgrade_solver(parse_text(text, caffe_pb2.SolverParameter(), source=str(path)), source=str(path))
+        solver = read_solver(path)
         return [f"solver {path}"] + [f"  {line}" for line in to_text(solver).splitlines()]
     if kind == "caffemodel":
         net = read_caffemodel(path)
@@ -102,9 +100,7 @@ def upgrade_file(src: str | os.PathLike, dst: str | os.PathLike) -> str:
     elif kind == "caffemodel":
         write_caffemodel(dst, read_caffemodel(src))
     elif kind == "solver":
-        text = Path(src).read_text(encoding="utf-8")
-        write_prototxt(dst, upgrade_solver(parse_text(text, caffe_pb2.SolverParameter(), source=str(src)),
-                                           source=str(src)))
+        write_prototxt(dst, read_solver(src))
     else:
         raise FormatError(f"{src}: only nets, solvers and caffemodels have old forms to upgrade")
     return kind
