@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "inspect": "cli.cmd_inspect",
     "fetch-model": "cli.cmd_fetch_model",
     "fetch-mean": "cli.cmd_fetch_mean",
+    "split": "cli.cmd_split",
 }
 
 

@@ -16,6 +16,8 @@ COMMANDS: dict[str, str] = {
     "export": "cli.trainer_cmd_export",
     "draw": "cli.trainer_cmd_draw",
     "board": "cli.trainer_cmd_board",
+    "transfer": "cli.trainer_cmd_transfer",
+    "grid": "cli.trainer_cmd_grid",
 }
 
 

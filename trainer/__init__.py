@@ -5,11 +5,8 @@ Depends on datakit (formats, databases); datakit never imports trainer.
 The public calls (see :mod:`trainer.api`; each is the ``trainer`` command of the same
 name, same options and defaults) resolve on first use, so ``import trainer`` imports
 nothing heavy: ``trainer.fit``, ``trainer.test``, ``trainer.export``, ``trainer.plot``,
-``trainer.load_net``, and ``trainer.transfer`` where the transfer experiments module
-is installed.
+``trainer.load_net``, ``trainer.transfer``.
 """
-
-import importlib.util as _util
 
 from datakit import __version__ as __version__  # one version for the distribution
 
@@ -20,10 +17,8 @@ API = {
     "export": "trainer.api:export",
     "plot": "trainer.api:plot",
     "load_net": "trainer.api:load_net",
+    "transfer": "trainer.api:transfer",
 }
-# trainer/transfer.py (the transfer experiments) comes separately: exposed when present.
-if _util.find_spec("trainer.transfer") is not None:
-    API["transfer"] = "trainer.transfer:transfer"
 
 from datakit.lazy import install as _install  # noqa: E402
 

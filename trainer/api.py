@@ -85,6 +85,29 @@ def export(model: str | os.PathLike, weights: str | os.PathLike | None, output: 
                        scale=scale, opset=opset)
 
 
+def transfer(net: str | os.PathLike, layers: int, *, frozen: bool, output: str | os.PathLike | None = None,
+             source: str | None = None, train_source: str | None = None, test_source: str | None = None,
+             mean: str | None = None, num_output: int | None = None, keep_names: bool = False) -> Any:
+    """A transferred net built from the base net prototxt ``net`` (``trainer transfer``).
+
+    The first ``layers`` learnable layers keep their names, so ``--weights`` copies them:
+    ``frozen=True`` gives them lr_mult 0 and decay_mult 0, ``frozen=False`` keeps the base's
+    multipliers (fine-tuned). Learnable layers above are renamed ``<name>-new`` (fresh), unless
+    ``keep_names`` (the paper's random-frozen control). ``source`` / ``train_source`` /
+    ``test_source`` / ``mean`` / ``num_output`` retarget the data layers and the top layer.
+    Returns the NetParameter, also written to ``output`` when given.
+    """
+    from datakit.formats.prototxt import read_net, write_prototxt
+    from trainer.transfer import TransferSpec, transfer_net
+
+    spec = TransferSpec(layers=layers, frozen=frozen, source=source, train_source=train_source,
+                        test_source=test_source, mean_file=mean, num_output=num_output, keep_names=keep_names)
+    built = transfer_net(read_net(net), spec)
+    if output is not None:
+        write_prototxt(output, built)
+    return built
+
+
 def plot(logs: Sequence[str | os.PathLike], output: str | os.PathLike | None = "curves.png", *,
          tensorboard: str | os.PathLike | None = None, title: str | None = None) -> Any:
     """Curves from Caffe-format logs (ours or Caffe's, .gz ok) into a PNG and/or TensorBoard runs.

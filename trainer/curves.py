@@ -43,6 +43,7 @@ RE_TEST_LOSS = re.compile(r"Test loss: " + _NUM, re.I)
 RE_RUN = re.compile(r"(?:^|\] )trainer fit run (\d+): (.*)$")
 RE_RESUMING = re.compile(r"^resuming from (\S+)")
 RE_SNAPSHOT = re.compile(r"Snapshotting solver state to (?:binary proto|HDF5) file (\S+)")
+RE_STAMP = re.compile(r"^[IWEF](\d{4} \d\d:\d\d:\d\d\.\d+) ")
 
 
 def _num(text: str) -> float:
@@ -69,6 +70,8 @@ class Run:
     def name(self) -> int:
         """The run's number: its header's, else its place in the file (from 1)."""
         return self.number if self.number is not None else self.index + 1
+    #: glog time stamp ("MMDD HH:MM:SS.micro", no year) of the run's first glog line, None if none had one
+    started: str | None = None
 
     @property
     def label(self) -> str:
@@ -119,15 +122,21 @@ def parse_lines(lines: Iterable[str], source: str = "log") -> list[Run]:
     def restart_if_back(it: int) -> None:
         nonlocal last_train_it
         if it < last_train_it and not current().empty():
-            runs.append(Run(source, len(runs), number=None))
+            runs.append(Run(source, len(runs), number=None, started=stamp))
         last_train_it = it
 
+    stamp: str | None = None
     for line in lines:
+        m = RE_STAMP.match(line)
+        if m:
+            stamp = m.group(1)
+            if current().started is None or current().empty():
+                current().started = stamp
         if "trainer fit run " in line:
             m = RE_RUN.search(line.rstrip("\n"))
             if m:
                 if not current().empty():
-                    runs.append(Run(source, len(runs)))
+                    runs.append(Run(source, len(runs), started=stamp))
                 run = current()
                 run.number, run.how = int(m.group(1)), m.group(2).strip()
                 resumed = RE_RESUMING.match(run.how)

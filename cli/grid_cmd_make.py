@@ -1,0 +1,62 @@
+"""`trainer grid make OUT`: write a transfer study as net folders."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = ("Write a transfer study as one folder per net: base nets on halves A and B, then BnB, BnB+, AnB, "
+        "AnB+ for every n (optionally natural/man-made, random-frozen and reduced-volume nets).")
+
+
+def _ints(text: str) -> list[int]:
+    out: list[int] = []
+    for part in text.split(","):
+        if "-" in part:
+            lo, hi = part.split("-", 1)
+            out += list(range(int(lo), int(hi) + 1))
+        elif part:
+            out.append(int(part))
+    return out
+
+
+def _classes(text: str) -> dict[str, int]:
+    if "=" not in text:
+        return {"": int(text)}
+    return {k.strip(): int(v) for k, v in (item.split("=", 1) for item in text.split(","))}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("out", metavar="OUT", help="the grid folder to create")
+    p.add_argument("--net", required=True, help="the base train/val net prototxt (TRAIN and TEST data layers)")
+    p.add_argument("--solver", required=True, help="the solver every net uses (its net and snapshot_prefix are set per net)")
+    p.add_argument("--data", required=True, metavar="TEMPLATE",
+                   help="data source of a half, e.g. 'halves/{split}/{half}_{phase}_lmdb' ({phase}: train / test)")
+    p.add_argument("--mean", metavar="TEMPLATE", help="mean file of a half, e.g. 'halves/{split}/{half}_mean.binaryproto'")
+    p.add_argument("--splits", default="0", help="random split names (seeds), comma-separated (default 0)")
+    p.add_argument("--pairs", default="AA,BB,AB,BA",
+                   help="(source, target) halves of the transfer nets: XX gives BnB / BnB+, XY AnB / AnB+")
+    p.add_argument("--layers", metavar="N,..", help="values of n, e.g. 1-7 (default 1 .. learnable layers - 1)")
+    p.add_argument("--families", default="BnB,BnB+,AnB,AnB+", help="transfer families to make")
+    p.add_argument("--natman", action="store_true", help="also the natural / man-made split (split name 'natman')")
+    p.add_argument("--random-frozen", action="store_true", help="also nets whose first n layers are random and frozen")
+    p.add_argument("--reduced", metavar="N,..", help="also nets on N images per class, e.g. 1,10,100")
+    p.add_argument("--reduced-data", metavar="TEMPLATE", help="data of the reduced nets, with {per_class} and {phase}")
+    p.add_argument("--max-iter", type=int, help="iterations of every net (default: the solver's max_iter)")
+    p.add_argument("--num-output", metavar="K | A=K,B=K",
+                   help="classes of the top layer: one count, or per half (e.g. A=449,B=551)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from trainer.grid.make import GridPlan, make_grid
+
+    plan = GridPlan(net=args.net, solver=args.solver, data=args.data, mean=args.mean,
+                    splits=[s for s in args.splits.split(",") if s], pairs=[p for p in args.pairs.split(",") if p],
+                    layers=_ints(args.layers) if args.layers else None,
+                    families=[f for f in args.families.split(",") if f], natman=args.natman,
+                    random_frozen=args.random_frozen, reduced=_ints(args.reduced) if args.reduced else [],
+                    reduced_data=args.reduced_data, max_iter=args.max_iter,
+                    num_output=_classes(args.num_output) if args.num_output else {})
+    names = make_grid(args.out, plan)
+    print(f"{args.out}: {len(names)} nets ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''}); "
+          f"run them with: trainer grid run {args.out} --jobs N")
+    return 0

@@ -1,0 +1,27 @@
+"""`trainer grid run GRID [--jobs N]`: train the nets of a grid in dependency order, resumable."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+HELP = ("Train a grid's nets in dependency order, N at a time as local processes; resumes a half-done grid "
+        "(done nets skipped, interrupted ones continue from their last snapshot).")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("grid", metavar="GRID", help="a folder written by `trainer grid make`")
+    p.add_argument("--jobs", "-j", type=int, default=1, help="nets trained at once (default 1)")
+    p.add_argument("--quiet", action="store_true", help="no status line or per-net lines")
+
+
+def run(args: argparse.Namespace) -> int:
+    from trainer.grid.runner import run_grid
+
+    result = run_grid(args.grid, jobs=args.jobs, stream=None if args.quiet else sys.stderr)
+    failed, skipped = result.count("failed"), result.count("skipped")
+    print(f"{args.grid}: {result.count('done')} nets done this run, {failed} failed, {skipped} skipped"
+          + ("; interrupted: `trainer grid run` again resumes" if result.interrupted else ""))
+    if result.interrupted:
+        return 130
+    return 1 if failed or skipped else 0

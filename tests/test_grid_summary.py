@@ -1,0 +1,153 @@
+"""`trainer grid summary` and `trainer plot --transfer` on the authors' own logs, quirks included."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from trainer.grid.metric import read_curve
+from trainer.grid.names import classify
+from trainer.grid.summary import group, summarize
+
+SCORE = re.compile(r"Test score #0: (\S+)")
+TESTING = re.compile(r"Iteration (\d+), Testing net")
+
+
+def naive_tests(folder: Path) -> dict[int, float]:
+    """An independent reading: logs in job-number order, line by line, a later test line overwrites."""
+    logs = sorted(folder.glob("*.o*"), key=lambda p: int(re.search(r"\.o(\d+)", p.name).group(1)))
+    tests: dict[int, float] = {}
+    for log in logs:
+        at = None
+        for line in gzip.open(log, "rt", errors="replace"):
+            m = TESTING.search(line)
+            if m:
+                at = int(m.group(1))
+                continue
+            m = SCORE.search(line)
+            if m and at is not None:
+                tests[at] = float(m.group(1))
+                at = None
+    return tests
+
+
+def top10(tests: dict[int, float]) -> float:
+    best = sorted(tests.values())[-10:]
+    return sum(best) / len(best)
+
+
+def test_names_say_family_n_split_and_half():
+    assert classify("half2B") == classify("half2B") and classify("half2B").family == "base"
+    k = classify("transfer-ft1A1B_1_6")
+    assert (k.family, k.n, k.split, k.half, k.source_half) == ("AnB+", 6, "1", "B", "A")
+    assert classify("transfer0B0B_1_2").family == "BnB"
+    assert (classify("transfernatmanBA_1_3").family, classify("transfernatmanBA_1_3").half) == ("natman-AnB", "A")
+    assert (classify("nolearn_1_4").family, classify("nolearn_1_4").n) == ("random-frozen", 4)
+    assert (classify("reduced-0025").family, classify("reduced-0025").per_class) == ("reduced", 25)
+    assert classify("netbase").family == "whole" and classify("my-net").family == "other"
+
+
+def test_the_four_caffe_logs_nets_with_every_quirk(shared_data):
+    logs = shared_data / "caffe_logs"
+    rows = {r.net: r for r in summarize(logs)}
+    assert {n: r.family for n, r in rows.items()} == {
+        "half0A": "base", "netbase": "whole", "transfer0A0B_1_3": "AnB", "transfer-ft0A0B_1_3": "AnB+"}
+    for name in ("half0A", "transfer0A0B_1_3", "transfer-ft0A0B_1_3"):
+        curve = read_curve(logs / name)
+        assert curve.tests == naive_tests(logs / name), name
+        assert rows[name].score == pytest.approx(top10(curve.tests), rel=1e-12)
+    # half0A: the resumed job overlaps the first from 280,000; the final test is the second job's.
+    half = read_curve(logs / "half0A")
+    assert len(half.tests) == 450 and half.tests[450000] == 0.614559 and half.last_iteration == 450000
+    # transfer0A0B_1_3: the first job was killed right after "Iteration 115000, Testing net".
+    frozen = read_curve(logs / "transfer0A0B_1_3")
+    assert 115000 in frozen.tests and frozen.tests[450000] == 0.626239 and len(frozen.tests) == 450
+    # transfer-ft0A0B_1_3: a second job restarts at iteration 20 inside the first file (two runs).
+    tuned = read_curve(logs / "transfer-ft0A0B_1_3")
+    assert tuned.runs == 3 and tuned.tests[425000] == 0.646999 and tuned.last_iteration == 425820
+    # netbase: the resumed run (11 March) comes first in the file, the older runs (6 March) after it;
+    # by time stamp the resumed run is the later one and wins where they overlap (230,000..236,000).
+    base = read_curve(logs / "netbase")
+    text = gzip.open(logs / "netbase" / "catlog.oMANUAL.gz", "rt").read()
+    first_run = text[:text.index("Optimization Done.")]
+    at_231k = re.search(r"Iteration 231000, Testing net.*?\n.*?Test score #0: (\S+)", first_run).group(1)
+    assert base.tests[231000] == float(at_231k) and base.tests[450000] == 0.575179
+    assert rows["netbase"].score == pytest.approx(top10(base.tests), rel=1e-12)
+
+
+@pytest.fixture
+def families(shared_data, tmp_path):
+    """Whole families from results/: base nets of split 0, AnB+ 0A->0B (all logged) and 0B->0A (none)."""
+    results = shared_data / "convnet_transfer" / "results"
+    root = tmp_path / "study"
+    root.mkdir()
+    names = ["half0A", "half0B"] + [f"transfer-ft0{a}0{b}_1_{n}" for a, b in ("AB", "BA") for n in range(1, 8)]
+    for name in names:
+        (root / name).symlink_to(results / name)
+    (root / "unfinished").mkdir()
+    return results, root
+
+
+def test_whole_families_of_the_authors_results(families):
+    results, root = families
+    rows = summarize(root)
+    by_name = {r.net: r for r in rows}
+    for n in range(1, 8):
+        name = f"transfer-ft0A0B_1_{n}"
+        assert by_name[name].score == pytest.approx(top10(naive_tests(results / name)), rel=1e-12), name
+        missing = by_name[f"transfer-ft0B0A_1_{n}"]
+        assert (missing.status, missing.score, missing.logs) == ("missing", None, 0)
+    assert by_name["unfinished"].status == "missing"
+    empty = read_curve(root / "half0A")  # two of its four logs are empty gzip files (49 bytes)
+    assert (empty.logs, empty.empty_logs, by_name["half0A"].logs) == (4, 2, 4)
+    means = {(g.family, g.n): g for g in group(rows)}
+    assert (means["base", 0].nets, means["base", 0].scored) == (2, 2)
+    assert all((means["AnB+", n].nets, means["AnB+", n].scored) == (2, 1) for n in range(1, 8))
+    # The paper's finding, in the authors' numbers: fine-tuned AnB+ beats the base nets at every n.
+    assert all(means["AnB+", n].mean_score > means["base", 0].mean_score for n in range(1, 8))
+
+
+def test_cli_summary_csv_json_and_the_transfer_figure(cli, families, tmp_path):
+    _, root = families
+    done = cli("trainer", "grid", "summary", str(root), "--csv", str(tmp_path / "s.csv"),
+               "--json", str(tmp_path / "s.json"), "--jobs", "2")
+    assert done.returncode == 0, done.stderr
+    assert "missing (no log with a test): 8:" in done.stdout and "unfinished" in done.stdout
+    rows = list(csv.DictReader((tmp_path / "s.csv").open()))
+    assert {"net", "family", "n", "score"} <= set(rows[0]) and len(rows) == 17
+    doc = json.loads((tmp_path / "s.json").read_text())
+    assert len(doc["nets"]) == 17 and any(g["family"] == "AnB+" for g in doc["groups"])
+    for source in (str(root), str(tmp_path / "s.json")):
+        out = tmp_path / "fig.png"
+        drawn = cli("trainer", "plot", "--transfer", source, "-o", str(out))
+        assert drawn.returncode == 0, drawn.stderr
+        assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        out.unlink()
+
+
+def test_our_own_logs_are_scored_too(tmp_path):
+    net = tmp_path / "grid" / "half0A"
+    net.mkdir(parents=True)
+    lines = []
+    for i, acc in enumerate([0.1, 0.5, 0.4, 0.7]):
+        it = i * 100
+        lines += [f"I1201 10:00:{i:02d}.000000 12345 solver.py:200] Iteration {it}, Testing net (#0)",
+                  f"I1201 10:00:{i:02d}.100000 12345 solver.py:220]     Test net output #0: accuracy = {acc}",
+                  f"I1201 10:00:{i:02d}.100000 12345 solver.py:220]     Test net output #1: loss = 1.5",
+                  f"I1201 10:00:{i:02d}.200000 12345 solver.py:230] Iteration {it + 10}, loss = 0.3"]
+    (net / "train.log").write_text("\n".join(lines) + "\n")
+    [row] = summarize(tmp_path / "grid")
+    assert (row.family, row.tests, row.status) == ("base", 4, "partial")
+    assert row.score == pytest.approx((0.1 + 0.5 + 0.4 + 0.7) / 4) and row.best_accuracy == 0.7
+
+
+def test_top_k_is_an_option(shared_data):
+    logs = shared_data / "caffe_logs"
+    [row] = [r for r in summarize(logs, top=3) if r.net == "half0A"]
+    best3 = sorted(read_curve(logs / "half0A").tests.values())[-3:]
+    assert row.score == pytest.approx(sum(best3) / 3, rel=1e-12)

@@ -1,0 +1,175 @@
+"""`trainer grid make`: a whole transfer study written as net folders (see trainer.grid.layout).
+
+For each split s and each half X used, a base net ``half<s><X>`` trained on half X; then for every
+n and every (source, target) pair, ``transfer<s><X><s><Y>_1_<n>`` (frozen: BnB when X = Y, AnB
+otherwise) and ``transfer-ft...`` (fine-tuned: BnB+, AnB+), each copying the first n learnable
+layers from the final snapshot of ``half<s><X>``. Optional families: the natural / man-made split
+(split name ``natman``), random frozen layers (``nolearn<s><Y>_1_<n>``, no weights copied), and
+reduced-volume nets (``reduced-<NNNN>``). Data paths come from templates with ``{split}``,
+``{half}``, ``{phase}`` (train / test) and ``{per_class}``; they are written relative to each net's
+folder, so a grid moves with its data. Every net folder holds the exact command that trains it.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from datakit.errors import ConfigError
+from datakit.formats.prototxt import read_net, read_solver, write_prototxt
+from trainer.grid.layout import (GRID_FILE, GRID_FORMAT, LOG_FILE, SNAPSHOT_PREFIX, NetSpec, write_json,
+                                 write_net_spec)
+from trainer.grid.names import base_name, transfer_name
+from trainer.transfer import TransferSpec, learnable_layers, transfer_net
+
+NET_PROTOTXT = "train_val.prototxt"
+SOLVER_PROTOTXT = "solver.prototxt"
+TRANSFER_FAMILIES = ("BnB", "BnB+", "AnB", "AnB+")
+
+
+@dataclass
+class GridPlan:
+    """What `grid make` builds. `data` / `mean` / `reduced_data` are path templates (see module doc)."""
+
+    net: str
+    solver: str
+    data: str
+    mean: str | None = None
+    splits: list[str] = field(default_factory=lambda: ["0"])
+    pairs: list[str] = field(default_factory=lambda: ["AA", "BB", "AB", "BA"])
+    layers: list[int] | None = None            # default 1 .. learnable layers - 1
+    families: list[str] = field(default_factory=lambda: list(TRANSFER_FAMILIES))
+    natman: bool = False
+    random_frozen: bool = False
+    reduced: list[int] = field(default_factory=list)
+    reduced_data: str | None = None
+    max_iter: int | None = None
+    num_output: dict[str, int] = field(default_factory=dict)   # half -> classes; "" for every half
+
+
+def _fill(template: str, **values) -> str:
+    try:
+        return template.format(**values)
+    except (KeyError, IndexError) as err:
+        raise ConfigError(f"path template {template!r}: unknown placeholder {err} "
+                          "(known: {split}, {half}, {phase}, {per_class})") from None
+
+
+def _relative(path: str, folder: Path) -> str:
+    return os.path.relpath(os.path.abspath(path), os.path.abspath(folder))
+
+
+class _Writer:
+    """Writes net folders and remembers their order for grid.json."""
+
+    def __init__(self, out: Path, plan: GridPlan) -> None:
+        self.out, self.plan = out, plan
+        self.base = read_net(plan.net)
+        self.solver = read_solver(plan.solver)
+        self.max_iter = int(plan.max_iter if plan.max_iter is not None else self.solver.max_iter)
+        if self.max_iter < 1:
+            raise ConfigError(f"{plan.solver}: max_iter must be at least 1 (or give --max-iter)")
+        self.solver.max_iter = self.max_iter
+        self.names: list[str] = []
+
+    def data_spec(self, folder: Path, n: int, frozen: bool, keep_names: bool, half: str | None,
+                  template: str, **values) -> TransferSpec:
+        def path(phase: str) -> str:
+            return _relative(_fill(template, phase=phase, half=half, **values), folder)
+        mean = _relative(_fill(self.plan.mean, phase="train", half=half, **values), folder) if self.plan.mean else None
+        classes = self.plan.num_output.get(half or "", self.plan.num_output.get(""))
+        top_copied = n >= len(learnable_layers(self.base)) and not keep_names
+        return TransferSpec(n, frozen, train_source=path("train"), test_source=path("test"), source=path("train"),
+                            mean_file=mean, num_output=None if top_copied else classes, keep_names=keep_names)
+
+    def write(self, spec: NetSpec, transfer: TransferSpec) -> None:
+        folder = self.out / spec.name
+        if spec.name in self.names:
+            return
+        folder.mkdir(parents=True, exist_ok=True)
+        write_prototxt(folder / NET_PROTOTXT, transfer_net(self.base, transfer))
+        solver = type(self.solver)()
+        solver.CopyFrom(self.solver)
+        for name in ("net_param", "train_net_param", "train_net"):
+            solver.ClearField(name)
+        del solver.test_net[:]
+        del solver.test_net_param[:]
+        solver.net = NET_PROTOTXT
+        solver.snapshot_prefix = SNAPSHOT_PREFIX
+        write_prototxt(folder / SOLVER_PROTOTXT, solver)
+        (folder / Path(SNAPSHOT_PREFIX).parent).mkdir(exist_ok=True)
+        command = ["trainer", "fit", "--solver", SOLVER_PROTOTXT, "--log", LOG_FILE]
+        if spec.weights:
+            command += ["--weights", spec.weights]
+        spec.command = command
+        write_net_spec(folder, spec)
+        script = f"#!/bin/sh\n# train {spec.name} ({spec.family}); run from this folder\ncd \"$(dirname \"$0\")\"\n"
+        (folder / "command.sh").write_text(script + shlex.join(command) + "\n")
+        (folder / "command.sh").chmod(0o755)
+        self.names.append(spec.name)
+
+    def final_weights(self, base: str, folder: Path) -> str:
+        return _relative(str(self.out / base / f"{SNAPSHOT_PREFIX}_iter_{self.max_iter}.caffemodel"), folder)
+
+
+def make_grid(out: str | os.PathLike, plan: GridPlan) -> list[str]:
+    """Write the grid's net folders and grid.json; returns the net names in run order."""
+    out = Path(out)
+    if (out / GRID_FILE).exists():
+        raise ConfigError(f"{out}: already holds a grid ({GRID_FILE}); choose a new folder")
+    unknown = sorted(set(plan.families) - set(TRANSFER_FAMILIES))
+    if unknown:
+        raise ConfigError(f"--families: unknown {', '.join(unknown)} (known: {', '.join(TRANSFER_FAMILIES)})")
+    for pair in plan.pairs:
+        if len(pair) != 2 or set(pair) - {"A", "B"}:
+            raise ConfigError(f"--pairs: {pair!r} is not two halves (AA, AB, BA or BB)")
+    w = _Writer(out, plan)
+    learnable = len(learnable_layers(w.base))
+    layers = plan.layers if plan.layers is not None else list(range(1, learnable))
+    bad = [n for n in layers if not 1 <= n <= learnable]
+    if bad:
+        raise ConfigError(f"--layers {bad[0]}: the net has {learnable} learnable layers")
+    splits = list(plan.splits) + (["natman"] if plan.natman else [])
+    for split in splits:
+        halves = sorted({h for pair in plan.pairs for h in pair})
+        for half in halves:
+            name = base_name(split, half)
+            family = "natman-base" if split == "natman" else "base"
+            spec = NetSpec(name, family, 0, split, half, w.max_iter)
+            w.write(spec, w.data_spec(out / name, 0, False, True, half, plan.data, split=split, per_class=""))
+    for split in splits:
+        for n in layers:
+            for pair in plan.pairs:
+                src, dst = pair
+                for fine_tuned in (False, True):
+                    family = ("BnB" if src == dst else "AnB") + ("+" if fine_tuned else "")
+                    if family not in plan.families:
+                        continue
+                    name = transfer_name(split, src, dst, n, fine_tuned)
+                    folder = out / name
+                    needs = base_name(split, src)
+                    spec = NetSpec(name, ("natman-" if split == "natman" else "") + family, n, split, dst,
+                                   w.max_iter, source_half=src, needs=needs, weights=w.final_weights(needs, folder))
+                    w.write(spec, w.data_spec(folder, n, not fine_tuned, False, dst, plan.data, split=split,
+                                              per_class=""))
+            if plan.random_frozen and split != "natman":
+                for dst in sorted({pair[1] for pair in plan.pairs}):
+                    name = f"nolearn{split}{dst}_1_{n}"
+                    spec = NetSpec(name, "random-frozen", n, split, dst, w.max_iter)
+                    w.write(spec, w.data_spec(out / name, n, True, True, dst, plan.data, split=split, per_class=""))
+    if plan.reduced:
+        if not plan.reduced_data:
+            raise ConfigError("--reduced needs --reduced-data TEMPLATE (with {per_class} and {phase})")
+        for count in plan.reduced:
+            name = f"reduced-{count:04d}"
+            spec = NetSpec(name, "reduced", None, None, None, w.max_iter, per_class=count)
+            w.write(spec, w.data_spec(out / name, 0, False, True, None, plan.reduced_data, split="",
+                                      per_class=count))
+    write_json(out / GRID_FILE, {"format": GRID_FORMAT, "version": 1, "nets": w.names,
+                                 "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                                 "base_net": os.path.abspath(plan.net), "base_solver": os.path.abspath(plan.solver),
+                                 "max_iter": w.max_iter})
+    return w.names

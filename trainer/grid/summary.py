@@ -1,0 +1,166 @@
+"""`trainer grid summary`: the paper's number for every net of a folder, and per family and n.
+
+A study folder has one sub-folder per net (a grid made by `trainer grid make`, or the authors'
+``results/``). A net's kind comes from its ``net.json`` when a grid wrote one, else from its folder
+name (trainer.grid.names). Its score is trainer.grid.metric's: the mean of the 10 highest test
+top-1 accuracies. A net with no log, or logs without a test, is listed as missing, not an error.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from datakit.atomic import write_text_atomic
+from datakit.errors import ConfigError
+from trainer.grid.metric import TOP_K, read_curve
+from trainer.grid.names import FAMILIES, NetKind, classify
+
+NET_FILE = "net.json"
+
+
+@dataclass
+class NetScore:
+    """One net's row: what it is, and what its logs say."""
+
+    net: str
+    family: str
+    n: int | None
+    split: str | None
+    half: str | None
+    per_class: int | None
+    score: float | None
+    best_accuracy: float | None
+    tests: int
+    last_iteration: int
+    logs: int
+    status: str            # "ok", "missing" (no log or no test), "partial" (fewer than 10 tests)
+
+
+@dataclass
+class GroupScore:
+    """The mean score of the nets of one family at one n (or images per class)."""
+
+    family: str
+    n: int | None
+    per_class: int | None
+    nets: int
+    scored: int
+    mean_score: float | None
+    min_score: float | None
+    max_score: float | None
+
+
+def net_kind(folder: Path) -> NetKind:
+    """net.json's kind when present (grids), else the folder name's."""
+    meta = folder / NET_FILE
+    if meta.is_file():
+        data = json.loads(meta.read_text(encoding="utf-8"))
+        return NetKind(data.get("family", "other"), data.get("n"), data.get("split"), data.get("half"),
+                       data.get("per_class"), data.get("source_half"))
+    return classify(folder.name)
+
+
+def net_folders(root: str | os.PathLike) -> list[Path]:
+    root = Path(root)
+    if not root.is_dir():
+        raise ConfigError(f"{root}: not a folder (expected a grid or a results folder, one sub-folder per net)")
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def score_net(folder: Path, metric: str = "accuracy", top: int = TOP_K) -> NetScore:
+    kind = net_kind(folder)
+    curve = read_curve(folder, metric)
+    score = curve.score(top)
+    status = "missing" if score is None else ("partial" if len(curve.tests) < top else "ok")
+    return NetScore(folder.name, kind.family, kind.n, kind.split, kind.half, kind.per_class, score, curve.best,
+                    len(curve.tests), curve.last_iteration, curve.logs, status)
+
+
+def _order(row: NetScore) -> tuple:
+    family = FAMILIES.index(row.family) if row.family in FAMILIES else len(FAMILIES)
+    return (family, row.n if row.n is not None else -1, row.per_class or 0, str(row.split), str(row.half), row.net)
+
+
+def summarize(root: str | os.PathLike, metric: str = "accuracy", jobs: int = 1, top: int = TOP_K) -> list[NetScore]:
+    """A NetScore for every net folder under `root`, in family, n, name order (`jobs` processes);
+    `top` is how many of the best tests the score averages (the paper: 10)."""
+    if top < 1:
+        raise ConfigError(f"--top must be at least 1, got {top}")
+    folders = net_folders(root)
+    if jobs > 1 and len(folders) > 1:
+        from datakit.parallel import LocalExecutor, run_all
+        with LocalExecutor(jobs) as pool:
+            rows = run_all(pool, score_net, [(folder, metric, top) for folder in folders])
+    else:
+        rows = [score_net(folder, metric, top) for folder in folders]
+    if not rows:
+        raise ConfigError(f"{root}: no net folders inside")
+    return sorted(rows, key=_order)
+
+
+def group(rows: list[NetScore]) -> list[GroupScore]:
+    """Per (family, n, per_class): the mean over nets that have a score, with counts."""
+    groups: dict[tuple, list[NetScore]] = {}
+    for row in rows:
+        groups.setdefault((row.family, row.n, row.per_class), []).append(row)
+    out = []
+    for (family, n, per_class), members in groups.items():
+        scores = [r.score for r in members if r.score is not None]
+        out.append(GroupScore(family, n, per_class, len(members), len(scores),
+                              sum(scores) / len(scores) if scores else None,
+                              min(scores) if scores else None, max(scores) if scores else None))
+    return out
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def format_table(rows: list[NetScore], groups: list[GroupScore]) -> str:
+    """The per-family table (mean score, nets with a score / nets) then the missing nets."""
+    lines = [f"{'family':<14} {'n':>4} {'per_class':>9} {'mean':>7} {'min':>7} {'max':>7} {'nets':>9}"]
+    for g in groups:
+        lines.append(f"{g.family:<14} {'-' if g.n is None else g.n:>4} {g.per_class or '-':>9} "
+                     f"{_fmt(g.mean_score):>7} {_fmt(g.min_score):>7} {_fmt(g.max_score):>7} "
+                     f"{g.scored:>4} / {g.nets:<3}")
+    missing = [r.net for r in rows if r.status == "missing"]
+    if missing:
+        lines.append(f"missing (no log with a test): {len(missing)}: {', '.join(missing)}")
+    return "\n".join(lines)
+
+
+def markdown_table(groups: list[GroupScore]) -> str:
+    lines = ["| family | n | images/class | mean score | min | max | nets scored |", "|---|---|---|---|---|---|---|"]
+    for g in groups:
+        lines.append(f"| {g.family} | {'' if g.n is None else g.n} | {g.per_class or ''} | {_fmt(g.mean_score)} | "
+                     f"{_fmt(g.min_score)} | {_fmt(g.max_score)} | {g.scored} / {g.nets} |")
+    return "\n".join(lines)
+
+
+def read_json(path: str | os.PathLike) -> list[NetScore]:
+    """The nets of a summary JSON written by `write_json`."""
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        return [NetScore(**row) for row in doc["nets"]]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"{path}: not a summary written by `trainer grid summary --json` ({err})") from None
+
+
+def write_csv(path: str | os.PathLike, rows: list[NetScore]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(asdict(rows[0])), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if v is None else v) for k, v in asdict(row).items()})
+    write_text_atomic(path, buf.getvalue())
+
+
+def write_json(path: str | os.PathLike, rows: list[NetScore], groups: list[GroupScore], top: int = TOP_K) -> None:
+    doc = {"metric": f"mean of the {top} highest test top-1 accuracies", "nets": [asdict(r) for r in rows],
+           "groups": [asdict(g) for g in groups]}
+    write_text_atomic(path, json.dumps(doc, indent=1) + "\n")
