@@ -242,3 +242,19 @@ def test_a_partition_that_keeps_killing_its_worker_fails_naming_it(tmp_path, ima
 def _install_killer() -> None:
     import datakit.convert.partition as partition
     partition.encode_batch = always_dies
+
+
+def test_the_trainer_data_layer_reads_a_sharded_database_as_the_local_one(tmp_path, dask2, images):
+    from tests.test_data_layers import build, data_text, step
+    root, lst = images
+    convert(root, lst, tmp_path / "local", _opts(resize_height=10, resize_width=12), warn=lambda m: None)
+    convert_sharded(root, lst, tmp_path / "db", _opts(resize_height=10, resize_width=12), dask2,
+                    partition_size=16, warn=lambda m: None)
+    batches = []
+    for db in ("local", "db"):
+        layer, tops = build(data_text(tmp_path / db, 7))
+        batches.append([step(layer, tops) for _ in range(10)])  # 70 records: past the end, wrapping
+        layer.close()
+    for (da, la), (db_, lb) in zip(*batches):
+        np.testing.assert_array_equal(da, db_)
+        np.testing.assert_array_equal(la, lb)
