@@ -109,6 +109,12 @@ def test_mean_and_inspect_on_the_cluster_match_the_local_ones(tmp_path, dask2, c
             "--no-progress")
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "cli.binaryproto").read_bytes() == (tmp_path / "local.binaryproto").read_bytes()
+    # and through --scheduler, on this module's cluster, as a user's `dask scheduler` would be reached
+    address = dask2.client.scheduler.address
+    r = cli("datakit", "mean", str(tmp_path / "db"), str(tmp_path / "sched.binaryproto"), "--scheduler", address,
+            "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "sched.binaryproto").read_bytes() == (tmp_path / "local.binaryproto").read_bytes()
 
 
 def test_mean_inspect_and_cli_read_a_sharded_database_as_one(tmp_path, dask2, images, cli):
@@ -258,3 +264,48 @@ def test_the_trainer_data_layer_reads_a_sharded_database_as_the_local_one(tmp_pa
     for (da, la), (db_, lb) in zip(*batches):
         np.testing.assert_array_equal(da, db_)
         np.testing.assert_array_equal(la, lb)
+
+
+def slow_encode(*args, **kwargs):
+    from datakit.convert import encode
+    time.sleep(0.3)
+    return encode.encode_batch(*args, **kwargs)
+
+
+def _install_slow() -> None:
+    import datakit.convert.partition as partition
+    partition.encode_batch = slow_encode
+
+
+def test_ctrl_c_cancels_the_shards_left_and_resume_finishes(tmp_path, dask2, images):
+    import threading
+
+    from datakit.convert import ConvertInterrupted
+    root, lst = images
+    db = tmp_path / "db"
+    work = tmp_path / "db.incomplete"
+    dask2.client.run(_install_slow)
+
+    def interrupt() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if work.is_dir() and any(p.name.startswith("shard-") for p in work.iterdir()):
+                os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C in the client's terminal
+                return
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=interrupt, daemon=True)
+    watcher.start()
+    try:
+        with pytest.raises(ConvertInterrupted, match="--resume"):
+            convert_sharded(root, lst, db, _opts(), dask2, partition_size=4, warn=lambda m: None)
+    finally:
+        watcher.join()
+        dask2.client.run(_restore_encoder)
+    finished = sorted(p.name for p in work.iterdir() if p.name.startswith("shard-"))
+    assert 1 <= len(finished) < 16 and not db.exists()
+    time.sleep(1.0)  # tasks already running on a worker finish there
+    summary = convert_sharded(root, lst, db, _opts(resume=True), dask2, partition_size=4, warn=lambda m: None)
+    assert summary.written == 60 and summary.resumed_at
+    convert(root, lst, tmp_path / "local", _opts(), warn=lambda m: None)
+    assert _records(db) == _records(tmp_path / "local")
