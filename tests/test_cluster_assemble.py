@@ -138,3 +138,14 @@ def test_ctrl_c_on_the_client_cancels_the_tasks_and_a_rerun_resumes(tmp_path, da
         result = assemble(_cfg(out, m.url, images=400, dead_after=0), log=lambda s: None, executor=dask2)
         again = sum(m.stats.hits.values())
     assert result.succeeded == 400 and result.present > 0 and again == 400 - result.present
+
+
+def test_assemble_cli_on_a_local_cluster_writes_the_local_lists(tmp_path, demo_rows, cli):
+    with serve_mirror(MirrorConfig.from_rows(demo_rows, faults=FAULTS, seed=5)) as m:
+        common = ["--manifest", "demo", "-i", "120", "-s", "3", "--mirror", m.url, "--no-progress",
+                  "--partition-size", "40", "--retries", "1", "--backoff", "0.01"]
+        a = cli("datakit", "assemble", "--out", str(tmp_path / "a"), *common)
+        b = cli("datakit", "assemble", "--out", str(tmp_path / "b"), "--cluster", "local:2", *common)
+        assert a.returncode == b.returncode == 0, b.stderr
+        assert _files(tmp_path / "a", m.url) == _files(tmp_path / "b", m.url)
+    assert a.stdout.splitlines()[-1].split(", ")[:3] == b.stdout.splitlines()[-1].split(", ")[:3]
