@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cli.common_options import add_progress_flags
+from cli.common_options import add_cluster_flags, add_progress_flags, cluster_executor
 from datakit.assemble import AssembleConfig, assemble
 from datakit.download import DownloadOptions
 
@@ -47,6 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split-column", help="manifest column holding train/test ('' : everything is train)")
     p.add_argument("--cache-dir", type=Path, help="where downloaded manifests are kept (default ~/.cache/datakit)")
     p.add_argument("--fsync", action="store_true", help="fsync every image (survives power loss, slower)")
+    add_cluster_flags(p)
     add_progress_flags(p)
 
 
@@ -62,6 +63,12 @@ def run(args: argparse.Namespace) -> int:
         retry_failed=args.retry_failed, dead_after=args.dead_after, partition_size=args.partition_size,
         url_column=args.url_column, label_column=args.label_column, split_column=args.split_column,
         cache_dir=args.cache_dir, progress=args.progress, options=options)
-    result = assemble(cfg)  # validates cfg (DownloadOptions.validate, AssembleConfig.validate) before anything
+    cfg.validate()  # before a cluster is started or reached
+    executor = cluster_executor(args)  # None: partitions in this process, as always
+    try:
+        result = assemble(cfg, executor=executor)  # validates cfg (DownloadOptions.validate too) before anything
+    finally:
+        if executor is not None:
+            executor.close()
     print(result.report.line())
     return 130 if result.stopped == "interrupted" else 0

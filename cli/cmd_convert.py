@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cli.common_options import add_backend_flag, add_progress_flags
+from cli.common_options import add_backend_flag, add_cluster_flags, add_progress_flags
 from datakit.convert.options import ENCODE_TYPES
 
 HELP = ("Convert a Caffe image list into an LMDB, LevelDB or HDF5 database of Datums "
@@ -40,6 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="finish an interrupted conversion into DB")
     p.add_argument("--overwrite", action="store_true", help="replace DB (only once the new one is complete)")
     p.add_argument("--report", metavar="JSON", help="write a machine-readable summary (skipped files, counts)")
+    add_cluster_flags(p)
+    p.add_argument("--partition-size", type=int, default=5000, metavar="N",
+                   help="with --scheduler/--cluster: records per task, one shard each (default 5000)")
     add_progress_flags(p)
 
 
@@ -58,6 +61,7 @@ def resume_command(argv: list[str]) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from cli.common_options import cluster_executor
     from datakit.convert import ConvertInterrupted, ConvertOptions, convert
     from datakit.report import write_report
 
@@ -68,8 +72,14 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers, commit_every=args.commit_every,
         checkpoint_every=args.checkpoint_every, strict=args.strict, resume=args.resume,
         overwrite=args.overwrite, progress=args.progress)
+    executor = cluster_executor(args)  # None: the local pipeline, as always
     try:
-        summary = convert(args.root, args.list, args.db, options)
+        if executor is None:
+            summary = convert(args.root, args.list, args.db, options)
+        else:
+            from datakit.convert.sharded import convert_sharded
+            summary = convert_sharded(args.root, args.list, args.db, options, executor,
+                                      partition_size=args.partition_size)
     except ConvertInterrupted as stop:
         command = resume_command(sys.argv)
         if command is None:
@@ -78,6 +88,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"datakit: interrupted; {stop.written} records are saved in {stop.partial}: to finish, run: "
                   f"{command}", file=sys.stderr)
         return 130
+    finally:
+        if executor is not None:
+            executor.close()
     if summary.already_complete:
         print(f"{args.db}: already complete ({summary.written} records); nothing to resume")
     else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from cli.common_options import add_backend_flag, add_progress_flags
+from cli.common_options import add_backend_flag, add_cluster_flags, add_progress_flags
 
 HELP = ("Per-pixel mean image of a database (compute_image_mean) as .binaryproto and/or .npy; "
         "--convert IN OUT between the two formats.")
@@ -20,21 +20,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="convert the mean file DB (.binaryproto or .npy) to OUT instead of computing")
     add_backend_flag(p, help="default: detected from DB")
     p.add_argument("--workers", type=int, default=0, help="reader/decoder processes (default 0 = all cores)")
+    add_cluster_flags(p)
     add_progress_flags(p)
 
 
 def run(args: argparse.Namespace) -> int:
+    from cli.common_options import cluster_executor
     from datakit.errors import ConfigError
     from datakit.mean import compute_mean, convert_mean, save_mean
 
     if args.convert:
-        if args.npy or args.backend:
+        if args.npy or args.backend or args.scheduler or args.cluster:
             raise ConfigError("--convert takes only IN and OUT")
         mean = convert_mean(args.source, args.out)
         print(f"{args.source} -> {args.out}: {'x'.join(map(str, mean.shape))}")
         return 0
-    result = compute_mean(args.source, args.backend, workers=args.workers,
-                          progress=args.progress)
+    executor = cluster_executor(args)  # None: local processes, as always
+    try:
+        result = compute_mean(args.source, args.backend, workers=args.workers, progress=args.progress,
+                              executor=executor)
+    finally:
+        if executor is not None:
+            executor.close()
     paths = save_mean(result, args.out, also_npy=args.npy)
     for c, value in enumerate(result.per_channel):
         print(f"mean_value channel [{c}]: {value:.6g}")

@@ -16,6 +16,7 @@ COMMANDS: dict[str, str] = {
     "upgrade": "cli.cmd_upgrade",
     "idx-export": "cli.cmd_idx_export",
     "convert": "cli.cmd_convert",
+    "merge": "cli.cmd_merge",
     "mean": "cli.cmd_mean",
     "inspect": "cli.cmd_inspect",
     "fetch-model": "cli.cmd_fetch_model",

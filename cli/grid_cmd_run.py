@@ -5,20 +5,30 @@ from __future__ import annotations
 import argparse
 import sys
 
-HELP = ("Train a grid's nets in dependency order, N at a time as local processes; resumes a half-done grid "
-        "(done nets skipped, interrupted ones continue from their last snapshot).")
+from cli.common_options import add_cluster_flags
+
+HELP = ("Train a grid's nets in dependency order, N at a time as local processes (or as tasks of a Dask "
+        "cluster); resumes a half-done grid (done nets skipped, interrupted ones continue from their last "
+        "snapshot).")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("grid", metavar="GRID", help="a folder written by `trainer grid make`")
     p.add_argument("--jobs", "-j", type=int, default=1, help="nets trained at once (default 1)")
     p.add_argument("--quiet", action="store_true", help="no status line or per-net lines")
+    add_cluster_flags(p)  # each net a task (after its base); --jobs is then the cluster's worker threads
 
 
 def run(args: argparse.Namespace) -> int:
+    from cli.common_options import cluster_executor
     from trainer.grid.runner import run_grid
 
-    result = run_grid(args.grid, jobs=args.jobs, stream=None if args.quiet else sys.stderr)
+    executor = cluster_executor(args)  # None: --jobs local threads, each waiting on its net's process
+    try:
+        result = run_grid(args.grid, jobs=args.jobs, executor=executor, stream=None if args.quiet else sys.stderr)
+    finally:
+        if executor is not None:
+            executor.close()
     failed, skipped = result.count("failed"), result.count("skipped")
     print(f"{args.grid}: {result.count('done')} nets done this run, {failed} failed, {skipped} skipped"
           + ("; interrupted: `trainer grid run` again resumes" if result.interrupted else ""))

@@ -51,9 +51,11 @@ class DaskExecutor(Executor):
         self.retries = retries
         if client is None:
             if local_workers is not None:
+                # the local workers offer the resources asked for (`--cluster local:1 --resources GPU=1` on a
+                # one-GPU machine); otherwise no worker would have them and the tasks would wait for ever
                 self._cluster = distributed.LocalCluster(
                     n_workers=local_workers, threads_per_worker=1, processes=True,
-                    host="127.0.0.1", dashboard_address=None)
+                    host="127.0.0.1", dashboard_address=None, resources=self.resources)
                 client = distributed.Client(self._cluster, timeout=timeout)
             elif scheduler:
                 try:

@@ -228,7 +228,8 @@ def compute_mean(db: str | os.PathLike, backend: str | None = None, *, workers: 
         else:
             color = _settle_color(reader, color)
             parallel = executor is not None or workers > 1
-            if BACKENDS[reader.backend].shared_reads and parallel and n >= 2 * 256:
+            shared = getattr(reader, "shared_reads", BACKENDS[reader.backend].shared_reads)  # a reader may know better
+            if shared and parallel and n >= 2 * 256:
                 # locally one key range per worker (each partial sum crosses the pipe: a few MB); an
                 # executor given by the caller (a cluster) gets more, smaller partitions to balance
                 parts = min(n // 256, 4 * executor.workers if executor is not None else workers)

@@ -103,3 +103,10 @@ def test_resources_parse():
     assert parse_resources("GPU=1,MEM=4e9") == {"GPU": 1.0, "MEM": 4e9}
     with pytest.raises(ConfigError, match="NAME=NUMBER"):
         parse_resources("GPU")
+
+
+def test_a_local_cluster_offers_the_resources_its_tasks_ask_for():
+    with open_executor(cluster="local:1", resources="GPU=1") as ex:
+        assert ex.resources == {"GPU": 1.0}
+        assert run_all(ex, cube_and_pid, [(2,), (3,)])[1][0] == 27
+        assert all(w["resources"] == {"GPU": 1.0} for w in ex.client.scheduler_info()["workers"].values())

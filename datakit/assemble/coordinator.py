@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from datakit.assemble.planner import Partition, Plan
 from datakit.download.outcome import Outcome
 from datakit.download.partition import PartitionResult, run_partition
+from datakit.errors import DatakitError, DownloadError
 from datakit.parallel import Executor, InlineExecutor, TaskFuture
 
 
@@ -120,8 +121,16 @@ def _run_elsewhere(plan: Plan, executor: Executor,
 
     def take(future: TaskFuture) -> None:
         nonlocal attempted, succeeded
-        running.pop(future)
-        result: PartitionResult = future.result()
+        part = running.pop(future)
+        try:
+            result: PartitionResult = future.result()
+        except (DatakitError, KeyboardInterrupt):
+            raise  # already one line naming its file (a full disk...), or Ctrl-C
+        except Exception as err:  # noqa: BLE001 - e.g. a worker lost once too often (Dask's KilledWorker)
+            keys = [job.key for job in part.jobs]
+            raise DownloadError(f"{plan.config.out}: partition {part.index} (manifest rows {min(keys)}..{max(keys)}, "
+                                f"{len(keys)} downloads) failed on {executor.name}: {type(err).__name__}: {err}; "
+                                "its finished images are kept: rerun the same command to resume") from None
         record.results.append(result)
         attempted += result.finished
         succeeded += result.stats.ok

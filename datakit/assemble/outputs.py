@@ -3,7 +3,9 @@
 ``finish(plan, results)`` runs in the coordinator once the partitions are
 done (or stopped). The lists hold the successful rows in the selected
 (Caffe's) order, whatever order the partitions finished in; ``failed.csv``
-always reflects this run, so the next run knows what not to ask for again.
+always reflects this run, so the next run knows what not to ask for again,
+its rows in the plan's order too (not the order downloads happened to end
+in), so that one selection gives the same file on any executor.
 """
 
 from __future__ import annotations
@@ -119,7 +121,8 @@ def finish(plan: Plan, results: Sequence[PartitionResult], *, stopped: str | Non
     stats = Stats()
     for r in results:
         stats.merge(r.stats)
-    failures = [o for r in results for o in r.failures]
+    position = {job.key: i for i, job in enumerate(plan.jobs)}
+    failures = sorted((o for r in results for o in r.failures), key=lambda o: position.get(o.job.key, -1))
     ok_names = set(plan.present).union(*(r.ok_names for r in results))
 
     records = [{"id": plan.row_id(o.job.key), "name": Path(o.job.dest).name if o.kind != Kind.BAD_NAME else "",

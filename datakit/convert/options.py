@@ -46,6 +46,10 @@ class ConvertOptions:
     def validate(self) -> None:
         if self.backend not in BACKENDS:
             raise ConfigError(f"--backend {self.backend!r}: expected one of {', '.join(BACKENDS)}")
+        if not BACKENDS[self.backend].writable:
+            writable = ", ".join(b.name for b in BACKENDS.values() if b.writable)
+            raise ConfigError(f"--backend {self.backend}: not written record by record (give one of {writable}; "
+                              "--scheduler/--cluster writes shards of lmdb/leveldb)")
         if self.resize_height < 0 or self.resize_width < 0:
             raise ConfigError("--resize-height/--resize-width must be >= 0 (0 keeps the size)")
         if (self.resize_height > 0) != (self.resize_width > 0):

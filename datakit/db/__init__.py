@@ -12,7 +12,10 @@ Built in:
 * ``lmdb``: a folder with ``data.mdb`` (and ``lock.mdb``), Caffe's default;
 * ``leveldb``: a folder with ``CURRENT``;
 * ``hdf5``: a ``.h5`` file, a ``.txt`` list of ``.h5`` files, or a folder
-  holding ``list.txt`` (what ``datakit convert --backend hdf5`` writes).
+  holding ``list.txt`` (what ``datakit convert --backend hdf5`` writes);
+* ``sharded``: a folder with ``shards.json`` and ``shard-00000/``, ... (what
+  ``datakit convert --scheduler/--cluster`` writes), read as one database in
+  key order (datakit.db.sharded_backend); ``datakit merge`` makes it one.
 
 LMDB and LevelDB hold serialized ``Datum`` values (``record_kind="datum"``,
 keyed ``%08d_path`` as convert_imageset keys them); HDF5 holds float ``data``
@@ -73,6 +76,8 @@ class Backend:
     * `caffe_enum`: its ``DataParameter.DB`` value, if Caffe's Data layer has one.
     * `layer`: the Caffe layer type that reads it.
     * `hint`: what marks it on disk, for "not a database" messages.
+    * `writable`: ``datakit convert --backend NAME`` can write it record by
+      record (a sharded database is made by a cluster's convert instead).
     """
 
     name: str
@@ -84,6 +89,7 @@ class Backend:
     caffe_enum: int | None = None
     layer: str = "Data"
     hint: str = ""
+    writable: bool = True
 
     def __post_init__(self) -> None:
         if self.record_kind not in RECORD_KINDS:
@@ -225,6 +231,15 @@ register_backend(Backend("leveldb", _is_leveldb, "datakit.db.leveldb_backend:Lev
 register_backend(Backend("hdf5", _is_hdf5, "datakit.db.hdf5_backend:HDF5Reader",
                          "datakit.db.hdf5_backend:open_writer", record_kind="array", layer="HDF5Data",
                          hint=f"{HDF5_LIST_NAME} / .h5 files (or a .h5 / .txt file) for HDF5"))
+
+
+def _is_sharded(p: Path) -> bool:
+    return p.is_dir() and (p / "shards.json").is_file()
+
+
+register_backend(Backend("sharded", _is_sharded, "datakit.db.sharded_backend:ShardedReader",
+                         "datakit.db.sharded_backend:no_writer", writable=False,
+                         hint="shards.json for a sharded database"))
 
 
 _LAZY = {"Record": "datakit.db.base", "Reader": "datakit.db.base", "Writer": "datakit.db.base",

@@ -85,6 +85,8 @@ class MirrorStats:
     hits: Counter = field(default_factory=Counter)
     faults: Counter = field(default_factory=Counter)
     served: int = 0
+    in_flight: int = 0
+    peak_in_flight: int = 0           # most requests handled at once (per-host politeness, seen by the host)
 
 
 class Mirror:
@@ -123,6 +125,14 @@ class Mirror:
         return body[0] if body else synthetic_image(path, label, self.config.seed)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.stats.in_flight += 1
+        self.stats.peak_in_flight = max(self.stats.peak_in_flight, self.stats.in_flight)
+        try:
+            return await self._handle(request)
+        finally:
+            self.stats.in_flight -= 1
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
         cfg = self.config
         path = request.rel_url.raw_path
         self.stats.hits[path] += 1

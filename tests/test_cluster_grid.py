@@ -1,0 +1,71 @@
+"""`trainer grid run` on a real Dask LocalCluster: each net a task after its base; a worker SIGKILLed mid-net
+has that net retried from its last snapshot."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.test_grid_runner import blobs, make, project, trainer  # noqa: F401 - `project` is a fixture
+from trainer.grid import grid_status
+from trainer.grid.runner import run_grid
+
+distributed = pytest.importorskip("distributed", reason="the dist extra (dask.distributed) is not installed")
+
+from datakit.cluster import open_executor  # noqa: E402
+
+
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def test_a_tiny_grid_on_the_cluster_and_a_worker_killed_mid_net(project, tmp_path):  # noqa: F811
+    grid = tmp_path / "g"
+    make(project, grid, layers=[1], pairs=["AB"], families=["AnB"], max_iter=120)
+    ex = open_executor(cluster="local:2")
+    try:
+        killed: list[int] = []
+        import threading
+
+        def kill_worker_of_half0b() -> None:
+            deadline = time.monotonic() + 240
+            while time.monotonic() < deadline:
+                rows = {r.net: r for r in grid_status(grid)}
+                if rows["half0B"].state == "running" and rows["half0B"].iteration >= 25 and rows["half0B"].pid:
+                    worker = _parent(rows["half0B"].pid)
+                    assert worker in ex.worker_pids().values()  # the worker, by its pid from the cluster
+                    os.kill(worker, signal.SIGKILL)
+                    killed.append(worker)
+                    return
+                time.sleep(0.05)
+
+        watcher = threading.Thread(target=kill_worker_of_half0b, daemon=True)
+        watcher.start()
+        result = run_grid(grid, executor=ex, stream=None)
+        watcher.join()
+    finally:
+        ex.close()
+    assert killed, "half0B finished before its worker could be killed"
+    assert [r.state for r in grid_status(grid)] == ["done"] * 3
+    by_net = {o.net: o for o in result.outcomes}
+    assert by_net["half0B"].resumed_from is not None and by_net["half0B"].resumed_from >= 10
+    runs = (grid / "half0B/fit.out").read_text().split("--- ")[1:]
+    assert len(runs) == 2 and "--snapshot snapshots/net_iter_" in runs[1]
+    # the transfer net ran after its base, from the base's final weights
+    assert blobs(grid / "transfer0A0B_1_1/snapshots/net_iter_120.caffemodel")["conv1"] == \
+        blobs(grid / "half0A/snapshots/net_iter_120.caffemodel")["conv1"]
+    assert (grid / "half0A/fit.out").read_text().count("--- ") == 1  # nothing trained twice
+
+
+def test_grid_run_cli_on_a_local_cluster(project, tmp_path):  # noqa: F811
+    grid = tmp_path / "g"
+    make(project, grid, layers=[1], pairs=["AB"], families=["AnB"])
+    ran = trainer("grid", "run", str(grid), "--cluster", "local:2")
+    assert ran.returncode == 0, ran.stderr
+    assert "3 nets done this run, 0 failed, 0 skipped" in ran.stdout
+    bad = trainer("grid", "run", str(grid), "--resources", "GPU=1")
+    assert bad.returncode != 0 and "--scheduler or --cluster" in bad.stderr
