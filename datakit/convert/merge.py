@@ -18,6 +18,7 @@ from pathlib import Path
 
 from datakit.atomic import install_dir, write_text_atomic
 from datakit.db import BACKENDS, PROGRESS_NAME, incomplete_path, open_reader, open_writer, read_progress
+from datakit.db.sharded_backend import ShardedReader
 from datakit.errors import ConfigError, DatabaseError
 
 __all__ = ["merge_shards"]
@@ -32,7 +33,7 @@ def merge_shards(src: str | os.PathLike, out: str | os.PathLike, *, backend: str
     src, final = Path(src), Path(out)
     reader = open_reader(src)
     try:
-        if reader.backend != "sharded":
+        if not isinstance(reader, ShardedReader):
             raise ConfigError(f"{src}: not a sharded database (no shards.json); nothing to merge")
         name = backend or reader.index["backend"]
         if name not in BACKENDS or not BACKENDS[name].writable or BACKENDS[name].record_kind != "datum":

@@ -138,8 +138,8 @@ def convert_sharded(root: str | os.PathLike, list_path: str | os.PathLike, db_pa
                    "root": str(root.resolve())}
     try:
         prior = workdir.open(resume=opts.resume, overwrite=opts.overwrite)
-    except AlreadyComplete as done:
-        return ConvertSummary.from_progress(str(final), done.progress)
+    except AlreadyComplete as complete:
+        return ConvertSummary.from_progress(str(final), complete.progress)
     entries = read_entries(list_path, opts.allow_absolute, warn)
     seed = opts.seed
     if prior is not None:
