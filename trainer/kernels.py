@@ -72,9 +72,18 @@ def _parallel(total: int, work: int, fn: Callable[[int, int], None]) -> None:
     if _POOL is None:
         _POOL = ThreadPoolExecutor(_WORKERS, thread_name_prefix="kernels")
     bounds = [total * k // parts for k in range(parts + 1)]
-    futures = [_POOL.submit(fn, bounds[k], bounds[k + 1]) for k in range(parts) if bounds[k] < bounds[k + 1]]
+    # The caller works too: it runs the first chunk, then takes back every chunk no worker has
+    # started (cancel() succeeds only then). On a busy machine a worker may not be scheduled for
+    # milliseconds; waiting for it to start cost more than the whole kernel.
+    chunks = [(bounds[k], bounds[k + 1]) for k in range(parts)]  # none empty: parts <= total
+    futures = [_POOL.submit(fn, lo, hi) for lo, hi in chunks[1:]]
+    fn(*chunks[0])
+    for f, (lo, hi) in zip(futures, chunks[1:]):
+        if f.cancel():
+            fn(lo, hi)
     for f in futures:
-        f.result()
+        if not f.cancelled():
+            f.result()
 
 
 # ------------------------------------------------------- compiled CPU side ----
