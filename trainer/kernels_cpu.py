@@ -41,7 +41,14 @@ def _load() -> Any:
         import numba  # noqa: PLC0415 - optional accelerator, imported on first kernel call
     except Exception:  # ImportError, or a numba/llvmlite that does not match this NumPy
         return None
-    return _build(numba)
+    try:
+        kernels = _build(numba)
+        # One tiny call proves the toolchain works here (a broken LLVM fails now, not mid-training).
+        x = np.zeros((1, 1, 2, 2), dtype=np.float32)
+        kernels.max_pool_vals(x, np.empty((1, 1, 1, 1), dtype=np.float32), 2, 2, 0, 0, 2, 2, 0, 1)
+    except Exception:
+        return None
+    return kernels
 
 
 def _build(numba: Any) -> Any:
