@@ -9,8 +9,10 @@ Caffe's constants, grouped convolutions, cross-entropy loss), timed per step
 in its own subprocess so the two never share threads. Both use every core
 the machine gives them (the BLAS / torch default).
 
-CPU figure: ms per image; RATIO = ours / PyTorch (target <= 1.5, the worse of the
-batch sizes). With CuPy and a CUDA device, and torch built with CUDA, the GPU
+CPU figure: ms per image; RATIO = ours / PyTorch (target <= 1.2, the worse of the
+batch sizes). With ``--rounds R`` ours and PyTorch alternate R times per batch size
+and the ratio is the median of the rounds: on a shared machine the load changes
+between two subprocesses, so a single pair can be off by a factor of 2. With CuPy and a CUDA device, and torch built with CUDA, the GPU
 figure is images/s and its ratio ours / PyTorch (target >= 0.5).
 """
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -106,6 +109,8 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="bench_caffenet_time", description=__doc__.splitlines()[0])
     p.add_argument("--batches", default="16,64", help="batch sizes (default 16,64)")
     p.add_argument("--iterations", type=int, default=2, help="timed CPU iterations per batch size (default 2)")
+    p.add_argument("--rounds", type=int, default=2,
+                   help="alternate ours / PyTorch this many times per batch size; the median ratio counts (default 2)")
     p.add_argument("--gpu-iterations", type=int, default=20, help="timed GPU iterations (default 20)")
     p.add_argument("--gpu-only", action="store_true", help="skip the CPU half (a GPU machine's check)")
     p.add_argument("--torch-worker", nargs=3, metavar=("BATCH", "ITERS", "DEVICE"), help=argparse.SUPPRESS)
@@ -115,18 +120,24 @@ def main(argv: list[str] | None = None) -> None:
         _torch_worker(int(b), int(n), dev)
         return
     batches = [int(b) for b in args.batches.split(",") if b]
-    print(f"CaffeNet 227x227 forward+backward (TRAIN phase), {os.cpu_count()} CPU cores")
+    from benchmarks.machine import describe  # noqa: PLC0415
+    print(f"CaffeNet 227x227 forward+backward (TRAIN phase), {describe()}")
     ratios = []
     for b in batches if not args.gpu_only else []:
-        ours = _run_ours(b, args.iterations, "cpu")
-        base = _run_torch(b, args.iterations, "cpu")
-        o, t = ours["ms_per_iter"] / b, base["ms_per_iter"] / b
-        ratios.append(o / t)
-        print(f"  CPU batch {b:3d}: ours {o:8.2f} ms/image (fwd {ours['forward_ms'] / b:.2f} + bwd "
-              f"{ours['backward_ms'] / b:.2f}) | PyTorch {base['version']} ({base['threads']} threads) "
-              f"{t:8.2f} ms/image | ratio {o / t:.2f}")
+        per_round = []
+        for r in range(max(1, args.rounds)):
+            ours = _run_ours(b, args.iterations, "cpu")
+            base = _run_torch(b, args.iterations, "cpu")
+            o, t = ours["ms_per_iter"] / b, base["ms_per_iter"] / b
+            per_round.append(o / t)
+            print(f"  CPU batch {b:3d} round {r + 1}: ours {o:8.2f} ms/image (fwd {ours['forward_ms'] / b:.2f} + bwd "
+                  f"{ours['backward_ms'] / b:.2f}) | PyTorch {base['version']} ({base['threads']} threads) "
+                  f"{t:8.2f} ms/image | ratio {o / t:.2f}", flush=True)
+        ratios.append(statistics.median(per_round))
+        print(f"  CPU batch {b:3d}: median ratio {ratios[-1]:.2f} over {len(per_round)} round(s)")
     if ratios:
-        print(f"  command: {ours['command']} (batch sizes {args.batches}, {args.iterations} iterations)")
+        print(f"  command: {ours['command']} (batch sizes {args.batches}, {args.iterations} iterations, "
+              f"{args.rounds} rounds)")
     if _gpu_possible():
         gratios = []
         for b in batches:
@@ -139,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         print("  GPU: skipped (needs CuPy with a CUDA device and a CUDA build of torch)")
     if ratios:
-        print(f"RATIO caffenet_time: {max(ratios):.2f} (target <= 1.5)")
+        print(f"RATIO caffenet_time: {max(ratios):.2f} (target <= 1.2)")
 
 
 if __name__ == "__main__":

@@ -196,3 +196,117 @@ def test_threaded_split_gives_the_same_results(monkeypatch):
     single = kernels.max_pool_backward(dy, arg, x.shape, 3, 3, 1, 1, 2, 2)
     monkeypatch.setattr(kernels, "_MIN_SPLIT", 1)
     np.testing.assert_array_equal(kernels.max_pool_backward(dy, arg, x.shape, 3, 3, 1, 1, 2, 2), single)
+
+
+# ------------------------------------------------ compiled CPU kernels (numba) ----
+
+needs_compiled = pytest.mark.skipif(not kernels.compiled_available(),
+                                    reason="numba is not importable (or DATAKIT_COMPILED=0): only the NumPy twins run")
+
+
+@pytest.fixture
+def numpy_twins():
+    """Run the NumPy twins (the fallback when numba is missing) instead of the compiled kernels."""
+    prev = kernels.use_compiled(False)
+    yield
+    kernels.use_compiled(prev)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_numpy_twins_match_caffe_loops(case, numpy_twins):
+    assert not kernels.compiled_available()
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 3, 7, 6))
+    kh, kw, ph, pw, sh, sw = case
+    oh, ow = kernels.pool_out_size(7, kh, ph, sh), kernels.pool_out_size(6, kw, pw, sw)
+    y, arg = kernels.max_pool_forward(x, kh, kw, ph, pw, sh, sw, oh, ow)
+    ry, rarg = ref_pool(x, *case, "max")
+    np.testing.assert_array_equal(y, ry)
+    np.testing.assert_array_equal(arg, rarg)
+    np.testing.assert_allclose(kernels.ave_pool_forward(x, kh, kw, ph, pw, sh, sw, oh, ow),
+                               ref_pool(x, *case, "ave")[0], rtol=1e-12)
+    col = kernels.im2col(x, *case)
+    c = rng.standard_normal(col.shape)
+    assert np.vdot(col, c) == pytest.approx(np.vdot(x, kernels.col2im(c, x.shape, *case)))
+
+
+def _same_bits(a, b, what):
+    """Equal bit for bit, NaN payloads aside (a NaN only has to be a NaN on both sides)."""
+    assert a.shape == b.shape and a.dtype == b.dtype, what
+    if a.dtype.kind == "f":
+        nan = np.isnan(a)
+        np.testing.assert_array_equal(nan, np.isnan(b), err_msg=what)
+        a, b = np.where(nan, 0, a), np.where(nan, 0, b)
+    assert a.tobytes() == b.tobytes(), f"{what}: max difference {np.abs(a - b).max()}"
+
+
+def _both(fn):
+    outs = []
+    for on in (True, False):
+        prev = kernels.use_compiled(on)
+        try:
+            out = fn()
+        finally:
+            kernels.use_compiled(prev)
+        outs.append(out if isinstance(out, tuple) else (out,))
+    return outs
+
+
+@needs_compiled
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", CASES + [(5, 5, 2, 2, 3, 3)])
+def test_compiled_kernels_give_the_numpy_twins_bits(case, dtype):
+    """Same bits as the NumPy twins, signed zeros and NaN included (the sums run in the same order)."""
+    rng = np.random.default_rng(6)
+    kh, kw, ph, pw, sh, sw = case
+    x = rng.standard_normal((2, 5, 9, 8)).astype(dtype)
+    x[0, 0, 0, :3] = -0.0
+    x[1, 1, 2, 2] = np.nan
+    oh, ow = kernels.pool_out_size(9, kh, ph, sh), kernels.pool_out_size(8, kw, pw, sw)
+    geo = (kh, kw, ph, pw, sh, sw)
+    y, arg = kernels.max_pool_forward(x, *geo, oh, ow)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dy[0, 0, 0, 0] = -0.0
+    checks = {
+        "max forward": lambda: kernels.max_pool_forward(x, *geo, oh, ow),
+        "max values": lambda: kernels.max_pool_values(x, *geo, oh, ow),
+        "max backward": lambda: kernels.max_pool_backward(dy, arg, x.shape, *geo),
+        "ave forward": lambda: kernels.ave_pool_forward(x, *geo, oh, ow),
+        "ave backward": lambda: kernels.ave_pool_backward(dy, x.shape, *geo),
+    }
+    for dil in (1, 2):
+        col = kernels.im2col(x, *geo, dil, dil)
+        c = rng.standard_normal(col.shape).astype(dtype)
+        checks[f"col2im dilation {dil}"] = lambda c=c, dil=dil: kernels.col2im(c, x.shape, *geo, dil, dil)
+    for size in (3, 5):
+        xl = rng.standard_normal((2, 7, 3, 4)).astype(dtype)
+        xl[0, 0, 0, 0] = -0.0
+        yl, scale = kernels.lrn_across_forward(xl, size, 0.1, 0.75, 1.0)
+        dyl = rng.standard_normal(xl.shape).astype(dtype)
+        dyl[:, :, 0, 0] = -0.0
+        checks[f"lrn forward {size}"] = lambda xl=xl, size=size: kernels.lrn_across_forward(xl, size, 0.1, 0.75, 1.0)
+        checks[f"lrn backward {size}"] = lambda xl=xl, yl=yl, s=scale, d=dyl, size=size: \
+            kernels.lrn_across_backward(xl, yl, s, d, size, 0.1, 0.75)
+    for what, fn in checks.items():
+        compiled, twin = _both(fn)
+        for a, b in zip(compiled, twin):
+            _same_bits(a, b, what)
+
+
+@needs_compiled
+def test_compiled_kernels_split_over_threads_give_the_same_bits(monkeypatch):
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((4, 6, 11, 10)).astype(np.float32)
+    geo = (3, 3, 1, 1, 2, 2)
+    oh, ow = kernels.pool_out_size(11, 3, 1, 2), kernels.pool_out_size(10, 3, 1, 2)
+    col = rng.standard_normal(kernels.im2col(x, *geo).shape).astype(np.float32)
+
+    def run():
+        y, arg = kernels.max_pool_forward(x, *geo, oh, ow)
+        return (y, arg, kernels.max_pool_backward(y, arg, x.shape, *geo), kernels.ave_pool_forward(x, *geo, oh, ow),
+                kernels.col2im(col, x.shape, *geo), *kernels.lrn_across_forward(x, 5, 0.1, 0.75, 1.0))
+    single = run()
+    monkeypatch.setattr(kernels, "_MIN_SPLIT", 1)
+    monkeypatch.setattr(kernels, "_WORKERS", 3)
+    for a, b in zip(run(), single):
+        _same_bits(a, b, "threaded")

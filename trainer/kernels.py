@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from trainer import kernels_cpu
 from trainer.backend import get_array_module
 
 # ----------------------------------------------------------------- shapes ----
@@ -71,9 +72,51 @@ def _parallel(total: int, work: int, fn: Callable[[int, int], None]) -> None:
     if _POOL is None:
         _POOL = ThreadPoolExecutor(_WORKERS, thread_name_prefix="kernels")
     bounds = [total * k // parts for k in range(parts + 1)]
-    futures = [_POOL.submit(fn, bounds[k], bounds[k + 1]) for k in range(parts) if bounds[k] < bounds[k + 1]]
+    # The caller works too: it runs the first chunk, then takes back every chunk no worker has
+    # started (cancel() succeeds only then). On a busy machine a worker may not be scheduled for
+    # milliseconds; waiting for it to start cost more than the whole kernel.
+    chunks = [(bounds[k], bounds[k + 1]) for k in range(parts)]  # none empty: parts <= total
+    futures = [_POOL.submit(fn, lo, hi) for lo, hi in chunks[1:]]
+    fn(*chunks[0])
+    for f, (lo, hi) in zip(futures, chunks[1:]):
+        if f.cancel():
+            fn(lo, hi)
     for f in futures:
-        f.result()
+        if not f.cancelled():
+            f.result()
+
+
+# ------------------------------------------------------- compiled CPU side ----
+# trainer.kernels_cpu holds numba versions of the loops below that make one pass
+# over memory; they give the same bits as the NumPy twins (tests/test_kernels.py
+# runs both). ``use_compiled(False)`` (or DATAKIT_COMPILED=0) keeps the NumPy twins.
+_COMPILED_ON = True
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def use_compiled(on: bool) -> bool:
+    """Turn the compiled CPU kernels on or off; returns the previous setting."""
+    global _COMPILED_ON
+    prev, _COMPILED_ON = _COMPILED_ON, bool(on)
+    return prev
+
+
+def _compiled(*arrays: Any) -> bool:
+    """Whether the compiled kernels take these (host, float32/float64) arrays."""
+    if not _COMPILED_ON or any(a.dtype not in _FLOATS or a.dtype != arrays[0].dtype for a in arrays):
+        return False
+    return kernels_cpu.impl() is not None
+
+
+def _run_compiled(name: str, total: int, work: int, *args: Any) -> None:
+    """Compiled kernel ``name`` over its outer range [0, total), split over the cores as ``_parallel`` does."""
+    fn = kernels_cpu.kernel(name)
+    _parallel(total, work, lambda lo, hi: fn(*args, lo, hi))
+
+
+def compiled_available() -> bool:
+    """True when the compiled CPU kernels are in use (numba importable and not turned off)."""
+    return _COMPILED_ON and kernels_cpu.impl() is not None
 
 
 # ----------------------------------------------------------------- im2col ----
@@ -139,6 +182,10 @@ def col2im(col: Any, shape: tuple[int, int, int, int], kh: int, kw: int, ph: int
     if xp is not np:
         return _cuda().col2im(col, shape, kh, kw, ph, pw, sh, sw, dh, dw, oh, ow)
     col6 = col.reshape(c, kh, kw, n, oh, ow)
+    if _compiled(col):
+        dx = np.empty((n, c, h, w), dtype=col.dtype)
+        _run_compiled("col2im", c * n, col.size, kernels_cpu.contiguous(col6), dx, kh, kw, ph, pw, sh, sw, dh, dw, oh, ow)
+        return dx
     xpad = np.zeros((c, n, h + 2 * ph, w + 2 * pw), dtype=col.dtype)
 
     def add(lo: int, hi: int) -> None:
@@ -179,6 +226,11 @@ def max_pool_forward(x: Any, kh: int, kw: int, ph: int, pw: int, sh: int, sw: in
     if xp is not np:
         return _cuda().max_pool_forward(x, kh, kw, ph, pw, sh, sw, oh, ow)
     n, c = x.shape[:2]
+    if _compiled(x):
+        y = np.empty((n, c, oh, ow), dtype=x.dtype)
+        arg = np.empty((n, c, oh, ow), dtype=np.int32)
+        _run_compiled("max_pool_fwd", n * c, y.size * kh * kw, kernels_cpu.contiguous(x), y, arg, kh, kw, ph, pw, sh, sw)
+        return y, arg
     xpad = _pad_for_pool(x, kh, kw, ph, pw, sh, sw, oh, ow, -np.inf)
     y = np.full((n, c, oh, ow), -np.inf, dtype=x.dtype)
     arg = np.zeros((n, c, oh, ow), dtype=np.int32)
@@ -206,6 +258,10 @@ def max_pool_values(x: Any, kh: int, kw: int, ph: int, pw: int, sh: int, sw: int
     if xp is not np:
         return _cuda().max_pool_forward(x, kh, kw, ph, pw, sh, sw, oh, ow)[0]
     n, c = x.shape[:2]
+    if _compiled(x):
+        y = np.empty((n, c, oh, ow), dtype=x.dtype)
+        _run_compiled("max_pool_vals", n * c, y.size * kh * kw, kernels_cpu.contiguous(x), y, kh, kw, ph, pw, sh, sw)
+        return y
     xpad = _pad_for_pool(x, kh, kw, ph, pw, sh, sw, oh, ow, -np.inf)
     y = np.full((n, c, oh, ow), -np.inf, dtype=x.dtype)
 
@@ -227,6 +283,11 @@ def max_pool_backward(dy: Any, arg: Any, shape: tuple[int, int, int, int], kh: i
         return _cuda().max_pool_backward(dy, arg, shape, kh, kw, ph, pw, sh, sw)
     n, c, h, w = shape
     oh, ow = dy.shape[2:]
+    if _compiled(dy) and arg.dtype == np.int32:
+        dx = np.empty((n, c, h, w), dtype=dy.dtype)
+        _run_compiled("max_pool_bwd", n * c, dx.size + dy.size, kernels_cpu.contiguous(dy), kernels_cpu.contiguous(arg), dx,
+                        kh, kw, ph, pw, sh, sw)
+        return dx
     hp = max(h + 2 * ph, (oh - 1) * sh + kh)
     wp = max(w + 2 * pw, (ow - 1) * sw + kw)
     dx = np.zeros((n, c, hp, wp), dtype=dy.dtype)
@@ -255,6 +316,12 @@ def ave_pool_forward(x: Any, kh: int, kw: int, ph: int, pw: int, sh: int, sw: in
     if xp is not np:
         return _cuda().ave_pool_forward(x, kh, kw, ph, pw, sh, sw, oh, ow)
     n, c, h, w = x.shape
+    if _compiled(x):
+        y = np.empty((n, c, oh, ow), dtype=x.dtype)
+        div = _ave_divisor(h, w, kh, kw, ph, pw, sh, sw, oh, ow, x.dtype)
+        _run_compiled("ave_pool_fwd", n * c, y.size * kh * kw, kernels_cpu.contiguous(x), y, div, x.dtype.type(0),
+                      kh, kw, ph, pw, sh, sw)
+        return y
     xpad = _pad_for_pool(x, kh, kw, ph, pw, sh, sw, oh, ow, 0.0)
     y = np.zeros((n, c, oh, ow), dtype=x.dtype)
     for i in range(kh):
@@ -271,6 +338,11 @@ def ave_pool_backward(dy: Any, shape: tuple[int, int, int, int], kh: int, kw: in
         return _cuda().ave_pool_backward(dy, shape, kh, kw, ph, pw, sh, sw)
     n, c, h, w = shape
     oh, ow = dy.shape[2:]
+    if _compiled(dy):
+        dx = np.empty((n, c, h, w), dtype=dy.dtype)
+        div = _ave_divisor(h, w, kh, kw, ph, pw, sh, sw, oh, ow, dy.dtype)
+        _run_compiled("ave_pool_bwd", n * c, dy.size * kh * kw, kernels_cpu.contiguous(dy), dx, div, kh, kw, ph, pw, sh, sw)
+        return dx
     g = dy / _ave_divisor(h, w, kh, kw, ph, pw, sh, sw, oh, ow, dy.dtype)
     hp = max(h + 2 * ph, (oh - 1) * sh + kh)
     wp = max(w + 2 * pw, (ow - 1) * sw + kw)
@@ -301,6 +373,13 @@ def lrn_across_forward(x: Any, size: int, alpha: float, beta: float, k: float) -
     if xp is not np:
         return _cuda().lrn_across_forward(x, size, alpha, beta, k)
     pre = (size - 1) // 2
+    if _compiled(x) and x.ndim == 4:
+        n, c = x.shape[:2]
+        x3 = kernels_cpu.contiguous(x).reshape(n, c, -1)
+        scale = np.empty(x.shape, dtype=x.dtype)
+        t = x.dtype.type
+        _run_compiled("lrn_scale", n, x.size * size, x3, scale.reshape(n, c, -1), pre, size - pre - 1, t(alpha / size), t(k))
+        return x * np.power(scale, -beta), scale
     scale = _channel_window_sum(x * x, pre, size - pre - 1)
     scale *= alpha / size
     scale += k
@@ -315,6 +394,16 @@ def lrn_across_backward(x: Any, y: Any, scale: Any, dy: Any, size: int, alpha: f
     if xp is not np:
         return _cuda().lrn_across_backward(x, y, scale, dy, size, alpha, beta)
     pre = (size - 1) // 2
+    if _compiled(x, y, scale, dy) and x.ndim == 4:
+        n, c = x.shape[:2]
+        c3 = kernels_cpu.contiguous
+        spow = np.power(scale, -beta)
+        dx = np.empty(x.shape, dtype=x.dtype)
+        t = x.dtype.type
+        ratio = np.empty(x.shape, dtype=x.dtype)
+        _run_compiled("lrn_back", n, x.size * size, *(c3(a).reshape(n, c, -1) for a in (x, y, scale, dy, spow, ratio, dx)),
+                        size - pre - 1, pre, t(2.0 * alpha * beta / size), t(0))
+        return dx
     ratio = dy * y / scale
     acc = _channel_window_sum(ratio, size - pre - 1, pre)
     return dy * np.power(scale, -beta) - (2.0 * alpha * beta / size) * x * acc

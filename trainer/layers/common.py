@@ -69,7 +69,12 @@ class InnerProductLayer(Layer):
             if wblob.diff_zero:
                 xp.matmul(a, b, out=wblob.diff)  # straight into the gradient, no temporary
             else:
-                wblob.diff += a @ b
+                # Accumulating (iter_size, shared weights, `trainer time`): the product goes into a
+                # buffer kept between iterations; a fresh fc6-sized temporary cost more page faults
+                # than the GEMM itself.
+                grad = self.workspace("dw", wblob.diff.shape)
+                xp.matmul(a, b, out=grad)
+                wblob.diff += grad
             self.finish_param_grad(0)
         if self.bias_term and self.param_needs_grad(1):
             self.add_param_grad(1, dy.sum(axis=0))
