@@ -23,30 +23,45 @@ shape caffe.io and the trainer expect.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import contextlib
 import os
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 from datakit.formats.datum import datum_to_array, parse_datum_fields
 from datakit.db import BACKENDS, get_backend, open_reader
-from datakit.db.base import Reader
 from datakit.errors import ConfigError, DatabaseError, FormatError
 from datakit.formats.blobproto import read_mean, write_mean
-from datakit.parallel import (Executor, LocalExecutor, ProgressCounter, default_workers, opencv_one_thread,
-                              report_progress)
 from datakit.report import progress_bar
+
+if TYPE_CHECKING:  # the pool machinery (concurrent.futures, multiprocessing) is imported only when a pool runs
+    from datakit.db.base import Reader
+    from datakit.parallel import Executor, ProgressCounter
 
 __all__ = ["MeanResult", "SumState", "compute_mean", "convert_mean", "mean_output_paths", "save_mean", "sum_range",
            "sum_values"]
 
 _FOLD = 257  # 255 * 257 = 65535: the most uint8 records a uint16 sum can hold
+# Below this many bytes of pixels a database is summed in this process: starting a pool (forking,
+# each worker opening the database, the partial sums coming back) costs more than a second core saves.
+POOL_MIN_BYTES = 1 << 30
+_BUFSIZE = 1 << 15  # numpy's casting buffer (elements) for uint8 -> uint16 adds: larger than its 8192 default
+
+
+@contextlib.contextmanager
+def _casting_buffer() -> Iterator[None]:
+    """numpy's ufunc buffer at _BUFSIZE while records are summed (the uint8 -> uint16 cast goes through
+    it; fewer, larger chunks add faster), restored afterwards."""
+    old = np.setbufsize(_BUFSIZE)
+    try:
+        yield
+    finally:
+        np.setbufsize(old)
 
 
 @dataclass
@@ -170,9 +185,11 @@ def _add_datum(acc: _Sum, key: bytes, value, color: bool | None) -> None:
 # -- partitions: pure functions of their arguments, run by an Executor --------------------------
 def sum_range(path: str, backend: str, start: bytes | None, stop: bytes | None, color: bool | None) -> SumState:
     """The exact sum of the Datum records with `start` <= key < `stop` (a partition of a shared-read backend)."""
+    from datakit.parallel import report_progress
+
     acc = _Sum(path)
     since = 0
-    with get_backend(backend).open_reader(Path(path)) as reader:
+    with get_backend(backend).open_reader(Path(path)) as reader, _casting_buffer():
         for key, value in reader.scan(start, stop, buffers=True):
             _add_datum(acc, key, value, color)
             since += 1
@@ -186,8 +203,9 @@ def sum_range(path: str, backend: str, start: bytes | None, stop: bytes | None, 
 def sum_values(where: str, items: list[tuple[bytes, bytes]], color: bool | None) -> SumState:
     """The exact sum of serialized Datums read by the coordinator (backends one process may open)."""
     acc = _Sum(where)
-    for key, value in items:
-        _add_datum(acc, key, value, color)
+    with _casting_buffer():
+        for key, value in items:
+            _add_datum(acc, key, value, color)
     return acc.state()
 
 
@@ -213,7 +231,6 @@ def compute_mean(db: str | os.PathLike, backend: str | None = None, *, workers: 
     on `executor`, by default `workers` local processes (0 = all cores).
     """
     started = time.perf_counter()
-    workers = workers or default_workers()
     reader = open_reader(db, backend)
     acc = _Sum(str(db))
     try:
@@ -226,9 +243,16 @@ def compute_mean(db: str | os.PathLike, backend: str | None = None, *, workers: 
                     acc.add_float_slab(slab, first)
                     bar.update(len(slab))
         else:
-            color = _settle_color(reader, color)
+            color, raw_bytes = _settle_color(reader, color)
+            if not workers and executor is None and raw_bytes and n * raw_bytes < POOL_MIN_BYTES:
+                workers = 1  # raw pixels, few enough that one process sums them sooner than a pool starts
+            if not workers:
+                from datakit.workerpool import default_workers
+                workers = default_workers()
             parallel = executor is not None or workers > 1
             if BACKENDS[reader.backend].shared_reads and parallel and n >= 2 * 256:
+                from datakit.parallel import ProgressCounter
+
                 # locally one key range per worker (each partial sum crosses the pipe: a few MB); an
                 # executor given by the caller (a cluster) gets more, smaller partitions to balance
                 parts = min(n // 256, 4 * executor.workers if executor is not None else workers)
@@ -256,6 +280,8 @@ def _executor(given: Executor | None, workers: int, counter: ProgressCounter | N
     if given is not None:
         yield given
         return
+    from datakit.parallel import LocalExecutor, opencv_one_thread
+
     with opencv_one_thread(), LocalExecutor(workers, initializer=counter.install if counter else None) as ex:
         yield ex
 
@@ -264,6 +290,8 @@ def _gather(ex: Executor, futures: list, total: int, progress: bool | None,
             counter: ProgressCounter) -> list[SumState]:
     """Wait for every partition, the bar following the workers' counter (or finished partitions where
     none is shared); results in submission order."""
+    import concurrent.futures as cf
+
     bar = progress_bar(total, progress, unit="rec", desc="mean")  # after the pool has forked
     pending = list(futures)
     try:
@@ -285,23 +313,25 @@ def _gather(ex: Executor, futures: list, total: int, progress: bool | None,
     return states
 
 
-def _settle_color(reader: Reader, color: bool | None) -> bool | None:
-    """Native decoding, except that a color first record makes every record color (gray ones promoted)."""
-    if color is not None:
-        return color
+def _settle_color(reader: Reader, color: bool | None) -> tuple[bool | None, int]:
+    """Native decoding, except that a color first record makes every record color (gray ones promoted);
+    and the first record's count of raw uint8 pixels (0 when it is encoded or float), to size the work."""
     key, value = next(iter(reader.raw_items()))  # the generator (and its read transaction) ends here
     where = f"{reader.path}: record {key!r}"
     f = parse_datum_fields(value, where)
-    if f.encoded and datum_to_array(f, color=None, where=where).shape[0] == 3:
-        return True
-    return None
+    raw_bytes = 0 if f.encoded else len(f.data)
+    if color is None and f.encoded and datum_to_array(f, color=None, where=where).shape[0] == 3:
+        return True, raw_bytes
+    return color, raw_bytes
 
 
 def _sum_sequential(reader: Reader, acc: _Sum, color: bool | None, workers: int, n: int,
                     progress: bool | None, executor: Executor | None) -> None:
     """Backends one process may open (LevelDB) or small databases: read here; decode encoded records in
     partitions of 64 values, at most 4 per worker in flight (bounded memory)."""
-    items = reader.raw_items()
+    # owned bytes where values may cross to a worker; zero-copy views of a memory-mapped backend (LMDB)
+    # when this process sums them all itself (each is used before the next is read)
+    items = reader.raw_items() if workers > 1 else reader.scan(buffers=True)
     first = next(items)
     encoded = parse_datum_fields(first[1], f"{reader.path}: record {first[0]!r}").encoded
     _add_datum(acc, first[0], first[1], color)
@@ -326,7 +356,7 @@ def _sum_sequential(reader: Reader, acc: _Sum, color: bool | None, workers: int,
             finally:
                 bar.close()
         return
-    with progress_bar(n, progress, initial=1, unit="rec", desc="mean") as bar:
+    with progress_bar(n, progress, initial=1, unit="rec", desc="mean") as bar, _casting_buffer():
         since = 0
         for key, value in items:
             _add_datum(acc, key, value, color)
