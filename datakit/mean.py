@@ -7,7 +7,10 @@ records, which is also the fastest way numpy has to add bytes) and divide in
 float64, so the mean is the correctly rounded one for any dataset size.
 float_data records and HDF5 are summed in float64.
 
-Records are summed in partitions whose partial sums merge exactly
+A small database of raw pixels (under POOL_MIN_BYTES) is summed in this
+process, by one thread per core over key ranges (numpy's adds release the
+GIL): starting worker processes would cost more than they save. Otherwise
+records are summed in partitions whose partial sums merge exactly
 (``sum_range``, ``sum_values``, run on a datakit.parallel Executor): a
 database several processes may read (LMDB) is split into key ranges, each
 read straight from the memory map by its worker; LevelDB allows one process
@@ -228,7 +231,10 @@ def compute_mean(db: str | os.PathLike, backend: str | None = None, *, workers: 
     `color` decodes encoded records as color (True) / gray (False); None keeps
     each file's own channels, as compute_image_mean does. The partitions
     (key ranges, or batches of values for a backend one process may open) run
-    on `executor`, by default `workers` local processes (0 = all cores).
+    on `executor`, by default `workers` local processes. workers=0 chooses: a
+    database of raw pixels under POOL_MIN_BYTES is summed in this process (one
+    thread per core over key ranges where the backend allows shared reads),
+    anything else on all cores.
     """
     started = time.perf_counter()
     reader = open_reader(db, backend)
@@ -244,33 +250,86 @@ def compute_mean(db: str | os.PathLike, backend: str | None = None, *, workers: 
                     bar.update(len(slab))
         else:
             color, raw_bytes = _settle_color(reader, color)
-            if not workers and executor is None and raw_bytes and n * raw_bytes < POOL_MIN_BYTES:
-                workers = 1  # raw pixels, few enough that one process sums them sooner than a pool starts
-            if not workers:
-                from datakit.workerpool import default_workers
-                workers = default_workers()
-            parallel = executor is not None or workers > 1
-            if BACKENDS[reader.backend].shared_reads and parallel and n >= 2 * 256:
-                from datakit.parallel import ProgressCounter
-
-                # locally one key range per worker (each partial sum crosses the pipe: a few MB); an
-                # executor given by the caller (a cluster) gets more, smaller partitions to balance
-                parts = min(n // 256, 4 * executor.workers if executor is not None else workers)
-                ranges = _split_keys(reader, parts)
-                reader.close()  # each partition opens its own reader
-                counter = ProgressCounter()
-                with _executor(executor, workers, counter) as ex:
-                    futures = [ex.submit(sum_range, str(reader.path), reader.backend, a, b, color)
-                               for a, b in ranges]
-                    states = _gather(ex, futures, n, progress, counter)
-                for state in states:  # in key order, whatever order they finished in: float sums repeat exactly
-                    acc.merge(state)
+            small = not workers and executor is None and 0 < n * raw_bytes < POOL_MIN_BYTES
+            shared = BACKENDS[reader.backend].shared_reads
+            if small and shared and n >= 2 * 256:
+                # raw pixels, few enough that this process sums them sooner than a pool starts: one thread
+                # per core (numpy's adds release the GIL), one key range each
+                _sum_threads(reader, acc, color, n, progress)
             else:
-                _sum_sequential(reader, acc, color, workers if parallel else 1, n, progress, executor)
+                if small:
+                    workers = 1
+                elif not workers:
+                    from datakit.workerpool import default_workers
+                    workers = default_workers()
+                _sum_partitions(reader, acc, color, workers, n, progress, executor)
     finally:
         reader.close()
     mean = acc.total() / acc.count
     return MeanResult(mean.reshape(acc.shape), acc.count, time.perf_counter() - started)
+
+
+def _sum_partitions(reader: Reader, acc: _Sum, color: bool | None, workers: int, n: int,
+                    progress: bool | None, executor: Executor | None) -> None:
+    """Key ranges on worker processes (or the caller's executor) where the backend allows shared reads,
+    else read here and decode on the workers (_sum_sequential)."""
+    parallel = executor is not None or workers > 1
+    if not (BACKENDS[reader.backend].shared_reads and parallel and n >= 2 * 256):
+        _sum_sequential(reader, acc, color, workers if parallel else 1, n, progress, executor)
+        return
+    from datakit.parallel import ProgressCounter
+
+    # locally one key range per worker (each partial sum crosses the pipe: a few MB); an
+    # executor given by the caller (a cluster) gets more, smaller partitions to balance
+    parts = min(n // 256, 4 * executor.workers if executor is not None else workers)
+    ranges = _split_keys(reader, parts)
+    reader.close()  # each partition opens its own reader
+    counter = ProgressCounter()
+    with _executor(executor, workers, counter) as ex:
+        futures = [ex.submit(sum_range, str(reader.path), reader.backend, a, b, color) for a, b in ranges]
+        states = _gather(ex, futures, n, progress, counter)
+    for state in states:  # in key order, whatever order they finished in: float sums repeat exactly
+        acc.merge(state)
+
+
+def _sum_threads(reader: Reader, acc: _Sum, color: bool | None, n: int, progress: bool | None) -> None:
+    """Sum a shared-read database in this process on one thread per core, each over its own key range
+    and read transaction (zero-copy views); partial sums merge in key order, as the pool's do, and the
+    first failing range (in key order) raises."""
+    import threading
+
+    threads = max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
+                         n // 256))
+    ranges = _split_keys(reader, threads) if threads > 1 else [(None, None)]
+    done = [0] * len(ranges)
+    results: list[SumState | BaseException | None] = [None] * len(ranges)
+
+    def run(i: int, start: bytes | None, stop: bytes | None) -> None:
+        part = _Sum(acc.where)
+        try:
+            with _casting_buffer():  # numpy's buffer size is per thread
+                for key, value in reader.scan(start, stop, buffers=True):
+                    _add_datum(part, key, value, color)
+                    done[i] += 1
+            results[i] = part.state()
+        except BaseException as err:  # handed to the caller's thread
+            results[i] = err
+
+    workers = [threading.Thread(target=run, args=(i, a, b), name=f"datakit-mean-{i}", daemon=True)
+               for i, (a, b) in enumerate(ranges)]
+    with progress_bar(n, progress, unit="rec", desc="mean") as bar:
+        for t in workers:
+            t.start()
+        for t in workers:
+            while t.is_alive():
+                t.join(0.25)
+                bar.n = sum(done)
+                bar.refresh()
+        bar.n = n
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+        acc.merge(result)
 
 
 @contextlib.contextmanager

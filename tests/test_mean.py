@@ -26,7 +26,7 @@ def _kv(path, backend, values):
     return path
 
 
-@pytest.mark.parametrize("backend,workers", [("lmdb", 1), ("lmdb", 2), ("leveldb", 2)])
+@pytest.mark.parametrize("backend,workers", [("lmdb", 1), ("lmdb", 2), ("leveldb", 2), ("lmdb", 0), ("leveldb", 0)])
 def test_mean_of_raw_records_equals_numpy(tmp_path, backend, workers):
     imgs = _images(700)  # > 2 x 256 so two LMDB readers split the keys; > 257 folds the uint16 sums
     imgs[:300] = 255     # worst case for the integer accumulator
@@ -68,6 +68,29 @@ def test_mean_of_float_data_and_hdf5(tmp_path):
     result = compute_mean(tmp_path / "h5", progress=False)
     assert result.count == 11
     np.testing.assert_allclose(result.mean, arrs.astype(np.float64).mean(axis=0), rtol=1e-12)
+
+
+def test_threaded_sum_is_bit_identical_and_names_a_bad_record(tmp_path, monkeypatch):
+    """workers=0 on a small raw LMDB: key ranges on threads in this process, the same bytes out as one
+    thread; a corrupt record in the last range is named."""
+    import datakit.mean as mean_mod
+
+    threads = []
+    real = mean_mod._sum_threads
+    monkeypatch.setattr(mean_mod, "_sum_threads", lambda *a: threads.append(1) or real(*a))
+    imgs = _images(800, (3, 16, 16), seed=4)
+    values = [encode_datum(im, i % 3) for i, im in enumerate(imgs)]
+    db = _kv(tmp_path / "db", "lmdb", values)
+    auto = compute_mean(db, workers=0, progress=False)
+    assert threads == [1]
+    one = compute_mean(db, workers=1, progress=False)
+    save_mean(auto, tmp_path / "a.binaryproto")
+    save_mean(one, tmp_path / "b.binaryproto")
+    assert (tmp_path / "a.binaryproto").read_bytes() == (tmp_path / "b.binaryproto").read_bytes()
+    values[790] = values[790][:50]
+    bad = _kv(tmp_path / "bad", "lmdb", values)
+    with pytest.raises(FormatError, match=r"record '00000790_r'"):
+        compute_mean(bad, workers=0, progress=False)
 
 
 def test_mixed_sizes_name_the_record(tmp_path):
