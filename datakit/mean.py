@@ -8,9 +8,9 @@ float64, so the mean is the correctly rounded one for any dataset size.
 float_data records and HDF5 are summed in float64.
 
 A small database of raw pixels (under POOL_MIN_BYTES) is summed in this
-process, by one thread per core over key ranges (numpy's adds release the
-GIL): starting worker processes would cost more than they save. Otherwise
-records are summed in partitions whose partial sums merge exactly
+process, reading LMDB values as views of the map: starting worker processes
+(or threads, which contend for the memory bandwidth and the GIL) costs more
+than they save there. Otherwise records are summed in partitions whose partial sums merge exactly
 (``sum_range``, ``sum_values``, run on a datakit.parallel Executor): a
 database several processes may read (LMDB) is split into key ranges, each
 read straight from the memory map by its worker; LevelDB allows one process
@@ -232,8 +232,7 @@ def compute_mean(db: str | os.PathLike, backend: str | None = None, *, workers: 
     each file's own channels, as compute_image_mean does. The partitions
     (key ranges, or batches of values for a backend one process may open) run
     on `executor`, by default `workers` local processes. workers=0 chooses: a
-    database of raw pixels under POOL_MIN_BYTES is summed in this process (one
-    thread per core over key ranges where the backend allows shared reads),
+    database of raw pixels under POOL_MIN_BYTES is summed in this process,
     anything else on all cores.
     """
     started = time.perf_counter()
@@ -250,19 +249,12 @@ def compute_mean(db: str | os.PathLike, backend: str | None = None, *, workers: 
                     bar.update(len(slab))
         else:
             color, raw_bytes = _settle_color(reader, color)
-            small = not workers and executor is None and 0 < n * raw_bytes < POOL_MIN_BYTES
-            shared = BACKENDS[reader.backend].shared_reads
-            if small and shared and n >= 2 * 256:
-                # raw pixels, few enough that this process sums them sooner than a pool starts: one thread
-                # per core (numpy's adds release the GIL), one key range each
-                _sum_threads(reader, acc, color, n, progress)
-            else:
-                if small:
-                    workers = 1
-                elif not workers:
-                    from datakit.workerpool import default_workers
-                    workers = default_workers()
-                _sum_partitions(reader, acc, color, workers, n, progress, executor)
+            if not workers and executor is None and 0 < n * raw_bytes < POOL_MIN_BYTES:
+                workers = 1  # raw pixels, few enough that this process sums them sooner than a pool starts
+            elif not workers:
+                from datakit.workerpool import default_workers
+                workers = default_workers()
+            _sum_partitions(reader, acc, color, workers, n, progress, executor)
     finally:
         reader.close()
     mean = acc.total() / acc.count
@@ -290,46 +282,6 @@ def _sum_partitions(reader: Reader, acc: _Sum, color: bool | None, workers: int,
         states = _gather(ex, futures, n, progress, counter)
     for state in states:  # in key order, whatever order they finished in: float sums repeat exactly
         acc.merge(state)
-
-
-def _sum_threads(reader: Reader, acc: _Sum, color: bool | None, n: int, progress: bool | None) -> None:
-    """Sum a shared-read database in this process on one thread per core, each over its own key range
-    and read transaction (zero-copy views); partial sums merge in key order, as the pool's do, and the
-    first failing range (in key order) raises."""
-    import threading
-
-    threads = max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
-                         n // 256))
-    ranges = _split_keys(reader, threads) if threads > 1 else [(None, None)]
-    done = [0] * len(ranges)
-    results: list[SumState | BaseException | None] = [None] * len(ranges)
-
-    def run(i: int, start: bytes | None, stop: bytes | None) -> None:
-        part = _Sum(acc.where)
-        try:
-            with _casting_buffer():  # numpy's buffer size is per thread
-                for key, value in reader.scan(start, stop, buffers=True):
-                    _add_datum(part, key, value, color)
-                    done[i] += 1
-            results[i] = part.state()
-        except BaseException as err:  # handed to the caller's thread
-            results[i] = err
-
-    workers = [threading.Thread(target=run, args=(i, a, b), name=f"datakit-mean-{i}", daemon=True)
-               for i, (a, b) in enumerate(ranges)]
-    with progress_bar(n, progress, unit="rec", desc="mean") as bar:
-        for t in workers:
-            t.start()
-        for t in workers:
-            while t.is_alive():
-                t.join(0.25)
-                bar.n = sum(done)
-                bar.refresh()
-        bar.n = n
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
-        acc.merge(result)
 
 
 @contextlib.contextmanager
