@@ -2,7 +2,11 @@
 
 Both download the same 2000 images from the same local mirror (a separate
 process serving pre-generated JPEGs from a folder, every response delayed by
-50 ms, standing in for a distant image host).
+50 ms, standing in for a distant image host). The images are what Flickr
+serves for the manifest's URLs (its "medium" size): longest side 500 px, about
+100 KB, made from the real photos in shared/data/photos (random crops, flips,
+brightness, sensor-like noise, quality 95); `--thumbnails` serves the mirror's
+small synthetic JPEGs (~5 KB) instead, as earlier runs did.
 
 Baseline: what Caffe's examples/finetune_flickr_style/assemble_data.py does,
 a multiprocessing pool with one worker per core, each doing a blocking
@@ -13,7 +17,11 @@ Ours: `datakit.assemble` with its default options. Its ceiling is
 min(concurrency, per-host limit) / latency; the benchmark reports the
 fraction of that reached and, from CPU time, whether the CPU became the limit.
 
-    python -m benchmarks.bench_assemble [--images 2000] [--latency-ms 50]
+Also printed: the CPU cost of validating one image, datakit's check (a
+reduced-size decode, see datakit.images.verify_image) against the full decode
+the baseline does, over the same images in this process.
+
+    python -m benchmarks.bench_assemble [--images 2000] [--latency-ms 50] [--thumbnails]
 """
 
 from __future__ import annotations
@@ -31,9 +39,11 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import cv2
+import numpy as np
 
 from datakit.assemble import AssembleConfig, assemble, finish, plan, run_partitions  # noqa: F401 - loaded before any clock
-from datakit.download import FLICKR_PLACEHOLDER_SHA1, DownloadOptions
+from datakit.download import FLICKR_PLACEHOLDER_SHA1, DownloadOptions, check_image
+from datakit.images import decode_image
 from datakit.manifest import open_manifest, select_rows
 from datakit.mirror import synthetic_image
 from scripts.mirror_process import mirror_subprocess
@@ -53,6 +63,50 @@ def _caffe_like_download(args: tuple[str, str]) -> bool:
         return False
 
 
+PHOTOS = Path(os.environ.get("DATAKIT_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "data" / "photos"
+
+
+def flickr_medium_jpegs(n: int, seed: int = 0) -> list[bytes]:
+    """n distinct JPEGs as Flickr's medium size: longest side 500 px, about 100 KB, from the real photos."""
+    sources = [cv2.imread(str(p), cv2.IMREAD_COLOR) for p in sorted(PHOTOS.rglob("*.jpg"))]
+    sources = [s for s in sources if s is not None and max(s.shape[:2]) >= 500 and min(s.shape[:2]) >= 200]
+    if not sources:
+        raise SystemExit(f"no photos of 500 px or more under {PHOTOS}: set DATAKIT_SHARED, or pass --thumbnails")
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        src = sources[i % len(sources)]
+        h, w = src.shape[:2]
+        f = rng.uniform(0.7, 1.0)
+        ch, cw = int(h * f), int(w * f)
+        y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+        s = 500 / max(ch, cw)
+        img = cv2.resize(src[y:y + ch, x:x + cw], (max(1, round(cw * s)), max(1, round(ch * s))),
+                         interpolation=cv2.INTER_AREA)
+        if rng.integers(0, 2):
+            img = img[:, ::-1]
+        img = np.clip(img * rng.uniform(0.85, 1.15) + rng.normal(0, 6, img.shape), 0, 255).astype(np.uint8)
+        ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 95])
+        assert ok
+        out.append(buf.tobytes())
+    return out
+
+
+def validation_cost(images: list[bytes], opts: DownloadOptions) -> tuple[float, float]:
+    """CPU ms per image: datakit's check_image, and the baseline's full decode, over the same bytes."""
+    def per_image(fn) -> float:
+        best = float("inf")
+        for _ in range(2):
+            t = time.process_time()
+            for data in images:
+                fn(data)
+            best = min(best, time.process_time() - t)
+        return 1000 * best / len(images)
+    ours = per_image(lambda d: check_image(d, opts))
+    full = per_image(lambda d: decode_image(d, color=True))
+    return ours, full
+
+
 def _cpu_seconds() -> float:
     self_ = resource.getrusage(resource.RUSAGE_SELF)
     return self_.ru_utime + self_.ru_stime
@@ -63,6 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--images", type=int, default=2000)
     ap.add_argument("--latency-ms", type=float, default=50.0)
     ap.add_argument("--seed", type=int, default=1701)
+    ap.add_argument("--thumbnails", action="store_true", help="serve ~5 KB synthetic JPEGs (the old workload)")
     args = ap.parse_args(argv if argv is not None else [])
     cores = os.cpu_count() or 1
     work = Path(tempfile.mkdtemp(prefix="bench-assemble-"))
@@ -71,12 +126,21 @@ def main(argv: list[str] | None = None) -> None:
         picked = select_rows(rows, images=args.images, seed=args.seed)
         served = work / "served"
         served.mkdir()
-        for r in picked:  # the mirror serves these files, so its CPU cost is the same for both runs
+        photos = [] if args.thumbnails else flickr_medium_jpegs(len(picked), args.seed)
+        for i, r in enumerate(picked):  # the mirror serves these files, so its CPU cost is the same for both runs
             path = urlsplit(r.url).path
-            (served / path.rsplit("/", 1)[-1]).write_bytes(synthetic_image(path, r.label, 0))
-        mb = sum(p.stat().st_size for p in served.iterdir()) / 1e6
-        print(f"{len(picked)} images ({mb:.1f} MB) from a local mirror, {args.latency_ms:g} ms per response, "
-              f"{cores} cores")
+            data = synthetic_image(path, r.label, 0) if args.thumbnails else photos[i]
+            (served / path.rsplit("/", 1)[-1]).write_bytes(data)
+        sizes = [p.stat().st_size for p in served.iterdir()]
+        mb = sum(sizes) / 1e6
+        print(f"{len(picked)} images ({mb:.1f} MB, mean {mb * 1000 / len(sizes):.0f} KB"
+              f"{', thumbnails' if args.thumbnails else ', longest side 500 px'}) from a local mirror, "
+              f"{args.latency_ms:g} ms per response, {cores} cores")
+        sample = [p.read_bytes() for p in sorted(served.iterdir())[:200]]
+        ours_ms, full_ms = validation_cost(sample, DownloadOptions())
+        print(f"validation CPU per image ({len(sample)} images, this process): datakit check_image {ours_ms:.2f} ms, "
+              f"full decode (the baseline's) {full_ms:.2f} ms")
+        print(f"RATIO validate_vs_full_decode: {full_ms / ours_ms:.2f} (> 1: cheaper than a full decode)")
         with mirror_subprocess(["--manifest", "demo", "--directory", str(served),
                                 "--latency", str(args.latency_ms)]) as url:
             # ours

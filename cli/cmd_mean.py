@@ -19,7 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--convert", action="store_true",
                    help="convert the mean file DB (.binaryproto or .npy) to OUT instead of computing")
     add_backend_flag(p, help="default: detected from DB")
-    p.add_argument("--workers", type=int, default=0, help="reader/decoder processes (default 0 = all cores)")
+    p.add_argument("--workers", type=int, default=0, help="reader/decoder processes (default 0: all cores, except that a database of raw pixels under 1 GiB is summed in this process)")
     add_cluster_flags(p)
     add_progress_flags(p)
 

@@ -16,7 +16,6 @@ importing them, so ``datakit --help`` loads no NumPy, OpenCV or aiohttp.
 from __future__ import annotations
 
 import argparse
-import ast
 import importlib
 import importlib.util
 import sys
@@ -28,6 +27,8 @@ from datakit.errors import DatakitError
 
 def command_help(module_name: str) -> str:
     """A command module's HELP, read from its source when it is a literal (else the module is imported)."""
+    import ast
+
     spec = importlib.util.find_spec(module_name)
     if spec is not None and spec.origin and spec.origin.endswith(".py"):
         try:
@@ -70,7 +71,9 @@ def build_parser(prog: str, description: str, commands: dict[str, str],
     chosen = _chosen(argv, commands) if argv is not None else None
     for name, module_name in commands.items():
         if argv is not None and name != chosen:
-            _list_only(sub, name, command_help(module_name))
+            # the other commands' help shows only in the top-level --help, never once a command is named:
+            # reading their sources then would be start-up time spent for nothing
+            _list_only(sub, name, command_help(module_name) if chosen is None else "")
             continue
         module = importlib.import_module(module_name)
         p = sub.add_parser(name, help=module.HELP, description=module.HELP)

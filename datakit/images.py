@@ -20,7 +20,7 @@ from datakit.errors import ImageError, ImageTooLarge
 from datakit.limits import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 
 __all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_MAX_PIXELS", "ImageHeader", "decode_image", "encode_image", "hwc_to_chw",
-           "read_header", "read_image", "resize_exact", "resize_keep_aspect", "sniff_format"]
+           "read_header", "read_image", "resize_exact", "resize_keep_aspect", "sniff_format", "verify_image"]
 
 
 @dataclass(frozen=True)
@@ -124,6 +124,32 @@ def decode_image(data: bytes, *, color: bool = True, max_pixels: int = DEFAULT_M
     if img.ndim == 2:
         img = img[:, :, None]
     return img
+
+
+def verify_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int | None = None) -> None:
+    """Raise exactly what ``decode_image(data, color=True, ...)`` raises, without keeping (or making) its pixels.
+
+    A JPEG whose header gives its size is decoded at 1/8 scale in grayscale
+    (libjpeg's scaled decode: it still reads and Huffman-decodes every byte of
+    the entropy-coded data of every component and scan, so a truncated or
+    corrupt file fails as a full decode does; it skips most of the inverse DCT,
+    the chroma upsampling and the color conversion). The pixel limit is then
+    checked on the header's size, which is the size a full decode gives. Any
+    other file, or a JPEG whose header we cannot read, takes the full decode.
+    """
+    if max_bytes is not None and len(data) > max_bytes:
+        raise ImageTooLarge(f"{len(data)} bytes is more than the limit of {max_bytes}", "bytes")
+    if not data:
+        raise ImageError("empty file")
+    header = read_header(data)
+    if header is None or header.format != "jpeg":
+        decode_image(data, color=True, max_pixels=max_pixels)
+        return
+    if header.width * header.height > max_pixels:
+        raise ImageTooLarge(f"{header.width}x{header.height} pixels is more than the limit of {max_pixels}")
+    img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_REDUCED_GRAYSCALE_8)
+    if img is None or img.size == 0:
+        raise ImageError("cannot be decoded as an image (looks like jpeg, but is corrupt)")
 
 
 def read_image(path: str, *, color: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:

@@ -7,7 +7,10 @@ records, which is also the fastest way numpy has to add bytes) and divide in
 float64, so the mean is the correctly rounded one for any dataset size.
 float_data records and HDF5 are summed in float64.
 
-Records are summed in partitions whose partial sums merge exactly
+A small database of raw pixels (under POOL_MIN_BYTES) is summed in this
+process, reading LMDB values as views of the map: starting worker processes
+(or threads, which contend for the memory bandwidth and the GIL) costs more
+than they save there. Otherwise records are summed in partitions whose partial sums merge exactly
 (``sum_range``, ``sum_values``, run on a datakit.parallel Executor): a
 database several processes may read (LMDB) is split into key ranges, each
 read straight from the memory map by its worker; LevelDB allows one process
@@ -23,30 +26,45 @@ shape caffe.io and the trainer expect.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import contextlib
 import os
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 from datakit.formats.datum import datum_to_array, parse_datum_fields
 from datakit.db import BACKENDS, get_backend, open_reader
-from datakit.db.base import Reader
 from datakit.errors import ConfigError, DatabaseError, FormatError
 from datakit.formats.blobproto import read_mean, write_mean
-from datakit.parallel import (Executor, LocalExecutor, ProgressCounter, default_workers, opencv_one_thread,
-                              report_progress)
 from datakit.report import progress_bar
+
+if TYPE_CHECKING:  # the pool machinery (concurrent.futures, multiprocessing) is imported only when a pool runs
+    from datakit.db.base import Reader
+    from datakit.parallel import Executor, ProgressCounter
 
 __all__ = ["MeanResult", "SumState", "compute_mean", "convert_mean", "mean_output_paths", "save_mean", "sum_range",
            "sum_values"]
 
 _FOLD = 257  # 255 * 257 = 65535: the most uint8 records a uint16 sum can hold
+# Below this many bytes of pixels a database is summed in this process: starting a pool (forking,
+# each worker opening the database, the partial sums coming back) costs more than a second core saves.
+POOL_MIN_BYTES = 1 << 30
+_BUFSIZE = 1 << 15  # numpy's casting buffer (elements) for uint8 -> uint16 adds: larger than its 8192 default
+
+
+@contextlib.contextmanager
+def _casting_buffer() -> Iterator[None]:
+    """numpy's ufunc buffer at _BUFSIZE while records are summed (the uint8 -> uint16 cast goes through
+    it; fewer, larger chunks add faster), restored afterwards."""
+    old = np.setbufsize(_BUFSIZE)
+    try:
+        yield
+    finally:
+        np.setbufsize(old)
 
 
 @dataclass
@@ -170,9 +188,11 @@ def _add_datum(acc: _Sum, key: bytes, value, color: bool | None) -> None:
 # -- partitions: pure functions of their arguments, run by an Executor --------------------------
 def sum_range(path: str, backend: str, start: bytes | None, stop: bytes | None, color: bool | None) -> SumState:
     """The exact sum of the Datum records with `start` <= key < `stop` (a partition of a shared-read backend)."""
+    from datakit.parallel import report_progress
+
     acc = _Sum(path)
     since = 0
-    with get_backend(backend).open_reader(Path(path)) as reader:
+    with get_backend(backend).open_reader(Path(path)) as reader, _casting_buffer():
         for key, value in reader.scan(start, stop, buffers=True):
             _add_datum(acc, key, value, color)
             since += 1
@@ -186,8 +206,9 @@ def sum_range(path: str, backend: str, start: bytes | None, stop: bytes | None, 
 def sum_values(where: str, items: list[tuple[bytes, bytes]], color: bool | None) -> SumState:
     """The exact sum of serialized Datums read by the coordinator (backends one process may open)."""
     acc = _Sum(where)
-    for key, value in items:
-        _add_datum(acc, key, value, color)
+    with _casting_buffer():
+        for key, value in items:
+            _add_datum(acc, key, value, color)
     return acc.state()
 
 
@@ -210,10 +231,11 @@ def compute_mean(db: str | os.PathLike, backend: str | None = None, *, workers: 
     `color` decodes encoded records as color (True) / gray (False); None keeps
     each file's own channels, as compute_image_mean does. The partitions
     (key ranges, or batches of values for a backend one process may open) run
-    on `executor`, by default `workers` local processes (0 = all cores).
+    on `executor`, by default `workers` local processes. workers=0 chooses: a
+    database of raw pixels under POOL_MIN_BYTES is summed in this process,
+    anything else on all cores.
     """
     started = time.perf_counter()
-    workers = workers or default_workers()
     reader = open_reader(db, backend)
     acc = _Sum(str(db))
     try:
@@ -226,28 +248,41 @@ def compute_mean(db: str | os.PathLike, backend: str | None = None, *, workers: 
                     acc.add_float_slab(slab, first)
                     bar.update(len(slab))
         else:
-            color = _settle_color(reader, color)
-            parallel = executor is not None or workers > 1
-            shared = getattr(reader, "shared_reads", BACKENDS[reader.backend].shared_reads)  # a reader may know better
-            if shared and parallel and n >= 2 * 256:
-                # locally one key range per worker (each partial sum crosses the pipe: a few MB); an
-                # executor given by the caller (a cluster) gets more, smaller partitions to balance
-                parts = min(n // 256, 4 * executor.workers if executor is not None else workers)
-                ranges = _split_keys(reader, parts)
-                reader.close()  # each partition opens its own reader
-                counter = ProgressCounter()
-                with _executor(executor, workers, counter) as ex:
-                    futures = [ex.submit(sum_range, str(reader.path), reader.backend, a, b, color)
-                               for a, b in ranges]
-                    states = _gather(ex, futures, n, progress, counter)
-                for state in states:  # in key order, whatever order they finished in: float sums repeat exactly
-                    acc.merge(state)
-            else:
-                _sum_sequential(reader, acc, color, workers if parallel else 1, n, progress, executor)
+            color, raw_bytes = _settle_color(reader, color)
+            if not workers and executor is None and 0 < n * raw_bytes < POOL_MIN_BYTES:
+                workers = 1  # raw pixels, few enough that this process sums them sooner than a pool starts
+            elif not workers:
+                from datakit.workerpool import default_workers
+                workers = default_workers()
+            _sum_partitions(reader, acc, color, workers, n, progress, executor)
     finally:
         reader.close()
     mean = acc.total() / acc.count
     return MeanResult(mean.reshape(acc.shape), acc.count, time.perf_counter() - started)
+
+
+def _sum_partitions(reader: Reader, acc: _Sum, color: bool | None, workers: int, n: int,
+                    progress: bool | None, executor: Executor | None) -> None:
+    """Key ranges on worker processes (or the caller's executor) where the backend allows shared reads,
+    else read here and decode on the workers (_sum_sequential)."""
+    parallel = executor is not None or workers > 1
+    shared = getattr(reader, "shared_reads", BACKENDS[reader.backend].shared_reads)  # a reader may know better
+    if not (shared and parallel and n >= 2 * 256):
+        _sum_sequential(reader, acc, color, workers if parallel else 1, n, progress, executor)
+        return
+    from datakit.parallel import ProgressCounter
+
+    # locally one key range per worker (each partial sum crosses the pipe: a few MB); an
+    # executor given by the caller (a cluster) gets more, smaller partitions to balance
+    parts = min(n // 256, 4 * executor.workers if executor is not None else workers)
+    ranges = _split_keys(reader, parts)
+    reader.close()  # each partition opens its own reader
+    counter = ProgressCounter()
+    with _executor(executor, workers, counter) as ex:
+        futures = [ex.submit(sum_range, str(reader.path), reader.backend, a, b, color) for a, b in ranges]
+        states = _gather(ex, futures, n, progress, counter)
+    for state in states:  # in key order, whatever order they finished in: float sums repeat exactly
+        acc.merge(state)
 
 
 @contextlib.contextmanager
@@ -257,6 +292,8 @@ def _executor(given: Executor | None, workers: int, counter: ProgressCounter | N
     if given is not None:
         yield given
         return
+    from datakit.parallel import LocalExecutor, opencv_one_thread
+
     with opencv_one_thread(), LocalExecutor(workers, initializer=counter.install if counter else None) as ex:
         yield ex
 
@@ -265,6 +302,8 @@ def _gather(ex: Executor, futures: list, total: int, progress: bool | None,
             counter: ProgressCounter) -> list[SumState]:
     """Wait for every partition, the bar following the workers' counter (or finished partitions where
     none is shared); results in submission order."""
+    import concurrent.futures as cf
+
     bar = progress_bar(total, progress, unit="rec", desc="mean")  # after the pool has forked
     pending = list(futures)
     try:
@@ -286,23 +325,25 @@ def _gather(ex: Executor, futures: list, total: int, progress: bool | None,
     return states
 
 
-def _settle_color(reader: Reader, color: bool | None) -> bool | None:
-    """Native decoding, except that a color first record makes every record color (gray ones promoted)."""
-    if color is not None:
-        return color
+def _settle_color(reader: Reader, color: bool | None) -> tuple[bool | None, int]:
+    """Native decoding, except that a color first record makes every record color (gray ones promoted);
+    and the first record's count of raw uint8 pixels (0 when it is encoded or float), to size the work."""
     key, value = next(iter(reader.raw_items()))  # the generator (and its read transaction) ends here
     where = f"{reader.path}: record {key!r}"
     f = parse_datum_fields(value, where)
-    if f.encoded and datum_to_array(f, color=None, where=where).shape[0] == 3:
-        return True
-    return None
+    raw_bytes = 0 if f.encoded else len(f.data)
+    if color is None and f.encoded and datum_to_array(f, color=None, where=where).shape[0] == 3:
+        return True, raw_bytes
+    return color, raw_bytes
 
 
 def _sum_sequential(reader: Reader, acc: _Sum, color: bool | None, workers: int, n: int,
                     progress: bool | None, executor: Executor | None) -> None:
     """Backends one process may open (LevelDB) or small databases: read here; decode encoded records in
     partitions of 64 values, at most 4 per worker in flight (bounded memory)."""
-    items = reader.raw_items()
+    # owned bytes where values may cross to a worker; zero-copy views of a memory-mapped backend (LMDB)
+    # when this process sums them all itself (each is used before the next is read)
+    items = reader.raw_items() if workers > 1 else reader.scan(buffers=True)
     first = next(items)
     encoded = parse_datum_fields(first[1], f"{reader.path}: record {first[0]!r}").encoded
     _add_datum(acc, first[0], first[1], color)
@@ -327,7 +368,7 @@ def _sum_sequential(reader: Reader, acc: _Sum, color: bool | None, workers: int,
             finally:
                 bar.close()
         return
-    with progress_bar(n, progress, initial=1, unit="rec", desc="mean") as bar:
+    with progress_bar(n, progress, initial=1, unit="rec", desc="mean") as bar, _casting_buffer():
         since = 0
         for key, value in items:
             _add_datum(acc, key, value, color)

@@ -7,7 +7,7 @@ import pytest
 
 from datakit.errors import FormatError
 from datakit.formats import caffe_pb2
-from datakit.formats.blobproto import (array_to_blob, blob_to_array, read_binaryproto, read_mean,
+from datakit.formats.blobproto import (array_to_blob, blob_to_array, legacy_blob_bytes, read_binaryproto, read_mean,
                                        write_binaryproto, write_mean)
 from tests.wire import encode_field_bytes, encode_varint_field
 
@@ -73,6 +73,18 @@ def test_array_to_blob_bytes_equal_protobufs_own_filling(shape, legacy, with_dif
     if diff is not None:
         ref.diff.extend(diff.astype(np.float32).ravel().tolist())
     assert array_to_blob(arr, diff=diff, legacy_4d=legacy).SerializeToString() == ref.SerializeToString()
+
+
+@pytest.mark.parametrize("shape", [(), (0,), (5,), (3, 2, 2), (1, 3, 256, 256), (2, 1, 300, 1)])
+def test_hand_written_legacy_blob_equals_protobufs_serialization(shape):
+    """The mean writer's protobuf-free bytes are protobuf's own for the same legacy 4-D blob."""
+    arr = np.random.default_rng(len(shape)).uniform(0, 255, shape)
+    ref = caffe_pb2.BlobProto()
+    ref.num, ref.channels, ref.height, ref.width = (1,) * (4 - len(shape)) + shape
+    ref.data.extend(arr.astype(np.float32).ravel().tolist())
+    assert legacy_blob_bytes(arr) == ref.SerializeToString()
+    with pytest.raises(FormatError):
+        legacy_blob_bytes(np.zeros((1, 1, 1, 1, 1)))
 
 
 def test_legacy_header_bytes(tmp_path):

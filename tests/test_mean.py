@@ -26,7 +26,7 @@ def _kv(path, backend, values):
     return path
 
 
-@pytest.mark.parametrize("backend,workers", [("lmdb", 1), ("lmdb", 2), ("leveldb", 2)])
+@pytest.mark.parametrize("backend,workers", [("lmdb", 1), ("lmdb", 2), ("leveldb", 2), ("lmdb", 0), ("leveldb", 0)])
 def test_mean_of_raw_records_equals_numpy(tmp_path, backend, workers):
     imgs = _images(700)  # > 2 x 256 so two LMDB readers split the keys; > 257 folds the uint16 sums
     imgs[:300] = 255     # worst case for the integer accumulator
@@ -68,6 +68,22 @@ def test_mean_of_float_data_and_hdf5(tmp_path):
     result = compute_mean(tmp_path / "h5", progress=False)
     assert result.count == 11
     np.testing.assert_allclose(result.mean, arrs.astype(np.float64).mean(axis=0), rtol=1e-12)
+
+
+def test_small_raw_database_is_summed_in_this_process_with_the_same_bytes(tmp_path, monkeypatch):
+    """workers=0 on a small raw LMDB: no pool is started, and the .binaryproto bytes equal a 2-worker pool's."""
+    import datakit.mean as mean_mod
+
+    imgs = _images(800, (3, 16, 16), seed=4)
+    db = _kv(tmp_path / "db", "lmdb", [encode_datum(im, i % 3) for i, im in enumerate(imgs)])
+    pooled = compute_mean(db, workers=2, progress=False)
+    def no_pool(*args, **kwargs):
+        raise AssertionError("a pool was started for a small raw database")
+    monkeypatch.setattr(mean_mod, "_executor", no_pool)
+    auto = compute_mean(db, workers=0, progress=False)
+    save_mean(auto, tmp_path / "a.binaryproto")
+    save_mean(pooled, tmp_path / "b.binaryproto")
+    assert (tmp_path / "a.binaryproto").read_bytes() == (tmp_path / "b.binaryproto").read_bytes()
 
 
 def test_mixed_sizes_name_the_record(tmp_path):

@@ -15,16 +15,26 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import mmap
 import os
 from collections.abc import Callable
 
 
+def _libc() -> ctypes.CDLL:
+    """glibc by its soname first: ctypes.util.find_library runs ldconfig in a subprocess, which made
+    importing any database reader cost milliseconds; the search is the fallback (other C libraries)."""
+    try:
+        return ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:
+        from ctypes.util import find_library
+
+        return ctypes.CDLL(find_library("c") or "libc.so.6", use_errno=True)
+
+
 def load_libc_call(name: str, *argtypes):
     """A Linux system call wrapper from libc (fallocate, sync_file_range, madvise), or None where there is none."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc = _libc()
         fn = getattr(libc, name)
     except (OSError, AttributeError):
         return None

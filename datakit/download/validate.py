@@ -2,7 +2,10 @@
 
 Order matters: cheap checks first (size, the placeholder's hash, the header's
 pixel count) so that a decompression bomb is refused before OpenCV allocates
-anything; then a full decode, and the optional resize on the way in. Storing
+anything; then a decode that proves the file is a whole image, and the optional resize on the way
+in. Without a resize the pixels are not needed, so a JPEG is checked with libjpeg's reduced-size
+decode (``datakit.images.verify_image``: every entropy-coded byte is still read, so truncated and
+corrupt files fail exactly as with a full decode); with a resize it is decoded at full size. Storing
 the verdict's bytes is ``datakit.download.store``'s job, so that another
 store (an object store, a tar shard) can take the same verdicts.
 """
@@ -15,7 +18,7 @@ from typing import NamedTuple
 from datakit.download.options import DownloadOptions
 from datakit.download.outcome import Kind
 from datakit.errors import ImageError, ImageTooLarge
-from datakit.images import decode_image, encode_image, resize_keep_aspect, sniff_format
+from datakit.images import decode_image, encode_image, resize_keep_aspect, sniff_format, verify_image
 
 
 class Verdict(NamedTuple):
@@ -43,8 +46,11 @@ def check_image(data: bytes, options: DownloadOptions, ext: str = "jpg") -> Verd
         return Verdict(Kind.PLACEHOLDER, "the host's 'photo unavailable' image")
     if sniff_format(data) is None:
         return Verdict(Kind.UNDECODABLE, "not a known image format")
-    try:  # decode_image reads the header first and refuses too many pixels before OpenCV allocates
-        img = decode_image(data, color=True, max_pixels=options.max_pixels)
+    try:  # both read the header first and refuse too many pixels before OpenCV allocates
+        if options.resize > 0:
+            img = decode_image(data, color=True, max_pixels=options.max_pixels)
+        else:
+            verify_image(data, max_pixels=options.max_pixels)
     except ImageTooLarge as err:
         return Verdict(Kind.TOO_LARGE if err.limit == "bytes" else Kind.TOO_MANY_PIXELS, str(err))
     except ImageError as err:

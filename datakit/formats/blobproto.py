@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from google.protobuf.message import DecodeError
 
 from datakit.atomic import write_bytes_atomic
 from datakit.errors import FormatError
-from datakit.formats import caffe_pb2
 from datakit.formats.wire import varint
+
+if TYPE_CHECKING:  # protobuf is imported where a BlobProto object is built or parsed: writing a mean needs none
+    from datakit.formats import caffe_pb2
 
 
 def blob_shape(blob: caffe_pb2.BlobProto) -> tuple[int, ...]:
@@ -57,6 +59,8 @@ def array_to_blob(arr: np.ndarray, *, diff: np.ndarray | None = None,
     with leading 1s to 4-D), as compute_image_mean writes them; otherwise in
     `shape`, as current Caffe writes caffemodels.
     """
+    from datakit.formats import caffe_pb2
+
     arr = np.asarray(arr)
     blob = caffe_pb2.BlobProto()
     if legacy_4d:
@@ -86,7 +90,26 @@ def _packed_floats(field: int, values: np.ndarray) -> bytes:
     return varint(field << 3 | 2) + varint(len(raw)) + raw
 
 
+def legacy_blob_bytes(arr: np.ndarray) -> bytes:
+    """The serialized BlobProto of `arr` with num/channels/height/width (padded to 4-D) and packed float data.
+
+    The bytes protobuf's SerializeToString gives for array_to_blob(arr, legacy_4d=True) (fields in number
+    order: num=1, channels=2, height=3, width=4, data=5), written without importing protobuf: the mean
+    command's start-up pays for nothing else.
+    """
+    arr = np.asarray(arr)
+    if arr.ndim > 4:
+        raise FormatError(f"a legacy 4-D blob cannot hold a {arr.ndim}-D array {arr.shape}")
+    dims = (1,) * (4 - arr.ndim) + tuple(int(d) for d in arr.shape)
+    head = b"".join(varint(field << 3) + varint(d) for field, d in zip((1, 2, 3, 4), dims))
+    return head + _packed_floats(_DATA_FIELD, arr)
+
+
 def parse_blobproto(data: bytes, *, where: str) -> caffe_pb2.BlobProto:
+    from google.protobuf.message import DecodeError
+
+    from datakit.formats import caffe_pb2
+
     blob = caffe_pb2.BlobProto()
     try:
         blob.ParseFromString(data)
@@ -109,7 +132,8 @@ def read_binaryproto(path: str | os.PathLike) -> np.ndarray:
 
 def write_binaryproto(path: str | os.PathLike, arr: np.ndarray, *, legacy_4d: bool = False) -> None:
     """Write `arr` as a BlobProto file, atomically."""
-    write_bytes_atomic(path, array_to_blob(arr, legacy_4d=legacy_4d).SerializeToString())
+    data = legacy_blob_bytes(arr) if legacy_4d else array_to_blob(arr).SerializeToString()
+    write_bytes_atomic(path, data)
 
 
 def mean_to_chw(arr: np.ndarray, *, where: str) -> np.ndarray:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 from datakit.errors import FormatError
@@ -153,6 +152,7 @@ def parse_datum_fields(value: bytes | memoryview, where: str = "Datum") -> Datum
 
 
 def _decode_flag(color: bool | None) -> int:
+    import cv2  # only encoded records need OpenCV: raw readers (mean, the Data layer) start without it
     # Caffe: DecodeDatumToCVMat(is_color) uses COLOR or GRAYSCALE; DecodeDatumNative uses ANYCOLOR.
     if color is None:
         return cv2.IMREAD_ANYCOLOR
@@ -167,6 +167,7 @@ def datum_to_array(fields: DatumFields, *, color: bool | None = True, where: str
     (DecodeDatumNative, what compute_image_mean uses).
     """
     if fields.encoded:
+        import cv2  # see _decode_flag
         img = cv2.imdecode(np.frombuffer(fields.data, dtype=np.uint8), _decode_flag(color))
         if img is None or img.size == 0:
             raise FormatError(f"{where}: encoded image bytes cannot be decoded")
