@@ -86,3 +86,19 @@ def wait_until_written(progress: Path, proc: subprocess.Popen, at_least: int, ti
             pass
         time.sleep(0.005)
     assert proc.poll() is None, "the conversion finished before it could be interrupted"
+
+
+@pytest.fixture(scope="module")
+def dask2():
+    """A real Dask LocalCluster of 2 worker processes on 127.0.0.1, one per test module.
+
+    Per module, not per session: some modules SIGKILL workers, and the next module should not
+    start while the nannies are still replacing them.
+    """
+    pytest.importorskip("distributed", reason="the dist extra (dask.distributed) is not installed")
+    from datakit.cluster import open_executor
+    ex = open_executor(cluster="local:2")
+    try:
+        yield ex
+    finally:
+        ex.close()

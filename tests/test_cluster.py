@@ -17,15 +17,6 @@ distributed = pytest.importorskip("distributed", reason="the dist extra (dask.di
 from datakit.cluster import DaskExecutor, open_executor, parse_resources  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def dask2():
-    ex = open_executor(cluster="local:2")
-    try:
-        yield ex
-    finally:
-        ex.close()
-
-
 def cube_and_pid(x: int) -> tuple[int, int]:
     return x ** 3, os.getpid()
 

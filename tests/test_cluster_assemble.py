@@ -22,19 +22,9 @@ from datakit.mirror import MirrorConfig, serve_mirror
 
 distributed = pytest.importorskip("distributed", reason="the dist extra (dask.distributed) is not installed")
 
-from datakit.cluster import open_executor  # noqa: E402
 
 FAULTS = {"not_found": 0.1, "gone": 0.05, "placeholder": 0.05, "not_image": 0.05, "corrupt": 0.05}
 SKIP = {"out", "mirror", "lists", "failed_csv", "elapsed_s", "images_per_s", "partitions", "http_attempts", "bytes"}
-
-
-@pytest.fixture(scope="module")
-def dask2():
-    ex = open_executor(cluster="local:2")
-    try:
-        yield ex
-    finally:
-        ex.close()
 
 
 @pytest.fixture(scope="module")

@@ -22,19 +22,10 @@ from datakit.mean import compute_mean, save_mean
 
 distributed = pytest.importorskip("distributed", reason="the dist extra (dask.distributed) is not installed")
 
-from datakit.cluster import DaskExecutor, open_executor  # noqa: E402
+from datakit.cluster import DaskExecutor  # noqa: E402
 from datakit.convert.merge import merge_shards  # noqa: E402
 from datakit.convert.sharded import convert_sharded, write_shard  # noqa: E402
 from tests.test_convert import make_images, write_list  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def dask2():
-    ex = open_executor(cluster="local:2")
-    try:
-        yield ex
-    finally:
-        ex.close()
 
 
 @pytest.fixture(scope="module")
