@@ -21,44 +21,26 @@ has no torchvision that imports beside it); under ``make bench`` it says so and 
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-SHARED = Path(os.environ.get("DATAKIT_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "data" / "photos"
 MEAN_BGR = (104.0, 117.0, 123.0)
 SCALE = 1 / 58.0
 CLASSES = 5
 
 
 def make_photos(root: Path, n: int, seed: int = 0) -> list[tuple[str, int]]:
-    """n distinct ~500 px JPEGs (quality 95, sensor-like noise) from the shared photos, in ImageFolder's class folders."""
-    import cv2
-    sources = [cv2.imread(str(p)) for p in sorted(SHARED.rglob("*.jpg"))]
-    sources = [s for s in sources if s is not None and min(s.shape[:2]) >= 200]
-    if not sources:
-        raise SystemExit(f"no photos under {SHARED}: set DATAKIT_SHARED to the shared/ folder")
-    rng = np.random.default_rng(seed)
+    """n distinct Flickr-sized JPEGs (benchmarks/photos.py) in ImageFolder's class folders."""
+    from benchmarks.photos import flickr_medium_jpegs
     entries = []
-    for i in range(n):
-        src = sources[i % len(sources)]
-        h, w = src.shape[:2]
-        f = rng.uniform(0.6, 1.0)
-        ch, cw = int(h * f), int(w * f)
-        y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-        img = src[y:y + ch, x:x + cw]
-        s = 500 / max(ch, cw)
-        img = cv2.resize(img, (max(1, round(cw * s)), max(1, round(ch * s))), interpolation=cv2.INTER_AREA)
-        if rng.integers(0, 2):
-            img = img[:, ::-1]
-        img = np.clip(img.astype(np.float32) * rng.uniform(0.8, 1.2) + rng.normal(0, 5, img.shape), 0, 255)
+    for i, data in enumerate(flickr_medium_jpegs(n, seed)):
         label = i % CLASSES
         rel = f"class{label}/img{i:05d}.jpg"
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(root / rel), img.astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, 95])
+        (root / rel).write_bytes(data)
         entries.append((rel, label))
     return entries
 
