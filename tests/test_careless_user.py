@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from datakit.db import PROGRESS_NAME, incomplete_path, open_reader
 from tests.conftest import wait_until_written, ROOT
 from tests.test_convert import make_images, write_list
@@ -48,6 +50,23 @@ def test_convert_of_an_empty_list_never_replaces_a_good_database(tmp_path, cli):
     # a fresh output gets no empty database either
     res = cli("datakit", "convert", str(tmp_path / "img"), str(empty), str(tmp_path / "new"), "--no-progress")
     assert res.returncode == 1 and not list(tmp_path.glob("new*"))
+
+
+def test_sharded_convert_of_an_empty_list_with_overwrite_keeps_the_good_database(tmp_path):
+    # the cluster path reads and checks the list before its work folder is touched, as the local one does
+    from datakit.convert import ConvertOptions, convert
+    from datakit.convert.sharded import convert_sharded
+    from datakit.errors import ListError
+    from datakit.parallel import InlineExecutor
+    entries = make_images(tmp_path, 3)
+    db = tmp_path / "db"
+    convert(tmp_path / "img", write_list(tmp_path / "good.txt", entries), db, ConvertOptions(workers=1))
+    before = _db_bytes(db)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n")
+    with pytest.raises(ListError, match="lists no images"):
+        convert_sharded(tmp_path / "img", empty, db, ConvertOptions(overwrite=True), InlineExecutor())
+    assert _db_bytes(db) == before and not incomplete_path(db).exists()
 
 
 def test_convert_caps_skipped_image_warnings_and_names_a_wrong_root(tmp_path, cli):

@@ -86,6 +86,28 @@ def _stderr_warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
+def read_inputs(root: Path, list_path: Path, final: Path, allow_absolute: bool,
+                warn: Callable[[str], None]) -> tuple[dict[str, str], list[ListEntry]]:
+    """The checked inputs of a conversion: the fingerprint that resume compares, and the list's entries.
+
+    Called before the work folder is touched, by the local and the sharded conversion alike, so that a
+    missing root, a missing, bad or empty list changes nothing on disk (with --overwrite neither the
+    old database nor interrupted work is removed).
+    """
+    from datakit.atomic import sha256_file
+    if not root.is_dir():
+        raise ConfigError(f"{root}: image root folder not found")
+    if not list_path.is_file():
+        raise ListError(f"{list_path}: list file not found")
+    fingerprint = {"list": str(list_path.resolve()), "list_sha256": sha256_file(list_path),
+                   "root": str(root.resolve())}
+    entries = read_entries(list_path, allow_absolute, warn)
+    if not entries:
+        raise ListError(f"{list_path}: lists no images (the file is empty or holds only blank lines); "
+                        "nothing was converted" + (f" and {final} was left as it was" if final.exists() else ""))
+    return fingerprint, entries
+
+
 def read_entries(list_path: Path, allow_absolute: bool, warn: Callable[[str], None]) -> list[ListEntry]:
     """The whole list, checked by imagelist.check_list: bad syntax or an escaping path is fatal (the first
     is raised); duplicates are warnings, as Caffe accepts them, and so are labels that are not 0..K-1."""
@@ -113,7 +135,6 @@ def convert(root: str | os.PathLike, list_path: str | os.PathLike, db_path: str 
     `settings` tunes how records travel from the workers (PipelineSettings);
     `on_progress_saved(state)` is called after every save of the progress file.
     """
-    from datakit.atomic import sha256_file
     from datakit.convert.encode import EncodeSpec
     from datakit.convert.pipeline import PipelineSettings, write_records
     from datakit.convert.workdir import RESUME_KEYS, AlreadyComplete, WorkDir, check_resumable
@@ -123,20 +144,9 @@ def convert(root: str | os.PathLike, list_path: str | os.PathLike, db_path: str 
     opts.validate()
     started = time.perf_counter()
     root, list_path, final = Path(root), Path(list_path), Path(db_path)
-    if not root.is_dir():
-        raise ConfigError(f"{root}: image root folder not found")
-    if not list_path.is_file():
-        raise ListError(f"{list_path}: list file not found")
-    workdir = WorkDir(final, on_save=on_progress_saved)
-    fingerprint = {"list": str(list_path.resolve()), "list_sha256": sha256_file(list_path),
-                   "root": str(root.resolve())}
-    # The list is read before the work folder is touched: a bad or empty list changes nothing on disk
-    # (with --overwrite neither the old database nor interrupted work is removed).
     list_warnings: list[str] = []
-    entries = read_entries(list_path, opts.allow_absolute, list_warnings.append)
-    if not entries:
-        raise ListError(f"{list_path}: lists no images (the file is empty or holds only blank lines); "
-                        "nothing was converted" + (f" and {final} was left as it was" if final.exists() else ""))
+    fingerprint, entries = read_inputs(root, list_path, final, opts.allow_absolute, list_warnings.append)
+    workdir = WorkDir(final, on_save=on_progress_saved)
     try:
         prior = workdir.open(resume=opts.resume, overwrite=opts.overwrite)
     except AlreadyComplete as done:

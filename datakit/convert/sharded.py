@@ -31,15 +31,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from datakit.atomic import fsync_dir, sha256_file, write_text_atomic
-from datakit.convert import ConvertInterrupted, NothingWritten, caffe_key, read_entries
+from datakit.atomic import fsync_dir, write_text_atomic
+from datakit.convert import ConvertInterrupted, NothingWritten, caffe_key, read_inputs
 from datakit.convert.encode import EncodeSpec
 from datakit.convert.options import ConvertOptions, ConvertSummary, Skipped
 from datakit.convert.partition import PartitionRow, convert_partition, plan_partitions
 from datakit.convert.workdir import RESUME_KEYS, AlreadyComplete, WorkDir, check_resumable
 from datakit.db import BACKENDS
 from datakit.db.sharded_backend import FORMAT, SHARDS_NAME, shard_name
-from datakit.errors import ConfigError, DatabaseError, DatakitError, ImageError, ListError
+from datakit.errors import ConfigError, DatabaseError, DatakitError, ImageError
 from datakit.parallel import Executor, opencv_one_thread
 from datakit.workerpool import keep_freed_memory
 
@@ -129,18 +129,12 @@ def convert_sharded(root: str | os.PathLike, list_path: str | os.PathLike, db_pa
         raise ConfigError(f"--partition-size {partition_size}: must be positive")
     started = time.perf_counter()
     root, list_path, final = Path(root), Path(list_path), Path(db_path)
-    if not root.is_dir():
-        raise ConfigError(f"{root}: image root folder not found")
-    if not list_path.is_file():
-        raise ListError(f"{list_path}: list file not found")
+    fingerprint, entries = read_inputs(root, list_path, final, opts.allow_absolute, warn)
     workdir = WorkDir(final)
-    fingerprint = {"list": str(list_path.resolve()), "list_sha256": sha256_file(list_path),
-                   "root": str(root.resolve())}
     try:
         prior = workdir.open(resume=opts.resume, overwrite=opts.overwrite)
     except AlreadyComplete as complete:
         return ConvertSummary.from_progress(str(final), complete.progress)
-    entries = read_entries(list_path, opts.allow_absolute, warn)
     seed = opts.seed
     if prior is not None:
         check_resumable(prior, opts, fingerprint, workdir.path)
