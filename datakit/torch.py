@@ -32,7 +32,6 @@ Import cost: this module imports torch; ``import datakit`` does not import this 
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -46,7 +45,8 @@ except ImportError as _err:  # pragma: no cover - exercised only without torch
     raise ImportError("datakit.torch needs PyTorch: pip install 'datakit[torch]'") from _err
 
 from datakit.formats.datum import datum_to_array, parse_datum_fields
-from datakit.db import detect_backend, open_reader
+from datakit.db import detect_backend
+from datakit.db.shared import acquire_reader, release_reader
 from datakit.errors import ConfigError, DatabaseError
 from datakit.formats import caffe_pb2
 
@@ -95,33 +95,6 @@ def transform_param(spec: caffe_pb2.TransformationParameter | dict | str | None)
     return msg
 
 
-# LMDB refuses to open one environment twice in a process: datasets over the same database
-# (a train and a val view, say) share one reader per process, closed with its last user.
-_OPEN: dict[tuple[str, str, int], list] = {}
-_OPEN_LOCK = threading.Lock()
-
-
-def _acquire(path: Path, backend: str) -> Any:
-    key = (str(path.resolve()), backend, os.getpid())
-    with _OPEN_LOCK:
-        entry = _OPEN.get(key)
-        if entry is None:
-            entry = _OPEN[key] = [open_reader(path, backend), 0]
-        entry[1] += 1
-        return entry[0]
-
-
-def _release(path: Path, backend: str) -> None:
-    key = (str(path.resolve()), backend, os.getpid())
-    with _OPEN_LOCK:
-        entry = _OPEN.get(key)
-        if entry is not None:
-            entry[1] -= 1
-            if entry[1] <= 0:
-                del _OPEN[key]
-                entry[0].close()
-
-
 class _Records:
     """Picklable access to one database's records; each process opens its own handle lazily."""
 
@@ -148,13 +121,13 @@ class _Records:
     def reader(self) -> Any:
         if self._pid != os.getpid():
             self.check_processes()
-            self._reader = _acquire(self.path, self.backend)
+            self._reader = acquire_reader(self.path, self.backend)
             self._pid = os.getpid()
         return self._reader
 
     def close(self) -> None:
         if self._reader is not None and self._pid == os.getpid():
-            _release(self.path, self.backend)
+            release_reader(self.path, self.backend)
         for f in self._h5:
             f.close()
         self._reader, self._h5, self._pid = None, [], -1
@@ -262,10 +235,10 @@ class _CaffeSequence:
         return self.num_samples
 
     def close(self) -> None:
-        """Close this process's handle on the database (reopened on the next read).
+        """Give back this dataset's use of the process's shared reader (reopened on the next read).
 
-        Within one process, LMDB lets an environment be open once: close a dataset read in
-        the main process before a trainer Net opens the same database there.
+        Datasets and trainer Data layers in one process share one reader per database
+        (datakit.db.shared); the last user's close closes it.
         """
         self.records.close()
 

@@ -192,3 +192,19 @@ def test_spawned_workers_pickle_the_dataset(raw_db):
     spawned = [(d.numpy(), l.numpy()) for d, l in dl]
     assert_same(spawned, loader_batches(ds, 3, 0))
     assert first[0].numpy().tobytes() == spawned[0][0][0].tobytes()
+
+
+def test_a_dataset_and_a_data_layer_share_one_lmdb_in_one_process(tmp_path):
+    # LMDB opens an environment once per process: both read through datakit.db.shared's one reader
+    from tests.test_data_layers import build, data_text
+    make_lmdb(tmp_path / "db", n=10)
+    ds = CaffeDataset(tmp_path / "db")
+    image, _ = ds[0]
+    layer, tops = build(data_text(str(tmp_path / "db"), 4))
+    try:
+        layer.forward([], tops)
+        assert tops[0].data.shape == (4, *image.shape)
+        assert ds[1][0].shape == image.shape      # the dataset still reads after the layer opened it
+    finally:
+        layer.close()
+        ds.close()

@@ -8,48 +8,20 @@ re-reads exactly the records the interrupted one would have.
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import numpy as np
 
 from datakit.formats.datum import datum_to_array, parse_datum_fields
-from datakit.db import BACKENDS, detect_backend, open_reader
+from datakit.db import BACKENDS, detect_backend
 from datakit.errors import DatabaseError
 
 from trainer.layers import register
 from trainer.layers.base_data import HostBatch, PrefetchingDataLayer
 from datakit.threadpool import decode_pool
+from datakit.db.shared import acquire_reader, release_reader
 
 LABEL_SAMPLE = 5000
-
-# LMDB refuses to open one environment twice in a process; a TRAIN and a TEST net (or a
-# resumed net) reading the same database share one reader, closed with its last user.
-_READERS: dict[tuple[str, str], list] = {}
-_READERS_LOCK = threading.Lock()
-
-
-def _acquire_reader(path: Path, backend: str):
-    key = (str(path.resolve()), backend)
-    with _READERS_LOCK:
-        entry = _READERS.get(key)
-        if entry is None:
-            entry = _READERS[key] = [open_reader(path, backend), 0]
-        entry[1] += 1
-        return entry[0]
-
-
-def _release_reader(path: Path, backend: str) -> None:
-    key = (str(path.resolve()), backend)
-    with _READERS_LOCK:
-        entry = _READERS.get(key)
-        if entry is None:
-            return
-        entry[1] -= 1
-        if entry[1] <= 0:
-            del _READERS[key]
-            entry[0].close()
-
 
 @register("Data")
 class DataLayer(PrefetchingDataLayer):
@@ -70,7 +42,7 @@ class DataLayer(PrefetchingDataLayer):
                              f"is {found}; reading it as {found}")
         if BACKENDS[found].record_kind != "datum":
             raise self.error(f"{self.source} is a {found} database; use an {BACKENDS[found].layer} layer for it")
-        self.reader = _acquire_reader(self.source, found)
+        self.reader = acquire_reader(self.source, found)
         self.backend = found
         n = len(self.reader)
         if n == 0:
@@ -157,4 +129,4 @@ class DataLayer(PrefetchingDataLayer):
         super().close()
         if getattr(self, "reader", None) is not None:
             self.reader = None
-            _release_reader(self.source, self.backend)
+            release_reader(self.source, self.backend)
