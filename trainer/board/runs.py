@@ -5,7 +5,10 @@ segments). The state is read from the log's last words:
 
 * ``finished``: ``Optimization Done.`` (Caffe's and ours);
 * ``stopped``: ``Optimization stopped early`` (a signal; a snapshot was written), or a log that
-  has not grown for `stale_after` seconds without either line (the process was killed);
+  has not grown for `stale_after` seconds without either line (the process was killed), or a
+  gzip-compressed log without either line (nothing appends to a ``.gz`` while it trains: a
+  compressed log is a closed one, however recent its file's time; a freshly copied archive of
+  2014 logs must not show as running);
 * ``failed``: an error line (glog severity ``E``/``F``: Caffe's ``Check failed``, or the error
   ``trainer fit`` logs when it stops on one) after the last restart;
 * ``running``: none of these, and the log was written in the last `stale_after` seconds.
@@ -50,6 +53,7 @@ class RunInfo:
     error_line: str
     nets: list[str]        # net files named by "Creating training/test net from ..."
     mtime: float
+    closed: bool = False   # gzip: written once, never appended to, so never "running"
 
 
 def _scan_endings(lines: list[str]) -> tuple[str, str, list[str]]:
@@ -83,7 +87,8 @@ def read_run(path: Path, name: str) -> RunInfo:
     if not runs and lines and not any(_GLOG_LINE.match(line) for line in lines[:1000]):
         raise FormatError(f"{name}: not a Caffe log (no glog lines, no 'Iteration N, loss = X' lines)")
     ending, error, nets = _scan_endings(lines)
-    return RunInfo(name, runs, ending, error, nets, mtime)
+    closed = path.name.endswith(".gz")
+    return RunInfo(name, runs, ending, error, nets, mtime, closed)
 
 
 def _last(points: list[tuple[int, float]]) -> float | None:
@@ -110,6 +115,8 @@ def run_row(info: RunInfo, *, now: float | None = None, stale_after: float = STA
         state, note = "stopped", "stopped early (a snapshot was written)"
     elif info.ending == "failed":
         state, note = "failed", info.error_line
+    elif info.closed:
+        state, note = "stopped", "compressed log without an end line (the run was stopped or killed)"
     elif now - info.mtime > stale_after:
         state, note = "stopped", f"no end line and not written for {int(now - info.mtime)} s (killed?)"
     else:
