@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -254,15 +259,21 @@ def _both(fn):
 
 @needs_compiled
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("case", CASES + [(5, 5, 2, 2, 3, 3)])
-def test_compiled_kernels_give_the_numpy_twins_bits(case, dtype):
-    """Same bits as the NumPy twins, signed zeros and NaN included (the sums run in the same order)."""
+@pytest.mark.parametrize("plane", [(9, 8), (12, 13)])
+@pytest.mark.parametrize("case", CASES + [(5, 5, 2, 2, 3, 3), (3, 3, 0, 0, 1, 1), (2, 2, 1, 1, 2, 2)])
+def test_compiled_kernels_give_the_numpy_twins_bits(case, dtype, plane):
+    """Same bits as the NumPy twins, signed zeros, NaN and ties included (the sums run in the same order).
+
+    The planes give the 2x2 and 3x3 max pooling both its inner-window loop and its edge windows."""
     rng = np.random.default_rng(6)
     kh, kw, ph, pw, sh, sw = case
-    x = rng.standard_normal((2, 5, 9, 8)).astype(dtype)
+    ih, iw = plane
+    x = rng.standard_normal((2, 5, ih, iw)).astype(dtype)
     x[0, 0, 0, :3] = -0.0
     x[1, 1, 2, 2] = np.nan
-    oh, ow = kernels.pool_out_size(9, kh, ph, sh), kernels.pool_out_size(8, kw, pw, sw)
+    x[1, 2, :4, :] = np.nan   # windows of NaN only
+    x[0, 3] = np.round(x[0, 3]) + 0.0  # ties (no -0.0: the twin's fmax may return either zero)
+    oh, ow = kernels.pool_out_size(ih, kh, ph, sh), kernels.pool_out_size(iw, kw, pw, sw)
     geo = (kh, kw, ph, pw, sh, sw)
     y, arg = kernels.max_pool_forward(x, *geo, oh, ow)
     dy = rng.standard_normal(y.shape).astype(dtype)
@@ -310,3 +321,35 @@ def test_compiled_kernels_split_over_threads_give_the_same_bits(monkeypatch):
     monkeypatch.setattr(kernels, "_WORKERS", 3)
     for a, b in zip(run(), single):
         _same_bits(a, b, "threaded")
+
+
+_EXERCISE_KERNELS = """
+import json, sys
+import numpy as np
+from trainer import kernels, kernels_cpu
+x = np.random.default_rng(0).standard_normal((2, 3, 7, 6)).astype(np.float32)
+y, arg = kernels.max_pool_forward(x, 3, 3, 1, 1, 2, 2, 4, 4)
+kernels.max_pool_values(x, 3, 3, 1, 1, 2, 2, 4, 4)
+kernels.max_pool_backward(y, arg, x.shape, 3, 3, 1, 1, 2, 2)
+kernels.ave_pool_backward(kernels.ave_pool_forward(x, 3, 3, 1, 1, 2, 2, 4, 4), x.shape, 3, 3, 1, 1, 2, 2)
+yl, scale = kernels.lrn_across_forward(x, 3, 0.1, 0.75, 1.0)
+kernels.lrn_across_backward(x, yl, scale, yl, 3, 0.1, 0.75)
+kernels.col2im(kernels.im2col(x, 3, 3, 1, 1, 1, 1), x.shape, 3, 3, 1, 1, 1, 1)
+stats = {name: fn.stats for name, fn in vars(kernels_cpu.impl()).items()}
+print(json.dumps({name: [sum(s.cache_hits.values()), sum(s.cache_misses.values())] for name, s in stats.items()}))
+"""
+
+
+@needs_compiled
+def test_compiled_kernels_load_from_numba_cache_in_a_new_process(tmp_path):
+    """A second process finds every kernel in numba's on-disk cache: nothing is compiled at start-up.
+
+    (A kernel that calls another jitted function of the same closure cannot be cached by
+    numba, and then every `trainer fit` paid seconds of compilation before its first
+    iteration: this is the test that catches it.)"""
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path), "DATAKIT_COMPILED": "1"}
+    runs = [subprocess.run([sys.executable, "-c", _EXERCISE_KERNELS], capture_output=True, text=True,
+                           env=env, timeout=600, check=True) for _ in range(2)]
+    first, second = (json.loads(r.stdout.strip().splitlines()[-1]) for r in runs)
+    assert all(misses > 0 for _, misses in first.values()), first   # compiled into the empty cache
+    assert second and all(hits > 0 and misses == 0 for hits, misses in second.values()), second

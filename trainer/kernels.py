@@ -229,7 +229,8 @@ def max_pool_forward(x: Any, kh: int, kw: int, ph: int, pw: int, sh: int, sw: in
     if _compiled(x):
         y = np.empty((n, c, oh, ow), dtype=x.dtype)
         arg = np.empty((n, c, oh, ow), dtype=np.int32)
-        _run_compiled("max_pool_fwd", n * c, y.size * kh * kw, kernels_cpu.contiguous(x), y, arg, kh, kw, ph, pw, sh, sw)
+        _run_compiled("max_pool_fwd", n * c, y.size * kh * kw, kernels_cpu.contiguous(x), y, arg, x.dtype.type(-np.inf),
+                      kh, kw, ph, pw, sh, sw)
         return y, arg
     xpad = _pad_for_pool(x, kh, kw, ph, pw, sh, sw, oh, ow, -np.inf)
     y = np.full((n, c, oh, ow), -np.inf, dtype=x.dtype)
@@ -260,7 +261,9 @@ def max_pool_values(x: Any, kh: int, kw: int, ph: int, pw: int, sh: int, sw: int
     n, c = x.shape[:2]
     if _compiled(x):
         y = np.empty((n, c, oh, ow), dtype=x.dtype)
-        _run_compiled("max_pool_vals", n * c, y.size * kh * kw, kernels_cpu.contiguous(x), y, kh, kw, ph, pw, sh, sw)
+        scratch = np.empty((n, c, oh, ow), dtype=np.int32)  # the compiled loop's argmax, dropped
+        _run_compiled("max_pool_fwd", n * c, y.size * kh * kw, kernels_cpu.contiguous(x), y, scratch,
+                      x.dtype.type(-np.inf), kh, kw, ph, pw, sh, sw)
         return y
     xpad = _pad_for_pool(x, kh, kw, ph, pw, sh, sw, oh, ow, -np.inf)
     y = np.full((n, c, oh, ow), -np.inf, dtype=x.dtype)

@@ -45,7 +45,8 @@ def _load() -> Any:
         kernels = _build(numba)
         # One tiny call proves the toolchain works here (a broken LLVM fails now, not mid-training).
         x = np.zeros((1, 1, 2, 2), dtype=np.float32)
-        kernels.max_pool_vals(x, np.empty((1, 1, 1, 1), dtype=np.float32), 2, 2, 0, 0, 2, 2, 0, 1)
+        kernels.max_pool_fwd(x, np.empty((1, 1, 1, 1), dtype=np.float32), np.empty((1, 1, 1, 1), dtype=np.int32),
+                             np.float32(-np.inf), 2, 2, 0, 0, 2, 2, 0, 1)
     except Exception:
         return None
     return kernels
@@ -58,67 +59,122 @@ def _build(numba: Any) -> Any:
     njit = numba.njit
     opts = {"cache": True, "nogil": True}
 
+    # Max pooling. Windows that lie inside the image (all but the edge ones) of the common
+    # 2x2 and 3x3 kernels (LeNet's, CaffeNet's, VGG's) run in a loop of their own with the
+    # cells written out, so the running maximum stays in registers and the strict ``>``
+    # becomes selects instead of branches (random data mispredicts half of them); every
+    # other window takes the general loop. Both keep the first maximum in row-major window
+    # order and let NaN never win (it starts from -inf of the input's dtype, ``neg``).
     @njit(**opts)
-    def max_pool_fwd(x, y, arg, kh, kw, ph, pw, sh, sw, lo, hi):  # pragma: no cover - compiled
+    def max_pool_fwd(x, y, arg, neg, kh, kw, ph, pw, sh, sw, lo, hi):  # pragma: no cover - compiled
         n, c, h, w = x.shape
         oh, ow = y.shape[2], y.shape[3]
+        xf = x.reshape(n * c, h, w)
+        yf = y.reshape(n * c, oh, ow)
+        af = arg.reshape(n * c, oh, ow)
+        # outputs ox whose window [ox*sw - pw, ox*sw - pw + kw) lies inside [0, w)
+        ox_lo = min(ow, (pw + sw - 1) // sw)
+        ox_hi = max(ox_lo, min(ow, (w - kw + pw) // sw + 1))
+        fast = (kh == 2 and kw == 2) or (kh == 3 and kw == 3)
         for p in range(lo, hi):
-            ni, ci = p // c, p % c
+            plane, yp, ap = xf[p], yf[p], af[p]
             for oy in range(oh):
                 hs = oy * sh - ph
-                y0, y1 = max(hs, 0), min(hs + kh, h)
-                for ox in range(ow):
-                    ws = ox * sw - pw
-                    x0, x1 = max(ws, 0), min(ws + kw, w)
-                    best = -np.inf
-                    bi = 0
-                    for yy in range(y0, y1):
-                        for xx in range(x0, x1):
-                            v = x[ni, ci, yy, xx]
-                            if v > best:
-                                best = v
-                                bi = (yy - hs) * kw + (xx - ws)
-                    y[ni, ci, oy, ox] = best
-                    arg[ni, ci, oy, ox] = bi
-
-    @njit(**opts)
-    def max_pool_vals(x, y, kh, kw, ph, pw, sh, sw, lo, hi):  # pragma: no cover - compiled
-        n, c, h, w = x.shape
-        oh, ow = y.shape[2], y.shape[3]
-        for p in range(lo, hi):
-            ni, ci = p // c, p % c
-            for oy in range(oh):
-                hs = oy * sh - ph
-                y0, y1 = max(hs, 0), min(hs + kh, h)
-                for ox in range(ow):
-                    ws = ox * sw - pw
-                    x0, x1 = max(ws, 0), min(ws + kw, w)
-                    best = -np.inf
-                    for yy in range(y0, y1):
-                        for xx in range(x0, x1):
-                            v = x[ni, ci, yy, xx]
-                            if v > best:
-                                best = v
-                    y[ni, ci, oy, ox] = best
+                yr, ar = yp[oy], ap[oy]
+                inner = fast and hs >= 0 and hs + kh <= h
+                a, b = (ox_lo, ox_hi) if inner else (ow, ow)
+                if inner and kh == 2:
+                    r0, r1 = plane[hs], plane[hs + 1]
+                    for ox in range(a, b):
+                        ws = ox * sw - pw
+                        best = neg
+                        bi = 0
+                        v = r0[ws]
+                        m = v > best
+                        best = v if m else best
+                        bi = 0 if m else bi
+                        v = r0[ws + 1]
+                        m = v > best
+                        best = v if m else best
+                        bi = 1 if m else bi
+                        v = r1[ws]
+                        m = v > best
+                        best = v if m else best
+                        bi = 2 if m else bi
+                        v = r1[ws + 1]
+                        m = v > best
+                        best = v if m else best
+                        bi = 3 if m else bi
+                        yr[ox] = best
+                        ar[ox] = bi
+                elif inner:
+                    r0, r1, r2 = plane[hs], plane[hs + 1], plane[hs + 2]
+                    for ox in range(a, b):
+                        ws = ox * sw - pw
+                        best = neg
+                        bi = 0
+                        for i in range(3):
+                            r = r0 if i == 0 else (r1 if i == 1 else r2)
+                            v = r[ws]
+                            m = v > best
+                            best = v if m else best
+                            bi = 3 * i if m else bi
+                            v = r[ws + 1]
+                            m = v > best
+                            best = v if m else best
+                            bi = 3 * i + 1 if m else bi
+                            v = r[ws + 2]
+                            m = v > best
+                            best = v if m else best
+                            bi = 3 * i + 2 if m else bi
+                        yr[ox] = best
+                        ar[ox] = bi
+                # the general loop: the edge windows [0, a) and [b, ow), or the whole row
+                for part in range(2):
+                    for ox in range(0 if part == 0 else b, a if part == 0 else ow):
+                        ws = ox * sw - pw
+                        best = neg
+                        bi = 0
+                        for yy in range(max(hs, 0), min(hs + kh, h)):
+                            r = plane[yy]
+                            base = (yy - hs) * kw - ws
+                            for xx in range(max(ws, 0), min(ws + kw, w)):
+                                v = r[xx]
+                                m = v > best
+                                best = v if m else best
+                                bi = base + xx if m else bi
+                        yr[ox] = best
+                        ar[ox] = bi
 
     @njit(**opts)
     def max_pool_bwd(dy, arg, dx, kh, kw, ph, pw, sh, sw, lo, hi):  # pragma: no cover - compiled
         n, c, h, w = dx.shape
         oh, ow = dy.shape[2], dy.shape[3]
+        dyf = dy.reshape(n * c, oh, ow)
+        af = arg.reshape(n * c, oh, ow)
+        dxf = dx.reshape(n * c, h, w)
         for p in range(lo, hi):
-            ni, ci = p // c, p % c
+            plane, dp, ap = dxf[p], dyf[p], af[p]
             for yy in range(h):
                 for xx in range(w):
-                    dx[ni, ci, yy, xx] = 0
+                    plane[yy, xx] = 0
             # Outputs in reverse order: a cell then gets its contributions in increasing window
-            # offset i*kw+j, the order in which the NumPy twin adds them.
+            # offset i*kw+j, the order in which the NumPy twin adds them. (The window-local
+            # index is split with a constant divisor for the common kernel widths.)
             for oy in range(oh - 1, -1, -1):
+                dr, ar = dp[oy], ap[oy]
                 for ox in range(ow - 1, -1, -1):
-                    a = arg[ni, ci, oy, ox]
-                    yy = oy * sh - ph + a // kw
-                    xx = ox * sw - pw + a % kw
+                    a = ar[ox]
+                    if kw == 2:
+                        ai, aj = a >> 1, a & 1
+                    elif kw == 3:
+                        ai, aj = a // 3, a % 3
+                    else:
+                        ai, aj = a // kw, a % kw
+                    yy = oy * sh - ph + ai
+                    xx = ox * sw - pw + aj
                     if 0 <= yy < h and 0 <= xx < w:
-                        dx[ni, ci, yy, xx] += dy[ni, ci, oy, ox]
+                        plane[yy, xx] += dr[ox]
 
     @njit(**opts)
     def ave_pool_fwd(x, y, div, zero, kh, kw, ph, pw, sh, sw, lo, hi):  # pragma: no cover - compiled
@@ -230,7 +286,7 @@ def _build(numba: Any) -> Any:
                             for ox in range(ox0, ox1):
                                 row[x0 + ox * sw] += srow[ox]
 
-    return SimpleNamespace(max_pool_fwd=max_pool_fwd, max_pool_vals=max_pool_vals, max_pool_bwd=max_pool_bwd,
+    return SimpleNamespace(max_pool_fwd=max_pool_fwd, max_pool_bwd=max_pool_bwd,
                            ave_pool_fwd=ave_pool_fwd, ave_pool_bwd=ave_pool_bwd, lrn_scale=lrn_scale,
                            lrn_back=lrn_back, col2im=col2im)
 
