@@ -241,3 +241,35 @@ def test_hdf5_shuffle_covers_every_row_each_epoch(tmp_path):
     assert all(sorted(e) == everything for e in epochs)
     assert any(e != everything for e in epochs)
     layer.close()
+
+
+def test_records_of_other_layouts_among_raw_ones_are_read_the_same(tmp_path):
+    """The Data layer reads raw records through their shared byte layout; records written
+    another way (protobuf without `encoded: false`, float_data, a PNG) in the same database
+    still give their own pixels and labels, and a record of another size is refused by name."""
+    rng = np.random.default_rng(4)
+    images = rng.integers(0, 256, size=(6, 3, 8, 10), dtype=np.uint8)
+    values = [encode_datum(images[i], 300 + i) for i in range(6)]
+    values[2] = values[2][:-2]                                   # no `38 00` tail
+    d = caffe_pb2.Datum(channels=3, height=8, width=10, label=303)
+    d.float_data.extend(images[3].reshape(-1).astype(np.float32).tolist())
+    values[3] = d.SerializeToString()                            # float_data
+    ok, png = cv2.imencode(".png", images[4].transpose(1, 2, 0))
+    values[4] = encode_datum_bytes(png.tobytes(), 304)           # encoded
+    w = LmdbWriter(tmp_path / "db")
+    w.write([(f"{i:08d}".encode(), v) for i, v in enumerate(values)])
+    w.close()
+    layer, tops = build(data_text(tmp_path / "db", 6))
+    data, lab = step(layer, tops)
+    np.testing.assert_array_equal(data, images.astype(np.float32))
+    assert lab.astype(int).tolist() == [300, 301, 302, 303, 304, 305]
+    layer.close()
+
+    w = LmdbWriter(tmp_path / "bad")
+    w.write([(f"{i:08d}".encode(), v) for i, v in enumerate(
+        [encode_datum(images[0], 0), encode_datum(images[1][:, :4], 1), encode_datum(images[2], 2)])])
+    w.close()
+    layer, tops = build(data_text(tmp_path / "bad", 3))
+    with pytest.raises(DatabaseError, match=r"record '00000001'.*3x4x10 but the first record is 3x8x10"):
+        layer.forward([], tops)
+    layer.close()

@@ -65,3 +65,31 @@ def test_the_old_import_path_gives_the_same_functions():
     import datakit.formats.datum
     assert all(getattr(datakit.datum, n) is getattr(datakit.formats.datum, n) for n in datakit.datum.__all__)
     assert set(datakit.datum.__all__) == set(datakit.formats.datum.__all__)
+
+
+def test_raw_layout_reads_records_of_its_shape_and_refuses_every_other():
+    """RawLayout.split gives the pixels and label of a raw Datum exactly as parse_datum_fields does,
+    and None (so the caller parses, and names what is wrong) for any record of another layout."""
+    from datakit.formats.datum import RawLayout, encode_datum, encode_datum_bytes, parse_datum_fields
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (3, 4, 5), dtype=np.uint8)
+    layout = RawLayout.of(encode_datum(img, 7))
+    assert layout is not None and layout.shape == (3, 4, 5)
+    for label in (0, 1, 127, 128, 300000, -1, 2**31 - 1):
+        other = rng.integers(0, 256, (3, 4, 5), dtype=np.uint8)
+        rec = encode_datum(other, label)
+        pixels, got = layout.split(rec)
+        fields = parse_datum_fields(rec)
+        assert got == fields.label == label and bytes(pixels) == other.tobytes() == bytes(fields.data)
+    without_encoded_flag = encode_datum(img, 3)[:-2]          # protobuf without `encoded: false`
+    assert layout.split(without_encoded_flag) is None         # another tail: parsed the slow way
+    refused = [
+        encode_datum(img[:, :3], 1),                          # another shape
+        encode_datum(img, 1)[:-1],                            # truncated
+        encode_datum(img, 1) + b"\x30\x01",                   # an extra field after the tail
+        encode_datum_bytes(b"\xff\xd8 not really a jpeg", 1),  # encoded
+        b"",
+    ]
+    for rec in refused:
+        assert layout.split(rec) is None
+    assert RawLayout.of(encode_datum_bytes(b"\xff\xd8jpeg", 1)) is None

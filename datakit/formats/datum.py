@@ -29,8 +29,8 @@ from datakit.errors import FormatError
 from datakit.formats.wire import varint
 
 __all__ = [
-    "DatumFields", "encode_datum", "encode_datum_bytes", "raw_datum_parts", "parse_datum_fields", "decode_datum",
-    "datum_to_array",
+    "DatumFields", "RawLayout", "encode_datum", "encode_datum_bytes", "raw_datum_parts", "parse_datum_fields",
+    "decode_datum", "datum_to_array",
 ]
 
 
@@ -149,6 +149,57 @@ def parse_datum_fields(value: bytes | memoryview, where: str = "Datum") -> Datum
         raise FormatError(msg if msg.startswith(where) else f"{where}: {msg}") from None
     float_data = np.concatenate(floats).astype(np.float32) if floats else None
     return DatumFields(channels, height, width, data, label, encoded, float_data)
+
+
+@dataclass(frozen=True, slots=True)
+class RawLayout:
+    """The bytes every raw Datum of one shape shares, to read a record with two comparisons.
+
+    A database of raw Datums (what ``convert_imageset`` and ``datakit convert`` write without
+    ``--encoded``) holds records that differ only in their pixels and label: the same tags,
+    shape and data length before the pixels, and ``28 <label> 38 00`` (or ``28 <label>``) after
+    them. ``split`` checks that a record has exactly this layout and returns its pixels and
+    label; any other record (another shape, float_data, extra fields, a damaged one) gives
+    None, and the caller parses it with ``parse_datum_fields``, which names what is wrong.
+    """
+
+    prefix: bytes
+    size: int
+    tail: bytes
+    shape: tuple[int, int, int]
+
+    @classmethod
+    def of(cls, value: bytes | memoryview) -> RawLayout | None:
+        """The layout of this record, or None when it is not a plain raw Datum."""
+        fields = parse_datum_fields(value)
+        c, h, w = fields.channels, fields.height, fields.width
+        if fields.encoded or fields.float_data is not None or min(c, h, w) <= 0 or len(fields.data) != c * h * w:
+            return None
+        prefix, _ = raw_datum_parts(c, h, w, 0)
+        buf = memoryview(value)
+        end = len(prefix) + c * h * w
+        if buf[:len(prefix)] != prefix or len(buf) < end + 2 or buf[end] != 0x28:
+            return None
+        _, pos = _read_varint(buf, end + 1, len(buf))
+        tail = bytes(buf[pos:])
+        if tail not in (b"", b"\x38\x00"):
+            return None
+        return cls(prefix, c * h * w, tail, (c, h, w))
+
+    def split(self, value: bytes | memoryview) -> tuple[memoryview, int] | None:
+        """(pixel bytes, label) of a record with this layout (a view, no copy), else None."""
+        buf = memoryview(value)
+        p = len(self.prefix)
+        end = p + self.size
+        if len(buf) < end + 2 or buf[end] != 0x28 or buf[:p] != self.prefix:
+            return None
+        try:
+            label, pos = _read_varint(buf, end + 1, len(buf))
+        except FormatError:
+            return None
+        if buf[pos:] != self.tail:
+            return None
+        return buf[p:end], _int32(label)
 
 
 def _decode_flag(color: bool | None) -> int:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from datakit.formats.datum import datum_to_array, parse_datum_fields
+from datakit.formats.datum import RawLayout, datum_to_array, parse_datum_fields
 from datakit.db import BACKENDS, detect_backend
 from datakit.errors import DatabaseError
 
@@ -53,6 +53,8 @@ class DataLayer(PrefetchingDataLayer):
         key, value = next(iter(self.reader.raw_items()))
         first = self._decode(key, value)
         self.first_encoded = parse_datum_fields(value).encoded
+        # Raw records of one shape share all bytes but pixels and label: read them without a parse.
+        self.layout = RawLayout.of(value)
         return first[0].shape, n
 
     def _where(self, key: bytes) -> str:
@@ -96,9 +98,18 @@ class DataLayer(PrefetchingDataLayer):
         labels = np.empty(n, dtype=np.int64)
         keys: list[str] = []
         pending: list[tuple[int, bytes, bytes]] = []   # encoded records, decoded in the pool
+        layout: RawLayout | None = getattr(self, "layout", None)
+        if layout is not None and layout.shape == shape:
+            data = np.empty((n, *shape), dtype=np.uint8)
         for i in range(n):
             key, value = next(self._iter)
             keys.append(key.decode("utf-8", "backslashreplace"))
+            if layout is not None and data is not None:
+                raw = layout.split(value)
+                if raw is not None:
+                    data[i] = np.frombuffer(raw[0], dtype=np.uint8).reshape(shape)
+                    labels[i] = raw[1]
+                    continue
             fields = parse_datum_fields(value, self._where(key))
             labels[i] = fields.label
             if fields.encoded:
