@@ -89,7 +89,7 @@ def im2col(x: Any, kh: int, kw: int, ph: int, pw: int, sh: int, sw: int,
     return col.reshape(c * kh * kw, n * oh * ow)
 
 
-def col2im(col: Any, shape: tuple[int, int, int, int], kh: int, kw: int, ph: int, pw: int,
+def col2im(col: Any, shape: tuple[int, ...], kh: int, kw: int, ph: int, pw: int,
            sh: int, sw: int, dh: int = 1, dw: int = 1) -> Any:
     """The adjoint of im2col: sum (C·kh·kw)×(N·oh·ow) columns back into an N×C×H×W image."""
     xp = get_array_module(col)

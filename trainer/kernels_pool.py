@@ -92,7 +92,7 @@ def max_pool_values(x: Any, kh: int, kw: int, ph: int, pw: int, sh: int, sw: int
     return y
 
 
-def max_pool_backward(dy: Any, arg: Any, shape: tuple[int, int, int, int], kh: int, kw: int,
+def max_pool_backward(dy: Any, arg: Any, shape: tuple[int, ...], kh: int, kw: int,
                       ph: int, pw: int, sh: int, sw: int) -> Any:
     """Route each output gradient to the input cell that won its window."""
     xp = get_array_module(dy)
@@ -148,7 +148,7 @@ def ave_pool_forward(x: Any, kh: int, kw: int, ph: int, pw: int, sh: int, sw: in
     return y
 
 
-def ave_pool_backward(dy: Any, shape: tuple[int, int, int, int], kh: int, kw: int,
+def ave_pool_backward(dy: Any, shape: tuple[int, ...], kh: int, kw: int,
                       ph: int, pw: int, sh: int, sw: int) -> Any:
     xp = get_array_module(dy)
     if xp is not np:

@@ -208,6 +208,7 @@ class ArgMaxLayer(Layer):
 
     def reshape(self, bottoms: list[Blob], tops: list[Blob]) -> None:
         shape = bottoms[0].shape
+        out: tuple[int, ...]
         if self.axis is None:
             k_max = int(np.prod(shape[1:], dtype=np.int64))
             out = (shape[0], 2 if self.out_max_val else 1, self.top_k)

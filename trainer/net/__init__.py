@@ -16,7 +16,7 @@ Every name callers use is importable from ``trainer.net`` (``Net``, ``TRAIN``, `
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 from typing import Any
 
 import numpy as np
@@ -47,7 +47,7 @@ class Net(NetGraph):
         self.close()
 
     @classmethod
-    def from_file(cls, path: str | Path, phase: int = TEST, **kwargs: Any) -> Net:
+    def from_file(cls, path: str | os.PathLike, phase: int = TEST, **kwargs: Any) -> Net:
         """Read a net prototxt (any Caffe generation, upgraded on read) and build it."""
         from datakit.formats.prototxt import read_net  # noqa: PLC0415
         kwargs.setdefault("source", path)

@@ -19,6 +19,7 @@ runs them, ``trainer.net.weight_copy`` moves weights in and out of them.
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -82,7 +83,7 @@ class NetGraph:
 
     def __init__(self, param: caffe_pb2.NetParameter, phase: int = TEST, *, xp: ModuleType | None = None,
                  stages: Sequence[str] = (), level: int = 0, seed: int | None = None,
-                 base_dir: str | Path = ".", dtype: Any = np.float32, source: str | Path | None = None) -> None:
+                 base_dir: str | Path = ".", dtype: Any = np.float32, source: str | os.PathLike | None = None) -> None:
         self.xp = xp if xp is not None else np
         # The prototxt the net was read from: errors then name its line, Python layers import beside it.
         self.source = str(source) if source is not None else None
@@ -146,7 +147,7 @@ class NetGraph:
         lp.phase = self.phase
         layer = cls(lp, self.phase, self.xp, dtype=self.dtype, rng=self.rng, base_dir=self.base_dir)
         layer.name = name
-        layer.source = self.source
+        layer.prototxt = self.source
         bottoms = [self.blobs[b] for b in lp.bottom]
         tops: list[Blob] = []
         for j, tname in enumerate(lp.top):
