@@ -22,7 +22,7 @@ import numpy as np
 from trainer import kernels_cpu
 
 # ------------------------------------------------------------ threading ----
-# NumPy runs one thread per call outside BLAS; the slice copies below release
+# NumPy runs one thread per call outside BLAS; the kernels' slice copies release
 # the GIL, so splitting them over the cores lets im2col and pooling use the
 # whole CPU as the GEMMs do.
 _WORKERS = max(1, min(os.cpu_count() or 1, 8))
@@ -55,7 +55,7 @@ def _parallel(total: int, work: int, fn: Callable[[int, int], None]) -> None:
 
 
 # ------------------------------------------------------- compiled CPU side ----
-# trainer.kernels_cpu holds numba versions of the loops below that make one pass
+# trainer.kernels_cpu holds numba versions of the kernels' NumPy loops that make one pass
 # over memory; they give the same bits as the NumPy twins (tests/test_kernels.py
 # runs both). ``use_compiled(False)`` (or DATAKIT_COMPILED=0) keeps the NumPy twins.
 _COMPILED_ON = True

@@ -15,6 +15,7 @@ from trainer import kernels_cpu
 from trainer.backend import get_array_module
 from trainer.kernels_dispatch import _compiled, _cuda, _run_compiled
 
+
 def _channel_window_sum(a: np.ndarray, before: int, after: int) -> np.ndarray:
     """s[:, c] = sum of a[:, c-before .. c+after] (zero beyond the edges)."""
     n, c, h, w = a.shape

@@ -19,6 +19,7 @@ from trainer.backend import get_array_module
 from trainer.kernels_dispatch import _compiled, _cuda, _parallel, _run_compiled
 from trainer.kernels_geometry import ave_pool_divisor
 
+
 def _pad_for_pool(x: np.ndarray, kh: int, kw: int, ph: int, pw: int, sh: int, sw: int,
                   oh: int, ow: int, fill: float) -> np.ndarray:
     """Pad so that every (ceil-mode) window lies inside; extra cells hold ``fill``."""
