@@ -21,7 +21,7 @@ venv: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check --no-cache .
-	$(PY) -m mypy datakit
+	$(PY) -m mypy datakit trainer cli
 
 # System programs some tests need: Graphviz's dot (`trainer draw`) and Chromium (the board's
 # browser test). Installed with apt-get when missing and running as root on a Debian-like machine
@@ -35,10 +35,10 @@ test-tools:
 	    || echo "make: apt-get could not install them: those tests will skip"; \
 	fi
 
-# Lint first (ruff and mypy on datakit/, configured in pyproject.toml), then the tests; -rs prints why each skip skipped.
+# Lint first (ruff, and mypy on datakit/ trainer/ cli/, configured in pyproject.toml), then the tests; -rs prints why each skip skipped.
 test: $(STAMP) test-tools
 	$(PY) -m ruff check --no-cache .
-	$(PY) -m mypy datakit
+	$(PY) -m mypy datakit trainer cli
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest -q -rs -p no:cacheprovider
 
 demo: $(STAMP)

@@ -70,5 +70,6 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if executor is not None:
             executor.close()
+    assert result.report is not None  # finish() always sets it; None only in a result built by hand
     print(result.report.line())
     return 130 if result.stopped == "interrupted" else 0

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from trainer import backend, kernels
+from trainer import backend, kernels, kernels_dispatch  # the thread-split knobs live in kernels_dispatch
 
 CASES = [  # kh, kw, ph, pw, sh, sw
     (3, 3, 0, 0, 2, 2), (3, 3, 1, 1, 2, 2), (2, 3, 1, 0, 1, 2), (3, 3, 1, 1, 1, 1), (2, 2, 0, 0, 2, 2),
@@ -182,8 +182,8 @@ def test_net_on_gpu_matches_cpu():
 
 def test_threaded_split_gives_the_same_results(monkeypatch):
     """Force the multi-thread path (chunks over channels / images) on small arrays."""
-    monkeypatch.setattr(kernels, "_MIN_SPLIT", 1)
-    monkeypatch.setattr(kernels, "_WORKERS", 3)
+    monkeypatch.setattr(kernels_dispatch, "_MIN_SPLIT", 1)
+    monkeypatch.setattr(kernels_dispatch, "_WORKERS", 3)
     rng = np.random.default_rng(9)
     x = rng.standard_normal((4, 5, 7, 6))
     case = (3, 3, 1, 1, 2, 2)
@@ -197,9 +197,9 @@ def test_threaded_split_gives_the_same_results(monkeypatch):
     np.testing.assert_array_equal(y, ry)
     np.testing.assert_array_equal(arg, rarg)
     dy = rng.standard_normal(y.shape)
-    monkeypatch.setattr(kernels, "_MIN_SPLIT", 1 << 60)
+    monkeypatch.setattr(kernels_dispatch, "_MIN_SPLIT", 1 << 60)
     single = kernels.max_pool_backward(dy, arg, x.shape, 3, 3, 1, 1, 2, 2)
-    monkeypatch.setattr(kernels, "_MIN_SPLIT", 1)
+    monkeypatch.setattr(kernels_dispatch, "_MIN_SPLIT", 1)
     np.testing.assert_array_equal(kernels.max_pool_backward(dy, arg, x.shape, 3, 3, 1, 1, 2, 2), single)
 
 
@@ -317,8 +317,8 @@ def test_compiled_kernels_split_over_threads_give_the_same_bits(monkeypatch):
         return (y, arg, kernels.max_pool_backward(y, arg, x.shape, *geo), kernels.ave_pool_forward(x, *geo, oh, ow),
                 kernels.col2im(col, x.shape, *geo), *kernels.lrn_across_forward(x, 5, 0.1, 0.75, 1.0))
     single = run()
-    monkeypatch.setattr(kernels, "_MIN_SPLIT", 1)
-    monkeypatch.setattr(kernels, "_WORKERS", 3)
+    monkeypatch.setattr(kernels_dispatch, "_MIN_SPLIT", 1)
+    monkeypatch.setattr(kernels_dispatch, "_WORKERS", 3)
     for a, b in zip(run(), single):
         _same_bits(a, b, "threaded")
 

@@ -72,7 +72,7 @@ def test_mean_of_float_data_and_hdf5(tmp_path):
 
 def test_small_raw_database_is_summed_in_this_process_with_the_same_bytes(tmp_path, monkeypatch):
     """workers=0 on a small raw LMDB: no pool is started, and the .binaryproto bytes equal a 2-worker pool's."""
-    import datakit.mean as mean_mod
+    import datakit.mean.partitions as mean_mod  # where the pool is started
 
     imgs = _images(800, (3, 16, 16), seed=4)
     db = _kv(tmp_path / "db", "lmdb", [encode_datum(im, i % 3) for i, im in enumerate(imgs)])

@@ -247,3 +247,24 @@ def test_unknown_layer_or_blob_is_a_one_line_format_error_and_still_a_key_error(
         assert str(info.value).startswith(f"net {net.name!r} has no ") and f"{name!r}" in str(info.value)
     with pytest.raises(KeyError, match="its layers: .*r"):
         net.layer("nope")
+
+
+def test_a_data_layer_keeps_both_its_prototxt_and_its_database(tmp_path):
+    """Every layer knows the prototxt it came from (``Layer.prototxt``, where Python layers import
+    from); a Data layer's ``source`` is its database. They were one attribute, and the Data layer's
+    setup overwrote the prototxt path with the database's."""
+    from datakit.db.lmdb_backend import LmdbWriter
+    from datakit.formats.datum import encode_datum
+
+    writer = LmdbWriter(tmp_path / "db")
+    writer.write([(f"{i:08d}_r".encode(), encode_datum(np.full((1, 2, 2), i, np.uint8), i)) for i in range(4)])
+    writer.close()
+    proto = tmp_path / "net.prototxt"
+    proto.write_text(f'layer {{ name: "d" type: "Data" top: "data" top: "label" '
+                     f'data_param {{ source: "{tmp_path / "db"}" batch_size: 2 }} }}\n', encoding="utf-8")
+    with Net.from_file(proto, TEST) as net:
+        data = net.layer("d")
+        assert data.prototxt == str(proto)
+        assert data.source_name == str(tmp_path / "db")
+        net.forward()
+        np.testing.assert_array_equal(net.blobs["label"].data, [0, 1])

@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import FrameType
 from typing import IO
 from collections.abc import Callable, Sequence
 
@@ -35,7 +36,7 @@ def fmt(value: float) -> str:
 
 def caller_source() -> str:
     """``file.py:LINE`` of the first caller outside this module: the source glog puts in each line."""
-    frame = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     while frame is not None and frame.f_code.co_filename == __file__:
         frame = frame.f_back
     if frame is None:
@@ -101,7 +102,8 @@ class CaffeLog:
                 self._file.write(text + "\n")
                 self._file.flush()
             except OSError as err:
-                self._file = self._give_up(self._file, err, "log")
+                self._give_up(self._file, err, "log")
+                self._file = None
 
     def info(self, message: str, source: str | None = None) -> None:
         self.line(message, source=source)
@@ -118,13 +120,14 @@ class CaffeLog:
         """A CSV row (with this run's number), and a call to each sink, with `sink_phase` / `sink_name`
         when given: train net outputs are 'train_output' there, so they never share a tag with the
         smoothed train loss."""
-        if self._csv is not None:
+        if self._csv is not None and self._csv_file is not None:  # opened together, closed together
             try:
                 self._csv.writerow([iteration, phase, name, repr(float(value)),
                                     f"{time.perf_counter() - self.started:.3f}", self.run])
                 self._csv_file.flush()
             except OSError as err:
-                self._csv_file = self._csv = self._give_up(self._csv_file, err, "metrics CSV")
+                self._give_up(self._csv_file, err, "metrics CSV")
+                self._csv_file = self._csv = None
         for sink in self.sinks:
             sink(iteration, sink_phase or phase, sink_name or name, value)
 
@@ -140,7 +143,6 @@ class CaffeLog:
         if self.stream is not None:
             print(f"{glog_prefix('W') if self.prefix else ''}cannot write the {what} {name}: "
                   f"{err.strerror or err}; it stops here, training goes on", file=self.stream, flush=True)
-        return None
 
     # -- Caffe's solver messages --------------------------------------------------------------
     def train_loss(self, it: int, loss: float) -> None:

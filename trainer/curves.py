@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import gzip
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -205,7 +206,7 @@ def _writer_of(solverstate: str, earlier: list[Run]) -> int | None:
     return None
 
 
-def parse_log(path: str | Path) -> list[Run]:
+def parse_log(path: str | os.PathLike) -> list[Run]:
     """Every run found in one log file (plain or .gz)."""
     path = Path(path)
     runs = parse_lines(open_text(path), source=path.name)
@@ -220,7 +221,7 @@ def _split_outputs(runs: list[Run]) -> tuple[set[str], set[str]]:
     return acc, test_names - acc
 
 
-def plot(logs: Iterable[str | Path], out: str | Path, *, title: str | None = None) -> Path:
+def plot(logs: Iterable[str | os.PathLike], out: str | os.PathLike, *, title: str | None = None) -> Path:
     """Draw train loss, test loss, test accuracy and lr against iteration into a PNG."""
     import matplotlib
     matplotlib.use("Agg")

@@ -241,7 +241,7 @@ def fit(opts: FitOptions) -> SolveResult:
         board = ScalarWriter(opts.tensorboard)
         log.sinks.append(board.metric)
         log.info(f"Writing TensorBoard scalars to {opts.tensorboard}")
-    previous: dict[int, Any] = {}
+    previous: dict[signal.Signals, Any] = {}   # the handlers to put back
     if opts.handle_signals and threading.current_thread() is threading.main_thread():
         def on_signal(signum, frame) -> None:
             name = signal.Signals(signum).name

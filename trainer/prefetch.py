@@ -59,11 +59,11 @@ class Prefetcher:
                 continue
         return ("stopped", None)
 
-    def _read_loop(self, start: int, out: queue.Queue) -> None:
+    def _read_loop(self, read: Callable[[int], Any], start: int, out: queue.Queue) -> None:
         k = start
         while not self._stop.is_set():
             try:
-                item: Any = ("ok", self.read(k))
+                item: Any = ("ok", read(k))
             except BaseException as err:
                 item = ("error", err)
             self._put(out, item)
@@ -96,10 +96,10 @@ class Prefetcher:
     def start(self) -> None:
         if self._threads:
             return
-        src = None
+        src: queue.Queue | None = None
         if self.read is not None:
             src = queue.Queue(maxsize=2)
-            self._threads.append(threading.Thread(target=self._read_loop, args=(self.next_index, src),
+            self._threads.append(threading.Thread(target=self._read_loop, args=(self.read, self.next_index, src),
                                                   name=f"{self.name}-read", daemon=True))
         self._threads.append(threading.Thread(target=self._run, args=(self.next_index, src), name=self.name,
                                               daemon=True))

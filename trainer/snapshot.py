@@ -275,9 +275,9 @@ def read_solverstate(path: str | os.PathLike) -> LoadedState:
     return LoadedState(int(state.iter), int(state.current_step), learned, history, extra, note)
 
 
-def rng_state(rng: np.random.Generator) -> dict:
+def rng_state(rng: np.random.Generator) -> dict[str, Any]:
     """A Generator's state as plain JSON (ints stay exact)."""
-    return rng.bit_generator.state
+    return dict(rng.bit_generator.state)  # typed as a Mapping; json needs a dict
 
 
 def set_rng_state(rng: np.random.Generator, state: dict) -> None:

@@ -50,25 +50,26 @@ def _value(row: dict) -> float | None:
 def grid_figure(rows: list[dict]) -> str:
     """Accuracy against n per family (SVG), as in the transfer paper's figure."""
     series: list[Series] = []
-    by_family: dict[str, list[dict]] = {}
+    by_family: dict[str, list[tuple[dict, float]]] = {}   # the rows with a value, and that value
     for row in rows:
-        if _value(row) is None:
+        value = _value(row)
+        if value is None:
             continue
-        by_family.setdefault(str(row["family"]), []).append(row)
+        by_family.setdefault(str(row["family"]), []).append((row, value))
     ns = [int(r["n"]) for r in rows if r["n"] is not None]
     x_range = (min(ns) - 0.5, max(ns) + 0.5) if ns else None
     for family in sorted(by_family):
         members = by_family[family]
-        with_n = sorted((r for r in members if r["n"] is not None), key=lambda r: (r["n"], r["net"]))
+        with_n = sorted((rv for rv in members if rv[0]["n"] is not None), key=lambda rv: (rv[0]["n"], rv[0]["net"]))
         if with_n:
-            series.append(Series(family, [(float(r["n"]), _value(r)) for r in with_n], markers=True,
-                                 hollow=[r["state"] != "done" for r in with_n]))
-        base = [r for r in members if r["n"] is None]
-        if base and ns:
-            level = sum(_value(r) for r in base) / len(base)
+            series.append(Series(family, [(float(r["n"]), v) for r, v in with_n], markers=True,
+                                 hollow=[r["state"] != "done" for r, _ in with_n]))
+        base = [v for r, v in members if r["n"] is None]
+        if base and x_range is not None:   # x_range is None exactly when no row has an n
+            level = sum(base) / len(base)
             series.append(Series(f"{family} (mean of {len(base)})", [(x_range[0], level), (x_range[1], level)],
                                  dashed=True))
-    values = [_value(r) for r in rows if _value(r) is not None]
+    values = [v for members in by_family.values() for _, v in members]
     y_range = None
     if values and all(0 <= v <= 1 for v in values):
         y_range = (max(0.0, min(values) - 0.05), min(1.0, max(values) + 0.05))

@@ -71,7 +71,7 @@ async def static_file(request: web.Request) -> web.Response:
     name = request.match_info.get("name", "index.html")
     if name not in _STATIC:
         raise web.HTTPNotFound(text="no such file")
-    data = resources.files("trainer.board").joinpath("static", name).read_bytes()
+    data = (resources.files("trainer.board") / "static" / name).read_bytes()
     return web.Response(body=data, content_type=_STATIC[name], headers={"Cache-Control": "no-cache"})
 
 

@@ -63,6 +63,7 @@ class Board:
             path = resolve_under(self.root, rel)
         except PathRefused as err:
             raise web.HTTPForbidden(text=f"{rel!r}: {err}") from None
+        assert rel is not None  # resolve_under refuses a missing path
         return path, rel.strip("/")
 
     def scrub(self, text: str) -> str:

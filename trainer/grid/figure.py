@@ -12,9 +12,14 @@ Panels, each drawn only when its nets are present:
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from trainer.grid.summary import NetScore
+
+#: a panel draws the rows it is about on a matplotlib Axes
+Panel = Callable[[Any, list[NetScore]], None]
 
 STYLE = {  # family: (colour, marker, x offset)
     "base": ("white", "o", 0.0), "BnB": ("#1f4eb4", "o", -0.15), "BnB+": ("#7fb2ff", "o", -0.05),
@@ -110,7 +115,11 @@ def plot_transfer(rows: list[NetScore], out: str | os.PathLike, title: str | Non
     from datakit.atomic import write_bytes_atomic
 
     families = {r.family for r in rows if r.score is not None}
-    panels = [(_figure2, bool(families & set(STYLE)))]
+
+    def figure2(ax: Any, rs: list[NetScore]) -> None:   # the main panel, with the caller's y label
+        _figure2(ax, rs, ylabel)
+
+    panels: list[tuple[Panel, bool]] = [(figure2, bool(families & set(STYLE)))]
     panels.append((_natman, any(f.startswith("natman-") for f in families)))
     panels.append((_random_frozen, "random-frozen" in families))
     panels.append((_reduced, "reduced" in families))
@@ -118,19 +127,16 @@ def plot_transfer(rows: list[NetScore], out: str | os.PathLike, title: str | Non
     if not chosen:
         from datakit.errors import ConfigError
         raise ConfigError("no scored nets of a transfer family (base, BnB, AnB, ...) to plot")
-    others = [draw for draw in chosen if draw is not _figure2]
-    top = _figure2 in chosen
+    others = [draw for draw in chosen if draw is not figure2]
+    top = figure2 in chosen
     rows_n = int(top) + int(bool(others))
     cols = max(1, len(others))
     fig = plt.figure(figsize=(max(8.0, 4.2 * cols), 5.0 * rows_n))
     grid = fig.add_gridspec(rows_n, cols, height_ratios=[1.4, 1][:rows_n] if rows_n == 2 else None)
-    placed = ([(fig.add_subplot(grid[0, :]), _figure2)] if top else [])
+    placed: list[tuple[Any, Panel]] = [(fig.add_subplot(grid[0, :]), figure2)] if top else []
     placed += [(fig.add_subplot(grid[rows_n - 1, i]), draw) for i, draw in enumerate(others)]
     for ax, draw in placed:
-        if draw is _figure2:
-            draw(ax, rows, ylabel)
-        else:
-            draw(ax, rows)
+        draw(ax, rows)
         ax.grid(True, alpha=0.3)
     if title:
         fig.suptitle(title, fontsize=10)

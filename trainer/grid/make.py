@@ -143,7 +143,7 @@ def make_grid(out: str | os.PathLike, plan: GridPlan) -> list[str]:
     for split in splits:
         for n in layers:
             for pair in plan.pairs:
-                src, dst = pair
+                src, dst = pair[0], pair[1]  # two letters, checked above
                 for fine_tuned in (False, True):
                     family = ("BnB" if src == dst else "AnB") + ("+" if fine_tuned else "")
                     if family not in plan.families:

@@ -81,7 +81,7 @@ def _load_families() -> None:
     from . import data_db, data_hdf5, data_image, data_memory  # noqa: F401
     # the rest of Caffe's catalogue (issue 13)
     from . import (batch_ops, data_window, embed, hdf5_output, im2col_layer, losses_extra, mvn,  # noqa: F401
-                   neuron_extra, recurrent, shape_ops, spp)
+                   neuron_extra, recurrent, shape_ops, spp, structural)
     from . import python_layer  # noqa: F401  (type "Python": pycaffe-style layers)
 
 

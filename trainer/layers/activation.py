@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from datakit.formats import caffe_pb2
 
 from . import register
@@ -91,8 +93,10 @@ class DropoutLayer(_Elementwise):
         x = bottoms[0].data
         if self.phase == caffe_pb2.TRAIN:
             xp = self.xp
+            u: Any  # uniform draws, an xp array (numpy's on the host, cupy's on a GPU)
             if xp.__name__ == "numpy":
-                u = self.rng.random(x.shape, dtype=self.dtype if self.dtype.kind == "f" else None)
+                # float64 when the net's dtype is not a float one (numpy's default, as dtype=None gives)
+                u = self.rng.random(x.shape, dtype=self.dtype if self.dtype.kind == "f" else np.float64)
             else:
                 # The net's host generator (seeded by random_seed, saved with snapshots) picks the seed
                 # of every device mask, so GPU runs repeat and resume exactly; the mask is drawn on the

@@ -141,8 +141,9 @@ class Layer:
     is_loss: bool = False
     #: a source of batches (no bottoms): never runs backward; the rails look for labels here
     is_data: bool = False
-    #: the prototxt the layer was read from (set by the Net; Python layers import beside it)
-    source: str | None = None
+    #: the prototxt the layer was read from (set by the Net; Python layers import beside it).
+    #: Not ``source``: data layers use that name for what they read (base_data.py).
+    prototxt: str | None = None
     #: the learnable blobs are statistics, not parameters (BatchNorm's mean/variance):
     #: the net gives them lr_mult 0 and decay_mult 0 whatever the prototxt says
     fixed_params: bool = False

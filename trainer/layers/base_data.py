@@ -65,7 +65,8 @@ class PrefetchingDataLayer(Layer):
 
     is_data = True
     min_bottoms = max_bottoms = 0
-    min_tops, max_tops = 1, 2
+    min_tops = 1
+    max_tops: int | None = 2   # subclasses with any number of tops (HDF5Data) set None
     transforms = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

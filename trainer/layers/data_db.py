@@ -27,7 +27,7 @@ LABEL_SAMPLE = 5000
 class DataLayer(PrefetchingDataLayer):
     """LMDB / LevelDB Datums (``data_param``: source, batch_size, backend, rand_skip)."""
 
-    def open_source(self):
+    def open_source(self) -> tuple[tuple[int, ...], int]:
         p = self.param.data_param
         self.batch_size = int(p.batch_size)
         if not p.source:
@@ -128,6 +128,7 @@ class DataLayer(PrefetchingDataLayer):
                     data = np.empty((n, *shape), dtype=img.dtype)
                 self._check_shape(key, img.shape)
                 data[i] = img
+        assert data is not None  # batch_size > 0 (checked at setup), and every record sets it
         return HostBatch(data, labels, keys)
 
     def _check_shape(self, key: bytes, shape: tuple[int, ...]) -> None:
@@ -140,4 +141,5 @@ class DataLayer(PrefetchingDataLayer):
         super().close()
         if getattr(self, "reader", None) is not None:
             self.reader = None
+            assert self.source is not None  # the reader was acquired for it
             release_reader(self.source, self.backend)

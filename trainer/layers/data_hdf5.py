@@ -31,7 +31,7 @@ class HDF5DataLayer(PrefetchingDataLayer):
         self.top_names = list(self.param.top)
         super().setup(bottoms, tops)
 
-    def open_source(self):
+    def open_source(self) -> tuple[tuple[int, ...], int]:
         import h5py
 
         from datakit.db.hdf5_backend import read_hdf5_list  # the one parser of HDF5 lists

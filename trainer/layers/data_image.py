@@ -26,7 +26,7 @@ from datakit.threadpool import decode_pool
 class ImageDataLayer(PrefetchingDataLayer):
     """``image_data_param``: source, root_folder, batch_size, shuffle, new_height/new_width, is_color."""
 
-    def open_source(self):
+    def open_source(self) -> tuple[tuple[int, ...], int]:
         p = self.param.image_data_param
         self.batch_size = int(p.batch_size)
         if (p.new_height > 0) != (p.new_width > 0):

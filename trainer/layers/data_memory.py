@@ -19,7 +19,7 @@ from trainer.layers.base_data import HostBatch, PrefetchingDataLayer
 
 @register("MemoryData")
 class MemoryDataLayer(PrefetchingDataLayer):
-    def open_source(self):
+    def open_source(self) -> tuple[tuple[int, ...], int]:
         p = self.param.memory_data_param
         self.batch_size = int(p.batch_size)
         shape = (int(p.channels), int(p.height), int(p.width))

@@ -48,7 +48,8 @@ def parse_window_file(path: Path, root: str) -> list[tuple[str, tuple[int, int, 
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as err:
         raise ConfigError(f"cannot read window file {path}: {err.strerror or err}") from None
-    images, i = [], 0
+    images: list[tuple[str, tuple[int, int, int], list[list[float]]]] = []
+    i = 0
 
     def take(what: str) -> str:
         nonlocal i
@@ -69,7 +70,7 @@ def parse_window_file(path: Path, root: str) -> list[tuple[str, tuple[int, int, 
             raise FormatError(f"{path}:{i}: expected '# image_index', got {head!r}")
         try:
             name = take("an image path")
-            dims = tuple(int(take(w)) for w in ("channels", "height", "width"))
+            dims = (int(take("channels")), int(take("height")), int(take("width")))
             n = int(take("num_windows"))
             boxes = []
             for _ in range(n):
@@ -88,7 +89,7 @@ class WindowDataLayer(PrefetchingDataLayer):
 
     transforms = False
 
-    def open_source(self):
+    def open_source(self) -> tuple[tuple[int, ...], int]:
         p = self.param.window_data_param
         tp = self.param.transform_param
         self.batch_size = int(p.batch_size)

@@ -72,7 +72,7 @@ class PythonLayer(Layer):
         if not p.module or not p.layer:
             raise self.error("python_param needs module and layer")
         self.label = f"{p.module}.{p.layer}"
-        folders = [str(Path(self.source).resolve().parent)] if self.source else []
+        folders = [str(Path(self.prototxt).resolve().parent)] if self.prototxt else []
         cls = import_layer_class(p.module, p.layer, folders)
         self.py = self._call("__init__", lambda: cls(self.param))
         self.py.param_str = p.param_str

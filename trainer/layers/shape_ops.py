@@ -1,4 +1,4 @@
-"""Caffe's Bias, Tile, Reduction and Crop: broadcasting, repeating, summing and cutting blobs."""
+"""Caffe's Bias, Tile, Reduction, ArgMax and Crop: broadcasting, repeating, summing, ranking and cutting blobs."""
 
 from __future__ import annotations
 
@@ -189,3 +189,48 @@ class CropLayer(Layer):
             dx = self.xp.zeros(bottoms[0].shape, dtype=self.dtype)
             dx[self.index] = tops[0].diff
             bottoms[0].diff = dx
+
+
+@register("ArgMax")
+class ArgMaxLayer(Layer):
+    """Indices (and with out_max_val, values) of the top_k largest entries per sample (no gradient)."""
+
+    min_bottoms = max_bottoms = 1
+    min_tops = max_tops = 1
+
+    def setup(self, bottoms: list[Blob], tops: list[Blob]) -> None:
+        p = self.param.argmax_param
+        self.top_k, self.out_max_val = int(p.top_k), bool(p.out_max_val)
+        self.axis = canonical_axis(p.axis, len(bottoms[0].shape), self.name) if p.HasField("axis") else None
+
+    def allow_force_backward(self, bottom_index: int) -> bool:
+        return False
+
+    def reshape(self, bottoms: list[Blob], tops: list[Blob]) -> None:
+        shape = bottoms[0].shape
+        out: tuple[int, ...]
+        if self.axis is None:
+            k_max = int(np.prod(shape[1:], dtype=np.int64))
+            out = (shape[0], 2 if self.out_max_val else 1, self.top_k)
+        else:
+            k_max = shape[self.axis]
+            out = shape[:self.axis] + (self.top_k,) + shape[self.axis + 1:]
+        if self.top_k > k_max:
+            raise self.error(f"top_k {self.top_k} exceeds the {k_max} values to rank")
+        tops[0].reshape(out)
+
+    def forward(self, bottoms: list[Blob], tops: list[Blob]) -> None:
+        xp, x = self.xp, bottoms[0].data
+        if self.axis is None:
+            flat = x.reshape(x.shape[0], -1)
+            idx = xp.argsort(-flat, axis=1, kind="stable")[:, :self.top_k]
+            vals = xp.take_along_axis(flat, idx, axis=1)
+            out = xp.stack([idx.astype(self.dtype), vals], axis=1) if self.out_max_val \
+                else idx.astype(self.dtype)[:, None, :]
+        else:
+            idx = xp.take(xp.argsort(-x, axis=self.axis, kind="stable"), xp.arange(self.top_k), axis=self.axis)
+            out = xp.take_along_axis(x, idx, axis=self.axis) if self.out_max_val else idx.astype(self.dtype)
+        tops[0].data = xp.ascontiguousarray(out).astype(self.dtype)
+
+    def backward(self, tops: list[Blob], propagate_down: list[bool], bottoms: list[Blob]) -> None:
+        pass
