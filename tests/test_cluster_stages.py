@@ -242,7 +242,11 @@ def _install_killer() -> None:
 
 
 def test_the_trainer_data_layer_reads_a_sharded_database_as_the_local_one(tmp_path, dask2, images):
-    from tests.test_data_layers import build, data_text, step
+    from google.protobuf import text_format
+
+    from datakit.formats import caffe_pb2
+    from tests.test_data_layers import TRAIN, build, data_text, step
+    from trainer.layers import Blob, layer_class
     root, lst = images
     convert(root, lst, tmp_path / "local", _opts(resize_height=10, resize_width=12), warn=lambda m: None)
     convert_sharded(root, lst, tmp_path / "db", _opts(resize_height=10, resize_width=12), dask2,
@@ -255,6 +259,15 @@ def test_the_trainer_data_layer_reads_a_sharded_database_as_the_local_one(tmp_pa
     for (da, la), (db_, lb) in zip(*batches):
         np.testing.assert_array_equal(da, db_)
         np.testing.assert_array_equal(la, lb)
+    # backend: LMDB names the shards' backend: no warning; LEVELDB is wrong and is told so
+    for backend, expected in (("LMDB", []), ("LEVELDB", ["is sharded lmdb; reading it as sharded lmdb"])):
+        lp = text_format.Parse(data_text(tmp_path / "db", 7).replace("LMDB", backend), caffe_pb2.LayerParameter())
+        layer = layer_class("Data")(lp, TRAIN, np, rng=np.random.default_rng(0))
+        warnings: list[str] = []
+        layer.warn = warnings.append
+        layer.setup([], [Blob(np), Blob(np)])
+        layer.close()
+        assert len(warnings) == len(expected) and all(e in w for e, w in zip(expected, warnings)), warnings
 
 
 def slow_encode(*args, **kwargs):

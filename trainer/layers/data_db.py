@@ -14,6 +14,7 @@ import numpy as np
 
 from datakit.formats.datum import RawLayout, datum_to_array, parse_datum_fields
 from datakit.db import BACKENDS, detect_backend
+from datakit.db.sharded_backend import read_shards
 from datakit.errors import DatabaseError
 
 from trainer.layers import register
@@ -36,10 +37,14 @@ class DataLayer(PrefetchingDataLayer):
         by_enum = {b.caffe_enum: b.name for b in BACKENDS.values() if b.caffe_enum is not None}
         wanted = by_enum.get(p.backend, "lmdb") if p.HasField("backend") else None
         found = detect_backend(self.source)
-        if wanted and found != wanted:
+        # A sharded database (``datakit convert --cluster``) is read as one; its shards' own
+        # backend is what data_param.backend should name.
+        stored = read_shards(self.source)["backend"] if found == "sharded" else found
+        if wanted and stored != wanted:
             # Caffe would fail; the database on disk tells the truth, so follow it and say so.
+            what = f"sharded {stored}" if found == "sharded" else found
             self.log_warning(f"layer {self.name}: data_param.backend is {wanted.upper()} but {self.source} "
-                             f"is {found}; reading it as {found}")
+                             f"is {what}; reading it as {what}")
         if BACKENDS[found].record_kind != "datum":
             raise self.error(f"{self.source} is a {found} database; use an {BACKENDS[found].layer} layer for it")
         self.reader = acquire_reader(self.source, found)
