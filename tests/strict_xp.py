@@ -349,7 +349,7 @@ def _wrap(r: Any) -> Any:
 _COMPARISONS = {"less", "less_equal", "equal", "not_equal", "greater", "greater_equal"}
 # Ufuncs CuPy has under the same names (cupy.<name>, docs "Universal functions (cupy.ufunc)").
 _UFUNC_NAMES = ["add", "subtract", "multiply", "divide", "true_divide", "floor_divide", "remainder", "power",
-                "negative", "absolute", "sign", "exp", "log", "log1p", "expm1", "sqrt", "square", "tanh",
+                "negative", "absolute", "sign", "exp", "frexp", "log", "log1p", "expm1", "sqrt", "square", "tanh",
                 "maximum", "minimum", "fmax", "fmin", "floor", "ceil", "rint", "isfinite", "isnan", "isinf",
                 "logical_and", "logical_or", "logical_not", "logical_xor", "bitwise_and", "bitwise_or",
                 "bitwise_xor", "invert", "left_shift", "right_shift", "matmul", *sorted(_COMPARISONS)]

@@ -72,12 +72,12 @@ def _normal_pairs_xp(xp: ModuleType, seed: np.uint64, lo: int, hi: int) -> tuple
     """float32 (r·cos θ, r·sin θ) for pairs lo..hi-1."""
     z = _mix_xp(xp, seed, lo, hi)
     x = ((z >> _U(32)) << _U(1)) | _U(1)
-    k = xp.ones(z.shape, dtype=xp.int32)
-    for threshold, shift in _NORMALISE:
-        below = x < _U(threshold)
-        x = xp.where(below, x << _U(shift), x)
-        k = k + below.astype(xp.int32) * _I(shift)
-    m = (x >> _U(9)).astype(xp.int32).astype(xp.float32) * _MANT  # in [1, 2)
+    # The compiled loop's shifts, in one exact step: x < 2^34 is exact in float64, so frexp gives
+    # x = mant·2^ex with mant in [0.5, 1); shifting x to [2^32, 2^33) takes L = 33 - ex steps and
+    # its top 24 bits are floor(mant·2^24).
+    mant, ex = xp.frexp(x.astype(xp.float64))
+    k = (_I(34) - ex).astype(xp.int32)                             # L + 1
+    m = xp.floor(mant * 2.0 ** 24).astype(xp.float32) * _MANT        # in [1, 2)
     big = m > _SQRT2
     m = xp.where(big, m * _F(0.5), m)
     k = k - big.astype(xp.int32)
@@ -127,70 +127,6 @@ def _store_xp(flat: Any, lo: int, hi: int, v0: Any, v1: Any, offset: Any, scale:
 
 # -------------------------------------------------------------- compiled ----
 
-def _build(numba: Any) -> Any:
-    """The compiled loops (the same arithmetic as the twin, line for line), or None."""
-    from types import SimpleNamespace  # noqa: PLC0415
-
-    # error_model="numpy": no zero-division check in the loop, so LLVM vectorises it (AVX2: 8 lanes).
-    njit = numba.njit(cache=True, nogil=True, error_model="numpy")
-    u32, one64 = _U(0xFFFFFFFF), _U(1)
-
-    @njit
-    def mix(seed, j):  # pragma: no cover - compiled
-        z = seed + (_U(j) + one64) * GAMMA
-        z = (z ^ (z >> _U(30))) * _MIX1
-        z = (z ^ (z >> _U(27))) * _MIX2
-        return z ^ (z >> _U(31))
-
-    @njit
-    def normal_pairs(flat, seed, offset, scale, lo, hi):  # pragma: no cover - compiled
-        # pairs lo..hi-1, all whole (hi <= flat.size // 2); the slice lets numba drop index wrap-around.
-        out = flat[2 * lo:2 * hi]
-        for t in range(hi - lo):
-            z = mix(seed, lo + t)
-            x = ((z >> _U(32)) << one64) | one64
-            k = _I(1)
-            for threshold, shift in _NORMALISE:
-                below = x < _U(threshold)
-                x = x << _U(shift) if below else x
-                k = k + _I(shift) if below else k
-            m = _F(_I(x >> _U(9))) * _MANT
-            big = m > _SQRT2
-            m = m * _F(0.5) if big else m
-            k = k - _I(1) if big else k
-            f = m - _F(1.0)
-            s = f / (_F(2.0) + f)
-            s2 = s * s
-            ln_m = s * _F(2.0) + s * s2 * (_L3 + s2 * (_L5 + s2 * (_L7 + s2 * _L9)))
-            e = _F(k) * _LN2 - ln_m
-            e = e if e > _F(0.0) else _F(0.0)
-            r = np.sqrt(e * _F(2.0))
-            w = _I((z & u32) >> _U(8))
-            q = (w + _I(1 << 21)) >> _I(22)
-            a = _F(w - (q << _I(22))) * _ANGLE
-            a2 = a * a
-            sn = a + a * a2 * (_S3 + a2 * (_S5 + a2 * (_S7 + a2 * _S9)))
-            cs = _F(1.0) + a2 * (_C2 + a2 * (_C4 + a2 * (_C6 + a2 * (_C8 + a2 * _C10))))
-            q = q & _I(3)
-            swap = (q & _I(1)) == _I(1)
-            c0 = sn if swap else cs
-            s0 = cs if swap else sn
-            c0 = -c0 if (q == _I(1)) or (q == _I(2)) else c0
-            s0 = -s0 if q >= _I(2) else s0
-            out[2 * t] = offset + scale * (r * c0)
-            out[2 * t + 1] = offset + scale * (r * s0)
-
-    @njit
-    def uniform_pairs(flat, seed, offset, scale, lo, hi):  # pragma: no cover - compiled
-        out = flat[2 * lo:2 * hi]
-        for t in range(hi - lo):
-            z = mix(seed, lo + t)
-            out[2 * t] = offset + scale * (_F(_I(z >> _U(40))) * _UNIT)
-            out[2 * t + 1] = offset + scale * (_F(_I((z >> _U(8)) & _U(0xFFFFFF))) * _UNIT)
-
-    return SimpleNamespace(normal_pairs=normal_pairs, uniform_pairs=uniform_pairs)
-
-
 _IMPL: Any = None
 _LOADED = False
 
@@ -202,8 +138,7 @@ def _impl() -> Any:
         _LOADED = True
         if kernels_cpu.impl() is not None:  # numba imports and DATAKIT_COMPILED is not 0
             try:
-                import numba  # noqa: PLC0415 - optional accelerator
-                impl = _build(numba)
+                from trainer import counter_rng_cpu as impl  # noqa: PLC0415 - imports numba
                 impl.normal_pairs(np.zeros(2, np.float32), _U(1), _F(0.0), _F(1.0), 0, 1)
                 _IMPL = impl
             except Exception:  # a toolchain that cannot compile these loops: the twin runs
@@ -231,10 +166,18 @@ def _fill(out: Any, seed: np.uint64, offset: float, scale: float, kind: str) -> 
         if whole < pairs:  # the odd last element, from the twin (the same bits)
             _store_xp(flat, whole, pairs, *_PAIRS[kind](np, seed, whole, pairs), off, sc)
         return
-    xp = np if host else get_array_module(out)
-    _store_xp(flat, 0, pairs, *_PAIRS[kind](xp, seed, 0, pairs), off, sc)
+    if not host:  # CuPy: the twin's lines as device kernels over the whole array
+        _store_xp(flat, 0, pairs, *_PAIRS[kind](get_array_module(out), seed, 0, pairs), off, sc)
+        return
+
+    def chunks(lo: int, hi: int) -> None:  # cache-sized pieces; NumPy releases the GIL, so threads help
+        for a in range(lo, hi, _TWIN_CHUNK):
+            b = min(hi, a + _TWIN_CHUNK)
+            _store_xp(flat, a, b, *_PAIRS[kind](np, seed, a, b), off, sc)
+    kernels._parallel(pairs, n, chunks)
 
 
+_TWIN_CHUNK = 1 << 13  # pairs per NumPy pass: its temporaries stay in the cache
 _PAIRS = {"normal": _normal_pairs_xp, "uniform": _uniform_pairs_xp}
 
 
