@@ -88,6 +88,14 @@ def test_same_seed_same_values_and_seeds_differ():
     np.testing.assert_array_equal(d, a[:500])
 
 
+def test_a_strided_array_gets_the_values_of_a_dense_one():
+    dense, wide = np.empty((6, 5), np.float32), np.zeros((6, 10), np.float32)
+    counter_rng.normal(dense, np.uint64(4))
+    counter_rng.normal(wide[:, ::2], np.uint64(4))
+    np.testing.assert_array_equal(wide[:, ::2], dense)
+    assert not wide[:, 1::2].any()
+
+
 @pytest.mark.parametrize("compiled", [True, False])
 def test_normal_is_box_muller_of_the_hash_bits_to_float32_accuracy(compiled):
     """An independent float64 Box-Muller (np.log, np.cos, np.sin) from the SplitMix64 definition."""

@@ -154,12 +154,17 @@ def compiled_available() -> bool:
 # ---------------------------------------------------------------- public ----
 
 def _fill(out: Any, seed: np.uint64, offset: float, scale: float, kind: str) -> None:
+    if not out.flags.c_contiguous:  # reshape(-1) would copy: draw into a contiguous array, then copy in
+        dense = get_array_module(out).empty(out.shape, dtype=out.dtype)
+        _fill(dense, seed, offset, scale, kind)
+        out[...] = dense
+        return
     flat = out.reshape(-1)
     n = int(flat.shape[0])
     pairs = (n + 1) // 2
     off, sc = flat.dtype.type(offset), flat.dtype.type(scale)
     host = isinstance(out, np.ndarray)
-    if host and out.flags.c_contiguous and out.dtype in (np.float32, np.float64) and compiled_available():
+    if host and out.dtype in (np.float32, np.float64) and compiled_available():
         fn = getattr(_impl(), f"{kind}_pairs")
         whole = n // 2
         kernels._parallel(whole, n, lambda lo, hi: fn(flat, seed, off, sc, lo, hi))
@@ -182,7 +187,7 @@ _PAIRS = {"normal": _normal_pairs_xp, "uniform": _uniform_pairs_xp}
 
 
 def normal(out: Any, seed: np.uint64, mean: float = 0.0, std: float = 1.0) -> None:
-    """Fill ``out`` (a C-contiguous float32/float64 NumPy or CuPy array) in place with N(mean, std²)."""
+    """Fill ``out`` (a float NumPy or CuPy array; compiled for C-contiguous float32/float64) with N(mean, std²)."""
     _fill(out, seed, mean, std, "normal")
 
 
