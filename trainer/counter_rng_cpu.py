@@ -14,8 +14,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from trainer.counter_rng import (_ANGLE, _C2, _C4, _C6, _C8, _C10, _L3, _L5, _L7, _L9, _LN2, _MANT, _MIX1,
-                                 _MIX2, _NORMALISE, _S3, _S5, _S7, _S9, _SQRT2, _UNIT, GAMMA)
+from trainer.counter_rng_spec import (_ANGLE, _C2, _C4, _C6, _C8, _C10, _L3, _L5, _L7, _L9, _LN2, _MANT, _MIX1,
+                                      _MIX2, _NORMALISE, _S3, _S5, _S7, _S9, _SQRT2, _UNIT, GAMMA)
 
 _U, _I, _F = np.uint64, np.int32, np.float32
 _jit = numba.njit(cache=True, nogil=True, error_model="numpy")
