@@ -279,7 +279,8 @@ def _binary(ufunc: str) -> tuple[Callable, Callable, Callable]:
 
 for _op, _uf in [("add", "add"), ("sub", "subtract"), ("mul", "multiply"), ("truediv", "true_divide"),
                  ("floordiv", "floor_divide"), ("mod", "remainder"), ("pow", "power"), ("and", "bitwise_and"),
-                 ("or", "bitwise_or"), ("xor", "bitwise_xor"), ("matmul", "matmul")]:
+                 ("or", "bitwise_or"), ("xor", "bitwise_xor"), ("lshift", "left_shift"),
+                 ("rshift", "right_shift"), ("matmul", "matmul")]:
     _f, _r, _i = _binary(_uf)
     setattr(DeviceArray, f"__{_op}__", _f)
     setattr(DeviceArray, f"__r{_op}__", _r)
@@ -348,10 +349,10 @@ def _wrap(r: Any) -> Any:
 _COMPARISONS = {"less", "less_equal", "equal", "not_equal", "greater", "greater_equal"}
 # Ufuncs CuPy has under the same names (cupy.<name>, docs "Universal functions (cupy.ufunc)").
 _UFUNC_NAMES = ["add", "subtract", "multiply", "divide", "true_divide", "floor_divide", "remainder", "power",
-                "negative", "absolute", "sign", "exp", "log", "log1p", "expm1", "sqrt", "square", "tanh",
+                "negative", "absolute", "sign", "exp", "frexp", "log", "log1p", "expm1", "sqrt", "square", "tanh",
                 "maximum", "minimum", "fmax", "fmin", "floor", "ceil", "rint", "isfinite", "isnan", "isinf",
                 "logical_and", "logical_or", "logical_not", "logical_xor", "bitwise_and", "bitwise_or",
-                "bitwise_xor", "invert", "matmul", *sorted(_COMPARISONS)]
+                "bitwise_xor", "invert", "left_shift", "right_shift", "matmul", *sorted(_COMPARISONS)]
 
 
 def _ufunc(name: str) -> Callable:

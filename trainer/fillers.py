@@ -1,7 +1,14 @@
 """Weight fillers with Caffe's definitions (constant, uniform, gaussian, xavier, msra, ...).
 
-Values are drawn on the host from a seeded NumPy Generator and then moved to
-the device, so a given seed gives the same initial net on CPU and GPU.
+``fill`` makes initial values: drawn on the host from a seeded NumPy Generator
+and then moved to the device, so a given seed gives the same initial net on CPU
+and GPU (and the same weights as ever: the training-parity tests rest on them).
+
+``refill`` redraws values that change every forward (DummyData's tops): in place,
+in the array's own dtype and on its own device, from ``trainer.counter_rng``
+seeded by one draw of the same Generator. It is a different stream from
+``fill``'s (same distributions, other values), chosen because ``fill``'s float64
+draw cost several times ``torch.randn`` on every forward.
 """
 
 from __future__ import annotations
@@ -10,8 +17,11 @@ import math
 
 import numpy as np
 
+from typing import Any
+
 from datakit.errors import FormatError
 from datakit.formats import caffe_pb2
+from trainer import counter_rng
 
 
 def _fan(shape: tuple[int, ...], norm: int) -> float:
@@ -66,3 +76,39 @@ def fill(shape: tuple[int, ...], filler: caffe_pb2.FillerParameter, rng: np.rand
         raise FormatError(f"{where}: unknown filler type {kind!r} "
                           "(constant, uniform, gaussian, positive_unitball, xavier, msra, bilinear)")
     return np.asarray(out, dtype=np.float64)
+
+
+def refill(out: Any, filler: caffe_pb2.FillerParameter, rng: np.random.Generator, where: str = "") -> None:
+    """Redraw ``out`` (a C-contiguous float NumPy or CuPy array holding an earlier fill) in place.
+
+    uniform, gaussian (sparse too), positive_unitball, xavier and msra draw through
+    ``trainer.counter_rng`` (one or two seeds from ``rng``, whatever the size), with
+    the distributions ``fill`` gives: same bounds, mean and standard deviation, the
+    same fan rules. constant and bilinear draw nothing and keep ``out`` as it is
+    (their values never change). Same ``rng`` state, same values, on any thread count.
+    """
+    kind = filler.type
+    shape = tuple(int(s) for s in out.shape)
+    if kind in ("constant", "bilinear"):
+        return
+    if kind == "uniform":
+        counter_rng.uniform(out, counter_rng.draw_seed(rng), filler.min, filler.max)
+    elif kind == "gaussian":
+        counter_rng.normal(out, counter_rng.draw_seed(rng), filler.mean, filler.std)
+        if filler.sparse >= 0:
+            keep = out.copy()
+            counter_rng.uniform(keep, counter_rng.draw_seed(rng))
+            num_outputs = shape[0] if shape else 1
+            out *= (keep < filler.sparse / max(num_outputs, 1)).astype(out.dtype)
+    elif kind == "positive_unitball":
+        counter_rng.uniform(out, counter_rng.draw_seed(rng))
+        if shape:
+            flat = out.reshape(shape[0], -1)
+            flat /= flat.sum(axis=1, keepdims=True)
+    elif kind == "xavier":
+        bound = math.sqrt(3.0 / _fan(shape, filler.variance_norm))
+        counter_rng.uniform(out, counter_rng.draw_seed(rng), -bound, bound)
+    elif kind == "msra":
+        counter_rng.normal(out, counter_rng.draw_seed(rng), 0.0, math.sqrt(2.0 / _fan(shape, filler.variance_norm)))
+    else:
+        fill(shape, filler, rng, where)  # raises the one-line error for an unknown type

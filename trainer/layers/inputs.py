@@ -9,9 +9,11 @@ data_hdf5.py and data_memory.py.
 
 from __future__ import annotations
 
+import numpy as np
+
 from datakit.formats import caffe_pb2
 
-from trainer.fillers import fill
+from trainer.fillers import fill, refill
 
 from . import register
 from .base import Blob, Layer
@@ -40,7 +42,13 @@ class InputLayer(Layer):
 
 @register("DummyData")
 class DummyDataLayer(Layer):
-    """Tops filled by fillers (constant 0 by default); refilled each forward unless constant."""
+    """Tops filled by fillers (constant 0 by default); redrawn each forward unless constant.
+
+    setup fills the tops with ``fill`` (the Generator draws every initial weight
+    fill makes, so the layers after this one get the same weights as ever); each
+    forward redraws them in place with ``refill`` (counter-based, in the tops'
+    dtype and on their device: no temporary, no host copy).
+    """
 
     is_data = True
 
@@ -82,6 +90,11 @@ class DummyDataLayer(Layer):
 
     def forward(self, bottoms: list[Blob], tops: list[Blob]) -> None:
         for t, f in zip(tops, self.fillers):
-            if f.type != "constant":
-                t.data = self.xp.asarray(fill(t.shape, f, self.rng, where=f"layer {self.name}")
-                                         .astype(self.dtype))
+            if f.type in ("constant", "bilinear"):  # the same values every time
+                continue
+            data = t.data
+            host = isinstance(data, np.ndarray)
+            if data.dtype != self.dtype or not data.flags.c_contiguous or (host and not data.flags.writeable):
+                data = self.xp.empty(t.shape, dtype=self.dtype)  # not ours to write into: a fresh buffer
+                t.data = data
+            refill(data, f, self.rng, where=f"layer {self.name}")
