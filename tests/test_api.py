@@ -46,6 +46,15 @@ def test_every_name_in_the_readme_and_api_is_callable_and_documented():
             assert fn.__doc__ and len(fn.__doc__) > 40, f"{pkg.__name__}.{name} has no docstring"
 
 
+def test_every_public_call_is_in_its_modules_all():
+    # `from trainer.api import *` in a notebook must give every call `import trainer` offers.
+    for pkg in (datakit, trainer):
+        for name, target in pkg.API.items():
+            module, _, attr = target.partition(":")
+            exported = __import__(module, fromlist=[attr]).__all__
+            assert attr in exported, f"{pkg.__name__}.{name}: {attr} is missing from {module}.__all__"
+
+
 def test_stage_names_survive_their_modules_import():
     import datakit.convert as convert_module
     from datakit.convert import ConvertOptions

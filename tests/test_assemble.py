@@ -261,6 +261,15 @@ def test_dead_list_library_error_names_the_kind(tmp_path: Path, demo_rows) -> No
                                     options=_fast(concurrency=2), progress=False), log=lambda s: None)
 
 
+def test_dead_list_hint_does_not_suggest_the_rewrite_already_applied(tmp_path: Path, demo_rows) -> None:
+    with serve_mirror(MirrorConfig.from_rows(demo_rows, faults={"not_found": 1.0})) as m:
+        with pytest.raises(DownloadError, match="looks dead") as err:
+            assemble(AssembleConfig(manifest="demo", out=tmp_path, images=12, rewrite="flickr", mirror=m.url,
+                                    options=_fast(concurrency=2), progress=False), log=lambda s: None)
+    message = str(err.value)
+    assert "--rewrite flickr" not in message and "--mirror" in message
+
+
 def test_real_flickr_csv_through_the_mirror_gives_caffes_lists(tmp_path: Path, shared_data: Path) -> None:
     """The real Flickr Style CSV (recognised by its sha256 as the flickr_style recipe), served by the mirror."""
     csv_path = shared_data / "flickr_style" / "flickr_style.csv.gz"

@@ -30,3 +30,18 @@ def test_console_script_installed(tool):
 def test_no_command_prints_help_and_fails(cli):
     result = cli("datakit")
     assert result.returncode == 2 and "usage:" in result.stdout
+
+
+@pytest.mark.parametrize("tool", ["datakit", "trainer"])
+def test_readme_command_table_lists_exactly_the_commands(tool):
+    """README's table of `datakit` / `trainer` commands is the COMMANDS registry (split, transfer and grid were missing)."""
+    import re
+    from pathlib import Path
+
+    from cli import datakit_main, trainer_main
+    commands = {"datakit": datakit_main, "trainer": trainer_main}[tool].COMMANDS
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    table = re.search(rf"^\| `{tool}` \(the [a-z ]+ side\) \| \|\n\|---\|---\|\n((?:\|.*\n)+)", readme, re.M)
+    assert table, f"README.md has no table of {tool} commands"
+    documented = re.findall(r"^\| `([a-z-]+)` \|", table.group(1), re.M)
+    assert sorted(documented) == sorted(commands), f"README's {tool} table: {documented}, the tool has {sorted(commands)}"

@@ -129,3 +129,27 @@ def test_shipped_comments_name_only_commands_and_options_that_exist():
     for path in list((ROOT / "models").rglob("*.prototxt")):
         comments = "\n".join(line.split("#", 1)[1] for line in path.read_text().splitlines() if "#" in line)
         assert not re.search(r"\bdatakit\.[a-z_]+\.[a-z_]+", comments), f"{path.name}: names a Python function as a step"
+
+
+
+DATA_NET = '''name: "d"
+layer { name: "data" type: "Data" top: "data" top: "label"
+  transform_param { MEAN }
+  data_param { source: "train_lmdb" batch_size: 2 backend: LMDB } }
+layer { name: "fc" type: "InnerProduct" bottom: "data" top: "out" inner_product_param { num_output: 2 } }
+'''
+
+
+@pytest.mark.parametrize("mean, missing", [("", "train_lmdb: database not found"),
+                                           ('mean_file: "mean.binaryproto"', "mean.binaryproto: file not found")])
+def test_a_data_layers_missing_file_names_the_net_line_layer_and_folder(cli, tmp_path, mean, missing):
+    """Run from the wrong folder, `trainer fit` said only 'train_lmdb: database not found'."""
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "net.prototxt").write_text(DATA_NET.replace("MEAN", mean))
+    (models / "solver.prototxt").write_text('net: "net.prototxt"\nbase_lr: 0.01\nmax_iter: 1\n')
+    res = cli("trainer", "fit", "--solver", "models/solver.prototxt", "--device", "cpu", "--quiet", cwd=tmp_path)
+    assert res.returncode == 1
+    [line] = res.stderr.strip().splitlines()
+    assert line == (f"trainer: error: models/net.prototxt:2: layer data (Data): {missing} "
+                    f"(relative paths in a net are read from the current directory, {tmp_path})")

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["fit", "test", "export", "plot", "load_net"]
+__all__ = ["fit", "test", "export", "plot", "load_net", "transfer"]
 
 
 def fit(solver: str | os.PathLike, *, weights: str | None = None, snapshot: str | None = None,
@@ -59,7 +59,7 @@ def test(model: str | os.PathLike, weights: str, *, iterations: int = 50, phase:
          device: str = "auto", gpu: int = 0) -> Any:
     """Score a model over ``iterations`` batches of its data layers (``trainer test``; Caffe's ``caffe test``).
 
-    Returns a TestResult: ``.means`` (each net output averaged), ``.mean_loss``, ``.lines()`` as printed.
+    Returns a ScoreResult (trainer.evaluate): ``.means`` (each net output averaged), ``.mean_loss``, ``.lines()`` as printed.
     """
     from trainer.evaluate import test_net
     with load_net(model, weights, phase=phase, device=device, gpu=gpu) as net:

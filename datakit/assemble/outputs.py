@@ -175,7 +175,8 @@ def _dead_message(plan: Plan, stats: Stats, failures: list, stopped: str | None)
     reasons = Counter(str(o.kind) for o in list(plan.bad) + failures)
     reasons.update(rec.get("reason", "") for rec in plan.carried)
     common = ", ".join(f"{k} x{v}" for k, v in reasons.most_common(2)) or "nothing left to attempt"
-    rewrites = " or ".join(f"--rewrite {n}" for n in sorted(plan.recipe.rewrites))
+    # the rule this run already applied is no remedy
+    rewrites = " or ".join(f"--rewrite {n}" for n in sorted(plan.recipe.rewrites) if n != plan.config.rewrite)
     hint = f"try {rewrites} (current host), or --mirror URL" if rewrites else "try --mirror URL or fix the URLs"
     if "connection" in common:
         hint = "no network here? " + hint

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from datakit.errors import FormatError
+from datakit.errors import DatabaseError, FormatError
 from datakit.formats import caffe_pb2
 from datakit.formats.upgrade import upgrade_net
 
@@ -165,7 +165,10 @@ class NetGraph:
         for t in lp.top:
             available[t] = None
 
-        layer.set_up(bottoms, tops)  # counts, setup, reshape (Caffe's Layer::SetUp)
+        try:
+            layer.set_up(bottoms, tops)  # counts, setup, reshape (Caffe's Layer::SetUp)
+        except (FormatError, DatabaseError) as err:
+            raise self._not_found_here(err, name, lp.type) from None
         self._share_params(layer, lp)
         weights = default_loss_weights(lp, cls)
 
@@ -195,6 +198,19 @@ class NetGraph:
         self.layer_need_backward.append(need)
         self.bottom_need_backward.append(bottom_need)
         self.inserted_split.append(lp.type == "Split" and name in self._inserted_splits)
+
+    def _not_found_here(self, err: FormatError | DatabaseError, name: str, type_name: str) -> Exception:
+        """A file a layer names (source, mean_file, ...) is missing: say which net line and layer named it and
+        which folder its relative path was read from, the usual cause being `trainer` run from another
+        folder. Any other error is returned as it is."""
+        if type(err) not in (FormatError, DatabaseError) or not str(err).endswith("not found"):
+            return err
+        from datakit.formats.prototxt import locate_layer  # noqa: PLC0415  (only on this error)
+        line = locate_layer(self.source, name) if self.source else None
+        where = f"{self.source}:{line}: " if line else (f"{self.source}: " if self.source else "")
+        folder = (f"the current directory, {Path.cwd()}" if Path(self.base_dir) == Path(".")
+                  else str(Path(self.base_dir).resolve()))
+        return type(err)(f"{where}layer {name} ({type_name}): {err} (relative paths in a net are read from {folder})")
 
     @staticmethod
     def _lr_mult(lp: caffe_pb2.LayerParameter, k: int, layer: Layer) -> float:
