@@ -353,3 +353,17 @@ def test_compiled_kernels_load_from_numba_cache_in_a_new_process(tmp_path):
     first, second = (json.loads(r.stdout.strip().splitlines()[-1]) for r in runs)
     assert all(misses > 0 for _, misses in first.values()), first   # compiled into the empty cache
     assert second and all(hits > 0 and misses == 0 for hits, misses in second.values()), second
+
+
+@pytest.mark.parametrize("env,cores,expected", [
+    ({}, 2, 1), ({}, 16, 4), ({}, 1, 1), ({"OPENBLAS_NUM_THREADS": "1"}, 2, 2), ({"OMP_NUM_THREADS": "1"}, 16, 8),
+    ({"DATAKIT_KERNEL_THREADS": "3"}, 2, 3), ({"DATAKIT_KERNEL_THREADS": "zero"}, 4, 2),
+    ({"OPENBLAS_NUM_THREADS": "2"}, 4, 2)])
+def test_kernel_threads_leave_the_cores_to_a_multithreaded_blas(monkeypatch, env, cores, expected):
+    from trainer import kernels_dispatch
+    for var in ("DATAKIT_KERNEL_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(var, raising=False)
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    assert kernels_dispatch._workers_from_env() == expected

@@ -25,7 +25,26 @@ from trainer import kernels_cpu
 # NumPy runs one thread per call outside BLAS; the kernels' slice copies release
 # the GIL, so splitting them over the cores lets im2col and pooling use the
 # whole CPU as the GEMMs do.
-_WORKERS = max(1, min(os.cpu_count() or 1, 8))
+def _workers_from_env() -> int:
+    """How many threads (the caller included) split a kernel's loop.
+
+    ``DATAKIT_KERNEL_THREADS`` when it is a positive integer. Otherwise half the cores (at most
+    8), or every core when the BLAS is held to one thread (``OPENBLAS_NUM_THREADS``,
+    ``OMP_NUM_THREADS`` or ``MKL_NUM_THREADS`` = 1). Why half: the kernels run between GEMMs,
+    and a multi-threaded BLAS keeps its threads on the cores for a while after each call; on
+    the 2-core machines of benchmarks/RESULTS.md a LeNet and a CaffeNet step were faster with
+    the kernels on the calling thread alone than split over both cores.
+    """
+    raw = os.environ.get("DATAKIT_KERNEL_THREADS", "").strip()
+    if raw.isdigit() and int(raw) > 0:
+        return int(raw)
+    cores = max(1, min(os.cpu_count() or 1, 8))
+    blas_single = any(os.environ.get(v, "").strip() == "1"
+                      for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"))
+    return cores if blas_single else max(1, cores // 2)
+
+
+_WORKERS = _workers_from_env()
 _POOL: ThreadPoolExecutor | None = None
 _MIN_SPLIT = 1 << 18  # elements below which threads cost more than they save
 
