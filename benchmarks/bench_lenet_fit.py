@@ -125,7 +125,8 @@ def _run_ours(work: Path, iterations: int) -> dict:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="bench_lenet_fit", description=__doc__.splitlines()[0])
     p.add_argument("--iterations", type=int, default=400, help="timed iterations after 100 warm-up ones (default 400)")
-    p.add_argument("--rounds", type=int, default=2, help="alternate ours / PyTorch this many times (default 2)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="alternate ours / PyTorch this many times (default 3: a median of an odd count)")
     p.add_argument("--threads", type=int, default=0,
                    help="limit both sides to N threads (BLAS, OpenMP, torch); 0: their defaults (every core)")
     p.add_argument("--workdir", help="folder holding (or to receive) mnist_train_lmdb and mnist_test_lmdb")
