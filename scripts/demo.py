@@ -97,13 +97,12 @@ def main(argv: list[str] | None = None) -> int:
     tuned = newest(snapshots, "demo_finetune_iter_*.caffemodel")
     output = run("trainer", "test", "--model", str(MODELS / "demo_finetune_train_val.prototxt"),
                  "--weights", str(tuned.relative_to(OUT)), "--iterations", "8", *device, cwd=OUT, capture=True)
-    names = OUT / "style_names.txt"
-    names.write_text("\n".join(load_recipe("demo").label_names) + "\n")
+    names = data / "labels.txt"  # the class names assemble wrote beside the lists
     samples = [line.split()[0] for line in (data / "test.txt").read_text().splitlines()[:3]]
     run("trainer", "classify", *(str(Path("data") / s) for s in samples),
         "--model", str(MODELS / "demo_finetune_deploy.prototxt"), "--weights", str(tuned.relative_to(OUT)),
         "--mean", "mean.npy", "--input-scale", "0.0078125", "--image-dims", "72,72",
-        "--labels", names.name, "--top-k", "2", *device, cwd=OUT)
+        "--labels", str(names.relative_to(OUT)), "--top-k", "2", *device, cwd=OUT)
     print("  (true styles: " + ", ".join(f"{p}: {load_recipe('demo').label_names[int(lab)]}" for p, lab in
                                         (line.split() for line in (data / "test.txt").read_text().splitlines()[:3]))
           + ")")

@@ -67,6 +67,7 @@ def test_cli_assembles_the_demo_like_caffe(cli, tmp_path: Path, demo_rows) -> No
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["selected"] == report["downloaded"] == report["succeeded"] == 120 and report["failed"] == 0
     assert _lines(tmp_path / "d" / "failed.csv") == ["id,name,url,reason,detail"]
+    assert _lines(tmp_path / "d" / "labels.txt") == ["Pastel", "Noir", "Sunny", "Hazy", "Texture"]  # for classify
     assert "img/s" not in r.stderr  # no progress bar when stderr is not a terminal
     with serve_mirror(MirrorConfig.from_rows(demo_rows)) as m:
         r = cli("datakit", "assemble", "--manifest", "demo", "--mirror", m.url, "--out", str(tmp_path / "d"),
@@ -286,3 +287,6 @@ def test_real_flickr_csv_through_the_mirror_gives_caffes_lists(tmp_path: Path, s
     for split in ("train", "test"):
         assert _lines(out / f"{split}.txt") == [f"images/{r.url.rsplit('/', 1)[-1]} {r.label}"
                                                  for r in picked if r.split == split]
+    # --labels 10: the names of labels 0..9, in Caffe's style_names.txt order
+    assert _lines(out / "labels.txt") == ["Detailed", "Pastel", "Melancholy", "Noir", "HDR", "Vintage",
+                                          "Long Exposure", "Horror", "Sunny", "Bright"]

@@ -107,6 +107,25 @@ def write_failed_csv(path: Path, records: list[dict]) -> None:
     write_text_atomic(path, out.getvalue())
 
 
+LABEL_NAMES = "labels.txt"
+
+
+def write_label_names(plan: Plan) -> Path | None:
+    """``labels.txt`` beside the lists: the recipe's class names, one a line, for labels 0..K-1.
+
+    K is ``--labels`` when given, else every name the recipe has; this is the file ``trainer
+    classify --labels`` and the board read (Caffe's recipe shipped it as style_names.txt). A recipe
+    without names, or with fewer names than the labels kept, gets none.
+    """
+    names = list(plan.recipe.label_names)
+    k = plan.config.labels or len(names)
+    if not names or k > len(names):
+        return None
+    path = plan.out / LABEL_NAMES
+    write_text_atomic(path, "".join(f"{n}\n" for n in names[:k]))
+    return path
+
+
 def finish(plan: Plan, results: Sequence[PartitionResult], *, stopped: str | None = None,
            elapsed: float = 0.0) -> AssembleResult:
     """Write failed.csv, the lists (unless `stopped`) and the report; raise when the list looks dead.
@@ -146,6 +165,8 @@ def finish(plan: Plan, results: Sequence[PartitionResult], *, stopped: str | Non
         for split, entries in by_split.items() if succeeded else ():  # nothing at all: an error below, no lists
             lists[split] = plan.out / f"{split}.txt"
             write_list(lists[split], entries)
+        if succeeded:
+            write_label_names(plan)
 
     kinds = Counter({str(k): v for k, v in stats.kinds.items()})
     for o in plan.bad:
