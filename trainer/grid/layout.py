@@ -65,10 +65,11 @@ def fit_arguments(spec: NetSpec) -> list[str]:
 
     Why: Caffe (and `trainer fit` without --max-iter) tests after the last iteration only when
     test_interval divides max_iter; a grid made with ``--max-iter 25`` over a solver testing every
-    10 iterations would end untested, and one shorter than test_interval would never be tested, so
-    `grid summary` would have no score. ``trainer fit --max-iter`` always tests after the last
-    iteration, so every net a grid trains ends with a test. Grids made before command.sh carried
-    the flag get it here too, from net.json's max_iter."""
+    10 iterations would lose the test of its final weights, and with ``--max-iter 7`` (and no
+    test_initialization) a net would never be tested, so `grid summary` would have no score.
+    ``trainer fit --max-iter`` always tests after the last iteration, so every net a grid trains
+    ends with a test. Grids made before command.sh carried the flag get it here too, from
+    net.json's max_iter."""
     args = list(spec.command[2:]) if spec.command[:2] == ["trainer", "fit"] else list(spec.command)
     if "--max-iter" not in args:
         args += ["--max-iter", str(spec.max_iter)]

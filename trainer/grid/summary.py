@@ -19,6 +19,8 @@ from pathlib import Path
 
 from datakit.atomic import write_text_atomic
 from datakit.errors import ConfigError
+from trainer.grid.layout import STATE_FILE, read_net_spec, why_untested
+from trainer.grid.layout import read_json as read_doc
 from trainer.grid.metric import TOP_K, read_curve
 from trainer.grid.names import FAMILIES, NetKind, classify
 
@@ -93,8 +95,6 @@ def score_net(folder: Path, metric: str = "accuracy", top: int = TOP_K) -> NetSc
 def untested_note(folder: Path, last_iteration: int) -> str:
     """Why a net folder whose logs have no test has none: for a grid net that finished (state.json
     "done" or its final snapshot there), the solver setting at fault (layout.why_untested)."""
-    from trainer.grid.layout import STATE_FILE, read_json as read_doc, read_net_spec
-
     if not (folder / NET_FILE).is_file():
         return f"its log has no test accuracy (last iteration {last_iteration})"
     try:
@@ -111,7 +111,6 @@ def untested_note(folder: Path, last_iteration: int) -> str:
 def _solver_reason(folder: Path, max_iter: int) -> str:
     from datakit.errors import DatakitError
     from datakit.formats.prototxt import read_solver
-    from trainer.grid.layout import why_untested
 
     try:
         solver = read_solver(folder / "solver.prototxt")
