@@ -56,18 +56,18 @@ def test_fit_command_adds_max_iter_to_a_grid_made_before_it_was_written(project,
     assert fit_arguments(spec).count("--max-iter") == 1 and fit_arguments(spec)[-1] == "5"
 
 
-def _finished_without_a_test(net) -> None:
-    """What a net trained by the old command.sh (no --max-iter) to iteration 7 left behind."""
-    lines = [f"I1201 10:00:0{i}.000000 1 solver.py:230] Iteration {i}, loss = 1.0" for i in range(8)]
-    (net / "train.log").write_text("\n".join(lines) + "\nI1201 10:00:09.000000 1 solver.py:290] Optimization Done.\n")
-    (net / "snapshots/net_iter_7.caffemodel").write_bytes(b"")
+def _trained_by_the_old_command(net) -> None:
+    """Train the net as grid run did before it passed --max-iter (net.json's command as it is)."""
+    spec = read_net_spec(net)
+    ran = trainer(*spec.command[1:], "--quiet", cwd=net)
+    assert ran.returncode == 0, ran.stderr
     write_json(net / STATE_FILE, {"state": "done", "exit_code": 0})
 
 
 def test_summary_names_a_finished_net_without_a_test_apart_from_missing_ones(project, tmp_path):  # noqa: F811
     grid = tmp_path / "g"
     make(project, grid, layers=[1], pairs=["AA"], families=["BnB"], max_iter=7)
-    _finished_without_a_test(grid / "half0A")
+    _trained_by_the_old_command(grid / "half0A")
     rows = {r.net: r for r in summarize(grid)}
     untested, missing = rows["half0A"], rows["transfer0A0A_1_1"]
     assert (untested.status, untested.score, untested.logs) == ("untested", None, 1)
@@ -85,6 +85,14 @@ def test_summary_names_a_finished_net_without_a_test_apart_from_missing_ones(pro
     assert "half0A: finished, but its log has no test accuracy" in done.stdout
     doc = json.loads((tmp_path / "s.json").read_text())
     assert {r["net"]: r["status"] for r in doc["nets"]} == {"half0A": "untested", "transfer0A0A_1_1": "missing"}
+    # The note's command tests the final weights without training again; then the net has its score.
+    hint = untested.note.split("test its final weights in half0A/ with: ", 1)[1]
+    assert hint == ("trainer fit --solver solver.prototxt --log train.log --max-iter 7 "
+                    "--snapshot snapshots/net_iter_7.solverstate")
+    retest = trainer(*shlex.split(hint)[1:], "--quiet", cwd=grid / "half0A")
+    assert retest.returncode == 0, retest.stderr
+    [row] = [r for r in summarize(grid) if r.net == "half0A"]
+    assert (row.status, row.tests, row.last_iteration) == ("partial", 1, 7) and row.score is not None
 
 
 def test_an_unfinished_net_without_a_test_yet_says_so(project, tmp_path):  # noqa: F811

@@ -59,9 +59,10 @@ class NetSpec:
         return folder / f"{SNAPSHOT_PREFIX}_iter_{self.max_iter}.caffemodel"
 
 
-def fit_arguments(spec: NetSpec) -> list[str]:
+def fit_arguments(spec: NetSpec, resume: str | os.PathLike | None = None) -> list[str]:
     """The arguments of `trainer fit` that train the net: its command (less ``trainer fit``), with
-    ``--max-iter <max_iter>`` added when the command has none.
+    ``--max-iter <max_iter>`` added when the command has none; resuming from the solverstate
+    `resume`, ``--snapshot resume`` replaces ``--weights``.
 
     Why: Caffe (and `trainer fit` without --max-iter) tests after the last iteration only when
     test_interval divides max_iter; a grid made with ``--max-iter 25`` over a solver testing every
@@ -73,6 +74,11 @@ def fit_arguments(spec: NetSpec) -> list[str]:
     args = list(spec.command[2:]) if spec.command[:2] == ["trainer", "fit"] else list(spec.command)
     if "--max-iter" not in args:
         args += ["--max-iter", str(spec.max_iter)]
+    if resume is not None:
+        if "--weights" in args:
+            i = args.index("--weights")
+            del args[i:i + 2]
+        args += ["--snapshot", str(resume)]
     return args
 
 

@@ -68,13 +68,7 @@ def _die_with_parent() -> None:
 def fit_command(spec: NetSpec, resume: Path | None) -> list[str]:
     """The net's command (with --max-iter, see layout.fit_arguments), as a child of this Python;
     --snapshot replaces --weights when resuming."""
-    args = fit_arguments(spec)
-    if resume is not None:
-        if "--weights" in args:
-            i = args.index("--weights")
-            del args[i:i + 2]
-        args += ["--snapshot", str(resume)]
-    return [sys.executable, "-m", "cli.trainer_main", "fit", *args, "--quiet"]
+    return [sys.executable, "-m", "cli.trainer_main", "fit", *fit_arguments(spec, resume), "--quiet"]
 
 
 def run_net(folder: str) -> NetOutcome:

@@ -14,12 +14,13 @@ import csv
 import io
 import json
 import os
+import shlex
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from datakit.atomic import write_text_atomic
 from datakit.errors import ConfigError
-from trainer.grid.layout import STATE_FILE, read_net_spec, why_untested
+from trainer.grid.layout import SNAPSHOT_PREFIX, STATE_FILE, fit_arguments, read_net_spec, why_untested
 from trainer.grid.layout import read_json as read_doc
 from trainer.grid.metric import TOP_K, read_curve
 from trainer.grid.names import FAMILIES, NetKind, classify
@@ -119,6 +120,10 @@ def _solver_reason(folder: Path, max_iter: int) -> str:
     why = why_untested(solver, max_iter)
     if why and len(solver.test_iter):
         why += " and it was trained without --max-iter (a grid made before `grid run` passed it)"
+        final = folder / f"{SNAPSHOT_PREFIX}_iter_{max_iter}.solverstate"
+        if final.is_file() and (folder / NET_FILE).is_file():
+            args = fit_arguments(read_net_spec(folder), final.relative_to(folder))
+            why += f"; test its final weights in {folder.name}/ with: {shlex.join(['trainer', 'fit', *args])}"
     return why
 
 
