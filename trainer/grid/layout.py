@@ -4,8 +4,9 @@
 
     GRID/grid.json                 {"format": "datakit-grid", "version": 1, "nets": [names in run order], ...}
     GRID/<net>/net.json            what the net is (family, n, split, half, ...), what it needs (a base
-                                   net whose final snapshot it copies), max_iter, the exact command
-    GRID/<net>/command.sh          that command, runnable by hand from the net folder
+                                   net whose final snapshot it copies), max_iter, its `trainer fit` command
+    GRID/<net>/command.sh          that command with --max-iter (fit_arguments), runnable by hand from the
+                                   net folder
     GRID/<net>/solver.prototxt, train_val.prototxt
     GRID/<net>/snapshots/net_iter_N.caffemodel / .solverstate
     GRID/<net>/train.log           Caffe-format log (appended by every run of the net)
@@ -56,6 +57,42 @@ class NetSpec:
 
     def final_snapshot(self, folder: Path) -> Path:
         return folder / f"{SNAPSHOT_PREFIX}_iter_{self.max_iter}.caffemodel"
+
+
+def fit_arguments(spec: NetSpec, resume: str | os.PathLike | None = None) -> list[str]:
+    """The arguments of `trainer fit` that train the net: its command (less ``trainer fit``), with
+    ``--max-iter <max_iter>`` added when the command has none; resuming from the solverstate
+    `resume`, ``--snapshot resume`` replaces ``--weights``.
+
+    Why: Caffe (and `trainer fit` without --max-iter) tests after the last iteration only when
+    test_interval divides max_iter; a grid made with ``--max-iter 25`` over a solver testing every
+    10 iterations would lose the test of its final weights, and with ``--max-iter 7`` (and no
+    test_initialization) a net would never be tested, so `grid summary` would have no score.
+    ``trainer fit --max-iter`` always tests after the last iteration, so every net a grid trains
+    ends with a test. Grids made before command.sh carried the flag get it here too, from
+    net.json's max_iter."""
+    args = list(spec.command[2:]) if spec.command[:2] == ["trainer", "fit"] else list(spec.command)
+    if "--max-iter" not in args:
+        args += ["--max-iter", str(spec.max_iter)]
+    if resume is not None:
+        if "--weights" in args:
+            i = args.index("--weights")
+            del args[i:i + 2]
+        args += ["--snapshot", str(resume)]
+    return args
+
+
+def why_untested(solver, max_iter: int | None = None) -> str:
+    """Why a run of the SolverParameter `solver` to `max_iter` (default its own) without --max-iter
+    logs no test after its last iteration; "" when it does (Caffe's rule, see fit_arguments)."""
+    max_iter = int(solver.max_iter if max_iter is None else max_iter)
+    if not len(solver.test_iter):
+        return "its solver has no test_iter (no test net)"
+    if not solver.test_interval:
+        return "its solver's test_interval is 0"
+    if max_iter % solver.test_interval:
+        return f"test_interval {solver.test_interval} does not divide max_iter {max_iter}"
+    return ""
 
 
 def write_json(path: Path, doc: dict) -> None:

@@ -15,13 +15,15 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import shlex
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from datakit.errors import ConfigError
 from datakit.formats.prototxt import read_net, read_solver, write_prototxt
-from trainer.grid.layout import (GRID_FILE, GRID_FORMAT, LOG_FILE, SNAPSHOT_PREFIX, NetSpec, write_json,
-                                 write_net_spec)
+from trainer.grid.layout import (GRID_FILE, GRID_FORMAT, LOG_FILE, SNAPSHOT_PREFIX, NetSpec, fit_arguments,
+                                 write_json, write_net_spec)
 from trainer.grid.names import base_name, transfer_name
 from trainer.transfer import TransferSpec, learnable_layers, transfer_net
 
@@ -60,6 +62,10 @@ def _fill(template: str, **values) -> str:
 
 def _relative(path: str, folder: Path) -> str:
     return os.path.relpath(os.path.abspath(path), os.path.abspath(folder))
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr)
 
 
 class _Writer:
@@ -107,7 +113,7 @@ class _Writer:
         spec.command = command
         write_net_spec(folder, spec)
         script = f"#!/bin/sh\n# train {spec.name} ({spec.family}); run from this folder\ncd \"$(dirname \"$0\")\"\n"
-        (folder / "command.sh").write_text(script + shlex.join(command) + "\n")
+        (folder / "command.sh").write_text(script + shlex.join(command[:2] + fit_arguments(spec)) + "\n")
         (folder / "command.sh").chmod(0o755)
         self.names.append(spec.name)
 
@@ -115,8 +121,10 @@ class _Writer:
         return _relative(str(self.out / base / f"{SNAPSHOT_PREFIX}_iter_{self.max_iter}.caffemodel"), folder)
 
 
-def make_grid(out: str | os.PathLike, plan: GridPlan) -> list[str]:
-    """Write the grid's net folders and grid.json; returns the net names in run order."""
+def make_grid(out: str | os.PathLike, plan: GridPlan, warn: Callable[[str], None] | None = None) -> list[str]:
+    """Write the grid's net folders and grid.json; returns the net names in run order.
+
+    `warn` (default: a line on stderr) hears of a solver whose nets would never be scored."""
     out = Path(out)
     if (out / GRID_FILE).exists():
         raise ConfigError(f"{out}: already holds a grid ({GRID_FILE}); choose a new folder")
@@ -127,6 +135,9 @@ def make_grid(out: str | os.PathLike, plan: GridPlan) -> list[str]:
         if len(pair) != 2 or set(pair) - {"A", "B"}:
             raise ConfigError(f"--pairs: {pair!r} is not two halves (AA, AB, BA or BB)")
     w = _Writer(out, plan)
+    if not len(w.solver.test_iter):
+        (warn or _stderr)(f"warning: {plan.solver} has no test_iter, so the grid's nets have no test net: none is "
+                          "ever tested and `trainer grid summary` will have no score for them")
     learnable = len(learnable_layers(w.base))
     layers = plan.layers if plan.layers is not None else list(range(1, learnable))
     bad = [n for n in layers if not 1 <= n <= learnable]

@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from trainer.grid.layout import (LOG_FILE, OUT_FILE, RUNNING_FILE, STATE_FILE, NetSpec, is_done, latest_solverstate,
-                                 log_iteration, log_tail, pid_alive, read_grid, read_json, read_net_spec,
+from trainer.grid.layout import (LOG_FILE, OUT_FILE, RUNNING_FILE, STATE_FILE, NetSpec, fit_arguments, is_done,
+                                 latest_solverstate, log_iteration, log_tail, pid_alive, read_grid, read_json, read_net_spec,
                                  write_json)
 
 _REPO = Path(__file__).resolve().parents[2]
@@ -66,14 +66,9 @@ def _die_with_parent() -> None:
 
 
 def fit_command(spec: NetSpec, resume: Path | None) -> list[str]:
-    """The net's command, as a child of this Python; --snapshot replaces --weights when resuming."""
-    args = list(spec.command[2:]) if spec.command[:2] == ["trainer", "fit"] else list(spec.command)
-    if resume is not None:
-        if "--weights" in args:
-            i = args.index("--weights")
-            del args[i:i + 2]
-        args += ["--snapshot", str(resume)]
-    return [sys.executable, "-m", "cli.trainer_main", "fit", *args, "--quiet"]
+    """The net's command (with --max-iter, see layout.fit_arguments), as a child of this Python;
+    --snapshot replaces --weights when resuming."""
+    return [sys.executable, "-m", "cli.trainer_main", "fit", *fit_arguments(spec, resume), "--quiet"]
 
 
 def run_net(folder: str) -> NetOutcome:

@@ -15,6 +15,7 @@ from datakit.errors import ConfigError
 from trainer.grid.layout import (GRID_FILE, LOG_FILE, RUNNING_FILE, STATE_FILE, is_done, latest_solverstate,
                                  log_iteration, pid_alive, read_grid, read_json)
 from trainer.grid.metric import NetCurve, read_curve
+from trainer.grid.summary import untested_note
 
 STATES = ("done", "running", "waiting", "failed", "skipped")
 
@@ -34,7 +35,7 @@ class NetStatus:
     half: str | None = None
     max_iter: int = 0
     needs: str | None = None
-    reason: str | None = None        # why failed / skipped
+    reason: str | None = None        # why failed / skipped; for a done net without a test score, why
     pid: int | None = None           # the training process while running
 
 
@@ -88,6 +89,8 @@ def grid_status(grid_dir: str | os.PathLike) -> list[NetStatus]:
         curve = _curve(folder)
         snap = latest_solverstate(folder)
         iteration = max(log_iteration(folder), snap[0] if snap else 0)
+        if state == "done" and curve.score() is None:
+            reason = untested_note(folder, iteration)  # a finished net `grid summary` cannot score
         out.append(NetStatus(spec.name, spec.family, spec.n, spec.split, state, iteration, curve.best, curve.score(),
                              spec.half, spec.max_iter, spec.needs, reason, pid if state == "running" else None))
     return out

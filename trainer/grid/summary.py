@@ -3,7 +3,9 @@
 A study folder has one sub-folder per net (a grid made by `trainer grid make`, or the authors'
 ``results/``). A net's kind comes from its ``net.json`` when a grid wrote one, else from its folder
 name (trainer.grid.names). Its score is trainer.grid.metric's: the mean of the 10 highest test
-top-1 accuracies. A net with no log, or logs without a test, is listed as missing, not an error.
+top-1 accuracies. A net with no log is listed as missing, not an error; one whose logs have no
+test is "untested", with a note saying why where its folder tells (a grid net that finished: which
+solver setting kept `trainer fit` from testing after its last iteration).
 """
 
 from __future__ import annotations
@@ -12,11 +14,14 @@ import csv
 import io
 import json
 import os
+import shlex
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from datakit.atomic import write_text_atomic
 from datakit.errors import ConfigError
+from trainer.grid.layout import SNAPSHOT_PREFIX, STATE_FILE, fit_arguments, read_net_spec, why_untested
+from trainer.grid.layout import read_json as read_doc
 from trainer.grid.metric import TOP_K, read_curve
 from trainer.grid.names import FAMILIES, NetKind, classify
 
@@ -38,7 +43,8 @@ class NetScore:
     tests: int
     last_iteration: int
     logs: int
-    status: str            # "ok", "missing" (no log or no test), "partial" (fewer than 10 tests)
+    status: str            # "ok", "missing" (no log), "untested" (logs, no test), "partial" (fewer than 10 tests)
+    note: str = ""         # for "untested": what the folder says about why
 
 
 @dataclass
@@ -76,9 +82,49 @@ def score_net(folder: Path, metric: str = "accuracy", top: int = TOP_K) -> NetSc
     kind = net_kind(folder)
     curve = read_curve(folder, metric)
     score = curve.score(top)
-    status = "missing" if score is None else ("partial" if len(curve.tests) < top else "ok")
+    note = ""
+    if score is not None:
+        status = "partial" if len(curve.tests) < top else "ok"
+    elif curve.logs == curve.empty_logs:
+        status = "missing"
+    else:
+        status, note = "untested", untested_note(folder, curve.last_iteration)
     return NetScore(folder.name, kind.family, kind.n, kind.split, kind.half, kind.per_class, score, curve.best,
-                    len(curve.tests), curve.last_iteration, curve.logs, status)
+                    len(curve.tests), curve.last_iteration, curve.logs, status, note)
+
+
+def untested_note(folder: Path, last_iteration: int) -> str:
+    """Why a net folder whose logs have no test has none: for a grid net that finished (state.json
+    "done" or its final snapshot there), the solver setting at fault (layout.why_untested)."""
+    if not (folder / NET_FILE).is_file():
+        return f"its log has no test accuracy (last iteration {last_iteration})"
+    try:
+        spec = read_net_spec(folder)
+        state = read_doc(folder / STATE_FILE) or {}
+    except ConfigError as err:
+        return str(err)
+    if state.get("state") != "done" and not spec.final_snapshot(folder).is_file():
+        return f"not finished, no test yet (last iteration {last_iteration} of {spec.max_iter})"
+    why = _solver_reason(folder, spec.max_iter)
+    return "finished, but its log has no test accuracy" + (f": {why}" if why else "")
+
+
+def _solver_reason(folder: Path, max_iter: int) -> str:
+    from datakit.errors import DatakitError
+    from datakit.formats.prototxt import read_solver
+
+    try:
+        solver = read_solver(folder / "solver.prototxt")
+    except (OSError, DatakitError):
+        return ""
+    why = why_untested(solver, max_iter)
+    if why and len(solver.test_iter):
+        why += " and it was trained without --max-iter (a grid made before `grid run` passed it)"
+        final = folder / f"{SNAPSHOT_PREFIX}_iter_{max_iter}.solverstate"
+        if final.is_file() and (folder / NET_FILE).is_file():
+            args = fit_arguments(read_net_spec(folder), final.relative_to(folder))
+            why += f"; test its final weights in {folder.name}/ with: {shlex.join(['trainer', 'fit', *args])}"
+    return why
 
 
 def _order(row: NetScore) -> tuple:
@@ -128,6 +174,10 @@ def format_table(rows: list[NetScore], groups: list[GroupScore]) -> str:
         lines.append(f"{g.family:<14} {'-' if g.n is None else g.n:>4} {g.per_class or '-':>9} "
                      f"{_fmt(g.mean_score):>7} {_fmt(g.min_score):>7} {_fmt(g.max_score):>7} "
                      f"{g.scored:>4} / {g.nets:<3}")
+    untested = [r for r in rows if r.status == "untested"]
+    if untested:
+        lines.append(f"untested (a log, but no test accuracy in it): {len(untested)}:")
+        lines += [f"  {r.net}: {r.note}" for r in untested]
     missing = [r.net for r in rows if r.status == "missing"]
     if missing:
         lines.append(f"missing (no log with a test): {len(missing)}: {', '.join(missing)}")
