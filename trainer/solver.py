@@ -9,9 +9,11 @@ where a Caffe user expects them:
     test_initialization); iter_size × forward/backward; display the loss averaged over
     average_loss iterations; update (logs the lr); iter += 1; snapshot every `snapshot`.
 
-After ``max_iter`` a final snapshot (``snapshot_after_train``), a final loss line and
-a final test. ``request_stop()`` (SIGINT/SIGTERM in ``trainer fit``) ends the run at the
-end of the current iteration with a snapshot, so no finished iteration is lost.
+After ``max_iter`` a final snapshot (``snapshot_after_train``), a final loss line and,
+as in Caffe, a final test when ``test_interval`` divides ``max_iter`` (or always when
+``final_test`` is set: ``trainer fit --max-iter``, which the grid runner passes).
+``request_stop()`` (SIGINT/SIGTERM in ``trainer fit``) ends the run at the end of the
+current iteration with a snapshot, so no finished iteration is lost.
 """
 
 from __future__ import annotations
