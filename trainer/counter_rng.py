@@ -27,6 +27,8 @@ is why the compiled loop, NumPy and CuPy give the same values. The arithmetic af
 
 from __future__ import annotations
 
+import functools
+
 from types import ModuleType
 from typing import Any
 
@@ -113,23 +115,17 @@ def _store_xp(flat: Any, lo: int, hi: int, v0: Any, v1: Any, offset: Any, scale:
 
 # -------------------------------------------------------------- compiled ----
 
-_IMPL: Any = None
-_LOADED = False
-
-
+@functools.cache
 def _impl() -> Any:
     """The compiled loops, loaded once; None when numba is missing or broken."""
-    global _IMPL, _LOADED
-    if not _LOADED:
-        _LOADED = True
-        if kernels_cpu.impl() is not None:  # numba imports and DATAKIT_COMPILED is not 0
-            try:
-                from trainer import counter_rng_cpu as impl  # noqa: PLC0415 - imports numba
-                impl.normal_pairs(np.zeros(2, np.float32), _U(1), _F(0.0), _F(1.0), 0, 1)
-                _IMPL = impl
-            except Exception:  # a toolchain that cannot compile these loops: the twin runs
-                _IMPL = None
-    return _IMPL
+    if kernels_cpu.impl() is None:  # numba missing, or DATAKIT_COMPILED=0
+        return None
+    try:
+        from trainer import counter_rng_cpu as impl  # noqa: PLC0415 - imports numba
+        impl.normal_pairs(np.zeros(2, np.float32), _U(1), _F(0.0), _F(1.0), 0, 1)
+        return impl
+    except Exception:  # a toolchain that cannot compile these loops: the twin runs
+        return None
 
 
 def compiled_available() -> bool:
