@@ -1,7 +1,7 @@
 """`caffe time` for our nets: average forward and backward milliseconds per layer.
 
-The measurement follows Caffe's tool: one untimed forward/backward to warm
-up (allocations, kernel compilation), then for each iteration every layer's
+The measurement follows Caffe's tool: untimed passes to warm up (allocations,
+kernel compilation), then for each iteration every layer's
 forward in order and every layer's backward in reverse, each timed on its
 own (with a device synchronisation on the GPU so the time is the layer's).
 Layers that the net prunes from backward report 0 backward time, as they
@@ -122,11 +122,22 @@ def _batch_size(net: Net) -> int:
     return 0
 
 
-def time_net(net: Net, iterations: int = 50, *, forward_only: bool = False, warmup: int = 1,
+def time_net(net: Net, iterations: int = 50, *, forward_only: bool = False, warmup: int | None = None,
              progress: Callable[[int], None] | None = None) -> TimingReport:
-    """Time ``iterations`` forward(+backward) passes layer by layer."""
+    """Time ``iterations`` forward(+backward) passes layer by layer, after ``warmup`` untimed ones.
+
+    The timed passes are the steady state: nothing in them may allocate for the first time.
+    Caffe's tool warms up with one pass because Caffe allocates every buffer at setup; ours
+    are made on first use, and as in ``caffe time`` the parameter gradients accumulate from
+    pass to pass, so the *second* backward is the first to accumulate and makes the buffers
+    that path needs (InnerProduct's product buffer: 151 MB for CaffeNet's fc6, whose page
+    faults would otherwise be charged to the first timed pass). Hence the default: one warm-up
+    pass forward-only, two with backward.
+    """
     if iterations < 1:
         raise ConfigError(f"iterations must be at least 1, got {iterations}")
+    if warmup is None:
+        warmup = 1 if forward_only else 2
     xp = net.xp
     for _ in range(warmup):
         net.forward()
