@@ -98,11 +98,25 @@ def rand(*shape):
     ("num_output: 4 kernel_size: 3 group: 2 pad: 1", (2, 4, 5, 5)),
     ("num_output: 2 kernel_size: 3 dilation: 2 pad: 2", (1, 2, 7, 7)),
     ("num_output: 3 kernel_size: 1 bias_term: false", (2, 3, 4, 4)),
+    # Many pixels per weight (N·P >= mg·kk): the weight gradient takes the dy · colᵀ arrangement.
+    ("num_output: 2 kernel_size: 2", (2, 1, 9, 9)),
+    ("num_output: 2 kernel_size: 2 group: 2 pad: 1", (2, 2, 8, 8)),
 ])
 def test_convolution_gradients(params, shape):
     text = f'type: "Convolution" convolution_param {{ {params} weight_filler {{ type: "gaussian" std: 0.5 }} bias_filler {{ type: "gaussian" std: 0.5 }} }}'
     layer, b, t = make_layer(text, [rand(*shape)])
     check_gradients(layer, b, t)
+
+
+def test_convolution_weight_gradient_arrangements_cover_both_sides():
+    """The parametrisation above exercises both of backward's weight-gradient arrangements."""
+    sides = set()
+    for params, shape in test_convolution_gradients.pytestmark[0].args[1]:
+        text = f'type: "Convolution" convolution_param {{ {params} }}'
+        layer, b, t = make_layer(text, [rand(*shape)])
+        pixels = t[0].count // layer.num_output  # N·P
+        sides.add(pixels >= (layer.num_output // layer.group) * (layer.blobs[0].count // layer.num_output))
+    assert sides == {True, False}
 
 
 def test_convolution_matches_direct_sum():

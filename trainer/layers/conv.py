@@ -137,20 +137,36 @@ class ConvolutionLayer(Layer):
             if col is None:
                 col = self._im2col(b.data, i)
             kk = col.shape[0] // g
-            # Every GEMM below has plain (non-transposed) row-major operands: OpenBLAS
-            # runs transposed operands of these shapes several times slower.
-            if self.param_needs_grad(0):
-                dyt3 = self.workspace("dyt", (n, dy.shape[2], self.num_output))
-                dyt3[...] = dy.transpose(0, 2, 1)
-                dyt = dyt3.reshape(-1, self.num_output)  # (N·P, M)
-                for gi in range(g):
-                    self.add_param_grad(0, (col[gi * kk:(gi + 1) * kk] @ dyt[:, gi * mg:(gi + 1) * mg]).T,
-                                        slice(gi * mg, (gi + 1) * mg))
-                self.finish_param_grad(0)
-            if propagate_down[i]:
+            # The weight gradient of group g is dy_g (mg × N·P) · col_gᵀ (N·P × kk). Which
+            # arrangement OpenBLAS runs faster depends on the shape (benchmarks/RESULTS.md,
+            # "weight gradient"): when the batch's pixel count N·P is at least the gradient's
+            # size mg·kk (first layers: LeNet's conv1, CaffeNet's conv1, VGG's conv1_x) the
+            # transposed col operand wins, by 2-4x for few input channels; otherwise plain
+            # row-major operands, col_g · dyᵀ, with dy transposed once. The rule depends on
+            # the shapes only, so a net always takes the same path (the same bits run to run).
+            long_rows = col.shape[1] >= mg * kk
+            dy2 = None
+            if propagate_down[i] or (long_rows and self.param_needs_grad(0)):
                 dy23 = self.workspace("dy2", (self.num_output, n, dy.shape[2]))
                 dy23[...] = dy.transpose(1, 0, 2)
                 dy2 = dy23.reshape(self.num_output, -1)  # (M, N·P)
+            if self.param_needs_grad(0):
+                if long_rows:
+                    assert dy2 is not None
+                    for gi in range(g):
+                        self.add_param_grad(0, dy2[gi * mg:(gi + 1) * mg] @ col[gi * kk:(gi + 1) * kk].T,
+                                            slice(gi * mg, (gi + 1) * mg))
+                else:
+                    dyt3 = self.workspace("dyt", (n, dy.shape[2], self.num_output))
+                    dyt3[...] = dy.transpose(0, 2, 1)
+                    dyt = dyt3.reshape(-1, self.num_output)  # (N·P, M)
+                    for gi in range(g):
+                        self.add_param_grad(0, (col[gi * kk:(gi + 1) * kk] @ dyt[:, gi * mg:(gi + 1) * mg]).T,
+                                            slice(gi * mg, (gi + 1) * mg))
+                self.finish_param_grad(0)
+            if propagate_down[i]:
+                assert dy2 is not None
+                # The data gradient's GEMMs have plain row-major operands (wᵀ made contiguous).
                 dcol = self.workspace("dcol", col.shape)
                 if g == 1:
                     xp.matmul(xp.ascontiguousarray(w.T), dy2, out=dcol)
