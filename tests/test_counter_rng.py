@@ -68,7 +68,7 @@ def test_values_depend_on_the_index_only_not_on_the_split():
         for lo, hi in zip(cuts, cuts[1:]):
             impl.normal_pairs(parts, seed, np.float32(0), np.float32(1), lo, hi)
         np.testing.assert_array_equal(parts, whole)
-    threaded = np.empty(n * 64, np.float32)  # large enough for kernels._parallel to split it
+    threaded = np.empty(n * 64, np.float32)  # large enough for kernels.parallel to split it
     counter_rng.normal(threaded, seed)
     single = np.empty(n * 64, np.float32)
     impl.normal_pairs(single, seed, np.float32(0), np.float32(1), 0, n * 32)

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from trainer import kernels, kernels_cpu
+from trainer.kernels_dispatch import parallel
 from trainer.backend import get_array_module
 
 from trainer.counter_rng_spec import (_ANGLE, _C2, _C4, _C6, _C8, _C10, _F, _I, _L3, _L5, _L7, _L9, _LN2, _MANT,
@@ -149,7 +150,7 @@ def _fill(out: Any, seed: np.uint64, offset: float, scale: float, kind: str) -> 
     if host and out.dtype in (np.float32, np.float64) and compiled_available():
         fn = getattr(_impl(), f"{kind}_pairs")
         whole = n // 2
-        kernels._parallel(whole, n, lambda lo, hi: fn(flat, seed, off, sc, lo, hi))
+        parallel(whole, n, lambda lo, hi: fn(flat, seed, off, sc, lo, hi))
         if whole < pairs:  # the odd last element, from the twin (the same bits)
             _store_xp(flat, whole, pairs, *_PAIRS[kind](np, seed, whole, pairs), off, sc)
         return
@@ -161,7 +162,7 @@ def _fill(out: Any, seed: np.uint64, offset: float, scale: float, kind: str) -> 
         for a in range(lo, hi, _TWIN_CHUNK):
             b = min(hi, a + _TWIN_CHUNK)
             _store_xp(flat, a, b, *_PAIRS[kind](np, seed, a, b), off, sc)
-    kernels._parallel(pairs, n, chunks)
+    parallel(pairs, n, chunks)
 
 
 _TWIN_CHUNK = 1 << 13  # pairs per NumPy pass: its temporaries stay in the cache

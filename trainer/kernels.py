@@ -25,7 +25,7 @@ import numpy as np
 
 from trainer import kernels_cpu, kernels_dispatch
 from trainer.backend import get_array_module
-from trainer.kernels_dispatch import _compiled, _cuda, _parallel, _run_compiled, blocks, compiled_available, use_compiled
+from trainer.kernels_dispatch import _compiled, _cuda, parallel, _run_compiled, blocks, compiled_available, use_compiled
 from trainer.kernels_geometry import ave_pool_divisor, conv_out_size, pool_out_size
 from trainer.kernels_lrn import lrn_across_backward, lrn_across_forward
 from trainer.kernels_pool import (ave_pool_backward, ave_pool_forward, max_pool_backward, max_pool_forward,
@@ -83,9 +83,9 @@ def im2col(x: Any, kh: int, kw: int, ph: int, pw: int, sh: int, sw: int,
                 col[ci, i, j] = xt[ci, :, y0:y0 + sh * (oh - 1) + 1:sh, x0:x0 + sw * (ow - 1) + 1:sw]
 
     if c >= 4 * kernels_dispatch._WORKERS:
-        _parallel(c, col.size, fill)
+        parallel(c, col.size, fill)
     else:  # few channels (a first layer's 3): split by kernel row too, or one core gets 2 of 3 channels
-        _parallel(c * kh, col.size, fill_rows)
+        parallel(c * kh, col.size, fill_rows)
     return col.reshape(c * kh * kw, n * oh * ow)
 
 
@@ -112,5 +112,5 @@ def col2im(col: Any, shape: tuple[int, ...], kh: int, kw: int, ph: int, pw: int,
                 x0 = j * dw
                 xpad[lo:hi, :, y0:y0 + sh * (oh - 1) + 1:sh, x0:x0 + sw * (ow - 1) + 1:sw] += col6[lo:hi, i, j]
 
-    _parallel(c, col.size, add)
+    parallel(c, col.size, add)
     return np.ascontiguousarray(xpad[:, :, ph:ph + h, pw:pw + w].transpose(1, 0, 2, 3))

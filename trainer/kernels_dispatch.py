@@ -4,7 +4,7 @@ The kernels (``trainer.kernels``, ``kernels_pool``, ``kernels_lrn``) decide per 
 CuPy arrays go to ``kernels_cuda`` (imported, and its RawKernels compiled, only when
 a GPU is first used); host float32/float64 arrays go to the numba loops of
 ``kernels_cpu`` unless ``use_compiled(False)`` (or DATAKIT_COMPILED=0) keeps the NumPy
-twins; either host path splits its outer loop over the cores with ``_parallel`` when
+twins; either host path splits its outer loop over the cores with ``parallel`` when
 the work is large enough to pay for the threads. The knobs (``_WORKERS``,
 ``_MIN_SPLIT``) live here, read at each call, so tests can force the threaded path.
 """
@@ -49,7 +49,7 @@ _POOL: ThreadPoolExecutor | None = None
 _MIN_SPLIT = 1 << 18  # elements below which threads cost more than they save
 
 
-def _parallel(total: int, work: int, fn: Callable[[int, int], None]) -> None:
+def parallel(total: int, work: int, fn: Callable[[int, int], None]) -> None:
     """Run ``fn(lo, hi)`` over [0, total) in contiguous chunks, one per core when ``work`` is large."""
     global _POOL
     parts = min(_WORKERS, total) if work >= _MIN_SPLIT else 1
@@ -96,9 +96,9 @@ def _compiled(*arrays: Any) -> bool:
 
 
 def _run_compiled(name: str, total: int, work: int, *args: Any) -> None:
-    """Compiled kernel ``name`` over its outer range [0, total), split over the cores as ``_parallel`` does."""
+    """Compiled kernel ``name`` over its outer range [0, total), split over the cores as ``parallel`` does."""
     fn = kernels_cpu.kernel(name)
-    _parallel(total, work, lambda lo, hi: fn(*args, lo, hi))
+    parallel(total, work, lambda lo, hi: fn(*args, lo, hi))
 
 
 def compiled_available() -> bool:

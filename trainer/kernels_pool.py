@@ -16,7 +16,7 @@ import numpy as np
 
 from trainer import kernels_cpu
 from trainer.backend import get_array_module
-from trainer.kernels_dispatch import _compiled, _cuda, _parallel, _run_compiled
+from trainer.kernels_dispatch import _compiled, _cuda, parallel, _run_compiled
 from trainer.kernels_geometry import ave_pool_divisor
 
 
@@ -64,7 +64,7 @@ def max_pool_forward(x: Any, kh: int, kw: int, ph: int, pw: int, sh: int, sw: in
                 np.copyto(yv, cand, where=bv)
                 np.copyto(av, i * kw + j, where=bv)
 
-    _parallel(n, y.size * kh * kw, run)
+    parallel(n, y.size * kh * kw, run)
     return y, arg
 
 
@@ -92,7 +92,7 @@ def max_pool_values(x: Any, kh: int, kw: int, ph: int, pw: int, sh: int, sw: int
             for j in range(kw):
                 np.fmax(yv, xpad[lo:hi, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw], out=yv)
 
-    _parallel(n, y.size * kh * kw, run)
+    parallel(n, y.size * kh * kw, run)
     return y
 
 
@@ -120,7 +120,7 @@ def max_pool_backward(dy: Any, arg: Any, shape: tuple[int, ...], kh: int, kw: in
                 dx[lo:hi, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw] += \
                     np.where(a == i * kw + j, d, 0)
 
-    _parallel(n, dy.size * kh * kw, run)
+    parallel(n, dy.size * kh * kw, run)
     return np.ascontiguousarray(dx[:, :, ph:ph + h, pw:pw + w])
 
 
