@@ -76,7 +76,7 @@ def _load_families() -> None:
     if _loaded:
         return
     _loaded = True
-    from . import activation, common, conv, inputs, loss, norm, pool  # noqa: F401
+    from . import activation, conv, dense, inputs, loss, norm, pool  # noqa: F401
     # data layers that read files, with prefetching and transforms (Data, ImageData, HDF5Data, MemoryData)
     from . import data_db, data_hdf5, data_image, data_memory  # noqa: F401
     # the rest of Caffe's catalogue (issue 13)
