@@ -104,15 +104,19 @@ class DataLayer(PrefetchingDataLayer):
         keys: list[str] = []
         pending: list[tuple[int, bytes, bytes]] = []   # encoded records, decoded in the pool
         layout: RawLayout | None = getattr(self, "layout", None)
-        if layout is not None and layout.shape == shape:
+        fast = layout if layout is not None and layout.shape == shape else None
+        flat = memoryview(b"")   # the raw fast path copies pixels through a byte view of `data`
+        if fast is not None:
             data = np.empty((n, *shape), dtype=np.uint8)
+            flat = data.data.cast("B")
         for i in range(n):
             key, value = next(self._iter)
             keys.append(key.decode("utf-8", "backslashreplace"))
-            if layout is not None and data is not None:
-                raw = layout.split(value)
+            if fast is not None:
+                raw = fast.split(value)
                 if raw is not None:
-                    data[i] = np.frombuffer(raw[0], dtype=np.uint8).reshape(shape)
+                    # a memcpy into the batch: three NumPy calls per record cost 3x the whole read
+                    flat[i * fast.size:(i + 1) * fast.size] = raw[0]
                     labels[i] = raw[1]
                     continue
             fields = parse_datum_fields(value, self._where(key))
