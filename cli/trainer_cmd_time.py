@@ -13,7 +13,7 @@ HELP = "Benchmark a net layer by layer: average forward/backward ms (like `caffe
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="net prototxt")
     p.add_argument("--weights", help="optional .caffemodel (timings do not depend on it)")
-    p.add_argument("--iterations", type=positive, default=50, help="timed iterations (default 50)")
+    p.add_argument("--iterations", type=positive, default=50, help="timed iterations (default 50), after untimed warm-up passes (2; 1 with --forward-only)")
     p.add_argument("--batch-size", type=positive, help="reshape Input layers to this batch size")
     p.add_argument("--forward-only", action="store_true", help="time the forward pass only")
     add_state_options(p, "TRAIN")
