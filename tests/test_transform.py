@@ -124,3 +124,26 @@ def test_setup_errors_are_clear(mean_file):
         Transformer(_tp(mean_value=[1, 2]), TRAIN).output_shape(3, 10, 10)
     with pytest.raises(ConfigError, match="not both"):
         Transformer(_tp(mean_value=[1], mean_file=str(path)), TRAIN)
+
+
+@pytest.mark.parametrize("mean", ["file", "values", "none"])
+def test_uncropped_unmirrored_batches_take_one_operation_and_match_caffe(batch, mean_file, mean, monkeypatch):
+    """Without a crop or a flip the host path transforms the batch in one operation (LeNet's case);
+    every pixel is still Caffe's value, and batches too small to split stay in the calling thread."""
+    import datakit.transform as transform
+
+    path, mean_arr = mean_file
+    batch = np.concatenate([batch, batch[::-1], batch])  # 18 images: old rule split >= 16 over the pool
+    kw = {"file": {"mean_file": str(path)}, "values": {"mean_value": [3.0, 5.0, 7.0]}, "none": {}}[mean]
+    t = Transformer(_tp(scale=0.5, **kw), TRAIN)
+    t.threads = 4
+    plan = t.plan(len(batch), 9, 11, np.random.default_rng(2))
+    assert not plan.mirror.any()
+    submitted = []
+    monkeypatch.setattr(transform, "decode_pool", lambda: submitted.append(1))  # would fail if called
+    out = t.apply(batch, plan)
+    assert submitted == []
+    for i, img in enumerate(batch):
+        ref = caffe_reference(img, mean_arr if mean == "file" else None,
+                              kw.get("mean_value", []), 0.5, 0, 0, 0, False)
+        np.testing.assert_array_equal(out[i], ref)
