@@ -273,6 +273,11 @@ def _build(numba: Any) -> Any:
                     # outputs ox whose column x0 + ox*sw lies in [0, w)
                     ox0 = max(0, (-x0 + sw - 1) // sw)
                     ox1 = min(ow, (w - x0 + sw - 1) // sw)
+                    # The inner loops index from bases the compiler can see are >= 0 (max with 0):
+                    # an index that might be negative gets numba's wrap-around select on every
+                    # element, which kept LLVM from vectorising (LeNet conv2's col2im: 2.4 -> ~1.2 ms).
+                    count = max(0, ox1 - ox0)
+                    d0 = max(0, x0 + ox0 * sw)
                     src = col[ci, i, j, ni]
                     for oy in range(oh):
                         yy = oy * sh - ph + i * dh
@@ -280,11 +285,11 @@ def _build(numba: Any) -> Any:
                             continue
                         row, srow = plane[yy], src[oy]
                         if sw == 1:  # unit stride: a loop the compiler vectorises
-                            for ox in range(ox0, ox1):
-                                row[x0 + ox] += srow[ox]
+                            for t in range(count):
+                                row[d0 + t] += srow[ox0 + t]
                         else:
-                            for ox in range(ox0, ox1):
-                                row[x0 + ox * sw] += srow[ox]
+                            for t in range(count):
+                                row[d0 + t * sw] += srow[ox0 + t]
 
     return SimpleNamespace(max_pool_fwd=max_pool_fwd, max_pool_bwd=max_pool_bwd,
                            ave_pool_fwd=ave_pool_fwd, ave_pool_bwd=ave_pool_bwd, lrn_scale=lrn_scale,
