@@ -289,6 +289,7 @@ def test_compiled_kernels_give_the_numpy_twins_bits(case, dtype, plane):
         col = kernels.im2col(x, *geo, dil, dil)
         c = rng.standard_normal(col.shape).astype(dtype)
         checks[f"col2im dilation {dil}"] = lambda c=c, dil=dil: kernels.col2im(c, x.shape, *geo, dil, dil)
+        checks[f"im2col dilation {dil}"] = lambda dil=dil: kernels.im2col(x, *geo, dil, dil)
     for size in (3, 5):
         xl = rng.standard_normal((2, 7, 3, 4)).astype(dtype)
         xl[0, 0, 0, 0] = -0.0
@@ -315,7 +316,8 @@ def test_compiled_kernels_split_over_threads_give_the_same_bits(monkeypatch):
     def run():
         y, arg = kernels.max_pool_forward(x, *geo, oh, ow)
         return (y, arg, kernels.max_pool_backward(y, arg, x.shape, *geo), kernels.ave_pool_forward(x, *geo, oh, ow),
-                kernels.col2im(col, x.shape, *geo), *kernels.lrn_across_forward(x, 5, 0.1, 0.75, 1.0))
+                kernels.col2im(col, x.shape, *geo), *kernels.lrn_across_forward(x, 5, 0.1, 0.75, 1.0),
+                kernels.im2col(x, *geo))
     single = run()
     monkeypatch.setattr(kernels_dispatch, "_MIN_SPLIT", 1)
     monkeypatch.setattr(kernels_dispatch, "_WORKERS", 3)

@@ -54,6 +54,15 @@ def im2col(x: Any, kh: int, kw: int, ph: int, pw: int, sh: int, sw: int,
     ow = conv_out_size(w, kw, pw, sw, dw)
     if xp is not np:
         return _cuda().im2col(x, kh, kw, ph, pw, sh, sw, dh, dw, oh, ow)
+    shape2 = (c * kh * kw, n * oh * ow)
+    if _compiled(x):  # one pass, rows split over the kernel threads; the same bits as the slices below
+        if out is not None and out.shape == shape2 and out.dtype == x.dtype and out.flags.c_contiguous:
+            col2 = out
+        else:
+            col2 = np.empty(shape2, dtype=x.dtype)
+        _run_compiled("im2col", c * kh * kw, col2.size, kernels_cpu.contiguous(x), col2, x.dtype.type(0),
+                      kh, kw, ph, pw, sh, sw, dh, dw, oh, ow)
+        return col2
     if ph or pw:
         xpad = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=x.dtype)
         xpad[:, :, ph:ph + h, pw:pw + w] = x

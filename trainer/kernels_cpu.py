@@ -1,4 +1,4 @@
-"""Compiled CPU kernels (numba) for pooling, LRN and col2im: one pass over memory instead of one per window cell.
+"""Compiled CPU kernels (numba) for pooling, LRN, im2col and col2im: one pass over memory instead of one per window cell.
 
 Why numba: the NumPy twins in ``trainer.kernels`` walk the kernel window with
 strided slices, so a 3x3 max pooling makes 9 passes over the output with three
@@ -291,9 +291,57 @@ def _build(numba: Any) -> Any:
                             for t in range(count):
                                 row[d0 + t * sw] += srow[ox0 + t]
 
+    @njit(**opts)
+    def im2col(x, col, zero, kh, kw, ph, pw, sh, sw, dh, dw, oh, ow, lo, hi):  # pragma: no cover - compiled
+        # x is (N, C, H, W); col (C·kh·kw, N·oh·ow), rows r = (c, i, j): rows lo..hi-1 are written,
+        # zeros where the window reaches into the padding. Flat arrays and unsigned offsets in the
+        # copy loops: numba adds a wrap-around select to every signed index it cannot prove >= 0,
+        # and that select kept the copies from vectorising (the NumPy slice copies won before).
+        n, c, h, w = x.shape
+        xf = x.reshape(x.size)
+        colf = col.reshape(col.size)
+        plane = h * w
+        rowlen = n * oh * ow  # (``zero`` is +0 of x's dtype: the padding the NumPy twin writes)
+        for r in range(lo, hi):
+            ci = r // (kh * kw)
+            i = (r // kw) % kh
+            j = r % kw
+            x0 = j * dw - pw
+            # outputs ox whose column x0 + ox*sw lies in [0, w)
+            ox0 = min(ow, max(0, (-x0 + sw - 1) // sw))
+            ox1 = max(ox0, min(ow, (w - x0 + sw - 1) // sw))
+            count = np.uint64(ox1 - ox0)
+            head = np.uint64(ox0)
+            tail = np.uint64(ow - ox1)
+            full = np.uint64(ow)
+            step = np.uint64(sw)
+            sx = max(0, x0 + ox0 * sw)
+            for ni in range(n):
+                sbase = (ni * c + ci) * plane
+                for oy in range(oh):
+                    d = np.uint64(r * rowlen + (ni * oh + oy) * ow)
+                    yy = oy * sh - ph + i * dh
+                    if yy < 0 or yy >= h:
+                        for t in range(full):
+                            colf[d + t] = zero
+                        continue
+                    src = np.uint64(sbase + yy * w + sx)
+                    for t in range(head):
+                        colf[d + t] = zero
+                    dst = d + head
+                    if sw == 1:
+                        for t in range(count):
+                            colf[dst + t] = xf[src + t]
+                    else:
+                        for t in range(count):
+                            colf[dst + t] = xf[src + t * step]
+                    end = dst + count
+                    for t in range(tail):
+                        colf[end + t] = zero
+
     return SimpleNamespace(max_pool_fwd=max_pool_fwd, max_pool_bwd=max_pool_bwd,
                            ave_pool_fwd=ave_pool_fwd, ave_pool_bwd=ave_pool_bwd, lrn_scale=lrn_scale,
-                           lrn_back=lrn_back, col2im=col2im)
+                           lrn_back=lrn_back, col2im=col2im, im2col=im2col)
 
 
 _IMPL: Any = None
