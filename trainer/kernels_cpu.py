@@ -24,6 +24,12 @@ are serial and release the GIL, and ``trainer.kernels`` splits the range over it
 thread pool by the same rule as the NumPy twins. numba's own parallel loops were
 not used: on a busy machine each parallel region waited milliseconds for a
 descheduled worker, longer than small layers take.
+
+Writing a loop that vectorises: numba adds a select to every access whose signed index
+it cannot prove non-negative (Python's negative indexing), and that select keeps LLVM
+from vectorising the loop. Index inner loops from bases clamped with ``max(0, ...)`` or
+held in unsigned integers (im2col and col2im do; benchmarks/RESULTS.md, session 5,
+shows what that was worth: without it every compiled im2col lost to NumPy's slices).
 """
 
 from __future__ import annotations
