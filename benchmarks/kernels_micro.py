@@ -1,4 +1,4 @@
-"""Kernels alone at CaffeNet's shapes: NumPy twins, compiled (numba) and PyTorch, one process, alternately.
+"""Kernels alone at CaffeNet's shapes: NumPy twins, compiled (numba) and PyTorch where it has one, one process.
 
 Not part of `make bench` (no target): the per-kernel table of benchmarks/RESULTS.md (issue 16).
 Usage: ``python -m benchmarks.kernels_micro [BATCH]`` (default 16); needs torch (the `bench` extra).
@@ -80,6 +80,15 @@ def main(argv: list[str] | None = None) -> None:
         res = _both(lambda: (_ms(lambda: k.col2im(col, shape, kk, kk, pad, pad, 1, 1)),))
         print(f"  col2im {shape} k{kk}: NumPy {res[False][0]:.1f} | compiled {res[True][0]:.1f} ms")
 
+    def im2col(shape: tuple[int, int, int, int], kk: int, pad: int, stride: int) -> None:
+        x = rng.standard_normal(shape).astype(np.float32)
+        res = _both(lambda: (_ms(lambda: k.im2col(x, kk, kk, pad, pad, stride, stride)),))
+        print(f"  im2col {shape} k{kk} s{stride}: NumPy {res[False][0]:.1f} | compiled {res[True][0]:.1f} ms")
+
+    im2col((n, 3, 227, 227), 11, 0, 4)
+    im2col((n, 96, 27, 27), 5, 2, 1)
+    im2col((n, 256, 13, 13), 3, 1, 1)
+    im2col((n, 384, 13, 13), 3, 1, 1)
     pool((n, 96, 55, 55), 27)
     lrn((n, 96, 27, 27))
     pool((n, 256, 27, 27), 13)
