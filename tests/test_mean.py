@@ -38,6 +38,26 @@ def test_mean_of_raw_records_equals_numpy(tmp_path, backend, workers):
     np.testing.assert_allclose(result.per_channel, expected.reshape(3, -1).mean(axis=1), atol=1e-9)
 
 
+def test_raw_records_of_other_layouts_among_raw_ones_count_the_same(tmp_path):
+    """The mean reads raw records through the first one's byte layout; records written another way
+    (labels of two varint bytes, no `encoded: false` tail, float_data, a PNG) are parsed and counted
+    all the same, and one of another size is still refused by name."""
+    imgs = _images(8)
+    values = [encode_datum(im, 200 + i) for i, im in enumerate(imgs)]  # labels >= 128: two varint bytes
+    values[0] = encode_datum(imgs[0], 3)                                 # the first: a one-byte label
+    values[2] = values[2][:-2]                                           # no `38 00` tail
+    d = caffe_pb2.Datum(channels=3, height=6, width=5, label=1)
+    d.float_data.extend(imgs[3].reshape(-1).astype(np.float32).tolist())
+    values[3] = d.SerializeToString()                                    # float_data
+    values[4] = encode_datum_bytes(cv2.imencode(".png", imgs[4].transpose(1, 2, 0))[1].tobytes(), 4)
+    result = compute_mean(_kv(tmp_path / "db", "lmdb", values), workers=0, progress=False)
+    assert result.count == 8
+    np.testing.assert_allclose(result.mean, imgs.astype(np.float64).mean(axis=0), rtol=0, atol=1e-12)
+    bad = [encode_datum(imgs[0], 0), encode_datum(imgs[1], 1), encode_datum(imgs[2][:, :4], 2)]
+    with pytest.raises(FormatError, match=r"record '00000002_r' is 3x4x5 but record '00000000_r' is 3x6x5"):
+        compute_mean(_kv(tmp_path / "bad", "lmdb", bad), workers=0, progress=False)
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_mean_of_encoded_records_equals_numpy_of_decoded(tmp_path, workers):
     imgs = _images(90, (3, 8, 8))

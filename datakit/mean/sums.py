@@ -18,7 +18,7 @@ from typing import NamedTuple
 import numpy as np
 
 from datakit.errors import FormatError
-from datakit.formats.datum import datum_to_array, parse_datum_fields
+from datakit.formats.datum import RawLayout, datum_to_array, parse_datum_fields
 
 _FOLD = 257  # 255 * 257 = 65535: the most uint8 records a uint16 sum can hold
 _BUFSIZE = 1 << 15  # numpy's casting buffer (elements) for uint8 -> uint16 adds: larger than its 8192 default
@@ -57,6 +57,8 @@ class RecordSum:
         self._u16_n = 0
         self.u64: np.ndarray | None = None
         self.f64: np.ndarray | None = None
+        #: the byte layout of the first raw record: later records of that layout skip the parse
+        self.layout: RawLayout | None = None
 
     def _check(self, shape: tuple[int, ...], key: str) -> None:
         if self.shape is None:
@@ -125,9 +127,17 @@ class RecordSum:
 
 
 def add_datum(acc: RecordSum, key: bytes, value, color: bool | None) -> None:
+    layout = acc.layout
+    if layout is not None:  # a raw record like the first one: two byte comparisons, no parse
+        raw = layout.split(value)
+        if raw is not None:
+            acc.add_u8(np.frombuffer(raw[0], np.uint8), layout.shape, key.decode("utf-8", "backslashreplace"))
+            return
     skey = key.decode("utf-8", "backslashreplace")
     where = f"{acc.where}: record {skey!r}"
     f = parse_datum_fields(value, where)
+    if acc.layout is None and not f.encoded and len(f.data):
+        acc.layout = RawLayout.of(value)
     if f.encoded:
         img = datum_to_array(f, color=color, where=where)
         acc.add_u8(img.reshape(-1), img.shape, skey)
