@@ -103,6 +103,25 @@ def test_lrn_window_sum_at_channel_edges():
         np.testing.assert_allclose(y[0, c], x[0, c] * s ** -0.75)
 
 
+@pytest.mark.parametrize("compiled", [True, False])
+def test_lrn_backward_with_the_forwards_power_gives_the_same_bits(compiled):
+    """The LRN layer hands the forward's scale^-β to its backward instead of computing it again."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 7, 5, 4)).astype(np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    prev = kernels.use_compiled(compiled)
+    try:
+        y, scale, spow = kernels.lrn_across_forward_keep(x, 5, 0.1, 0.75, 2.0)
+        y2, scale2 = kernels.lrn_across_forward(x, 5, 0.1, 0.75, 2.0)
+        kept = kernels.lrn_across_backward(x, y, scale, dy, 5, 0.1, 0.75, spow=spow)
+        again = kernels.lrn_across_backward(x, y, scale, dy, 5, 0.1, 0.75)
+    finally:
+        kernels.use_compiled(prev)
+    assert np.array_equal(spow, np.power(scale, np.float32(-0.75)))
+    for a, b in ((y, y2), (scale, scale2), (kept, again)):
+        assert a.tobytes() == b.tobytes()
+
+
 # ------------------------------------------------------------- CuPy twins ----
 
 needs_gpu = pytest.mark.skipif(not backend.gpu_available(),

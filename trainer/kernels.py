@@ -27,13 +27,13 @@ from trainer import kernels_cpu, kernels_dispatch
 from trainer.backend import get_array_module
 from trainer.kernels_dispatch import _compiled, _cuda, parallel, _run_compiled, blocks, compiled_available, use_compiled
 from trainer.kernels_geometry import ave_pool_divisor, conv_out_size, pool_out_size
-from trainer.kernels_lrn import lrn_across_backward, lrn_across_forward
+from trainer.kernels_lrn import lrn_across_backward, lrn_across_forward, lrn_across_forward_keep
 from trainer.kernels_pool import (ave_pool_backward, ave_pool_forward, max_pool_backward, max_pool_forward,
                                   max_pool_values)
 
 __all__ = ["conv_out_size", "pool_out_size", "ave_pool_divisor", "use_compiled", "compiled_available", "blocks",
            "im2col", "col2im", "max_pool_forward", "max_pool_values", "max_pool_backward", "ave_pool_forward",
-           "ave_pool_backward", "lrn_across_forward", "lrn_across_backward"]
+           "ave_pool_backward", "lrn_across_forward", "lrn_across_forward_keep", "lrn_across_backward"]
 
 
 # ----------------------------------------------------------------- im2col ----

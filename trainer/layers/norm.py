@@ -42,24 +42,25 @@ class LRNLayer(Layer):
 
     def forward(self, bottoms: list[Blob], tops: list[Blob]) -> None:
         x = bottoms[0].data
+        spow = None
         if self.region == caffe_pb2.LRNParameter.ACROSS_CHANNELS:
-            y, scale = kernels.lrn_across_forward(x, self.size, self.alpha, self.beta, self.k)
+            y, scale, spow = kernels.lrn_across_forward_keep(x, self.size, self.alpha, self.beta, self.k)
         else:
             pooled = kernels.ave_pool_forward(x * x, *self._within_args(x.shape))
             scale = 1.0 + self.alpha * pooled
             y = x * scale ** (-self.beta)
         # Saved for backward (x is copied when the layer runs in place).
         keep_x = x.copy() if tops[0] is bottoms[0] and self.need_backward else x
-        self._saved = (keep_x, y, scale) if self.need_backward else ()
+        self._saved = (keep_x, y, scale, spow) if self.need_backward else ()
         tops[0].data = y
 
     def backward(self, tops: list[Blob], propagate_down: list[bool], bottoms: list[Blob]) -> None:
         if not propagate_down[0]:
             return
-        x, y, scale = self._saved
+        x, y, scale, spow = self._saved
         dy = tops[0].diff
         if self.region == caffe_pb2.LRNParameter.ACROSS_CHANNELS:
-            dx = kernels.lrn_across_backward(x, y, scale, dy, self.size, self.alpha, self.beta)
+            dx = kernels.lrn_across_backward(x, y, scale, dy, self.size, self.alpha, self.beta, spow=spow)
         else:
             a = self._within_args(x.shape)
             # d/dP of x·(1+αP)^-β, chained through the average pooling of x².
