@@ -279,11 +279,13 @@ def _both(fn):
 @needs_compiled
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("plane", [(9, 8), (12, 13)])
-@pytest.mark.parametrize("case", CASES + [(5, 5, 2, 2, 3, 3), (3, 3, 0, 0, 1, 1), (2, 2, 1, 1, 2, 2)])
+@pytest.mark.parametrize("case", CASES + [(5, 5, 2, 2, 3, 3), (3, 3, 0, 0, 1, 1), (2, 2, 1, 1, 2, 2),
+                                          (2, 2, 0, 0, 1, 1), (2, 2, 1, 1, 3, 3), (3, 3, 1, 1, 3, 3)])
 def test_compiled_kernels_give_the_numpy_twins_bits(case, dtype, plane):
     """Same bits as the NumPy twins, signed zeros, NaN and ties included (the sums run in the same order).
 
-    The planes give the 2x2 and 3x3 max pooling both its inner-window loop and its edge windows."""
+    The planes give the 2x2 and 3x3 max pooling both its inner-window loop and its edge windows;
+    the strides give those loops each of their three forms (stride 1, stride 2, any other)."""
     rng = np.random.default_rng(6)
     kh, kw, ph, pw, sh, sw = case
     ih, iw = plane

@@ -65,123 +65,6 @@ def _build(numba: Any) -> Any:
     njit = numba.njit
     opts = {"cache": True, "nogil": True}
 
-    # Max pooling. Windows that lie inside the image (all but the edge ones) of the common
-    # 2x2 and 3x3 kernels (LeNet's, CaffeNet's, VGG's) run in a loop of their own with the
-    # cells written out, so the running maximum stays in registers and the strict ``>``
-    # becomes selects instead of branches (random data mispredicts half of them); every
-    # other window takes the general loop. Both keep the first maximum in row-major window
-    # order and let NaN never win (it starts from -inf of the input's dtype, ``neg``).
-    @njit(**opts)
-    def max_pool_fwd(x, y, arg, neg, kh, kw, ph, pw, sh, sw, lo, hi):  # pragma: no cover - compiled
-        n, c, h, w = x.shape
-        oh, ow = y.shape[2], y.shape[3]
-        xf = x.reshape(n * c, h, w)
-        yf = y.reshape(n * c, oh, ow)
-        af = arg.reshape(n * c, oh, ow)
-        # outputs ox whose window [ox*sw - pw, ox*sw - pw + kw) lies inside [0, w)
-        ox_lo = min(ow, (pw + sw - 1) // sw)
-        ox_hi = max(ox_lo, min(ow, (w - kw + pw) // sw + 1))
-        fast = (kh == 2 and kw == 2) or (kh == 3 and kw == 3)
-        for p in range(lo, hi):
-            plane, yp, ap = xf[p], yf[p], af[p]
-            for oy in range(oh):
-                hs = oy * sh - ph
-                yr, ar = yp[oy], ap[oy]
-                inner = fast and hs >= 0 and hs + kh <= h
-                a, b = (ox_lo, ox_hi) if inner else (ow, ow)
-                if inner and kh == 2:
-                    r0, r1 = plane[hs], plane[hs + 1]
-                    for ox in range(a, b):
-                        ws = ox * sw - pw
-                        best = neg
-                        bi = 0
-                        v = r0[ws]
-                        m = v > best
-                        best = v if m else best
-                        bi = 0 if m else bi
-                        v = r0[ws + 1]
-                        m = v > best
-                        best = v if m else best
-                        bi = 1 if m else bi
-                        v = r1[ws]
-                        m = v > best
-                        best = v if m else best
-                        bi = 2 if m else bi
-                        v = r1[ws + 1]
-                        m = v > best
-                        best = v if m else best
-                        bi = 3 if m else bi
-                        yr[ox] = best
-                        ar[ox] = bi
-                elif inner:
-                    r0, r1, r2 = plane[hs], plane[hs + 1], plane[hs + 2]
-                    for ox in range(a, b):
-                        ws = ox * sw - pw
-                        best = neg
-                        bi = 0
-                        for i in range(3):
-                            r = r0 if i == 0 else (r1 if i == 1 else r2)
-                            v = r[ws]
-                            m = v > best
-                            best = v if m else best
-                            bi = 3 * i if m else bi
-                            v = r[ws + 1]
-                            m = v > best
-                            best = v if m else best
-                            bi = 3 * i + 1 if m else bi
-                            v = r[ws + 2]
-                            m = v > best
-                            best = v if m else best
-                            bi = 3 * i + 2 if m else bi
-                        yr[ox] = best
-                        ar[ox] = bi
-                # the general loop: the edge windows [0, a) and [b, ow), or the whole row
-                for part in range(2):
-                    for ox in range(0 if part == 0 else b, a if part == 0 else ow):
-                        ws = ox * sw - pw
-                        best = neg
-                        bi = 0
-                        for yy in range(max(hs, 0), min(hs + kh, h)):
-                            r = plane[yy]
-                            base = (yy - hs) * kw - ws
-                            for xx in range(max(ws, 0), min(ws + kw, w)):
-                                v = r[xx]
-                                m = v > best
-                                best = v if m else best
-                                bi = base + xx if m else bi
-                        yr[ox] = best
-                        ar[ox] = bi
-
-    @njit(**opts)
-    def max_pool_bwd(dy, arg, dx, kh, kw, ph, pw, sh, sw, lo, hi):  # pragma: no cover - compiled
-        n, c, h, w = dx.shape
-        oh, ow = dy.shape[2], dy.shape[3]
-        dyf = dy.reshape(n * c, oh, ow)
-        af = arg.reshape(n * c, oh, ow)
-        dxf = dx.reshape(n * c, h, w)
-        for p in range(lo, hi):
-            plane, dp, ap = dxf[p], dyf[p], af[p]
-            for yy in range(h):
-                for xx in range(w):
-                    plane[yy, xx] = 0
-            # Outputs in reverse order: a cell then gets its contributions in increasing window
-            # offset i*kw+j, the order in which the NumPy twin adds them. (The window-local
-            # index is split with a constant divisor for the common kernel widths.)
-            for oy in range(oh - 1, -1, -1):
-                dr, ar = dp[oy], ap[oy]
-                for ox in range(ow - 1, -1, -1):
-                    a = ar[ox]
-                    if kw == 2:
-                        ai, aj = a >> 1, a & 1
-                    elif kw == 3:
-                        ai, aj = a // 3, a % 3
-                    else:
-                        ai, aj = a // kw, a % kw
-                    yy = oy * sh - ph + ai
-                    xx = ox * sw - pw + aj
-                    if 0 <= yy < h and 0 <= xx < w:
-                        plane[yy, xx] += dr[ox]
-
     @njit(**opts)
     def ave_pool_fwd(x, y, div, zero, kh, kw, ph, pw, sh, sw, lo, hi):  # pragma: no cover - compiled
         n, c, h, w = x.shape
@@ -345,7 +228,9 @@ def _build(numba: Any) -> Any:
                     for t in range(tail):
                         colf[end + t] = zero
 
-    return SimpleNamespace(max_pool_fwd=max_pool_fwd, max_pool_bwd=max_pool_bwd,
+    from trainer import kernels_cpu_maxpool as maxpool  # noqa: PLC0415 - imports numba
+
+    return SimpleNamespace(max_pool_fwd=maxpool.max_pool_fwd, max_pool_bwd=maxpool.max_pool_bwd,
                            ave_pool_fwd=ave_pool_fwd, ave_pool_bwd=ave_pool_bwd, lrn_scale=lrn_scale,
                            lrn_back=lrn_back, col2im=col2im, im2col=im2col)
 

@@ -1,0 +1,163 @@
+"""The compiled max pooling loops of ``trainer.kernels_cpu`` (its contracts hold here too).
+
+Module-level functions, imported by ``kernels_cpu._build`` once numba is known to load:
+the forward calls the window loops below, and numba's on-disk cache keeps a jitted
+function that calls another only when both live at module level (as closures inside
+``_build`` the second process recompiled them, the cache test in tests/test_kernels.py).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+_jit = numba.njit(cache=True, nogil=True)
+_jit_inline = numba.njit(cache=True, nogil=True, inline="always")
+_ONE, _TWO = np.uint64(1), np.uint64(2)
+
+
+# Max pooling. Windows that lie inside the image (all but the edge ones) of the common
+# 2x2 and 3x3 kernels (LeNet's, CaffeNet's, VGG's) run in loops of their own with the
+# cells written out, so the running maximum stays in registers and the strict ``>``
+# becomes selects instead of branches (random data mispredicts half of them); every
+# other window takes the general loop. Both keep the first maximum in row-major window
+# order and let NaN never win (it starts from -inf of the input's dtype, ``neg``).
+# The inner-window loops index flat arrays with unsigned offsets (kernels_cpu's rule) and
+# are called with the stride as a constant for strides 1 and 2 (``inline="always"`` makes
+# numba paste them into the caller, so the constant reaches LLVM): a constant stride lets
+# the loop over a row's outputs vectorise, a runtime one does not (LeNet's pool1 forward
+# 1.45 -> 0.5-0.7 ms, CaffeNet's pool1 at batch 16 14-15 -> 6-8 ms; benchmarks/RESULTS.md).
+@_jit_inline
+def _max_win2(xf, yf, af, neg, s0, uw, d, cnt, step):  # pragma: no cover - compiled
+    s1 = s0 + uw
+    for t in range(cnt):
+        o = t * step
+        best = neg
+        bi = 0
+        v = xf[s0 + o]
+        m = v > best
+        best = v if m else best
+        bi = 0 if m else bi
+        v = xf[s0 + o + _ONE]
+        m = v > best
+        best = v if m else best
+        bi = 1 if m else bi
+        v = xf[s1 + o]
+        m = v > best
+        best = v if m else best
+        bi = 2 if m else bi
+        v = xf[s1 + o + _ONE]
+        m = v > best
+        best = v if m else best
+        bi = 3 if m else bi
+        yf[d + t] = best
+        af[d + t] = bi
+
+@_jit_inline
+def _max_win3(xf, yf, af, neg, s0, uw, d, cnt, step):  # pragma: no cover - compiled
+    for t in range(cnt):
+        o = s0 + t * step
+        best = neg
+        bi = 0
+        for i in range(3):
+            r = o + np.uint64(i) * uw
+            v = xf[r]
+            m = v > best
+            best = v if m else best
+            bi = 3 * i if m else bi
+            v = xf[r + _ONE]
+            m = v > best
+            best = v if m else best
+            bi = 3 * i + 1 if m else bi
+            v = xf[r + _TWO]
+            m = v > best
+            best = v if m else best
+            bi = 3 * i + 2 if m else bi
+        yf[d + t] = best
+        af[d + t] = bi
+
+@_jit
+def max_pool_fwd(x, y, arg, neg, kh, kw, ph, pw, sh, sw, lo, hi):  # pragma: no cover - compiled
+    n, c, h, w = x.shape
+    oh, ow = y.shape[2], y.shape[3]
+    xf = x.reshape(n * c, h, w)
+    yf = y.reshape(n * c, oh, ow)
+    af = arg.reshape(n * c, oh, ow)
+    xflat = x.reshape(x.size)
+    yflat = y.reshape(y.size)
+    aflat = arg.reshape(arg.size)
+    uw = np.uint64(w)
+    # outputs ox whose window [ox*sw - pw, ox*sw - pw + kw) lies inside [0, w)
+    ox_lo = min(ow, (pw + sw - 1) // sw)
+    ox_hi = max(ox_lo, min(ow, (w - kw + pw) // sw + 1))
+    fast = (kh == 2 and kw == 2) or (kh == 3 and kw == 3)
+    for p in range(lo, hi):
+        plane, yp, ap = xf[p], yf[p], af[p]
+        for oy in range(oh):
+            hs = oy * sh - ph
+            yr, ar = yp[oy], ap[oy]
+            inner = fast and hs >= 0 and hs + kh <= h
+            a, b = (ox_lo, ox_hi) if inner else (ow, ow)
+            if inner and b > a:
+                s0 = np.uint64((p * h + hs) * w + a * sw - pw)  # a*sw - pw >= 0 by ox_lo's choice
+                d = np.uint64((p * oh + oy) * ow + a)
+                cnt = np.uint64(b - a)
+                if kh == 2:
+                    if sw == 2:
+                        _max_win2(xflat, yflat, aflat, neg, s0, uw, d, cnt, _TWO)
+                    elif sw == 1:
+                        _max_win2(xflat, yflat, aflat, neg, s0, uw, d, cnt, _ONE)
+                    else:
+                        _max_win2(xflat, yflat, aflat, neg, s0, uw, d, cnt, np.uint64(sw))
+                elif sw == 2:
+                    _max_win3(xflat, yflat, aflat, neg, s0, uw, d, cnt, _TWO)
+                elif sw == 1:
+                    _max_win3(xflat, yflat, aflat, neg, s0, uw, d, cnt, _ONE)
+                else:
+                    _max_win3(xflat, yflat, aflat, neg, s0, uw, d, cnt, np.uint64(sw))
+            # the general loop: the edge windows [0, a) and [b, ow), or the whole row
+            for part in range(2):
+                for ox in range(0 if part == 0 else b, a if part == 0 else ow):
+                    ws = ox * sw - pw
+                    best = neg
+                    bi = 0
+                    for yy in range(max(hs, 0), min(hs + kh, h)):
+                        r = plane[yy]
+                        base = (yy - hs) * kw - ws
+                        for xx in range(max(ws, 0), min(ws + kw, w)):
+                            v = r[xx]
+                            m = v > best
+                            best = v if m else best
+                            bi = base + xx if m else bi
+                    yr[ox] = best
+                    ar[ox] = bi
+
+@_jit
+def max_pool_bwd(dy, arg, dx, kh, kw, ph, pw, sh, sw, lo, hi):  # pragma: no cover - compiled
+    n, c, h, w = dx.shape
+    oh, ow = dy.shape[2], dy.shape[3]
+    dyf = dy.reshape(n * c, oh, ow)
+    af = arg.reshape(n * c, oh, ow)
+    dxf = dx.reshape(n * c, h, w)
+    for p in range(lo, hi):
+        plane, dp, ap = dxf[p], dyf[p], af[p]
+        for yy in range(h):
+            for xx in range(w):
+                plane[yy, xx] = 0
+        # Outputs in reverse order: a cell then gets its contributions in increasing window
+        # offset i*kw+j, the order in which the NumPy twin adds them. (The window-local
+        # index is split with a constant divisor for the common kernel widths.)
+        for oy in range(oh - 1, -1, -1):
+            dr, ar = dp[oy], ap[oy]
+            for ox in range(ow - 1, -1, -1):
+                a = ar[ox]
+                if kw == 2:
+                    ai, aj = a >> 1, a & 1
+                elif kw == 3:
+                    ai, aj = a // 3, a % 3
+                else:
+                    ai, aj = a // kw, a % kw
+                yy = oy * sh - ph + ai
+                xx = ox * sw - pw + aj
+                if 0 <= yy < h and 0 <= xx < w:
+                    plane[yy, xx] += dr[ox]
