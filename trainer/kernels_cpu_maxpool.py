@@ -13,7 +13,9 @@ import numpy as np
 
 _jit = numba.njit(cache=True, nogil=True)
 _jit_inline = numba.njit(cache=True, nogil=True, inline="always")
-_ONE, _TWO = np.uint64(1), np.uint64(2)
+# error_model="numpy" for the backward: no zero-division check on its index arithmetic.
+_jit_flat = numba.njit(cache=True, nogil=True, error_model="numpy")
+_ONE, _TWO, _THREE = np.uint64(1), np.uint64(2), np.uint64(3)
 
 
 # Max pooling. Windows that lie inside the image (all but the edge ones) of the common
@@ -132,32 +134,38 @@ def max_pool_fwd(x, y, arg, neg, kh, kw, ph, pw, sh, sw, lo, hi):  # pragma: no 
                     yr[ox] = best
                     ar[ox] = bi
 
-@_jit
+@_jit_flat
 def max_pool_bwd(dy, arg, dx, kh, kw, ph, pw, sh, sw, lo, hi):  # pragma: no cover - compiled
+    # Flat arrays, unsigned offsets and an unsigned split of the window-local index (a signed
+    # ``//`` adds Python's floor fix-up): CaffeNet pool1's backward 9 -> 6.5 ms at batch 16.
     n, c, h, w = dx.shape
     oh, ow = dy.shape[2], dy.shape[3]
-    dyf = dy.reshape(n * c, oh, ow)
-    af = arg.reshape(n * c, oh, ow)
-    dxf = dx.reshape(n * c, h, w)
+    dyf = dy.reshape(dy.size)
+    af = arg.reshape(arg.size)
+    dxf = dx.reshape(dx.size)
+    plane = np.uint64(h * w)
+    ukw = np.uint64(kw)
+    zero = dx.dtype.type(0)
     for p in range(lo, hi):
-        plane, dp, ap = dxf[p], dyf[p], af[p]
-        for yy in range(h):
-            for xx in range(w):
-                plane[yy, xx] = 0
+        base = np.uint64(p) * plane
+        for t in range(plane):
+            dxf[base + t] = zero
         # Outputs in reverse order: a cell then gets its contributions in increasing window
         # offset i*kw+j, the order in which the NumPy twin adds them. (The window-local
         # index is split with a constant divisor for the common kernel widths.)
+        obase = p * oh * ow
         for oy in range(oh - 1, -1, -1):
-            dr, ar = dp[oy], ap[oy]
+            y0 = oy * sh - ph
             for ox in range(ow - 1, -1, -1):
-                a = ar[ox]
+                q = np.uint64(obase + oy * ow + ox)
+                a = np.uint64(af[q])
                 if kw == 2:
-                    ai, aj = a >> 1, a & 1
+                    ai, aj = a >> _ONE, a & _ONE
                 elif kw == 3:
-                    ai, aj = a // 3, a % 3
+                    ai, aj = a // _THREE, a % _THREE
                 else:
-                    ai, aj = a // kw, a % kw
-                yy = oy * sh - ph + ai
-                xx = ox * sw - pw + aj
+                    ai, aj = a // ukw, a % ukw
+                yy = y0 + np.int64(ai)
+                xx = ox * sw - pw + np.int64(aj)
                 if 0 <= yy < h and 0 <= xx < w:
-                    plane[yy, xx] += dr[ox]
+                    dxf[base + np.uint64(yy * w + xx)] += dyf[q]
