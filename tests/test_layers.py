@@ -220,6 +220,20 @@ def test_max_pooling_in_test_phase_gives_train_values_and_gradients(params):
     assert not np.isnan(grads[TEST][0]).any()
 
 
+@pytest.mark.parametrize("pool", ["MAX", "AVE"])
+def test_pooling_window_that_covers_no_input_is_an_error(pool):
+    """Kernel 2, stride 3 on 9 rows (ceil mode, no pad): the 4th window starts at row 9, past the input."""
+    x = np.ones((1, 1, 9, 8))
+    with pytest.raises(FormatError, match=r"starts at row 9 of a 9-row input"):
+        make_layer(f'type: "Pooling" pooling_param {{ pool: {pool} kernel_size: 2 stride: 3 }}', [x])
+    # The same stride with pad 1, or in floor mode, leaves every window on the image: accepted.
+    for extra in ("pad: 1", "round_mode: FLOOR"):
+        layer, b, t = make_layer(f'type: "Pooling" pooling_param {{ pool: {pool} kernel_size: 2 stride: 3 {extra} }}',
+                                 [x])
+        (y,) = run_forward(layer, b, t)
+        assert np.isfinite(y).all()
+
+
 def test_max_pooling_mask_top_is_flat_input_index():
     x = np.array([[[[1.0, 9.0, 2.0], [3.0, 4.0, 8.0], [7.0, 0.0, 5.0]]]])
     layer, b, t = make_layer('type: "Pooling" pooling_param { pool: MAX kernel_size: 2 stride: 1 }', [x], n_tops=2)

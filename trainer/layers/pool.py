@@ -67,6 +67,15 @@ class PoolingLayer(Layer):
         self.ow = kernels.pool_out_size(w, self.kw, self.pw, self.sw, self.ceil_mode)
         if self.oh < 1 or self.ow < 1:
             raise self.error(f"input {h}x{w} is too small for kernel {self.kh}x{self.kw}")
+        # A stride longer than the kernel can leave a last (ceil-mode) window with no input cell
+        # in it: Caffe writes NaN there (AVE: 0/0) or -FLT_MAX (MAX, whose backward then writes
+        # outside the bottom). Said here instead of computed.
+        for axis, size, out, stride, pad in (("row", h, self.oh, self.sh, self.ph), ("column", w, self.ow, self.sw, self.pw)):
+            start = (out - 1) * stride - pad
+            if start >= size:
+                raise self.error(f"its last pooling window starts at {axis} {start} of a {size}-{axis} input "
+                                 f"(stride {stride} is longer than the kernel) and would cover no input; "
+                                 "give pad, a shorter stride or round_mode: FLOOR")
         for t in tops:
             t.reshape((n, c, self.oh, self.ow))
 
