@@ -12,7 +12,7 @@ import numba
 import numpy as np
 
 _jit = numba.njit(cache=True, nogil=True)
-_jit_inline = numba.njit(cache=True, nogil=True, inline="always")
+_jit_inline = numba.njit(cache=True, nogil=True, forceinline=True)
 # error_model="numpy" for the backward: no zero-division check on its index arithmetic.
 _jit_flat = numba.njit(cache=True, nogil=True, error_model="numpy")
 _ONE, _TWO, _THREE = np.uint64(1), np.uint64(2), np.uint64(3)
@@ -25,9 +25,10 @@ _ONE, _TWO, _THREE = np.uint64(1), np.uint64(2), np.uint64(3)
 # other window takes the general loop. Both keep the first maximum in row-major window
 # order and let NaN never win (it starts from -inf of the input's dtype, ``neg``).
 # The inner-window loops index flat arrays with unsigned offsets (kernels_cpu's rule) and
-# are called with the stride as a constant for strides 1 and 2 (``inline="always"`` makes
-# numba paste them into the caller, so the constant reaches LLVM): a constant stride lets
-# the loop over a row's outputs vectorise, a runtime one does not (LeNet's pool1 forward
+# are called with the stride as a constant for strides 1 and 2 (``forceinline`` has LLVM
+# paste them into the caller, so the constant reaches the loop; numba's own
+# ``inline="always"`` ran as fast but doubled the first compile, 2.4 -> 4-5 s): a constant
+# stride lets the loop over a row's outputs vectorise, a runtime one does not (LeNet's pool1 forward
 # 1.45 -> 0.5-0.7 ms, CaffeNet's pool1 at batch 16 14-15 -> 6-8 ms; benchmarks/RESULTS.md).
 @_jit_inline
 def _max_win2(xf, yf, af, neg, s0, uw, d, cnt, step):  # pragma: no cover - compiled
