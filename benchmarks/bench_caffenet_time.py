@@ -14,6 +14,10 @@ batch sizes). With ``--rounds R`` ours and PyTorch alternate R times per batch s
 and the ratio is the median of the rounds: on a shared machine the load changes
 between two subprocesses, so a single pair can be off by a factor of 2. With CuPy and a CUDA device, and torch built with CUDA, the GPU
 figure is images/s and its ratio ours / PyTorch (target >= 0.5).
+
+Each CPU batch size also prints our last round's largest layers, and the CPU part ends with float32
+GEMM GFLOP/s of NumPy and ``torch.mm`` (``benchmarks.machine.gemm_line``): on a machine kind where
+the ratio misses, those say whether the GEMMs or what lies around them take the time.
 """
 
 from __future__ import annotations
@@ -120,7 +124,8 @@ def main(argv: list[str] | None = None) -> None:
         _torch_worker(int(b), int(n), dev)
         return
     batches = [int(b) for b in args.batches.split(",") if b]
-    from benchmarks.machine import describe  # noqa: PLC0415
+    from benchmarks.layer_profile import largest_layers  # noqa: PLC0415
+    from benchmarks.machine import describe, gemm_line  # noqa: PLC0415
     print(f"CaffeNet 227x227 forward+backward (TRAIN phase), {describe()}")
     ratios = []
     for b in batches if not args.gpu_only else []:
@@ -135,9 +140,11 @@ def main(argv: list[str] | None = None) -> None:
                   f"{t:8.2f} ms/image | ratio {o / t:.2f}", flush=True)
         ratios.append(statistics.median(per_round))
         print(f"  CPU batch {b:3d}: median ratio {ratios[-1]:.2f} over {len(per_round)} round(s)")
+        print(f"  CPU batch {b:3d}, ours in the last round: {largest_layers(ours)}")
     if ratios:
         print(f"  command: {ours['command']} (batch sizes {args.batches}, {args.iterations} iterations, "
               f"{args.rounds} rounds)")
+        print(f"  {gemm_line()}")
     if _gpu_possible():
         gratios = []
         for b in batches:

@@ -13,6 +13,10 @@ torch.nn / torch.optim.SGD on the MNIST training set held as tensors in memory
 iterations, in its own subprocess. Both use every core (BLAS / torch default).
 The two alternate ``--rounds`` times and the median ratio counts.
 
+Closing lines (``--no-profile`` skips them): our step layer by layer (`trainer time` on the same
+LMDB) and float32 GEMM GFLOP/s of NumPy and ``torch.mm`` at the layers' shapes, so that a machine
+kind where the ratio misses says where the time goes and whether both sides' GEMMs are fast there.
+
 RATIO = ours / PyTorch iterations/s (target >= 0.8). History: real Caffe
 (`caffe train`, CPU) ran this solver at 24-25 iterations/s on the 2-vCPU
 AVX-512 machine where PyTorch ran 80-84 (issue 16).
@@ -122,6 +126,25 @@ def _run_ours(work: Path, iterations: int) -> dict:
             "command": "trainer " + " ".join(cmd[cmd.index("fit"):]) + f" (max_iter {max_iter + 1}, no tests)"}
 
 
+def _profile_ours(work: Path, iterations: int = 200) -> str:
+    """Where our step goes: `trainer time` on the LeNet train net (its Data layer reads the same LMDB), top layers."""
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = Path(tmp)
+        for db in ("mnist_train_lmdb", "mnist_test_lmdb"):
+            (run_dir / db).symlink_to(work / db)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+        res = subprocess.run([sys.executable, "-m", "cli.trainer_main", "time", "--model",
+                              str(ROOT / "models/lenet/lenet_train_test.prototxt"), "--iterations", str(iterations),
+                              "--device", "cpu", "--no-progress", "--report", "report.json"],
+                             cwd=run_dir, capture_output=True, text=True, env=env)
+        if res.returncode != 0:
+            return f"(trainer time failed: {res.stderr.strip()[-300:]})"
+        report = json.loads((run_dir / "report.json").read_text())
+    from benchmarks.layer_profile import largest_layers  # noqa: PLC0415
+    return f"{largest_layers(report)} (trainer time, {iterations} iterations)"
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="bench_lenet_fit", description=__doc__.splitlines()[0])
     p.add_argument("--iterations", type=int, default=400, help="timed iterations after 100 warm-up ones (default 400)")
@@ -130,6 +153,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=0,
                    help="limit both sides to N threads (BLAS, OpenMP, torch); 0: their defaults (every core)")
     p.add_argument("--workdir", help="folder holding (or to receive) mnist_train_lmdb and mnist_test_lmdb")
+    p.add_argument("--no-profile", dest="profile", action="store_false",
+                   help="skip the closing layer-by-layer profile of ours and the GEMM speeds of NumPy and PyTorch")
     p.add_argument("--torch-worker", nargs=2, metavar=("MNIST_DIR", "ITERS"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.threads > 0:  # read by OpenBLAS, MKL and OpenMP when the subprocesses load them
@@ -139,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
         _torch_worker(args.torch_worker[0], int(args.torch_worker[1]))
         return
     from benchmarks.bench_lenet_mnist import prepare, shared_mnist  # noqa: PLC0415
-    from benchmarks.machine import describe  # noqa: PLC0415
+    from benchmarks.machine import describe, gemm_line  # noqa: PLC0415
     tmp = None if args.workdir else tempfile.TemporaryDirectory()
     work = Path(args.workdir or tmp.name).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -158,6 +183,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  command: {ours['command']}; {args.iterations} timed iterations after {WARMUP}"
               + (f"; --threads {args.threads}" if args.threads > 0 else ""))
         print("  history: real Caffe (caffe train, CPU) 24-25 iter/s where PyTorch ran 80-84 (issue 16)")
+        if args.profile:  # for a machine where the ratio misses: which layers, and whether the GEMMs are fast here
+            print(f"  ours, layer by layer: {_profile_ours(work)}")
+            print(f"  {gemm_line()}")
         print(f"RATIO lenet_fit: {statistics.median(ratios):.2f} (target >= 0.8)")
     finally:
         if tmp is not None:

@@ -12,6 +12,7 @@ import os
 import platform
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -76,3 +77,55 @@ def describe() -> str:
     if forced:
         blas += f" ({' '.join(forced)} set: unset both in the benchmark's command for a user's figures)"
     return f"machine: {cpu_model()} ({avx}), {blas}, {os.cpu_count()} CPU cores, {load}, {when}"
+
+
+#: GEMM shapes (M, K, N) of the layers the issue-16 benchmarks time: LeNet's conv2 forward at batch 64
+#: (50 filters, 20·5·5 inputs, 64·8·8 pixels) and one group of CaffeNet's conv2 forward at batch 16.
+GEMM_SHAPES = {"LeNet conv2": (50, 500, 4096), "CaffeNet conv2 (one group, batch 16)": (128, 1200, 11664)}
+
+
+def _best_seconds(fn: Callable[[], object], budget: float) -> float:
+    fn()
+    best = float("inf")
+    spent = 0.0
+    while spent < budget or best == float("inf"):
+        t0 = time.perf_counter()
+        fn()
+        took = time.perf_counter() - t0
+        best, spent = min(best, took), spent + took
+    return best
+
+
+def gemm_gflops(m: int, k: int, n: int, budget: float = 0.2, library: str = "numpy") -> float:
+    """float32 GFLOP/s of one (m×k)·(k×n) product into a kept output, the best call within ``budget`` seconds.
+
+    ``library`` "numpy" (its BLAS, as the trainer calls it) or "torch" (``torch.mm``, the baselines'
+    library; imported here). Why in the benchmarks' output: a ratio against PyTorch that moves between
+    machine kinds is first a question of whether both sides' GEMMs got the machine's speed.
+    """
+    if library == "torch":
+        import torch  # noqa: PLC0415 - benchmark-only dependency
+        a, b = torch.rand(m, k), torch.rand(k, n)
+        out = torch.empty(m, n)
+        seconds = _best_seconds(lambda: torch.mm(a, b, out=out), budget)
+    else:
+        import numpy as np  # noqa: PLC0415
+        rng = np.random.default_rng(0)
+        x, y = rng.random((m, k), dtype=np.float32), rng.random((k, n), dtype=np.float32)
+        res = np.empty((m, n), dtype=np.float32)
+        seconds = _best_seconds(lambda: np.matmul(x, y, out=res), budget)
+    return 2.0 * m * k * n / seconds / 1e9
+
+
+def gemm_line(libraries: tuple[str, ...] = ("numpy", "torch")) -> str:
+    """One line of GEMM speeds at ``GEMM_SHAPES`` for each library that imports (a missing torch is skipped)."""
+    parts = []
+    for label, (m, k, n) in GEMM_SHAPES.items():
+        speeds = []
+        for lib in libraries:
+            try:
+                speeds.append(f"{lib} {gemm_gflops(m, k, n, library=lib):.0f}")
+            except ImportError:
+                continue
+        parts.append(f"{label} {m}x{k}x{n}: " + ", ".join(speeds))
+    return "GEMM float32 GFLOP/s (best call) - " + "; ".join(parts)
