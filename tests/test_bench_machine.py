@@ -58,3 +58,13 @@ def test_largest_layers_sorts_by_forward_plus_backward():
         {"name": "c", "forward_ms": 1.5, "backward_ms": 2.5}]}
     assert largest_layers(report, count=2) == \
         "forward+backward 7.5 ms; largest layers, ms forward+backward: c 1.50+2.50, b 0.50+2.00"
+
+
+def test_make_bench_runs_without_the_workplaces_openblas_overrides():
+    from benchmarks.run_all import drop_blas_overrides
+
+    env = {"OPENBLAS_CORETYPE": "Haswell", "OPENBLAS_L2_SIZE": "1048576", "PATH": "/bin"}
+    assert drop_blas_overrides(env) == ["OPENBLAS_CORETYPE=Haswell", "OPENBLAS_L2_SIZE=1048576"]
+    assert env == {"PATH": "/bin"}
+    kept = {"OPENBLAS_CORETYPE": "Haswell", "DATAKIT_BENCH_KEEP_BLAS_ENV": "1"}
+    assert drop_blas_overrides(kept) == [] and kept["OPENBLAS_CORETYPE"] == "Haswell"
