@@ -19,65 +19,44 @@ _ONE, _TWO, _THREE = np.uint64(1), np.uint64(2), np.uint64(3)
 
 
 # Max pooling. Windows that lie inside the image (all but the edge ones) of the common
-# 2x2 and 3x3 kernels (LeNet's, CaffeNet's, VGG's) run in loops of their own with the
-# cells written out, so the running maximum stays in registers and the strict ``>``
-# becomes selects instead of branches (random data mispredicts half of them); every
-# other window takes the general loop. Both keep the first maximum in row-major window
-# order and let NaN never win (it starts from -inf of the input's dtype, ``neg``).
-# The inner-window loops index flat arrays with unsigned offsets (kernels_cpu's rule) and
-# are called with the stride as a constant for strides 1 and 2 (``forceinline`` has LLVM
-# paste them into the caller, so the constant reaches the loop; numba's own
-# ``inline="always"`` ran as fast but doubled the first compile, 2.4 -> 4-5 s): a constant
-# stride lets the loop over a row's outputs vectorise, a runtime one does not (LeNet's pool1 forward
-# 1.45 -> 0.5-0.7 ms, CaffeNet's pool1 at batch 16 14-15 -> 6-8 ms; benchmarks/RESULTS.md).
+# 2x2 and 3x3 kernels (LeNet's, CaffeNet's, VGG's) run in a loop of their own
+# (``_max_windows``) whose running maximum stays in registers, with the strict ``>`` as
+# selects instead of branches (random data mispredicts half of them); every other window
+# takes the general loop. Both keep the first maximum in row-major window order and let
+# NaN never win (it starts from -inf of the input's dtype, ``neg``). The inner-window loop
+# indexes flat arrays with unsigned offsets (kernels_cpu's rule) and is called with the
+# kernel size and, for strides 1 and 2, the stride as constants (``forceinline`` has LLVM
+# paste it into the caller, so the constants reach it; numba's own ``inline="always"`` ran
+# as fast but doubled the first compile, 2.4 -> 4-5 s): LLVM then unrolls the window and
+# vectorises the loop over a row's outputs, which a runtime stride prevents (LeNet's pool1
+# forward 1.45 -> 0.4-0.7 ms, CaffeNet's pool1 at batch 16 14-16 -> 3-4 ms alone;
+# benchmarks/RESULTS.md, session 6).
 @_jit_inline
-def _max_win2(xf, yf, af, neg, s0, uw, d, cnt, step):  # pragma: no cover - compiled
-    s1 = s0 + uw
-    for t in range(cnt):
-        o = t * step
-        best = neg
-        bi = 0
-        v = xf[s0 + o]
-        m = v > best
-        best = v if m else best
-        bi = 0 if m else bi
-        v = xf[s0 + o + _ONE]
-        m = v > best
-        best = v if m else best
-        bi = 1 if m else bi
-        v = xf[s1 + o]
-        m = v > best
-        best = v if m else best
-        bi = 2 if m else bi
-        v = xf[s1 + o + _ONE]
-        m = v > best
-        best = v if m else best
-        bi = 3 if m else bi
-        yf[d + t] = best
-        af[d + t] = bi
-
-@_jit_inline
-def _max_win3(xf, yf, af, neg, s0, uw, d, cnt, step):  # pragma: no cover - compiled
+def _max_windows(xf, yf, af, neg, s0, uw, d, cnt, step, k):  # pragma: no cover - compiled
+    # Outputs d .. d+cnt-1 of one row: k×k windows starting at s0 + t·step, rows uw apart. Called
+    # with k and step constants, so LLVM unrolls the window loops and vectorises the loop over t.
     for t in range(cnt):
         o = s0 + t * step
         best = neg
         bi = 0
-        for i in range(3):
+        for i in range(k):
             r = o + np.uint64(i) * uw
-            v = xf[r]
-            m = v > best
-            best = v if m else best
-            bi = 3 * i if m else bi
-            v = xf[r + _ONE]
-            m = v > best
-            best = v if m else best
-            bi = 3 * i + 1 if m else bi
-            v = xf[r + _TWO]
-            m = v > best
-            best = v if m else best
-            bi = 3 * i + 2 if m else bi
+            for j in range(k):
+                v = xf[r + np.uint64(j)]
+                m = v > best
+                best = v if m else best
+                bi = i * k + j if m else bi
         yf[d + t] = best
         af[d + t] = bi
+
+
+@_jit_inline
+def _max_row(xf, yf, af, neg, s0, uw, d, cnt, step, kh):  # pragma: no cover - compiled
+    if kh == 2:
+        _max_windows(xf, yf, af, neg, s0, uw, d, cnt, step, 2)
+    else:
+        _max_windows(xf, yf, af, neg, s0, uw, d, cnt, step, 3)
+
 
 @_jit
 def max_pool_fwd(x, y, arg, neg, kh, kw, ph, pw, sh, sw, lo, hi):  # pragma: no cover - compiled
@@ -105,19 +84,12 @@ def max_pool_fwd(x, y, arg, neg, kh, kw, ph, pw, sh, sw, lo, hi):  # pragma: no 
                 s0 = np.uint64((p * h + hs) * w + a * sw - pw)  # a*sw - pw >= 0 by ox_lo's choice
                 d = np.uint64((p * oh + oy) * ow + a)
                 cnt = np.uint64(b - a)
-                if kh == 2:
-                    if sw == 2:
-                        _max_win2(xflat, yflat, aflat, neg, s0, uw, d, cnt, _TWO)
-                    elif sw == 1:
-                        _max_win2(xflat, yflat, aflat, neg, s0, uw, d, cnt, _ONE)
-                    else:
-                        _max_win2(xflat, yflat, aflat, neg, s0, uw, d, cnt, np.uint64(sw))
-                elif sw == 2:
-                    _max_win3(xflat, yflat, aflat, neg, s0, uw, d, cnt, _TWO)
+                if sw == 2:  # constants at each call: see _max_windows
+                    _max_row(xflat, yflat, aflat, neg, s0, uw, d, cnt, _TWO, kh)
                 elif sw == 1:
-                    _max_win3(xflat, yflat, aflat, neg, s0, uw, d, cnt, _ONE)
+                    _max_row(xflat, yflat, aflat, neg, s0, uw, d, cnt, _ONE, kh)
                 else:
-                    _max_win3(xflat, yflat, aflat, neg, s0, uw, d, cnt, np.uint64(sw))
+                    _max_row(xflat, yflat, aflat, neg, s0, uw, d, cnt, np.uint64(sw), kh)
             # the general loop: the edge windows [0, a) and [b, ow), or the whole row
             for part in range(2):
                 for ox in range(0 if part == 0 else b, a if part == 0 else ow):
