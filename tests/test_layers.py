@@ -335,6 +335,29 @@ def test_inner_product_weight_layout():
     assert layer.blobs[0].shape == (3, 4)
 
 
+@pytest.mark.parametrize("transpose", [False, True])
+def test_inner_product_weight_gradient_at_batch_1_has_matmuls_bits(transpose):
+    """At batch 1 the weight gradient takes an outer product (NumPy's matmul is slow with an inner
+    dimension of 1): the same bits as the matmul, signed zeros included, fresh and accumulated."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1, 6))
+    x[0, :2], x[0, 2] = 0.0, -0.0
+    params = "num_output: 5" + (" transpose: true" if transpose else "")
+    layer, b, t = make_layer(f'type: "InnerProduct" inner_product_param {{ {params} weight_filler {{ type: "gaussian" }} }}',
+                             [x])
+    run_forward(layer, b, t)
+    dy = rng.standard_normal((1, 5))
+    dy[0, 0], dy[0, 1] = -0.0, -2.0
+    a, c = (x.T, dy) if transpose else (dy.T, x)
+    expected = np.matmul(a, c)
+    assert np.signbit(np.multiply(a, c)[expected == 0]).any()  # the inputs do make -0.0 products
+    t[0].diff = dy
+    layer.backward(t, [True], b)
+    assert layer.blobs[0].diff.tobytes() == expected.tobytes()
+    layer.backward(t, [True], b)  # accumulating: the second product is added
+    assert layer.blobs[0].diff.tobytes() == (expected + expected).tobytes()
+
+
 # ------------------------------------------------------------- structural ----
 
 def test_concat_flatten_reshape_eltwise_gradients():

@@ -17,6 +17,17 @@ from .base import Blob, Layer, canonical_axis
 from .learnable import filler_or_default, make_param_blob
 
 
+def _product_into(xp: Any, a: Any, b: Any, out: Any) -> None:
+    """out = a·b. With an inner dimension of 1 (the weight gradient at batch 1) NumPy's matmul takes
+    a slow loop (fc6's 4096x9216: 71 ms against 13 ms for the multiply); the outer product gives the
+    same bits once ``+ 0`` turns its signed zeros into the +0 that matmul's sum starts from."""
+    if xp is np and a.shape[1] == 1:
+        np.multiply(a, b, out=out)
+        out += out.dtype.type(0)
+    else:
+        xp.matmul(a, b, out=out)
+
+
 @register("InnerProduct")
 class InnerProductLayer(Layer):
     """y = x·Wᵀ + b on x flattened from ``axis``; W is (num_output, K), or (K, num_output) with transpose."""
@@ -71,13 +82,13 @@ class InnerProductLayer(Layer):
             a, b = (xp.ascontiguousarray(x.T), dy) if self.transpose else (xp.ascontiguousarray(dy.T), x)
             wblob = self.blobs[0]
             if wblob.diff_zero:
-                xp.matmul(a, b, out=wblob.diff)  # straight into the gradient, no temporary
+                _product_into(xp, a, b, wblob.diff)  # straight into the gradient, no temporary
             else:
                 # Accumulating (iter_size, shared weights, `trainer time`): the product goes into a
                 # buffer kept between iterations; a fresh fc6-sized temporary cost more page faults
                 # than the GEMM itself.
                 grad = self.workspace("dw", wblob.diff.shape)
-                xp.matmul(a, b, out=grad)
+                _product_into(xp, a, b, grad)
                 wblob.diff += grad
             self.finish_param_grad(0)
         if self.bias_term and self.param_needs_grad(1):
