@@ -358,6 +358,26 @@ def test_inner_product_weight_gradient_at_batch_1_has_matmuls_bits(transpose):
     assert layer.blobs[0].diff.tobytes() == (expected + expected).tobytes()
 
 
+@pytest.mark.parametrize("transpose", [False, True])
+def test_inner_product_data_gradient_of_one_output_has_matmuls_bits(transpose):
+    """num_output 1 (a regression head): the data gradient is an outer product too, matmul's bits."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((4, 6))
+    params = "num_output: 1" + (" transpose: true" if transpose else "")
+    layer, b, t = make_layer(f'type: "InnerProduct" inner_product_param {{ {params} weight_filler {{ type: "gaussian" }} }}',
+                             [x])
+    layer.blobs[0].data.reshape(-1)[:2] = [0.0, -0.0]
+    run_forward(layer, b, t)
+    dy = rng.standard_normal((4, 1))
+    dy[0, 0], dy[1, 0] = -0.0, -2.0
+    w = layer.blobs[0].data
+    expected = np.matmul(w, dy.T).T if transpose else np.matmul(dy, w)
+    assert np.signbit(expected).sum() < np.signbit(dy * w.reshape(1, -1)).sum()  # -0.0 products exist
+    t[0].diff = dy
+    layer.backward(t, [True], b)
+    assert b[0].diff.tobytes() == np.ascontiguousarray(expected).tobytes()
+
+
 # ------------------------------------------------------------- structural ----
 
 def test_concat_flatten_reshape_eltwise_gradients():

@@ -17,15 +17,16 @@ from .base import Blob, Layer, canonical_axis
 from .learnable import filler_or_default, make_param_blob
 
 
-def _product_into(xp: Any, a: Any, b: Any, out: Any) -> None:
-    """out = a·b. With an inner dimension of 1 (the weight gradient at batch 1) NumPy's matmul takes
-    a slow loop (fc6's 4096x9216: 71 ms against 13 ms for the multiply); the outer product gives the
-    same bits once ``+ 0`` turns its signed zeros into the +0 that matmul's sum starts from."""
+def _product(xp: Any, a: Any, b: Any, out: Any = None) -> Any:
+    """a·b (into ``out`` when given). With an inner dimension of 1 (the weight gradient at batch 1, the
+    data gradient of a single output) NumPy's matmul takes a slow loop (fc6's 4096x9216 weight
+    gradient: 71 ms against 13 ms for the multiply); the outer product gives the same bits once
+    ``+ 0`` turns its signed zeros into the +0 that matmul's sum starts from."""
     if xp is np and a.shape[1] == 1:
-        np.multiply(a, b, out=out)
+        out = np.multiply(a, b, out=out)
         out += out.dtype.type(0)
-    else:
-        xp.matmul(a, b, out=out)
+        return out
+    return xp.matmul(a, b, out=out)
 
 
 @register("InnerProduct")
@@ -82,13 +83,13 @@ class InnerProductLayer(Layer):
             a, b = (xp.ascontiguousarray(x.T), dy) if self.transpose else (xp.ascontiguousarray(dy.T), x)
             wblob = self.blobs[0]
             if wblob.diff_zero:
-                _product_into(xp, a, b, wblob.diff)  # straight into the gradient, no temporary
+                _product(xp, a, b, out=wblob.diff)  # straight into the gradient, no temporary
             else:
                 # Accumulating (iter_size, shared weights, `trainer time`): the product goes into a
                 # buffer kept between iterations; a fresh fc6-sized temporary cost more page faults
                 # than the GEMM itself.
                 grad = self.workspace("dw", wblob.diff.shape)
-                _product_into(xp, a, b, grad)
+                _product(xp, a, b, out=grad)
                 wblob.diff += grad
             self.finish_param_grad(0)
         if self.bias_term and self.param_needs_grad(1):
@@ -97,9 +98,9 @@ class InnerProductLayer(Layer):
         if propagate_down[0]:
             w = self.blobs[0].data
             if self.transpose:
-                dx = xp.ascontiguousarray((w @ xp.ascontiguousarray(dy.T)).T)
+                dx = xp.ascontiguousarray(_product(xp, w, xp.ascontiguousarray(dy.T)).T)
             else:
-                dx = dy @ w
+                dx = _product(xp, dy, w)
             bottoms[0].diff = dx.reshape(bottoms[0].shape)
 
 
