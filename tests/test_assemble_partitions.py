@@ -10,7 +10,6 @@ import re
 import csv
 import os
 import signal
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -24,6 +23,7 @@ from datakit.errors import ConfigError, DownloadError, ListError
 from datakit.manifest import open_manifest
 from datakit.mirror import MirrorConfig, fault_for, serve_mirror
 from datakit.parallel import Executor, InlineExecutor, LocalExecutor
+from tests.ctrl_c import ctrl_c_when
 
 # faults whose outcome does not depend on how often a path was asked (no 'flaky', no timeouts)
 FAULTS = {"not_found": 0.1, "gone": 0.05, "placeholder": 0.05, "not_image": 0.05, "corrupt": 0.05}
@@ -139,18 +139,9 @@ def test_dead_list_runs_the_probe_alone_and_never_starts_the_rest(tmp_path: Path
     assert len(_failed(tmp_path / "d")) == 30 and not (tmp_path / "d" / "train.txt").exists()
 
 
-def _interrupt_when(folder: Path, count: int) -> threading.Thread:
-    """SIGINT this process (as Ctrl-C would) once `count` images are in `folder`."""
-    def watch() -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if folder.is_dir() and sum(1 for p in folder.iterdir() if not p.name.startswith(".")) >= count:
-                os.kill(os.getpid(), signal.SIGINT)
-                return
-            time.sleep(0.01)
-    thread = threading.Thread(target=watch, daemon=True)
-    thread.start()
-    return thread
+def _images_in(folder: Path, count: int):
+    """True once `count` images are in `folder` (the moment the test presses Ctrl-C)."""
+    return lambda: folder.is_dir() and sum(1 for p in folder.iterdir() if not p.name.startswith(".")) >= count
 
 
 @pytest.mark.parametrize("kind", ["inline", "threads"])
@@ -160,10 +151,8 @@ def test_ctrl_c_cancels_the_partitions_left_and_keeps_what_finished(tmp_path: Pa
         the_plan = plan(_cfg(out, m.url, images=400, dead_after=0, options=_fast(concurrency=4)))
         the_plan.images_dir.mkdir(parents=True)
         inner = InlineExecutor() if kind == "inline" else LocalExecutor(2, kind="threads")
-        watcher = _interrupt_when(the_plan.images_dir, 20)
-        with Recording(inner) as ex:
+        with ctrl_c_when(_images_in(the_plan.images_dir, 20)), Recording(inner) as ex:
             record = run_partitions(the_plan, ex)
-        watcher.join()
         result = finish(the_plan, record.results, stopped=record.stopped)
     assert record.stopped == "interrupted"
     assert len(the_plan.partitions) == 8 and record.never_started > 0 and ex.submitted < 8

@@ -19,6 +19,7 @@ from datakit.download import DownloadOptions
 from datakit.errors import DownloadError
 from datakit.manifest import open_manifest
 from datakit.mirror import MirrorConfig, serve_mirror
+from tests.ctrl_c import ctrl_c_when
 
 distributed = pytest.importorskip("distributed", reason="the dist extra (dask.distributed) is not installed")
 
@@ -108,18 +109,8 @@ def test_ctrl_c_on_the_client_cancels_the_tasks_and_a_rerun_resumes(tmp_path, da
         the_plan = plan(_cfg(out, m.url, images=400, dead_after=0, options={"concurrency": 4, "per_host": 4}))
         the_plan.images_dir.mkdir(parents=True)
 
-        def interrupt() -> None:
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                if len(os.listdir(the_plan.images_dir)) >= 20:
-                    os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C in the client's terminal
-                    return
-                time.sleep(0.01)
-
-        watcher = threading.Thread(target=interrupt, daemon=True)
-        watcher.start()
-        record = run_partitions(the_plan, dask2)
-        watcher.join()
+        with ctrl_c_when(lambda: len(os.listdir(the_plan.images_dir)) >= 20):
+            record = run_partitions(the_plan, dask2)
         finish(the_plan, record.results, stopped=record.stopped)
     assert record.stopped == "interrupted" and record.never_started > 0
     assert not (out / "train.txt").exists()

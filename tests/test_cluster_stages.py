@@ -25,6 +25,7 @@ distributed = pytest.importorskip("distributed", reason="the dist extra (dask.di
 from datakit.cluster import DaskExecutor  # noqa: E402
 from datakit.convert.merge import merge_shards  # noqa: E402
 from datakit.convert.sharded import convert_sharded, write_shard  # noqa: E402
+from tests.ctrl_c import ctrl_c_when  # noqa: E402
 from tests.test_convert import make_images, write_list  # noqa: E402
 
 
@@ -282,29 +283,16 @@ def _install_slow() -> None:
 
 
 def test_ctrl_c_cancels_the_shards_left_and_resume_finishes(tmp_path, dask2, images):
-    import threading
-
     from datakit.convert import ConvertInterrupted
     root, lst = images
     db = tmp_path / "db"
     work = tmp_path / "db.incomplete"
     dask2.client.run(_install_slow)
-
-    def interrupt() -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if work.is_dir() and any(p.name.startswith("shard-") for p in work.iterdir()):
-                os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C in the client's terminal
-                return
-            time.sleep(0.01)
-
-    watcher = threading.Thread(target=interrupt, daemon=True)
-    watcher.start()
     try:
-        with pytest.raises(ConvertInterrupted, match="--resume"):
+        with ctrl_c_when(lambda: work.is_dir() and any(p.name.startswith("shard-") for p in work.iterdir())), \
+                pytest.raises(ConvertInterrupted, match="--resume"):
             convert_sharded(root, lst, db, _opts(), dask2, partition_size=4, warn=lambda m: None)
     finally:
-        watcher.join()
         dask2.client.run(_restore_encoder)
     finished = sorted(p.name for p in work.iterdir() if p.name.startswith("shard-"))
     assert 1 <= len(finished) < 16 and not db.exists()

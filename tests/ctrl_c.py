@@ -1,0 +1,52 @@
+"""Ctrl-C for in-process tests: SIGINT this process once a condition holds, and again if Python dropped it.
+
+A KeyboardInterrupt raised while the main thread runs a weakref callback or a ``__del__`` is
+printed and dropped by Python ("Exception ignored in ..."), as a user's Ctrl-C would be there (a
+user presses it again). With Dask's client such callbacks run often: one CI run lost the only
+Ctrl-C of a test that way. ``ctrl_c_when`` watches ``sys.unraisablehook`` for a dropped
+KeyboardInterrupt and sends the signal again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+
+@contextlib.contextmanager
+def ctrl_c_when(ready: Callable[[], bool], timeout: float = 60.0, retries: int = 5) -> Iterator[None]:
+    """While the block runs, SIGINT this process as soon as ``ready()`` is true (polled every 10 ms)."""
+    dropped = threading.Event()
+    previous = sys.unraisablehook
+
+    def hook(unraisable) -> None:
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            dropped.set()
+        else:
+            previous(unraisable)
+
+    def watch() -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if ready():
+                for _ in range(retries):
+                    os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C in the client's terminal
+                    if not dropped.wait(2.0):
+                        return
+                    dropped.clear()
+                return
+            time.sleep(0.01)
+
+    sys.unraisablehook = hook
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        watcher.join()
+        sys.unraisablehook = previous
