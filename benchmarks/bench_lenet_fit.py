@@ -25,6 +25,7 @@ AVX-512 machine where PyTorch ran 80-84 (issue 16).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -34,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,6 +93,18 @@ def _stamp(month_day: str, clock: str) -> float:
     return t.timestamp()
 
 
+@contextlib.contextmanager
+def _run_dir(work: Path) -> Iterator[tuple[Path, dict[str, str]]]:
+    """A scratch folder holding links to ``work``'s LMDBs, and the environment our subprocesses run in."""
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = Path(tmp)
+        for db in ("mnist_train_lmdb", "mnist_test_lmdb"):
+            (run_dir / db).symlink_to(work / db)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+        yield run_dir, env
+
+
 def _run_ours(work: Path, iterations: int) -> dict:
     """`trainer fit` on a copy of the LeNet solver: max_iter shortened, no tests; iter/s from the log."""
     max_iter = WARMUP + iterations
@@ -100,13 +114,8 @@ def _run_ours(work: Path, iterations: int) -> dict:
     solver = re.sub(r"snapshot: \d+", f"snapshot: {10 * max_iter}", solver)
     solver = re.sub(r"display: \d+", "display: 50", solver)
     solver = solver.replace('net: "lenet_train_test.prototxt"', f'net: "{ROOT / "models/lenet/lenet_train_test.prototxt"}"')
-    with tempfile.TemporaryDirectory() as tmp:
-        run_dir = Path(tmp)
-        for db in ("mnist_train_lmdb", "mnist_test_lmdb"):
-            (run_dir / db).symlink_to(work / db)
+    with _run_dir(work) as (run_dir, env):
         (run_dir / "solver.prototxt").write_text(solver + "test_initialization: false\n")
-        env = dict(os.environ)
-        env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
         cmd = [sys.executable, "-m", "cli.trainer_main", "fit", "--solver", "solver.prototxt", "--device", "cpu",
                "--log", "fit.log"]
         started = time.perf_counter()
@@ -128,12 +137,7 @@ def _run_ours(work: Path, iterations: int) -> dict:
 
 def _profile_ours(work: Path, iterations: int = 200) -> str:
     """Where our step goes: `trainer time` on the LeNet train net (its Data layer reads the same LMDB), top layers."""
-    with tempfile.TemporaryDirectory() as tmp:
-        run_dir = Path(tmp)
-        for db in ("mnist_train_lmdb", "mnist_test_lmdb"):
-            (run_dir / db).symlink_to(work / db)
-        env = dict(os.environ)
-        env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    with _run_dir(work) as (run_dir, env):
         res = subprocess.run([sys.executable, "-m", "cli.trainer_main", "time", "--model",
                               str(ROOT / "models/lenet/lenet_train_test.prototxt"), "--iterations", str(iterations),
                               "--device", "cpu", "--no-progress", "--report", "report.json"],

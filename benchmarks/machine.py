@@ -16,6 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 
+#: environment variables that hold OpenBLAS to other kernels than it would pick (``make bench`` drops them)
+BLAS_OVERRIDES = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
+
 def cpu_model() -> str:
     """The CPU's model name as lscpu prints it (from /proc/cpuinfo; the platform's name elsewhere)."""
     try:
@@ -73,7 +77,7 @@ def describe() -> str:
         load = "load average unknown"
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     blas = f"NumPy BLAS kernels {blas_kernels()}"
-    forced = [f"{v}={os.environ[v]}" for v in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if os.environ.get(v)]
+    forced = [f"{v}={os.environ[v]}" for v in BLAS_OVERRIDES if os.environ.get(v)]
     if forced:
         blas += f" ({' '.join(forced)} set: unset both in the benchmark's command for a user's figures)"
     return f"machine: {cpu_model()} ({avx}), {blas}, {os.cpu_count()} CPU cores, {load}, {when}"
