@@ -358,6 +358,11 @@ kernels.ave_pool_backward(kernels.ave_pool_forward(x, 3, 3, 1, 1, 2, 2, 4, 4), x
 yl, scale = kernels.lrn_across_forward(x, 3, 0.1, 0.75, 1.0)
 kernels.lrn_across_backward(x, yl, scale, yl, 3, 0.1, 0.75)
 kernels.col2im(kernels.im2col(x, 3, 3, 1, 1, 1, 1), x.shape, 3, 3, 1, 1, 1, 1)
+from types import SimpleNamespace
+from datakit.formats import caffe_pb2
+from trainer.updates import make_rule
+blob = SimpleNamespace(data=x.copy(), diff=x.copy(), lr_mult=1.0, decay_mult=1.0)
+make_rule(caffe_pb2.SolverParameter(momentum=0.9, weight_decay=5e-4), [blob]).apply(0.01, 0)
 stats = {name: fn.stats for name, fn in vars(kernels_cpu.impl()).items()}
 print(json.dumps({name: [sum(s.cache_hits.values()), sum(s.cache_misses.values())] for name, s in stats.items()}))
 """

@@ -130,3 +130,70 @@ def test_solver_type_from_legacy_enum_and_unknown():
     assert solver_type_name(caffe_pb2.SolverParameter(type="adam")) == "Adam"
     with pytest.raises(ConfigError, match="unknown type"):
         solver_type_name(caffe_pb2.SolverParameter(type="LBFGS"))
+
+
+# -------------------------------------------- the compiled SGD step (numba) ----
+
+def _sgd_run(compiled: bool, dtype=np.float32, regularization="L2", steps=3):
+    """Three SGD steps over blobs holding every awkward value; (data, diff, history) after each."""
+    from trainer import kernels
+    rng = np.random.default_rng(11)
+    special = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1e-45, -1e-45, 3e38], dtype)
+    shapes = [(7, 300), (1000,), (5,)]  # the first has a long loop; 5 is shorter than a vector
+    params = []
+    for k, shape in enumerate(shapes):
+        data = rng.standard_normal(shape).astype(dtype)
+        data.reshape(-1)[:8] = special[:data.size]
+        params.append(P(data, np.zeros(shape, dtype), lr_mult=(1.0, 2.0, 0.5)[k], decay_mult=(1.0, 0.0, 3.0)[k]))
+    prev = kernels.use_compiled(compiled)
+    try:
+        rule = make_rule(_solver(momentum=0.9, weight_decay=0.0005, regularization_type=regularization), params)
+        out = []
+        grads = np.random.default_rng(12)
+        for step in range(steps):
+            for p in params:
+                p.diff[...] = grads.standard_normal(p.diff.shape).astype(dtype) * np.asarray(0.01, dtype)
+                p.diff.reshape(-1)[-8:] = special[-p.diff.size:]  # gradients that are zero of either sign, inf, NaN, tiny
+            with np.errstate(invalid="ignore", over="ignore"):  # the inf and NaN put in on purpose
+                rule.apply(0.01 * (1 + step), step)
+            out.append([a.copy() for p, h in zip(params, rule.history) for a in (p.data, p.diff, h)])
+        return out
+    finally:
+        kernels.use_compiled(prev)
+
+
+def _bits_equal(a, b):
+    nan = np.isnan(a)
+    return np.array_equal(nan, np.isnan(b)) and np.where(nan, 0, a).tobytes() == np.where(nan, 0, b).tobytes()
+
+
+def test_compiled_sgd_step_gives_the_numpy_lines_bits():
+    """Weight decay (per-blob decay_mult, 0 included), momentum and the subtraction: data, the update
+    left in diff (what snapshot_diff writes) and the history agree bit for bit, signed zeros and NaN too."""
+    from trainer import kernels
+    if not kernels.compiled_available():
+        pytest.skip("numba is not importable (or DATAKIT_COMPILED=0): only the NumPy lines run")
+    compiled, plain = _sgd_run(True), _sgd_run(False)
+    for step, (a, b) in enumerate(zip(compiled, plain)):
+        for k, (x, y) in enumerate(zip(a, b)):
+            assert _bits_equal(x, y), f"step {step}, array {k}: max difference {np.nanmax(np.abs(x - y))}"
+
+
+def test_compiled_sgd_step_takes_only_what_it_computes(monkeypatch):
+    """L1 decay and float64 blobs keep the NumPy lines (the compiled loop is L2 and float32 only)."""
+    from trainer import kernels, kernels_cpu
+    if not kernels.compiled_available():
+        pytest.skip("numba is not importable (or DATAKIT_COMPILED=0): only the NumPy lines run")
+    calls = []
+    real = kernels_cpu.kernel
+
+    def spy(name):
+        calls.append(name)
+        return real(name)
+    monkeypatch.setattr(kernels_cpu, "kernel", spy)
+    _sgd_run(True, steps=1)
+    assert calls.count("sgd_step") == 3
+    calls.clear()
+    _sgd_run(True, regularization="L1", steps=1)
+    _sgd_run(True, dtype=np.float64, steps=1)
+    assert "sgd_step" not in calls

@@ -1,4 +1,4 @@
-"""Compiled CPU kernels (numba) for pooling, LRN, im2col and col2im: one pass over memory instead of one per window cell.
+"""Compiled CPU kernels (numba) for pooling, LRN, im2col, col2im and the SGD step: one pass over memory each.
 
 Why numba: the NumPy twins in ``trainer.kernels`` walk the kernel window with
 strided slices, so a 3x3 max pooling makes 9 passes over the output with three
@@ -229,10 +229,11 @@ def _build(numba: Any) -> Any:
                         colf[end + t] = zero
 
     from trainer import kernels_cpu_maxpool as maxpool  # noqa: PLC0415 - imports numba
+    from trainer import kernels_cpu_update as update  # noqa: PLC0415 - imports numba
 
     return SimpleNamespace(max_pool_fwd=maxpool.max_pool_fwd, max_pool_bwd=maxpool.max_pool_bwd,
                            ave_pool_fwd=ave_pool_fwd, ave_pool_bwd=ave_pool_bwd, lrn_scale=lrn_scale,
-                           lrn_back=lrn_back, col2im=col2im, im2col=im2col)
+                           lrn_back=lrn_back, col2im=col2im, im2col=im2col, sgd_step=update.sgd_step)
 
 
 _IMPL: Any = None
