@@ -361,8 +361,9 @@ kernels.col2im(kernels.im2col(x, 3, 3, 1, 1, 1, 1), x.shape, 3, 3, 1, 1, 1, 1)
 from types import SimpleNamespace
 from datakit.formats import caffe_pb2
 from trainer.updates import make_rule
-blob = SimpleNamespace(data=x.copy(), diff=x.copy(), lr_mult=1.0, decay_mult=1.0)
-make_rule(caffe_pb2.SolverParameter(momentum=0.9, weight_decay=5e-4), [blob]).apply(0.01, 0)
+for rule in ("SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam"):
+    blob = SimpleNamespace(data=x.copy(), diff=x.copy(), lr_mult=1.0, decay_mult=1.0)
+    make_rule(caffe_pb2.SolverParameter(type=rule, momentum=0.9, weight_decay=5e-4), [blob]).apply(0.01, 0)
 stats = {name: fn.stats for name, fn in vars(kernels_cpu.impl()).items()}
 print(json.dumps({name: [sum(s.cache_hits.values()), sum(s.cache_misses.values())] for name, s in stats.items()}))
 """

@@ -132,10 +132,15 @@ def test_solver_type_from_legacy_enum_and_unknown():
         solver_type_name(caffe_pb2.SolverParameter(type="LBFGS"))
 
 
-# -------------------------------------------- the compiled SGD step (numba) ----
+# ------------------------------------------- the compiled update steps (numba) ----
 
-def _sgd_run(compiled: bool, dtype=np.float32, regularization="L2", steps=3):
-    """Three SGD steps over blobs holding every awkward value; (data, diff, history) after each."""
+RULE_FIELDS = {"SGD": {"momentum": 0.9}, "Nesterov": {"momentum": 0.95}, "AdaGrad": {"delta": 1e-6},
+               "RMSProp": {"rms_decay": 0.98, "delta": 1e-6}, "AdaDelta": {"momentum": 0.95, "delta": 1e-6},
+               "Adam": {"momentum": 0.9, "momentum2": 0.999, "delta": 1e-8}}
+
+
+def _update_run(rule_type: str, compiled: bool, dtype=np.float32, regularization="L2", steps=3):
+    """Three steps of a rule over blobs holding every awkward value; (data, diff, history...) after each."""
     from trainer import kernels
     rng = np.random.default_rng(11)
     special = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1e-45, -1e-45, 3e38], dtype)
@@ -147,16 +152,17 @@ def _sgd_run(compiled: bool, dtype=np.float32, regularization="L2", steps=3):
         params.append(P(data, np.zeros(shape, dtype), lr_mult=(1.0, 2.0, 0.5)[k], decay_mult=(1.0, 0.0, 3.0)[k]))
     prev = kernels.use_compiled(compiled)
     try:
-        rule = make_rule(_solver(momentum=0.9, weight_decay=0.0005, regularization_type=regularization), params)
+        rule = make_rule(_solver(type=rule_type, weight_decay=0.0005, regularization_type=regularization,
+                                 **RULE_FIELDS[rule_type]), params)
         out = []
         grads = np.random.default_rng(12)
         for step in range(steps):
             for p in params:
                 p.diff[...] = grads.standard_normal(p.diff.shape).astype(dtype) * np.asarray(0.01, dtype)
                 p.diff.reshape(-1)[-8:] = special[-p.diff.size:]  # gradients that are zero of either sign, inf, NaN, tiny
-            with np.errstate(invalid="ignore", over="ignore"):  # the inf and NaN put in on purpose
+            with np.errstate(all="ignore"):  # the inf and NaN put in on purpose
                 rule.apply(0.01 * (1 + step), step)
-            out.append([a.copy() for p, h in zip(params, rule.history) for a in (p.data, p.diff, h)])
+            out.append([a.copy() for p in params for a in (p.data, p.diff)] + [h.copy() for h in rule.history])
         return out
     finally:
         kernels.use_compiled(prev)
@@ -167,23 +173,30 @@ def _bits_equal(a, b):
     return np.array_equal(nan, np.isnan(b)) and np.where(nan, 0, a).tobytes() == np.where(nan, 0, b).tobytes()
 
 
-def test_compiled_sgd_step_gives_the_numpy_lines_bits():
-    """Weight decay (per-blob decay_mult, 0 included), momentum and the subtraction: data, the update
-    left in diff (what snapshot_diff writes) and the history agree bit for bit, signed zeros and NaN too."""
+def _needs_compiled():
     from trainer import kernels
     if not kernels.compiled_available():
         pytest.skip("numba is not importable (or DATAKIT_COMPILED=0): only the NumPy lines run")
-    compiled, plain = _sgd_run(True), _sgd_run(False)
+
+
+@pytest.mark.parametrize("rule_type", list(RULE_FIELDS))
+def test_compiled_update_step_gives_the_numpy_lines_bits(rule_type):
+    """Weight decay (per-blob decay_mult, 0 included), the rule and the subtraction: data, the update
+    left in diff (what snapshot_diff writes) and every history set agree bit for bit, signed zeros,
+    infinities and NaN too, over three steps (Adam's bias correction changes with each)."""
+    _needs_compiled()
+    compiled, plain = _update_run(rule_type, True), _update_run(rule_type, False)
     for step, (a, b) in enumerate(zip(compiled, plain)):
         for k, (x, y) in enumerate(zip(a, b)):
-            assert _bits_equal(x, y), f"step {step}, array {k}: max difference {np.nanmax(np.abs(x - y))}"
+            with np.errstate(all="ignore"):
+                assert _bits_equal(x, y), f"step {step}, array {k}: max difference {np.nanmax(np.abs(x - y))}"
 
 
-def test_compiled_sgd_step_takes_only_what_it_computes(monkeypatch):
-    """L1 decay and float64 blobs keep the NumPy lines (the compiled loop is L2 and float32 only)."""
-    from trainer import kernels, kernels_cpu
-    if not kernels.compiled_available():
-        pytest.skip("numba is not importable (or DATAKIT_COMPILED=0): only the NumPy lines run")
+def test_compiled_update_step_takes_only_what_it_computes(monkeypatch):
+    """Every rule runs its compiled loop on float32 with L2 decay; L1 decay and float64 blobs keep the
+    NumPy lines (the loops are L2 and float32 only)."""
+    _needs_compiled()
+    from trainer import kernels_cpu
     calls = []
     real = kernels_cpu.kernel
 
@@ -191,9 +204,19 @@ def test_compiled_sgd_step_takes_only_what_it_computes(monkeypatch):
         calls.append(name)
         return real(name)
     monkeypatch.setattr(kernels_cpu, "kernel", spy)
-    _sgd_run(True, steps=1)
-    assert calls.count("sgd_step") == 3
+    for rule_type in RULE_FIELDS:
+        _update_run(rule_type, True, steps=1)
+    assert calls == [s for s in kernels_cpu.UPDATE_STEPS for _ in range(3)]
     calls.clear()
-    _sgd_run(True, regularization="L1", steps=1)
-    _sgd_run(True, dtype=np.float64, steps=1)
-    assert "sgd_step" not in calls
+    _update_run("SGD", True, regularization="L1", steps=1)
+    _update_run("Adam", True, dtype=np.float64, steps=1)
+    assert calls == []
+
+    from trainer.updates import UpdateRule
+
+    class HalfSGD(UpdateRule):  # a rule of one's own: its compute_update must run, not the SGD loop
+        def compute_update(self, i, rate, it):
+            super().compute_update(i, rate * 0.5, it)
+    blob = P(np.ones(4, np.float32), np.ones(4, np.float32))
+    HalfSGD([blob], momentum=0.9).apply(1.0, 0)
+    assert calls == [] and np.array_equal(blob.data, np.full(4, 0.5, np.float32))

@@ -1,4 +1,4 @@
-"""Compiled CPU kernels (numba) for pooling, LRN, im2col, col2im and the SGD step: one pass over memory each.
+"""Compiled CPU kernels (numba) for pooling, LRN, im2col, col2im and the update rules: one pass over memory each.
 
 Why numba: the NumPy twins in ``trainer.kernels`` walk the kernel window with
 strided slices, so a 3x3 max pooling makes 9 passes over the output with three
@@ -233,7 +233,12 @@ def _build(numba: Any) -> Any:
 
     return SimpleNamespace(max_pool_fwd=maxpool.max_pool_fwd, max_pool_bwd=maxpool.max_pool_bwd,
                            ave_pool_fwd=ave_pool_fwd, ave_pool_bwd=ave_pool_bwd, lrn_scale=lrn_scale,
-                           lrn_back=lrn_back, col2im=col2im, im2col=im2col, sgd_step=update.sgd_step)
+                           lrn_back=lrn_back, col2im=col2im, im2col=im2col,
+                           **{name: getattr(update, name) for name in UPDATE_STEPS})
+
+
+#: the compiled update steps (``trainer.kernels_cpu_update``), one per rule of ``trainer.updates``
+UPDATE_STEPS = ("sgd_step", "nesterov_step", "adagrad_step", "rmsprop_step", "adadelta_step", "adam_step")
 
 
 _IMPL: Any = None

@@ -114,25 +114,34 @@ class UpdateRule:
         h += local_rate * p.diff
         p.diff[...] = h
 
-    def _step_compiled(self, i: int, rate: float) -> bool:
-        """Plain SGD with L2 decay on host float32 blobs: ``regularize``, ``compute_update`` and
-        ``data -= diff`` as one compiled pass (``trainer.kernels_cpu_update``: the same bits, a few
-        passes over each blob instead of about sixteen). False where the NumPy lines must run: another
-        rule, L1, CuPy or float64 arrays, a non-contiguous blob, numba missing or turned off."""
+    #: the compiled loop of ``trainer.kernels_cpu_update`` doing this rule's ``regularize``,
+    #: ``compute_update`` and ``data -= diff`` in one pass (a subclass that changes either keeps NumPy)
+    _KERNEL = "sgd_step"
+
+    def _kernel_scalars(self, i: int, rate: float, it: int) -> tuple[Any, ...]:
+        """The kernel's scalars after the decay, as the NumPy lines compute them (float32)."""
+        return np.float32(self.momentum), np.float32(rate * self.params[i].lr_mult)
+
+    def _step_compiled(self, i: int, rate: float, it: int) -> bool:
+        """L2 decay and this rule on host float32 blobs as one compiled pass (the same bits as the
+        NumPy lines, a few passes over each blob instead of ten to thirty). False where the NumPy lines
+        must run: L1, CuPy or float64 arrays, a non-contiguous blob, numba missing or turned off, or a
+        subclass that overrides ``regularize`` or ``compute_update``."""
         cls = type(self)
-        if (cls.regularize is not UpdateRule.regularize or cls.compute_update is not UpdateRule.compute_update
+        owner = next(k for k in cls.__mro__ if "_KERNEL" in vars(k))  # the class whose loop _KERNEL names
+        own_update = vars(owner).get("compute_update", UpdateRule.compute_update)
+        if (cls.regularize is not UpdateRule.regularize or cls.compute_update is not own_update
                 or self.regularization != "L2" or self.xp is not np or not kernels_dispatch.compiled_available()):
             return False
-        p, h = self.params[i], self.history[i]
-        arrays = (p.data, p.diff, h)
+        p = self.params[i]
+        history = self.history[i::len(self.params)]  # this blob's history sets (Adam, AdaDelta: two)
+        arrays = (p.data, p.diff, *history)
         if any(not isinstance(a, np.ndarray) or a.dtype != np.float32 or not a.flags.c_contiguous for a in arrays):
             return False
-        data, diff, hist = (a.reshape(-1) for a in arrays)
-        fn = kernels_cpu.kernel("sgd_step")
-        decay = np.float32(self.weight_decay * p.decay_mult)
-        momentum, local_rate = np.float32(self.momentum), np.float32(rate * p.lr_mult)
-        kernels_dispatch.parallel(data.size, data.size,
-                                  lambda lo, hi: fn(data, diff, hist, decay, momentum, local_rate, lo, hi))
+        flat = [a.reshape(-1) for a in arrays]
+        scalars = (np.float32(self.weight_decay * p.decay_mult), *self._kernel_scalars(i, rate, it))
+        fn = kernels_cpu.kernel(self._KERNEL)
+        kernels_dispatch.parallel(flat[0].size, flat[0].size, lambda lo, hi: fn(*flat, *scalars, lo, hi))
         return True
 
     def apply(self, rate: float, it: int) -> None:
@@ -140,7 +149,7 @@ class UpdateRule:
         self.clip_gradients()
         for i in self.active():
             self.normalize(i)
-            if self._step_compiled(i, rate):
+            if self._step_compiled(i, rate, it):
                 continue
             self.regularize(i)
             self.compute_update(i, rate, it)
@@ -150,6 +159,11 @@ class UpdateRule:
 
 class Nesterov(UpdateRule):
     name = "Nesterov"
+    _KERNEL = "nesterov_step"
+
+    def _kernel_scalars(self, i: int, rate: float, it: int) -> tuple[Any, ...]:
+        m = np.float32(self.momentum)
+        return m, np.float32(rate * self.params[i].lr_mult), np.float32(1) + m
 
     def compute_update(self, i: int, rate: float, it: int) -> None:
         p = self.params[i]
@@ -163,6 +177,10 @@ class Nesterov(UpdateRule):
 
 class AdaGrad(UpdateRule):
     name = "AdaGrad"
+    _KERNEL = "adagrad_step"
+
+    def _kernel_scalars(self, i: int, rate: float, it: int) -> tuple[Any, ...]:
+        return np.float32(rate * self.params[i].lr_mult), np.float32(self.delta)
 
     def compute_update(self, i: int, rate: float, it: int) -> None:
         p = self.params[i]
@@ -173,6 +191,11 @@ class AdaGrad(UpdateRule):
 
 class RMSProp(UpdateRule):
     name = "RMSProp"
+    _KERNEL = "rmsprop_step"
+
+    def _kernel_scalars(self, i: int, rate: float, it: int) -> tuple[Any, ...]:
+        d = np.float32(self.rms_decay)
+        return d, np.float32(1) - d, np.float32(rate * self.params[i].lr_mult), np.float32(self.delta)
 
     def compute_update(self, i: int, rate: float, it: int) -> None:
         p = self.params[i]
@@ -186,6 +209,11 @@ class RMSProp(UpdateRule):
 class AdaDelta(UpdateRule):
     name = "AdaDelta"
     history_sets = 2
+    _KERNEL = "adadelta_step"
+
+    def _kernel_scalars(self, i: int, rate: float, it: int) -> tuple[Any, ...]:
+        m = np.float32(self.momentum)
+        return m, np.float32(1) - m, np.float32(self.delta), np.float32(rate * self.params[i].lr_mult)
 
     def compute_update(self, i: int, rate: float, it: int) -> None:
         p = self.params[i]
@@ -204,14 +232,25 @@ class AdaDelta(UpdateRule):
 class Adam(UpdateRule):
     name = "Adam"
     history_sets = 2
+    _KERNEL = "adam_step"
+
+    def _correction(self, it: int) -> np.float32:
+        """√(1 - β2^t) / (1 - β1^t) at t = it + 1 (Caffe's bias correction, folded into the rate)."""
+        t = it + 1
+        return np.float32(np.sqrt(1.0 - float(np.float32(self.momentum2)) ** t)
+                          / (1.0 - float(np.float32(self.momentum)) ** t))
+
+    def _kernel_scalars(self, i: int, rate: float, it: int) -> tuple[Any, ...]:
+        b1, b2 = np.float32(self.momentum), np.float32(self.momentum2)
+        return (b1, np.float32(1) - b1, b2, np.float32(1) - b2,
+                np.float32(rate * self.params[i].lr_mult) * self._correction(it), np.float32(self.delta))
 
     def compute_update(self, i: int, rate: float, it: int) -> None:
         p = self.params[i]
         m = self.history[i]
         v = self.history[i + len(self.params)]
         b1, b2 = np.float32(self.momentum), np.float32(self.momentum2)
-        t = it + 1
-        correction = np.float32(np.sqrt(1.0 - float(b2) ** t) / (1.0 - float(b1) ** t))
+        correction = self._correction(it)
         m *= b1
         m += (np.float32(1) - b1) * p.diff
         v *= b2
