@@ -6,6 +6,10 @@ operations is Caffe's ``SGDSolver::ApplyUpdate``: clip all gradients by their
 global L2 norm, then per blob divide by ``iter_size``, add weight decay, turn
 the gradient into an update with the rule's history, and ``data -= update``.
 
+On host float32 blobs with L2 decay each rule runs as one compiled loop per blob
+(``trainer.kernels_cpu_update``, the same bits as the NumPy lines here, which stay the
+reference and the path for CuPy, float64, L1 and ``DATAKIT_COMPILED=0``).
+
 History layout follows Caffe's SolverState: one blob per learnable param, and
 for Adam/AdaDelta a second full set appended after the first (``m`` then ``v``;
 gradient-square then update-square).
