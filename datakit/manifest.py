@@ -168,12 +168,31 @@ def _open_text(path: Path) -> io.TextIOBase:
     return open(path, encoding="utf-8", newline="")
 
 
+#: a split names the list that assemble writes for it (``OUT/<split>.txt``), so it must be a plain file
+#: name: no separators, no leading dot (``..``), nothing that resolves outside the output folder
+_SPLIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+#: splits whose list would overwrite another file written beside the lists (``labels.txt``: class names)
+_RESERVED_SPLITS = frozenset({"labels"})
+
+
+def _split_name(value: str, name: str, line: int) -> str:
+    """``value`` checked as a split (empty: the default, train); a ListError naming ``name:line`` if unsafe."""
+    if value and not _SPLIT_NAME.fullmatch(value):
+        raise ListError(f"{name}:{line}: split {value!r} cannot name a list file (<split>.txt in the output "
+                        f"folder): use letters, digits, '_', '-' or '.', such as train or test")
+    if value.lower() in _RESERVED_SPLITS:
+        raise ListError(f"{name}:{line}: split {value!r} would overwrite {value}.txt, the class names "
+                        f"written beside the lists; rename the split")
+    return value
+
+
 def read_manifest(path: str | os.PathLike, *, url_column: str = "image_url", label_column: str = "label",
                   split_column: str | None = "_split", id_column: int | str = 0) -> list[Row]:
     """Read every row of a manifest CSV (plain or gzip) in file order.
 
     Errors name ``FILE:LINE`` (line 1 is the header). Labels must be integers
-    >= 0. With no split column every row belongs to 'train'.
+    >= 0. With no split column every row belongs to 'train'; a split must be a plain
+    file name (it names the list ``<split>.txt``), never a path.
     """
     path = Path(path)
     name = str(path)
@@ -217,7 +236,8 @@ def read_manifest(path: str | os.PathLike, *, url_column: str = "image_url", lab
                 if label < 0:
                     raise ListError(f"{name}:{line}: label {label} is negative (labels must be 0..K-1)")
                 rows.append(Row(len(rows), rec[iid] if iid is not None else str(len(rows)),
-                                rec[iu].strip(), label, rec[isp].strip() if isp is not None else "train"))
+                                rec[iu].strip(), label,
+                                _split_name(rec[isp].strip(), name, line) if isp is not None else "train"))
     except (UnicodeDecodeError, gzip.BadGzipFile, EOFError, csv.Error) as err:
         raise ListError(f"{name}: not a readable CSV manifest ({err})") from None
     return rows

@@ -206,6 +206,37 @@ def test_hostile_urls_never_write_outside_the_images_folder(tmp_path: Path) -> N
     assert sorted(_lines(out / "train.txt")) == ["images/ok%2F2.jpg 0", "images/ok1.jpg 0"]
 
 
+@pytest.mark.parametrize("split", ["../../victim", "/tmp/abs", "..", ".hidden", "a/b", "a\\b", "labels"])
+def test_a_split_that_is_not_a_plain_name_is_refused_and_nothing_is_written(cli, tmp_path: Path, split: str) -> None:
+    """The split column names the list file (OUT/<split>.txt): a path there must not write outside the
+    output folder (a tester's manifest overwrote ../../victim.txt), nor over labels.txt."""
+    manifest = tmp_path / "m.csv"
+    with open(manifest, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["image_url", "label", "_split"])
+        w.writerows([["http://h/p0.jpg", 0, "train"], ["http://h/p1.jpg", 1, split]])
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    with serve_mirror(MirrorConfig(any_path=True)) as m:
+        r = cli("datakit", "assemble", "--manifest", str(manifest), "--mirror", m.url,
+                "--out", str(tmp_path / "a" / "out"), "--no-progress")
+    assert r.returncode != 0
+    errors = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and f"m.csv:3: split {split!r}" in errors[0], r.stderr
+    assert victim.read_text() == "precious\n" and not (tmp_path / "a").exists()
+
+
+def test_splits_other_than_train_and_test_get_their_own_list(tmp_path: Path) -> None:
+    """A plain split name such as val is kept (Caffe's recipes use train and test; users add others)."""
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("image_url,label,_split\nhttp://h/p0.jpg,0,train\nhttp://h/p1.jpg,1,val\n")
+    with serve_mirror(MirrorConfig(any_path=True)) as m:
+        result = assemble(AssembleConfig(manifest=str(manifest), out=tmp_path / "out", options=_fast(),
+                                         progress=False, mirror=m.url), log=lambda s: None)
+    assert sorted(result.report["lists"]) == ["test", "train", "val"]
+    assert _lines(tmp_path / "out" / "val.txt") == ["images/p1.jpg 1"]
+
+
 @pytest.mark.parametrize("url", ["http://h/a/..", "http://h/%2e%2E", "http://h/x%2Fy", "http://h/", "http://h/.x",
                                  "http://h/a%5Cb", "http://h/a%0d"])
 def test_name_from_url_refuses(url: str) -> None:
