@@ -50,6 +50,8 @@ from datakit.warncap import WarningCap, missing_under_root
 
 if TYPE_CHECKING:
     from datakit.convert.pipeline import PipelineSettings
+    from datakit.db.base import Writer
+    from datakit.convert.workdir import WorkDir
     from datakit.imagelist import ListEntry
 
 __all__ = ["ENCODE_TYPES", "ConvertInterrupted", "ConvertOptions", "ConvertSummary", "NothingWritten", "Skipped",
@@ -124,6 +126,15 @@ def read_entries(list_path: Path, allow_absolute: bool, warn: Callable[[str], No
     return check.entries
 
 
+def _check_resumed_count(writer: Writer, workdir: WorkDir) -> None:
+    """Refuse to build on an unfinished database that no longer holds what its progress file claims."""
+    have, claimed = writer.count(), int(workdir.state.get("written", 0))
+    if have is not None and have != claimed:
+        raise DatabaseError(f"{workdir.path}: holds {have} records where its progress file says {claimed}: it "
+                            "was changed outside this conversion (a data file removed, or another run writing "
+                            "into it); start over with --overwrite")
+
+
 def convert(root: str | os.PathLike, list_path: str | os.PathLike, db_path: str | os.PathLike,
             options: ConvertOptions | None = None, *, warn: Callable[[str], None] = _stderr_warn,
             settings: PipelineSettings | None = None,
@@ -135,10 +146,7 @@ def convert(root: str | os.PathLike, list_path: str | os.PathLike, db_path: str 
     `settings` tunes how records travel from the workers (PipelineSettings);
     `on_progress_saved(state)` is called after every save of the progress file.
     """
-    from datakit.convert.encode import EncodeSpec
-    from datakit.convert.pipeline import PipelineSettings, write_records
-    from datakit.convert.workdir import RESUME_KEYS, AlreadyComplete, WorkDir, check_resumable
-    from datakit.db import BACKENDS
+    from datakit.convert.workdir import WorkDir
 
     opts = options or ConvertOptions()
     opts.validate()
@@ -147,6 +155,23 @@ def convert(root: str | os.PathLike, list_path: str | os.PathLike, db_path: str 
     list_warnings: list[str] = []
     fingerprint, entries = read_inputs(root, list_path, final, opts.allow_absolute, list_warnings.append)
     workdir = WorkDir(final, on_save=on_progress_saved)
+    try:
+        return _convert_into(workdir, root, list_path, opts, fingerprint, entries, list_warnings, warn, settings,
+                             started)
+    finally:
+        workdir.release()
+
+
+def _convert_into(workdir: WorkDir, root: Path, list_path: Path, opts: ConvertOptions, fingerprint: dict,
+                  entries: list, list_warnings: list[str], warn: Callable[[str], None],
+                  settings: PipelineSettings | None, started: float) -> ConvertSummary:
+    """``convert``'s work once its inputs are read; ``workdir.open`` takes the output's lock."""
+    from datakit.convert.encode import EncodeSpec
+    from datakit.convert.pipeline import PipelineSettings, write_records
+    from datakit.convert.workdir import RESUME_KEYS, AlreadyComplete, check_resumable
+    from datakit.db import BACKENDS
+
+    final = workdir.final
     try:
         prior = workdir.open(resume=opts.resume, overwrite=opts.overwrite)
     except AlreadyComplete as done:
@@ -180,6 +205,7 @@ def convert(root: str | os.PathLike, list_path: str | os.PathLike, db_path: str 
     skip_cap = WarningCap(warn, "skipped images", where_all="the summary's skipped list and --report")
     try:
         writer.resume(workdir.state)
+        _check_resumed_count(writer, workdir)
         summary = write_records(entries, order, opts, spec, list_path, writer, workdir, skip_cap,
                                 settings or PipelineSettings())
         skip_cap.finish()

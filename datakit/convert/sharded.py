@@ -131,60 +131,63 @@ def convert_sharded(root: str | os.PathLike, list_path: str | os.PathLike, db_pa
     root, list_path, final = Path(root), Path(list_path), Path(db_path)
     fingerprint, entries = read_inputs(root, list_path, final, opts.allow_absolute, warn)
     workdir = WorkDir(final)
-    try:
-        prior = workdir.open(resume=opts.resume, overwrite=opts.overwrite)
-    except AlreadyComplete as complete:
-        return ConvertSummary.from_progress(str(final), complete.progress)
-    seed = opts.seed
-    if prior is not None:
-        check_resumable(prior, opts, fingerprint, workdir.path)
-        if "sharded" not in prior:
-            raise ConfigError(f"{workdir.path}: started by a local conversion; resume it without "
-                              "--scheduler/--cluster")
-        seed = prior["options"]["seed"]
-        partition_size = int(prior["sharded"]["partition_size"])
-        workdir.continue_from(prior)
-    else:
-        if opts.shuffle and seed is None:
-            seed = secrets.randbits(32)
-        recorded = {k: getattr(opts, k) for k in RESUME_KEYS} | {"seed": seed}
-        workdir.start({"status": "incomplete", "tool": "datakit convert", "options": recorded, **fingerprint,
-                       "listed": len(entries), "next_index": 0, "written": 0, "shards": 0, "shapes": [],
-                       "skipped": [], "sharded": {"partition_size": partition_size}})
-    order = list(range(len(entries)))
-    if opts.shuffle:
-        random.Random(seed).shuffle(order)
-    spec = EncodeSpec(str(root), BACKENDS[opts.backend].record_kind, opts.resize_height, opts.resize_width,
-                      opts.gray, opts.encoded, opts.encode_type.lower(), opts.allow_absolute, opts.max_pixels)
-    rows = [(i, entries[order[i]].line, entries[order[i]].path, entries[order[i]].label) for i in range(len(order))]
-    ranges = plan_partitions(len(rows), partition_size)
-    work = workdir.path.resolve()
-    done = _finished_shards(work)
-    resumed_at = sum(int(d["count"]) for d in done.values()) or None  # records kept from before
-    kwargs = dict(list_name=str(list_path), commit_every=opts.commit_every, strict=opts.strict,
-                  check_size=opts.check_size)
-    futures = {executor.submit(write_shard, spec, opts.backend, rows[a:b], str(work), k, **kwargs): k
-               for k, (a, b) in enumerate(ranges) if k not in done}
-    try:
-        for future in executor.as_completed(list(futures)):
-            k = futures[future]
-            try:
-                done[k] = future.result()
-            except DatakitError:
-                raise  # a bad image under --strict / --check-size: already names its list line
-            except Exception as err:  # noqa: BLE001 - one line naming the partition
-                a, b = ranges[k]
-                raise DatabaseError(f"{list_path}: partition {k} ({shard_name(k)}, list records {a}..{b - 1}) "
-                                    f"failed on {executor.name}: {type(err).__name__}: {err}; finished shards "
-                                    "are kept: rerun with --resume") from None
-    except KeyboardInterrupt:
-        executor.cancel(list(futures))
-        raise ConvertInterrupted(sum(d["count"] for d in done.values()), workdir.path) from None
-    except BaseException:
-        executor.cancel(list(futures))
-        raise
-    return _finish(workdir, [done[k] for k in range(len(ranges))], opts, entries, list_path, root, seed,
-                   started, resumed_at, warn)
+    try:  # workdir.open takes the output's lock; released however the conversion ends
+        try:
+            prior = workdir.open(resume=opts.resume, overwrite=opts.overwrite)
+        except AlreadyComplete as complete:
+            return ConvertSummary.from_progress(str(final), complete.progress)
+        seed = opts.seed
+        if prior is not None:
+            check_resumable(prior, opts, fingerprint, workdir.path)
+            if "sharded" not in prior:
+                raise ConfigError(f"{workdir.path}: started by a local conversion; resume it without "
+                                  "--scheduler/--cluster")
+            seed = prior["options"]["seed"]
+            partition_size = int(prior["sharded"]["partition_size"])
+            workdir.continue_from(prior)
+        else:
+            if opts.shuffle and seed is None:
+                seed = secrets.randbits(32)
+            recorded = {k: getattr(opts, k) for k in RESUME_KEYS} | {"seed": seed}
+            workdir.start({"status": "incomplete", "tool": "datakit convert", "options": recorded, **fingerprint,
+                           "listed": len(entries), "next_index": 0, "written": 0, "shards": 0, "shapes": [],
+                           "skipped": [], "sharded": {"partition_size": partition_size}})
+        order = list(range(len(entries)))
+        if opts.shuffle:
+            random.Random(seed).shuffle(order)
+        spec = EncodeSpec(str(root), BACKENDS[opts.backend].record_kind, opts.resize_height, opts.resize_width,
+                          opts.gray, opts.encoded, opts.encode_type.lower(), opts.allow_absolute, opts.max_pixels)
+        rows = [(i, entries[order[i]].line, entries[order[i]].path, entries[order[i]].label) for i in range(len(order))]
+        ranges = plan_partitions(len(rows), partition_size)
+        work = workdir.path.resolve()
+        done = _finished_shards(work)
+        resumed_at = sum(int(d["count"]) for d in done.values()) or None  # records kept from before
+        kwargs = dict(list_name=str(list_path), commit_every=opts.commit_every, strict=opts.strict,
+                      check_size=opts.check_size)
+        futures = {executor.submit(write_shard, spec, opts.backend, rows[a:b], str(work), k, **kwargs): k
+                   for k, (a, b) in enumerate(ranges) if k not in done}
+        try:
+            for future in executor.as_completed(list(futures)):
+                k = futures[future]
+                try:
+                    done[k] = future.result()
+                except DatakitError:
+                    raise  # a bad image under --strict / --check-size: already names its list line
+                except Exception as err:  # noqa: BLE001 - one line naming the partition
+                    a, b = ranges[k]
+                    raise DatabaseError(f"{list_path}: partition {k} ({shard_name(k)}, list records {a}..{b - 1}) "
+                                        f"failed on {executor.name}: {type(err).__name__}: {err}; finished shards "
+                                        "are kept: rerun with --resume") from None
+        except KeyboardInterrupt:
+            executor.cancel(list(futures))
+            raise ConvertInterrupted(sum(d["count"] for d in done.values()), workdir.path) from None
+        except BaseException:
+            executor.cancel(list(futures))
+            raise
+        return _finish(workdir, [done[k] for k in range(len(ranges))], opts, entries, list_path, root, seed,
+                       started, resumed_at, warn)
+    finally:
+        workdir.release()
 
 
 def _finish(workdir: WorkDir, shards: list[dict], opts: ConvertOptions, entries: list, list_path: Path,

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from datakit.atomic import install_dir, write_text_atomic
+from datakit.convert.lock import OutputLock
 from datakit.db import PROGRESS_NAME, detect_backend, incomplete_path, read_progress
 from datakit.errors import ConfigError, DatabaseError
 
@@ -53,7 +54,9 @@ class WorkDir:
     """``FINAL.incomplete`` and its progress file.
 
     `on_save(state)` is called after every save of the progress file (with
-    the state saved), for callers that watch the checkpoints.
+    the state saved), for callers that watch the checkpoints. ``open()`` takes the
+    output's lock (``datakit.convert.lock``: one conversion per output at a time);
+    the caller calls ``release()`` when the conversion ends, however it ends.
     """
 
     def __init__(self, final: str | Path, *, on_save: Callable[[dict], None] | None = None) -> None:
@@ -64,6 +67,7 @@ class WorkDir:
         self.path = incomplete_path(self.final)
         self.state: dict = {}
         self.on_save = on_save
+        self.lock = OutputLock(self.final)
 
     def open(self, *, resume: bool, overwrite: bool) -> dict | None:
         """The progress of the interrupted conversion to continue, or None to start afresh.
@@ -75,6 +79,7 @@ class WorkDir:
         With --resume on a finished database, raises AlreadyComplete.
         """
         final, work = self.final, self.path
+        self.lock.acquire()  # before reading anything: another run's state may be changing under us
         prior = read_progress(work) if work.is_dir() else None
         if resume:
             if prior is None and final.exists():
@@ -118,6 +123,10 @@ class WorkDir:
         write_text_atomic(self.path / PROGRESS_NAME, json.dumps(self.state, indent=1) + "\n")
         if self.on_save is not None:
             self.on_save(self.state)
+
+    def release(self) -> None:
+        """Let another conversion into this output start (idempotent)."""
+        self.lock.release()
 
     def discard(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)

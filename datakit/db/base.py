@@ -170,6 +170,14 @@ class Writer:
     def resume(self, progress: dict) -> None:
         raise NotImplementedError
 
+    def count(self) -> int | None:
+        """How many records the database holds now; None where the writer cannot tell cheaply.
+
+        After ``resume`` it must equal the progress file's ``written`` (what the interrupted run made
+        durable); ``convert --resume`` refuses a database changed since (a data file deleted, another
+        run writing into it)."""
+        return None
+
     def finish(self, final: str | os.PathLike) -> None:
         """Called once the last record is written, before the data is installed at `final`."""
 

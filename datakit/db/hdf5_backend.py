@@ -183,6 +183,16 @@ class HDF5Writer(Writer):
     def progress_state(self) -> dict:
         return {"shards": self.shards}
 
+    def count(self) -> int:
+        """Records in the completed shards 0 .. shards-1 (a missing one holds none)."""
+        total = 0
+        for index in range(self.shards):
+            path = self.folder / shard_name(index)
+            if path.exists():
+                with h5py.File(path, "r") as h5:
+                    total += int(h5["data"].shape[0])
+        return total
+
     def resume(self, progress: dict) -> None:
         """Remove the shards completed after the saved progress: their records are redone."""
         keep = int(progress.get("shards", 0))

@@ -90,6 +90,10 @@ class LevelDBWriter(KeyValueWriter):
                 batch.delete(k)
         return len(keys)
 
+    def count(self) -> int:
+        """A walk over the keys (LevelDB keeps no count): once per resume, not per batch."""
+        return sum(1 for _ in self.db.iterator(include_value=False))
+
     def sync(self) -> None:
         """Make every batch written so far durable (the converter calls this before a checkpoint)."""
         self.db.write_batch(sync=True).write()

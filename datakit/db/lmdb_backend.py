@@ -257,6 +257,9 @@ class LmdbWriter(KeyValueWriter):
         self.sync()
         return removed
 
+    def count(self) -> int:
+        return int(self.env.stat()["entries"])
+
     def sync(self) -> None:
         """Flush every committed transaction to disk (before a checkpoint claims them)."""
         self.env.sync(True)
