@@ -107,3 +107,33 @@ def test_resume_of_an_untouched_unfinished_database_still_finishes(tmp_path, bac
     assert summary.written == N and summary.resumed_at
     with open_reader(db) as reader:
         assert len(reader) == N
+
+
+@pytest.mark.parametrize("backend", ["lmdb", "hdf5"])
+def test_a_failed_write_saves_no_progress_past_it(tmp_path, backend, monkeypatch):
+    """A write that fails in the writer thread (a disk error) stops the conversion; the batches queued
+    behind it must not be written, nor the progress file claim them (a hole the resume would keep)."""
+    from datakit.db.hdf5_backend import HDF5Writer
+    from datakit.db.lmdb_backend import LmdbWriter
+    lst = write_list(tmp_path / "list.txt", make_images(tmp_path, 120))
+    writer_class = {"lmdb": LmdbWriter, "hdf5": HDF5Writer}[backend]
+    real_write = writer_class.write
+    calls = []
+
+    def failing_write(self, items):
+        calls.append(len(items))
+        if len(calls) == 4:
+            raise OSError(28, "No space left on device (simulated)")
+        return real_write(self, items)
+    monkeypatch.setattr(writer_class, "write", failing_write)
+    with pytest.raises(OSError, match="simulated"):
+        convert(tmp_path / "img", lst, tmp_path / "db", opts(backend=backend, commit_every=5, hdf5_chunk=5, **SIZE))
+    monkeypatch.setattr(writer_class, "write", real_write)
+    summary = convert(tmp_path / "img", lst, tmp_path / "db", opts(backend=backend, resume=True, hdf5_chunk=5, **SIZE))
+    ref = convert(tmp_path / "img", lst, tmp_path / "ref", opts(backend=backend, hdf5_chunk=5, **SIZE))
+    assert summary.written == ref.written == 120
+    with open_reader(tmp_path / "db") as a, open_reader(tmp_path / "ref") as b:
+        if backend == "hdf5":
+            assert [r.label for r in a] == [r.label for r in b]
+        else:
+            assert list(a.raw_items()) == list(b.raw_items())

@@ -78,6 +78,7 @@ class BackgroundWriter:
         self.writer, self.workdir = writer, workdir
         self.queue: queue.Queue = queue.Queue(maxsize=depth)
         self.error: BaseException | None = None
+        self._raised = False  # the error reached the caller once (close(abandon=True) must not raise it again)
         self._checkpoint: dict | None = None
         self._done = False
         self._cond = threading.Condition()
@@ -129,9 +130,12 @@ class BackgroundWriter:
                 self.error = err
 
     def _raise(self) -> None:
-        if self.error is not None:
-            err, self.error = self.error, None
-            raise err
+        # The error stays set once raised: the threads keep draining without writing, so no batch
+        # queued behind a failed one is written and no progress past the failure is saved (the
+        # resume point stays at the last durable one, and the resumed database has no hole).
+        if self.error is not None and not self._raised:
+            self._raised = True
+            raise self.error
 
     def put(self, batch: list, state: dict, checkpoint: bool, leases: list) -> None:
         self._raise()

@@ -203,6 +203,6 @@ class KeyValueWriter(Writer):
         raise NotImplementedError
 
     def resume(self, progress: dict) -> None:
+        # Always, from 0 too: records committed after the last checkpoint are on disk but unclaimed.
         start = int(progress.get("next_index", 0))
-        if start or int(progress.get("written", 0)):
-            self.truncate_from(f"{start:08d}".encode())
+        self.truncate_from(f"{start:08d}".encode())
