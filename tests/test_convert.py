@@ -189,6 +189,25 @@ def test_check_size_is_fatal_and_resumable(tmp_path):
     assert incomplete_path(tmp_path / "db").is_dir() and not (tmp_path / "db").exists()
 
 
+def test_a_fatal_image_error_says_what_was_kept_and_how_to_go_on(tmp_path):
+    """A newcomer's rerun after --check-size stopped was told 'an interrupted conversion is there': the
+    error itself now says the records are kept, and the --resume it suggests finishes once the image is fixed."""
+    entries = make_images(tmp_path, 40, size=(24, 32))
+    lst = write_list(tmp_path / "list.txt", entries)
+    odd = tmp_path / "img" / entries[30][0]
+    good = cv2.imread(str(tmp_path / "img" / entries[0][0]))
+    for i, (path, _) in enumerate(entries):  # one size for all but record 30
+        cv2.imwrite(str(tmp_path / "img" / path), cv2.resize(good, (32, 20 if i == 30 else 24)))
+    with pytest.raises(ImageError) as err:
+        convert(tmp_path / "img", lst, tmp_path / "db", opts(check_size=True, commit_every=4, checkpoint_every=1))
+    message = str(err.value)
+    assert "list.txt:31: " in message and f"records saved before it are kept in {incomplete_path(tmp_path / 'db')}" \
+        in message and "rerun with --resume" in message and "--overwrite to start over" in message
+    cv2.imwrite(str(odd), good)
+    summary = convert(tmp_path / "img", lst, tmp_path / "db", opts(check_size=True, resume=True))
+    assert summary.written == 40 and summary.resumed_at
+
+
 def test_shuffle_is_seeded_and_recorded(tmp_path):
     entries = make_images(tmp_path, 12)
     lst = write_list(tmp_path / "list.txt", entries)

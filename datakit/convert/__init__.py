@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from datakit.convert.options import ENCODE_TYPES, ConvertOptions, ConvertSummary, Skipped
-from datakit.errors import ConfigError, DatabaseError, DiskFull, ListError
+from datakit.errors import ConfigError, DatabaseError, DiskFull, ImageError, ListError
 from datakit.warncap import WarningCap, missing_under_root
 
 if TYPE_CHECKING:
@@ -223,6 +223,12 @@ def _convert_into(workdir: WorkDir, root: Path, list_path: Path, opts: ConvertOp
         writer.close()
         workdir.discard()
         raise
+    except ImageError as bad:  # --strict / --check-size / one size for HDF5: the work so far stays
+        writer.close()
+        how = "--resume in place of --overwrite" if opts.overwrite else "--resume"
+        raise ImageError(f"{bad}; the {int(workdir.state.get('written', 0))} records saved before it are kept in "
+                         f"{workdir.path}: replace or remove that image and rerun with {how}, or change the "
+                         "options and rerun with --overwrite to start over") from None
     except DiskFull as full:
         writer.close()
         how = "--resume in place of --overwrite" if opts.overwrite else "--resume"
