@@ -41,9 +41,8 @@ def run(args: argparse.Namespace) -> int:
     def stderr(message: str) -> None:
         print(message, file=sys.stderr)
 
-    where_all = args.report or "the --report file"
     wrong_root = missing_under_root(result.counts["missing-file"], len(result.entries), args.root, "--root")
-    cap = WarningCap(stderr, "problems", where_all=where_all)
+    cap = WarningCap(stderr, "problems", where_all=args.report or "", hint="--report FILE lists them all")
     for problem in result.problems:
         cap(problem)
     cap.finish()

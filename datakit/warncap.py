@@ -19,12 +19,13 @@ class WarningCap:
     """Show the first `limit` messages through `emit`, keep them all in `messages`.
 
     `kind` names the messages in the closing count ("... and 40 more skipped
-    images"); `where_all` says where the whole list is (e.g. "the --report file").
+    images"); `where_all` says where the whole list is (e.g. "r.json"); without one,
+    `hint` says how to get it (e.g. "--report FILE lists them all").
     """
 
     def __init__(self, emit: Callable[[str], None], kind: str, *, limit: int = TERMINAL_LIMIT,
-                 where_all: str = "") -> None:
-        self.emit, self.kind, self.limit, self.where_all = emit, kind, limit, where_all
+                 where_all: str = "", hint: str = "") -> None:
+        self.emit, self.kind, self.limit, self.where_all, self.hint = emit, kind, limit, where_all, hint
         self.messages: list[str] = []
         self._finished = False
 
@@ -42,7 +43,7 @@ class WarningCap:
         if self._finished or not self.hidden:
             return
         self._finished = True
-        where = f"; all of them in {self.where_all}" if self.where_all else ""
+        where = f"; all of them in {self.where_all}" if self.where_all else f"; {self.hint}" if self.hint else ""
         self.emit(f"... and {self.hidden} more {self.kind} ({len(self.messages)} in all{where})")
 
 

@@ -121,6 +121,14 @@ def test_check_list_under_a_wrong_root_says_so_and_reports_every_file(tmp_path, 
     assert len(data["problems"]) == 50 and data["counts"] == {"missing-file": 50}
 
 
+def test_without_report_the_flood_summary_says_how_to_get_them_all(tmp_path, cli):
+    """Without --report there is no report file to point at (it used to say 'all of them in the --report file')."""
+    lst = write_list(tmp_path / "list.txt", [(f"a/{i}.jpg", i % 2) for i in range(50)])
+    res = cli("datakit", "check-list", str(lst), "--root", str(tmp_path / "wrong"))
+    assert res.returncode == 1
+    assert "... and 40 more problems (50 in all; --report FILE lists them all)" in res.stderr.splitlines()
+
+
 def _convert(tmp_path: Path, lst: Path, db: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "cli.datakit_main", "convert", str(tmp_path / "img"), str(lst), str(db),
             "--workers", "1", "--commit-every", "5", "--checkpoint-every", "1", "--no-progress", *extra]

@@ -176,7 +176,7 @@ def _convert_into(workdir: WorkDir, root: Path, list_path: Path, opts: ConvertOp
         prior = workdir.open(resume=opts.resume, overwrite=opts.overwrite)
     except AlreadyComplete as done:
         return ConvertSummary.from_progress(str(final), done.progress)
-    list_cap = WarningCap(warn, "list warnings", where_all="the --report file")
+    list_cap = WarningCap(warn, "list warnings", where_all="the summary's warnings and --report")
     for message in list_warnings:
         list_cap(message)
     list_cap.finish()
