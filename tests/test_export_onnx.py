@@ -284,4 +284,7 @@ def test_cli_onnx_and_safetensors(shared_data, tmp_path, cli):
             assert entry["shape"] == list(arr.shape) and entry["layer"] == layer and entry["index"] == k
     assert side["tensors"]["conv1.0"]["layer_type"] == "Convolution"
     assert side["tensors"]["ip2.1"]["role"] == "bias"
+    # the weights file gets the mode the sidecar and the ONNX file get (safetensors' save_file made it 0600)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.glob("lenet.*")}
+    assert len(set(modes.values())) == 1, modes
     net.close()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from datakit.atomic import write_text_atomic
+from datakit.atomic import write_bytes_atomic, write_text_atomic
 
 ROLES = {
     "BatchNorm": ["mean_sum", "variance_sum", "scale_factor"],
@@ -34,7 +34,7 @@ def role(layer_type: str, index: int, n_blobs: int) -> str:
 def export_safetensors(prototxt: str | os.PathLike, weights: str | os.PathLike | None,
                        output: str | os.PathLike) -> tuple[Path, Path]:
     """Write OUTPUT (safetensors) and OUTPUT.json (the sidecar); returns both paths."""
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save
 
     from trainer.export_onnx import build_net
     net = build_net(prototxt, weights)
@@ -50,9 +50,9 @@ def export_safetensors(prototxt: str | os.PathLike, weights: str | os.PathLike |
     finally:
         net.close()
     out = Path(output)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    save_file(tensors, str(tmp), metadata={"format": "caffe-layer-blobs", "net": net.name or ""})
-    os.replace(tmp, out)
+    # safetensors' own save_file creates the file private (0600); written through datakit.atomic it gets
+    # the mode any other file of the user gets (the umask's), like the sidecar and the ONNX export
+    write_bytes_atomic(out, save(tensors, metadata={"format": "caffe-layer-blobs", "net": net.name or ""}))
     sidecar = out.with_name(out.name + ".json")
     doc = {"net": net.name, "prototxt": str(prototxt), "weights": None if weights is None else str(weights),
            "naming": "layer.blob: Caffe layer name and blob index", "tensors": meta}
