@@ -23,6 +23,10 @@ def _fault(text: str) -> tuple[str, float]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--manifest", help="recipe name or CSV whose URLs to serve (labels pick the synthetic style)")
+    p.add_argument("--url-column", help="manifest column holding the URL (default image_url), as for assemble")
+    p.add_argument("--label-column", help="manifest column holding the label (default label)")
+    p.add_argument("--split-column", help="manifest column holding the split ('': none)")
+    p.add_argument("--cache-dir", help="where downloaded manifests are kept (default ~/.cache/datakit)")
     p.add_argument("--directory", help="serve files from this folder (matched by the URL's last path component)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port)")
@@ -36,7 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    columns = {"url_column": args.url_column, "label_column": args.label_column, "split_column": args.split_column}
     config = MirrorConfig.for_manifest(args.manifest, directory=args.directory, any_path=args.any_path,
+                                       cache_dir=args.cache_dir, columns=columns,
                                        seed=args.seed, faults=dict(args.fault), latency=args.latency / 1000.0,
                                        num_labels=args.num_labels, drip_interval=args.drip_interval)
     try:

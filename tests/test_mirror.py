@@ -112,6 +112,17 @@ def test_mirror_command_runs_in_a_subprocess() -> None:
         assert body == synthetic_image(path, rows[10].label, 0)
 
 
+def test_mirror_reads_a_manifest_with_other_column_names_as_assemble_does(tmp_path: Path) -> None:
+    """`datakit mirror --manifest my.csv --url-column url` (its error suggested --url-column, which it lacked)."""
+    manifest = tmp_path / "my.csv"
+    manifest.write_text("url,cls,part\nhttp://x/a/p0.jpg,0,train\nhttp://x/a/p1.jpg,3,test\n")
+    with mirror_subprocess(["--manifest", str(manifest), "--url-column", "url", "--label-column", "cls",
+                            "--split-column", "part"]) as url:
+        status, body, _ = _get(url + "/a/p1.jpg")
+        assert status == 200 and body == synthetic_image("/a/p1.jpg", 3, 0)
+        assert _get(url + "/a/other.jpg")[0] == 404  # only the manifest's paths
+
+
 def test_every_fault_kind_has_one_registered_handler_and_configs_are_checked(tmp_path: Path) -> None:
     from datakit.mirror import FAULT_KINDS, FAULTS, fault
     assert set(FAULTS) == set(FAULT_KINDS)

@@ -41,16 +41,20 @@ class MirrorConfig:
 
     @classmethod
     def for_manifest(cls, manifest: str | None, *, directory: str | None = None, any_path: bool = False,
+                     cache_dir: str | None = None, columns: dict[str, str | None] | None = None,
                      **kw: Any) -> MirrorConfig:
         """What `datakit mirror` serves: a manifest's URLs, a folder, or any path; validated.
 
-        With no manifest every path is answered (from the folder, or synthesised).
+        With no manifest every path is answered (from the folder, or synthesised). `cache_dir` and
+        `columns` (url_column, label_column, split_column) read the manifest as ``assemble`` does.
         """
         if not manifest and not any_path and not directory:
             raise ConfigError("datakit mirror: give --manifest NAME_OR_CSV, --directory DIR or --any-path")
         if manifest:
             from datakit.manifest import open_manifest  # noqa: PLC0415 - only when a manifest is named
-            config = cls.from_rows(open_manifest(manifest)[1], directory=directory, any_path=any_path, **kw)
+            given = {k: v for k, v in (columns or {}).items() if v is not None}
+            config = cls.from_rows(open_manifest(manifest, cache_dir, **given)[1], directory=directory,
+                                   any_path=any_path, **kw)
         else:
             config = cls(directory=directory, any_path=True, **kw)
         if not config.labels:
