@@ -84,20 +84,25 @@ def iter_export_names(n: int, prefix: str = "") -> Iterator[str]:
 
 
 def export_images(images: np.ndarray, labels: np.ndarray, out_dir: str | os.PathLike,
-                  list_path: str | os.PathLike, *, subdir: str = "", limit: int | None = None) -> int:
+                  list_path: str | os.PathLike, *, subdir: str = "", limit: int | None = None,
+                  progress: bool | None = False) -> int:
     """Write each image as a grayscale PNG under ``out_dir/subdir`` and a Caffe list of them.
 
     List lines are ``subdir/00000.png 7`` relative to ``out_dir`` (the root
     to give `datakit convert`). Files already present with the same bytes are
-    kept; every file and the list appear atomically. Returns the count.
+    kept; every file and the list appear atomically. Returns the count. `progress`: a bar
+    as ``datakit.report.progress_bar`` decides (None: on a terminal only).
     """
     import cv2  # noqa: PLC0415 - only needed for export
+
+    from datakit.report import progress_bar  # noqa: PLC0415
 
     root = Path(out_dir)
     folder = root / subdir if subdir else root
     folder.mkdir(parents=True, exist_ok=True)
     n = len(images) if limit is None else min(limit, len(images))
     lines = []
+    bar = progress_bar(n, progress, desc="idx-export", unit="img")
     for i, name in enumerate(iter_export_names(n)):
         ok, buf = cv2.imencode(".png", np.ascontiguousarray(images[i]))
         if not ok:
@@ -108,5 +113,7 @@ def export_images(images: np.ndarray, labels: np.ndarray, out_dir: str | os.Path
             write_bytes_atomic(target, data, fsync=False)
         rel = f"{subdir}/{name}" if subdir else name
         lines.append(f"{rel} {int(labels[i])}\n")
+        bar.update(1)
+    bar.close()
     write_text_atomic(list_path, "".join(lines))
     return n
