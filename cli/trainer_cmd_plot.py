@@ -47,7 +47,7 @@ def _run_transfer(args: argparse.Namespace) -> int:
     if len(args.logs) != 1:
         raise ConfigError("--transfer takes one grid / results folder or one summary .json")
     source = Path(args.logs[0])
-    rows = read_json(source) if source.is_file() else summarize(source, jobs=min(4, os.cpu_count() or 1))
+    rows = read_json(source) if source.is_file() else summarize(source, jobs=min(4, os.cpu_count() or 1), progress=None)
     print(format_table(rows, group(rows)))
     metric = "mean of the 10 highest test top-1 accuracies"
     if source.is_file():

@@ -143,15 +143,19 @@ class LocalExecutor(Executor):
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def run_all(executor: Executor, fn: Callable[..., T], argument_lists: Iterable[tuple]) -> list[T]:
+def run_all(executor: Executor, fn: Callable[..., T], argument_lists: Iterable[tuple],
+            on_done: Callable[[], None] | None = None) -> list[T]:
     """Submit ``fn(*args)`` for every tuple, wait for all, return results in submission order.
 
-    On the first failure the remaining tasks are cancelled and the error is raised.
+    On the first failure the remaining tasks are cancelled and the error is raised. ``on_done()``
+    is called after each task that finished (a progress bar's update).
     """
     futures = [executor.submit(fn, *args) for args in argument_lists]
     try:
         for future in executor.as_completed(futures):
             future.result()
+            if on_done is not None:
+                on_done()
     except BaseException:
         executor.cancel(futures)
         raise

@@ -132,18 +132,29 @@ def _order(row: NetScore) -> tuple:
     return (family, row.n if row.n is not None else -1, row.per_class or 0, str(row.split), str(row.half), row.net)
 
 
-def summarize(root: str | os.PathLike, metric: str = "accuracy", jobs: int = 1, top: int = TOP_K) -> list[NetScore]:
+def summarize(root: str | os.PathLike, metric: str = "accuracy", jobs: int = 1, top: int = TOP_K,
+              progress: bool | None = False) -> list[NetScore]:
     """A NetScore for every net folder under `root`, in family, n, name order (`jobs` processes);
-    `top` is how many of the best tests the score averages (the paper: 10)."""
+    `top` is how many of the best tests the score averages (the paper: 10). `progress`: a bar over
+    the folders as ``datakit.report.progress_bar`` decides (the authors' 170 nets take tens of seconds)."""
+    from datakit.report import progress_bar
+
     if top < 1:
         raise ConfigError(f"--top must be at least 1, got {top}")
     folders = net_folders(root)
     if jobs > 1 and len(folders) > 1:
         from datakit.parallel import LocalExecutor, run_all
-        with LocalExecutor(jobs) as pool:
-            rows = run_all(pool, score_net, [(folder, metric, top) for folder in folders])
+        with LocalExecutor(jobs) as pool:  # the bar after the fork (tqdm runs a thread)
+            bar = progress_bar(len(folders), progress, desc="reading logs", unit="net", leave=False)
+            rows = run_all(pool, score_net, [(folder, metric, top) for folder in folders],
+                           on_done=lambda: bar.update(1))
     else:
-        rows = [score_net(folder, metric, top) for folder in folders]
+        bar = progress_bar(len(folders), progress, desc="reading logs", unit="net", leave=False)
+        rows = []
+        for folder in folders:
+            rows.append(score_net(folder, metric, top))
+            bar.update(1)
+    bar.close()
     if not rows:
         raise ConfigError(f"{root}: no net folders inside")
     return sorted(rows, key=_order)
