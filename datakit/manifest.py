@@ -32,6 +32,7 @@ import numpy as np
 
 from datakit.atomic import atomic_write, sha256_file
 from datakit.errors import ConfigError, DownloadError, ListError
+from datakit.imagelist import parse_label
 from datakit.resources import bundled_dir
 
 # The folder of bundled recipes (and the demo manifest) at the repository root.
@@ -173,7 +174,8 @@ def read_manifest(path: str | os.PathLike, *, url_column: str = "image_url", lab
     """Read every row of a manifest CSV (plain or gzip) in file order.
 
     Errors name ``FILE:LINE`` (line 1 is the header). Labels must be integers
-    >= 0. With no split column every row belongs to 'train'.
+    in Caffe's int32 range 0..2^31-1 (imagelist.parse_label, shared with the
+    image lists). With no split column every row belongs to 'train'.
     """
     path = Path(path)
     name = str(path)
@@ -210,12 +212,7 @@ def read_manifest(path: str | os.PathLike, *, url_column: str = "image_url", lab
                     continue
                 if len(rec) != len(header):
                     raise ListError(f"{name}:{line}: {len(rec)} fields, the header has {len(header)}")
-                try:
-                    label = int(rec[il])
-                except ValueError:
-                    raise ListError(f"{name}:{line}: label {rec[il]!r} is not an integer") from None
-                if label < 0:
-                    raise ListError(f"{name}:{line}: label {label} is negative (labels must be 0..K-1)")
+                label = parse_label(rec[il], f"{name}:{line}")
                 rows.append(Row(len(rows), rec[iid] if iid is not None else str(len(rows)),
                                 rec[iu].strip(), label, rec[isp].strip() if isp is not None else "train"))
     except (UnicodeDecodeError, gzip.BadGzipFile, EOFError, csv.Error) as err:
