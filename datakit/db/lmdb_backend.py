@@ -28,7 +28,7 @@ from datakit.db.base import KeyValueWriter, Reader
 from datakit.db.pagecache import FALLOCATE, MADV_DONTNEED, MADVISE, DropBehind
 from datakit.db.reserve import allocate, free_bytes, no_space
 from datakit.db.reserve import size_text as len_text
-from datakit.errors import DatabaseError
+from datakit.errors import CorruptDatabase, DatabaseError
 
 DEFAULT_MAP_SIZE = 1 << 30  # 1 GiB to start; doubled whenever it fills up
 PREALLOCATE_STEP = 256 << 20  # most disk blocks reserved ahead of the writer (as many as written so far, up
@@ -40,6 +40,30 @@ def _open_env(path: Path, **kwargs) -> lmdb.Environment:
         return lmdb.open(str(path), subdir=True, **kwargs)
     except lmdb.Error as err:
         raise DatabaseError(f"{path}: cannot open LMDB ({err})") from None
+
+
+# What LMDB raises when the pages of data.mdb are not what its B-tree expects: a damaged file.
+_DAMAGE = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.InvalidError, lmdb.PanicError)
+
+
+@contextlib.contextmanager
+def _lmdb_errors(path: Path, damaged: str = "the LMDB database is corrupt") -> Iterator[None]:
+    """Turn lmdb.Error raised inside into DatakitError subclasses naming `path`, as one line.
+
+    Every read and write of the backend runs inside this, so that `mean`,
+    `inspect`, the trainer's Data layer and `convert --resume` all report a
+    damaged database as such instead of as a py-lmdb traceback. `damaged`
+    words the corruption case (the writer's resume says what to do).
+    MDB_MAP_FULL passes through as it is: the writer grows the map and retries.
+    """
+    try:
+        yield
+    except lmdb.MapFullError:
+        raise
+    except _DAMAGE as err:
+        raise CorruptDatabase(f"{path}: {damaged} ({err})") from None
+    except lmdb.Error as err:
+        raise DatabaseError(f"{path}: LMDB error ({err})") from None
 
 
 OPEN_RESERVE = 1 << 20  # free space a writer needs to open: lock.mdb, the meta pages, a first transaction
@@ -75,7 +99,8 @@ class LmdbReader(Reader):
         self._closed = False
 
     def __len__(self) -> int:
-        return int(self.env.stat()["entries"])
+        with _lmdb_errors(self.path):
+            return int(self.env.stat()["entries"])
 
     def raw_items(self, start: bytes | None = None, stop: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
         for key, value in self.scan(start, stop, buffers=False):
@@ -83,8 +108,11 @@ class LmdbReader(Reader):
 
     def scan(self, start: bytes | None = None, stop: bytes | None = None, *,
              buffers: bool = True) -> Iterator[tuple[bytes, bytes | memoryview]]:
-        """(key, value) with `buffers=True` giving zero-copy views valid only until the next item."""
-        with (self.env.begin(buffers=True) if buffers else self.env.begin()) as txn:
+        """(key, value) with `buffers=True` giving zero-copy views valid only until the next item.
+
+        CorruptDatabase when a page met on the way is damaged.
+        """
+        with _lmdb_errors(self.path), (self.env.begin(buffers=True) if buffers else self.env.begin()) as txn:
             cur = txn.cursor()
             ok = cur.set_range(start) if start is not None else cur.first()
             while ok:
@@ -95,7 +123,7 @@ class LmdbReader(Reader):
                 ok = cur.next()
 
     def keys(self) -> Iterator[bytes]:
-        with self.env.begin() as txn:
+        with _lmdb_errors(self.path), self.env.begin() as txn:
             yield from txn.cursor().iternext(keys=True, values=False)
 
     def close(self) -> None:
@@ -134,7 +162,10 @@ class LmdbWriter(KeyValueWriter):
         # writemap: values are copied straight into the file's pages, half the CPU of LMDB's
         # malloc'd dirty pages; the file is then sparse up to the map size, trimmed in close().
         self.env = _open_env(self.path, map_size=map_size, meminit=False, max_dbs=0, writemap=True, sync=False)
-        with self.env.begin() as txn:
+        # Reopening data that is already there only ever continues an unfinished conversion.
+        self._damaged = ("the unfinished database is damaged; start over with --overwrite"
+                         if existing.exists() else "the LMDB database is corrupt")
+        with _lmdb_errors(self.path, self._damaged), self.env.begin() as txn:
             cur = txn.cursor()
             self._last = bytes(cur.key()) if cur.last() else None
         # Writing into a hole of the sparse file makes the kernel allocate disk blocks page by page
@@ -190,7 +221,7 @@ class LmdbWriter(KeyValueWriter):
         self._reserve(sum(len(k) + len(v) for k, v in items))
         while True:
             try:
-                with self.env.begin(write=True) as txn:
+                with _lmdb_errors(self.path, self._damaged), self.env.begin(write=True) as txn:
                     cur = txn.cursor()
                     _, added = cur.putmulti(items, append=append)
                     if append and added != len(items):
@@ -246,7 +277,7 @@ class LmdbWriter(KeyValueWriter):
     def truncate_from(self, key: bytes) -> int:
         """Delete every record whose key is >= `key` (work redone after an interruption)."""
         self._reserve(0)  # the deletion copies the pages it changes
-        with self.env.begin(write=True) as txn:
+        with _lmdb_errors(self.path, self._damaged), self.env.begin(write=True) as txn:
             cur = txn.cursor()
             doomed = [bytes(k) for k in cur.iternext(keys=True, values=False)] if cur.set_range(key) else []
             for k in doomed:
