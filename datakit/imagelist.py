@@ -132,10 +132,14 @@ def parse_label(text: str, where: str) -> int:
 
 
 def _numbered_lines(list_path: str | os.PathLike) -> Iterator[tuple[int, str]]:
-    """(1-based line number, text) of every non-blank line; ListError for a missing or non-UTF-8 file."""
+    """(1-based line number, text) of every non-blank line; ListError for a missing or non-UTF-8 file.
+
+    Read as utf-8-sig: lists saved by Windows editors start with a BOM, which
+    would otherwise become part of the first path (and that image 'missing').
+    """
     name = str(list_path)
     try:
-        fh = open(list_path, encoding="utf-8")
+        fh = open(list_path, encoding="utf-8-sig")
     except FileNotFoundError:
         raise ListError(f"{name}: list file not found") from None
     with fh:

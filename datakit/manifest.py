@@ -162,11 +162,12 @@ def _check_sha(recipe: Recipe, path: Path) -> None:
 
 
 def _open_text(path: Path) -> io.TextIOBase:
+    """The manifest as text, gunzipped if need be; utf-8-sig, as spreadsheets save CSV with a leading BOM."""
     with open(path, "rb") as fh:
         magic = fh.read(2)
     if magic == b"\x1f\x8b":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig", newline="")
+    return open(path, encoding="utf-8-sig", newline="")
 
 
 def read_manifest(path: str | os.PathLike, *, url_column: str = "image_url", label_column: str = "label",
