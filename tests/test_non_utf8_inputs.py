@@ -67,3 +67,11 @@ def test_a_non_utf8_class_index_file_is_one_line(tmp_path):
     path = random_bytes(tmp_path / "classes.txt")
     with pytest.raises(ListError, match=f"{path}: not a UTF-8 text file"):
         read_index_file(path)
+
+
+def test_a_non_utf8_window_file_is_one_line(tmp_path):
+    from datakit.errors import FormatError
+    from trainer.layers.data_window import parse_window_file
+    path = random_bytes(tmp_path / "windows.txt")
+    with pytest.raises(FormatError, match=f"{path}: not a UTF-8 text window file"):
+        parse_window_file(path, str(tmp_path))
