@@ -54,3 +54,14 @@ def test_manifest_labels_above_int32_are_refused(tmp_path: Path) -> None:
     bad.write_text(",image_url,label,_split\n1,http://a/1.jpg,0,train\n2,http://a/2.jpg,99999999999999999999,train\n")
     with pytest.raises(ListError, match=r"m.csv:3: label 99999999999999999999 does not fit Caffe's int32"):
         read_manifest(bad)
+
+
+def test_assemble_refuses_the_manifest_before_any_download(tmp_path: Path, cli) -> None:
+    manifest = tmp_path / "big.csv"
+    manifest.write_text(",image_url,label,_split\n1,http://127.0.0.1:9/1.jpg,0,train\n"
+                        "2,http://127.0.0.1:9/2.jpg,2147483648,train\n")
+    res = cli("datakit", "assemble", "--manifest", str(manifest), "--out", str(tmp_path / "out"), "--no-progress")
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines() == [f"datakit: error: {manifest}:3: label 2147483648 does not fit "
+                                               "Caffe's int32 Datum.label (labels must be 0..2147483647)"]
+    assert not (tmp_path / "out" / "train.txt").exists()
