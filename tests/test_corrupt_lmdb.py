@@ -102,3 +102,17 @@ def test_resume_of_a_truncated_unfinished_database_says_start_over(converted, tm
     assert line.startswith(f"datakit: error: {work}: the unfinished database is damaged; "
                            "start over with --overwrite (")
     assert not (tmp_path / "t").exists() and os.path.getsize(work / "datakit-convert.json") > 0
+
+
+@pytest.mark.parametrize("cut", [5000, 20000, 600000])
+def test_a_data_mdb_cut_short_is_refused_not_a_bus_error(converted, tmp_path, cli, cut):
+    db = tmp_path / "cut"
+    db.mkdir()
+    (db / "data.mdb").write_bytes((converted / "good" / "data.mdb").read_bytes()[:cut])
+    for args in (["mean", str(db), str(tmp_path / "m.binaryproto")], ["inspect", str(db)]):
+        res = cli("datakit", *args)
+        assert res.returncode == 1, res.returncode  # was -7 (SIGBUS) reading the pages past the end
+        assert one_line(res.stderr) == (f"datakit: error: {db}: the LMDB database is corrupt (data.mdb is cut "
+                                        f"short: {cut} bytes of the "
+                                        f"{(converted / 'good' / 'data.mdb').stat().st_size} its last "
+                                        "transaction wrote)")

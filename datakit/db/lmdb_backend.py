@@ -88,6 +88,21 @@ def _reserve_to_open(folder: Path) -> None:
             os.close(fd)
 
 
+def _refuse_truncated(env: lmdb.Environment, path: Path) -> None:
+    """CorruptDatabase when data.mdb is shorter than the pages its meta page says are in use.
+
+    A reader maps the file; touching a page past its end kills the process
+    with SIGBUS (no Python error at all), so a file cut short (a copy that
+    stopped, a full disk elsewhere) is refused before any page is read.
+    """
+    with _lmdb_errors(path):
+        need = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+    size = (path / "data.mdb").stat().st_size
+    if size < need:
+        raise CorruptDatabase(f"{path}: the LMDB database is corrupt (data.mdb is cut short: {size} bytes "
+                              f"of the {need} its last transaction wrote)")
+
+
 class LmdbReader(Reader):
     """Read-only LMDB cursor in key order; no lock file is taken, so read-only media work."""
 
@@ -97,6 +112,11 @@ class LmdbReader(Reader):
         super().__init__(path, decode=decode, color=color)
         self.env = _open_env(self.path, readonly=True, lock=False, max_readers=512)
         self._closed = False
+        try:
+            _refuse_truncated(self.env, self.path)
+        except DatabaseError:
+            self.close()
+            raise
 
     def __len__(self) -> int:
         with _lmdb_errors(self.path):
