@@ -75,3 +75,12 @@ def test_a_non_utf8_window_file_is_one_line(tmp_path):
     path = random_bytes(tmp_path / "windows.txt")
     with pytest.raises(FormatError, match=f"{path}: not a UTF-8 text window file"):
         parse_window_file(path, str(tmp_path))
+
+
+def test_a_non_utf8_labels_file_is_one_line_and_a_bom_is_dropped(tmp_path):
+    from trainer.classify import read_labels
+    path = random_bytes(tmp_path / "synset_words.txt")
+    with pytest.raises(DatakitError, match=f"{path}: not a UTF-8 text labels file"):
+        read_labels(path)
+    path.write_text("\ufeffn01440764 tench\nn01443537 goldfish\n", encoding="utf-8")
+    assert read_labels(path) == ["n01440764 tench", "n01443537 goldfish"]
