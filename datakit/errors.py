@@ -39,6 +39,10 @@ class DatabaseError(DatakitError):
     """A database is missing, incomplete, or not what was expected."""
 
 
+class CorruptDatabase(DatabaseError):
+    """A database's own files are damaged (its storage engine found bad pages), not merely unexpected."""
+
+
 class DownloadError(DatakitError):
     """Downloading a manifest or its images failed as a whole."""
 

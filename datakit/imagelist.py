@@ -103,20 +103,43 @@ def parse_line(text: str, where: str) -> tuple[str, int]:
     if cut <= 0:
         raise ListError(f"{where}: expected 'PATH LABEL', got {stripped!r}")
     path, label_text = stripped[:cut].rstrip(), stripped[cut + 1:]
+    return path, parse_label(label_text, where)
+
+
+# Caffe's Datum.label (and the ImageData / Data layers' label blobs) is an int32.
+LABEL_MAX = 2**31 - 1
+
+
+def parse_label(text: str, where: str) -> int:
+    """The label `text` as an int in 0..LABEL_MAX; ListError naming `where` ('FILE:LINE') otherwise.
+
+    The one parser for labels read from image lists and manifests, so that
+    check-list, convert and assemble accept exactly the same labels. A label
+    above int32's range would be stored wrapped (2147483648 reads back as
+    -2147483648) and pass silently into training, so it is refused as a
+    negative one is.
+    """
     try:
-        label = int(label_text)
+        label = int(text)
     except ValueError:
-        raise ListError(f"{where}: label {label_text!r} is not an integer") from None
+        raise ListError(f"{where}: label {text!r} is not an integer") from None
     if label < 0:
         raise ListError(f"{where}: label {label} is negative (labels must be 0..K-1)")
-    return path, label
+    if label > LABEL_MAX:
+        raise ListError(f"{where}: label {label} does not fit Caffe's int32 Datum.label "
+                        f"(labels must be 0..{LABEL_MAX})")
+    return label
 
 
 def _numbered_lines(list_path: str | os.PathLike) -> Iterator[tuple[int, str]]:
-    """(1-based line number, text) of every non-blank line; ListError for a missing or non-UTF-8 file."""
+    """(1-based line number, text) of every non-blank line; ListError for a missing or non-UTF-8 file.
+
+    Read as utf-8-sig: lists saved by Windows editors start with a BOM, which
+    would otherwise become part of the first path (and that image 'missing').
+    """
     name = str(list_path)
     try:
-        fh = open(list_path, encoding="utf-8")
+        fh = open(list_path, encoding="utf-8-sig")
     except FileNotFoundError:
         raise ListError(f"{name}: list file not found") from None
     with fh:

@@ -32,6 +32,7 @@ import numpy as np
 
 from datakit.atomic import atomic_write, sha256_file
 from datakit.errors import ConfigError, DownloadError, ListError
+from datakit.imagelist import parse_label
 from datakit.resources import bundled_dir
 
 # The folder of bundled recipes (and the demo manifest) at the repository root.
@@ -161,11 +162,12 @@ def _check_sha(recipe: Recipe, path: Path) -> None:
 
 
 def _open_text(path: Path) -> io.TextIOBase:
+    """The manifest as text, gunzipped if need be; utf-8-sig, as spreadsheets save CSV with a leading BOM."""
     with open(path, "rb") as fh:
         magic = fh.read(2)
     if magic == b"\x1f\x8b":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig", newline="")
+    return open(path, encoding="utf-8-sig", newline="")
 
 
 #: a split names the list that assemble writes for it (``OUT/<split>.txt``), so it must be a plain file
@@ -191,8 +193,9 @@ def read_manifest(path: str | os.PathLike, *, url_column: str = "image_url", lab
     """Read every row of a manifest CSV (plain or gzip) in file order.
 
     Errors name ``FILE:LINE`` (line 1 is the header). Labels must be integers
-    >= 0. With no split column every row belongs to 'train'; a split must be a plain
-    file name (it names the list ``<split>.txt``), never a path.
+    in Caffe's int32 range 0..2^31-1 (imagelist.parse_label, shared with the
+    image lists). With no split column every row belongs to 'train'; a split must be
+    a plain file name (it names the list ``<split>.txt``), never a path.
     """
     path = Path(path)
     name = str(path)
@@ -229,12 +232,7 @@ def read_manifest(path: str | os.PathLike, *, url_column: str = "image_url", lab
                     continue
                 if len(rec) != len(header):
                     raise ListError(f"{name}:{line}: {len(rec)} fields, the header has {len(header)}")
-                try:
-                    label = int(rec[il])
-                except ValueError:
-                    raise ListError(f"{name}:{line}: label {rec[il]!r} is not an integer") from None
-                if label < 0:
-                    raise ListError(f"{name}:{line}: label {label} is negative (labels must be 0..K-1)")
+                label = parse_label(rec[il], f"{name}:{line}")
                 rows.append(Row(len(rows), rec[iid] if iid is not None else str(len(rows)),
                                 rec[iu].strip(), label,
                                 _split_name(rec[isp].strip(), name, line) if isp is not None else "train"))

@@ -115,9 +115,11 @@ def read_index_file(path: str | os.PathLike) -> list[tuple[int, int]]:
     """(class index, 1-based line) of every non-blank line; ListError for a non-integer or repeated one."""
     name = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise ListError(f"{name}: index file not found") from None
+    except UnicodeDecodeError as err:
+        raise ListError(f"{name}: not a UTF-8 text file ({err.reason} at byte {err.start})") from None
     seen: dict[int, int] = {}
     out = []
     for number, line in enumerate(text.splitlines(), start=1):

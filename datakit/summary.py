@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from datakit.errors import ConfigError, ImageError
 from datakit.images import read_header
 from datakit.report import progress_bar
 
-__all__ = ["DbSummary", "inspect_db", "contact_sheet", "write_contact_sheet"]
+__all__ = ["DbSummary", "inspect_db", "missing_labels", "contact_sheet", "write_contact_sheet"]
 
 
 @dataclass
@@ -50,8 +51,9 @@ class DbSummary:
             out.append(f"  ... {len(self.shapes) - 10} more shapes")
         if self.labels:
             lo, hi = min(self.labels), max(self.labels)
-            gaps = [x for x in range(lo, hi + 1) if x not in self.labels]
-            note = f"; missing {gaps[:10]}" if gaps else ""
+            count, first = missing_labels(self.labels)
+            note = "" if not count else (f"; missing {first}" if count == len(first)
+                                         else f"; missing {count} labels, the first {first}")
             out.append(f"  labels: {len(self.labels)} classes, {lo}..{hi}{note}")
             out.append("  " + "  ".join(f"{k}:{n}" for k, n in sorted(self.labels.items())))
         if self.first_key:
@@ -68,6 +70,24 @@ class DbSummary:
         return {"path": self.path, "backend": self.backend, "count": self.count,
                 "shapes": dict(self.shapes), "labels": {str(k): v for k, v in sorted(self.labels.items())},
                 "kinds": dict(self.kinds), "first_key": self.first_key, "last_key": self.last_key}
+
+
+def missing_labels(present: Iterable[int], first: int = 10) -> tuple[int, list[int]]:
+    """How many labels between the smallest and largest of `present` are absent, and the first `first` of them.
+
+    Walks the gaps between the sorted labels present, never the whole range:
+    one stray label of 1661992959 in a 10-class database must not make
+    `inspect` build a list of 1.6 billion numbers.
+    """
+    labels = sorted(set(present))
+    count = 0
+    found: list[int] = []
+    for lower, upper in zip(labels, labels[1:]):
+        gap = upper - lower - 1
+        if gap > 0:
+            found.extend(range(lower + 1, min(upper, lower + 1 + first - len(found))))
+            count += gap
+    return count, found
 
 
 def inspect_db(path: str | os.PathLike, backend: str | None = None, *, samples: int = 0,

@@ -83,9 +83,12 @@ def center_crop(images: Sequence[np.ndarray], crop: tuple[int, int]) -> np.ndarr
 def read_labels(path: str | os.PathLike) -> list[str]:
     """One name per line (synset_words.txt, style_names.txt); blank lines are kept as ''."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8-sig")  # a BOM would become part of the first name
     except FileNotFoundError:
         raise ConfigError(f"{path}: labels file not found") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not a UTF-8 text labels file, one name per line "
+                          f"({err.reason} at byte {err.start})") from None
     return [line.strip() for line in text.splitlines()]
 
 

@@ -32,6 +32,24 @@ def shard_name(index: int) -> str:
     return f"data_{index:05d}.h5"
 
 
+def _list_text(list_file: Path) -> str:
+    """The text of an HDF5 list (a leading UTF-8 BOM dropped); DatabaseError when it is not a text file.
+
+    Naming a .h5 data file as HDF5Data's `source` (it wants the list of them)
+    is a common mistake, so that case gets its own message.
+    """
+    try:
+        if list_file.is_file() and h5py.is_hdf5(list_file):
+            raise DatabaseError(f"{list_file}: source must be a text file listing .h5 files, one per line; "
+                                f"{list_file} is an HDF5 file itself")
+        return list_file.read_text(encoding="utf-8-sig")
+    except OSError as err:
+        raise DatabaseError(f"{list_file}: cannot read the HDF5 list ({err.strerror or err})") from None
+    except UnicodeDecodeError as err:
+        raise DatabaseError(f"{list_file}: not a text file listing .h5 files, one per line "
+                            f"({err.reason} at byte {err.start})") from None
+
+
 def read_hdf5_list(list_file: Path, base_dir: Path | None = None) -> list[Path]:
     """The .h5 files a Caffe HDF5 list names: the one parser of these lists (datakit and the trainer).
 
@@ -41,10 +59,7 @@ def read_hdf5_list(list_file: Path, base_dir: Path | None = None) -> list[Path]:
     process's working directory, and finally by its file name beside the list
     (a folder that was moved after ``datakit convert`` wrote absolute paths).
     """
-    try:
-        text = list_file.read_text(encoding="utf-8")
-    except OSError as err:
-        raise DatabaseError(f"{list_file}: cannot read the HDF5 list ({err.strerror or err})") from None
+    text = _list_text(list_file)
     files = []
     for number, line in enumerate(text.splitlines(), start=1):
         name = line.strip()

@@ -7,6 +7,7 @@ file), so readers here are single-process; parallel consumers should read
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from collections.abc import Iterator, Sequence
@@ -17,7 +18,7 @@ except ImportError:  # Python >= 3.13: plyvel has no wheels there; plyvel-next i
     import plyvel_next as plyvel  # type: ignore[no-redef]
 
 from datakit.db.base import KeyValueWriter, Reader
-from datakit.errors import DatabaseError
+from datakit.errors import CorruptDatabase, DatabaseError
 
 
 def _open_db(path: Path, **kwargs) -> plyvel.DB:
@@ -32,6 +33,23 @@ def _open_db(path: Path, **kwargs) -> plyvel.DB:
         raise DatabaseError(f"{path}: cannot open LevelDB ({err})") from None
 
 
+@contextlib.contextmanager
+def _leveldb_errors(path: Path, damaged: str = "the LevelDB database is corrupt") -> Iterator[None]:
+    """Turn plyvel errors raised inside into one-line DatakitErrors naming `path` (as lmdb_backend does)."""
+    try:
+        yield
+    except plyvel.CorruptionError as err:
+        raise CorruptDatabase(f"{path}: {damaged} ({_text(err)})") from None
+    except plyvel.Error as err:
+        raise DatabaseError(f"{path}: LevelDB error ({_text(err)})") from None
+
+
+def _text(err: Exception) -> str:
+    """plyvel's message, which it gives as bytes."""
+    arg = err.args[0] if err.args else err
+    return arg.decode("utf-8", "replace") if isinstance(arg, bytes) else str(arg)
+
+
 class LevelDBReader(Reader):
     """Iterate a LevelDB in key order."""
 
@@ -44,14 +62,17 @@ class LevelDBReader(Reader):
 
     def __len__(self) -> int:
         if self._len is None:
-            self._len = sum(1 for _ in self.db.iterator(include_value=False))
+            with _leveldb_errors(self.path):
+                self._len = sum(1 for _ in self.db.iterator(include_value=False))
         return self._len
 
     def raw_items(self, start: bytes | None = None, stop: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
-        yield from self.db.iterator(start=start, stop=stop)
+        with _leveldb_errors(self.path):
+            yield from self.db.iterator(start=start, stop=stop)
 
     def keys(self) -> Iterator[bytes]:
-        yield from self.db.iterator(include_value=False)
+        with _leveldb_errors(self.path):
+            yield from self.db.iterator(include_value=False)
 
     def close(self) -> None:
         if not self.db.closed:
@@ -84,7 +105,8 @@ class LevelDBWriter(KeyValueWriter):
         return False
 
     def truncate_from(self, key: bytes) -> int:
-        keys = list(self.db.iterator(start=key, include_value=False))
+        with _leveldb_errors(self.path, "the unfinished database is damaged; start over with --overwrite"):
+            keys = list(self.db.iterator(start=key, include_value=False))
         with self.db.write_batch(sync=True) as batch:
             for k in keys:
                 batch.delete(k)

@@ -28,7 +28,7 @@ from datakit.db.base import KeyValueWriter, Reader
 from datakit.db.pagecache import FALLOCATE, MADV_DONTNEED, MADVISE, DropBehind
 from datakit.db.reserve import allocate, free_bytes, no_space
 from datakit.db.reserve import size_text as len_text
-from datakit.errors import DatabaseError
+from datakit.errors import CorruptDatabase, DatabaseError
 
 DEFAULT_MAP_SIZE = 1 << 30  # 1 GiB to start; doubled whenever it fills up
 PREALLOCATE_STEP = 256 << 20  # most disk blocks reserved ahead of the writer (as many as written so far, up
@@ -40,6 +40,30 @@ def _open_env(path: Path, **kwargs) -> lmdb.Environment:
         return lmdb.open(str(path), subdir=True, **kwargs)
     except lmdb.Error as err:
         raise DatabaseError(f"{path}: cannot open LMDB ({err})") from None
+
+
+# What LMDB raises when the pages of data.mdb are not what its B-tree expects: a damaged file.
+_DAMAGE = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.InvalidError, lmdb.PanicError)
+
+
+@contextlib.contextmanager
+def _lmdb_errors(path: Path, damaged: str = "the LMDB database is corrupt") -> Iterator[None]:
+    """Turn lmdb.Error raised inside into DatakitError subclasses naming `path`, as one line.
+
+    Every read and write of the backend runs inside this, so that `mean`,
+    `inspect`, the trainer's Data layer and `convert --resume` all report a
+    damaged database as such instead of as a py-lmdb traceback. `damaged`
+    words the corruption case (the writer's resume says what to do).
+    MDB_MAP_FULL passes through as it is: the writer grows the map and retries.
+    """
+    try:
+        yield
+    except lmdb.MapFullError:
+        raise
+    except _DAMAGE as err:
+        raise CorruptDatabase(f"{path}: {damaged} ({err})") from None
+    except lmdb.Error as err:
+        raise DatabaseError(f"{path}: LMDB error ({err})") from None
 
 
 OPEN_RESERVE = 1 << 20  # free space a writer needs to open: lock.mdb, the meta pages, a first transaction
@@ -64,6 +88,21 @@ def _reserve_to_open(folder: Path) -> None:
             os.close(fd)
 
 
+def _refuse_truncated(env: lmdb.Environment, path: Path) -> None:
+    """CorruptDatabase when data.mdb is shorter than the pages its meta page says are in use.
+
+    A reader maps the file; touching a page past its end kills the process
+    with SIGBUS (no Python error at all), so a file cut short (a copy that
+    stopped, a full disk elsewhere) is refused before any page is read.
+    """
+    with _lmdb_errors(path):
+        need = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+    size = (path / "data.mdb").stat().st_size
+    if size < need:
+        raise CorruptDatabase(f"{path}: the LMDB database is corrupt (data.mdb is cut short: {size} bytes "
+                              f"of the {need} its last transaction wrote)")
+
+
 class LmdbReader(Reader):
     """Read-only LMDB cursor in key order; no lock file is taken, so read-only media work."""
 
@@ -73,9 +112,15 @@ class LmdbReader(Reader):
         super().__init__(path, decode=decode, color=color)
         self.env = _open_env(self.path, readonly=True, lock=False, max_readers=512)
         self._closed = False
+        try:
+            _refuse_truncated(self.env, self.path)
+        except DatabaseError:
+            self.close()
+            raise
 
     def __len__(self) -> int:
-        return int(self.env.stat()["entries"])
+        with _lmdb_errors(self.path):
+            return int(self.env.stat()["entries"])
 
     def raw_items(self, start: bytes | None = None, stop: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
         for key, value in self.scan(start, stop, buffers=False):
@@ -83,8 +128,11 @@ class LmdbReader(Reader):
 
     def scan(self, start: bytes | None = None, stop: bytes | None = None, *,
              buffers: bool = True) -> Iterator[tuple[bytes, bytes | memoryview]]:
-        """(key, value) with `buffers=True` giving zero-copy views valid only until the next item."""
-        with (self.env.begin(buffers=True) if buffers else self.env.begin()) as txn:
+        """(key, value) with `buffers=True` giving zero-copy views valid only until the next item.
+
+        CorruptDatabase when a page met on the way is damaged.
+        """
+        with _lmdb_errors(self.path), (self.env.begin(buffers=True) if buffers else self.env.begin()) as txn:
             cur = txn.cursor()
             ok = cur.set_range(start) if start is not None else cur.first()
             while ok:
@@ -95,7 +143,7 @@ class LmdbReader(Reader):
                 ok = cur.next()
 
     def keys(self) -> Iterator[bytes]:
-        with self.env.begin() as txn:
+        with _lmdb_errors(self.path), self.env.begin() as txn:
             yield from txn.cursor().iternext(keys=True, values=False)
 
     def close(self) -> None:
@@ -134,7 +182,10 @@ class LmdbWriter(KeyValueWriter):
         # writemap: values are copied straight into the file's pages, half the CPU of LMDB's
         # malloc'd dirty pages; the file is then sparse up to the map size, trimmed in close().
         self.env = _open_env(self.path, map_size=map_size, meminit=False, max_dbs=0, writemap=True, sync=False)
-        with self.env.begin() as txn:
+        # Reopening data that is already there only ever continues an unfinished conversion.
+        self._damaged = ("the unfinished database is damaged; start over with --overwrite"
+                         if existing.exists() else "the LMDB database is corrupt")
+        with _lmdb_errors(self.path, self._damaged), self.env.begin() as txn:
             cur = txn.cursor()
             self._last = bytes(cur.key()) if cur.last() else None
         # Writing into a hole of the sparse file makes the kernel allocate disk blocks page by page
@@ -190,7 +241,7 @@ class LmdbWriter(KeyValueWriter):
         self._reserve(sum(len(k) + len(v) for k, v in items))
         while True:
             try:
-                with self.env.begin(write=True) as txn:
+                with _lmdb_errors(self.path, self._damaged), self.env.begin(write=True) as txn:
                     cur = txn.cursor()
                     _, added = cur.putmulti(items, append=append)
                     if append and added != len(items):
@@ -246,7 +297,7 @@ class LmdbWriter(KeyValueWriter):
     def truncate_from(self, key: bytes) -> int:
         """Delete every record whose key is >= `key` (work redone after an interruption)."""
         self._reserve(0)  # the deletion copies the pages it changes
-        with self.env.begin(write=True) as txn:
+        with _lmdb_errors(self.path, self._damaged), self.env.begin(write=True) as txn:
             cur = txn.cursor()
             doomed = [bytes(k) for k in cur.iternext(keys=True, values=False)] if cur.set_range(key) else []
             for k in doomed:

@@ -45,9 +45,11 @@ def _round(v: float) -> int:
 def parse_window_file(path: Path, root: str) -> list[tuple[str, tuple[int, int, int], list[list[float]]]]:
     """[(image path, (channels, height, width), [[class, overlap, x1, y1, x2, y2], ...])]."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
     except OSError as err:
         raise ConfigError(f"cannot read window file {path}: {err.strerror or err}") from None
+    except UnicodeDecodeError as err:
+        raise FormatError(f"{path}: not a UTF-8 text window file ({err.reason} at byte {err.start})") from None
     images: list[tuple[str, tuple[int, int, int], list[list[float]]]] = []
     i = 0
 
