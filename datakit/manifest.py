@@ -254,6 +254,10 @@ def open_manifest(name_or_path: str | os.PathLike, cache_dir: str | os.PathLike 
     Returns the recipe (a default one for a bare CSV), every row, and the CSV's path.
     """
     target = Path(name_or_path)
+    looks_like_a_file = len(target.parts) > 1 or target.suffix.lower() in (".csv", ".gz", ".tsv", ".json")
+    if looks_like_a_file and not target.exists():  # a mistyped path, not an unknown recipe name
+        raise ListError(f"{target}: manifest file not found (a recipe is named without a suffix: "
+                        f"{', '.join(list_recipes())})")
     if target.is_file() and target.suffix != ".json":
         recipe, path = recipe_for_file(target) or Recipe(name=target.name.split(".")[0]), target
     else:

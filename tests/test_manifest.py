@@ -6,6 +6,7 @@ import csv
 import gzip
 import hashlib
 import json
+import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -177,3 +178,15 @@ def test_an_empty_url_or_label_column_is_one_clear_error(tmp_path, which) -> Non
     what = which.split("_")[0]
     with pytest.raises(ListError, match=f"m.csv: a manifest needs a {what} column"):
         read_manifest(path, split_column=None, **{which: ""})
+
+
+@pytest.mark.parametrize("given", ["nosuch.csv", "dir/nosuch.json", "data/flickr_style.csv.gz"])
+def test_a_missing_manifest_file_is_named_as_a_file(given: str) -> None:
+    """`--manifest nosuch.csv` said 'no manifest recipe named', as if a recipe had been asked for."""
+    with pytest.raises(ListError, match=rf"^{re.escape(given)}: manifest file not found"):
+        open_manifest(given)
+
+
+def test_an_unknown_recipe_name_still_lists_the_recipes() -> None:
+    with pytest.raises(Exception, match="no manifest recipe named 'flickr_styl'"):
+        open_manifest("flickr_styl")
