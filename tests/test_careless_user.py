@@ -201,3 +201,18 @@ def test_warning_cap_shows_the_first_ones_and_keeps_all():
     assert quiet == ["a"]
     assert missing_under_root(5, 10, "R", "--root") is None
     assert missing_under_root(6, 10, "R", "--root") == "6 of 10 files missing under R: is --root right?"
+
+
+def test_an_image_list_or_its_folder_given_as_a_database_says_to_convert_it(tmp_path, cli):
+    """`datakit inspect mnist_train` (an idx-export folder) said `HDF5 file 'images/00000.png 5' not found`."""
+    folder = tmp_path / "mnist_train"
+    folder.mkdir()
+    write_list(folder / "list.txt", [(f"images/{i:05d}.png", i % 10) for i in range(5)])
+    res = cli("datakit", "inspect", str(folder))
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines() == [
+        f"datakit: error: {folder}: a folder of images with the image list list.txt (PATH LABEL lines), not a "
+        f"database: make one with `datakit convert {folder} {folder / 'list.txt'} DB`"]
+    res = cli("datakit", "mean", str(folder / "list.txt"), str(tmp_path / "m.binaryproto"))
+    assert res.returncode == 1 and "an image list (PATH LABEL lines), not a database" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "m.binaryproto").exists()

@@ -37,6 +37,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -217,9 +218,31 @@ def _is_leveldb(p: Path) -> bool:
     return p.is_dir() and (p / "CURRENT").is_file()
 
 
+_IMAGE_LIST_LINE = re.compile(r"^\S.*\s[+-]?\d+\s*$")  # "path label": Caffe's image list, not an HDF5 list
+
+
+def _refuse_image_list(listing: Path, where: Path) -> None:
+    """An image list where an HDF5 list was looked for (an idx-export or assemble folder): say what it is."""
+    try:
+        with open(listing, "rb") as fh:
+            head = fh.read(4096).decode("utf-8-sig", "replace")
+    except OSError:
+        return
+    first = next((line.strip() for line in head.splitlines() if line.strip()), "")
+    if _IMAGE_LIST_LINE.match(first) and not first.lower().endswith((".h5", ".hdf5", ".hdf")):
+        what = "an image list" if where == listing else f"a folder of images with the image list {listing.name}"
+        root = "ROOT" if where == listing else str(where)
+        raise DatabaseError(f"{where}: {what} (PATH LABEL lines), not a database: make one with "
+                            f"`datakit convert {root} {listing} DB`")
+
+
 def _is_hdf5(p: Path) -> bool:
     if p.is_dir():
+        if (p / HDF5_LIST_NAME).is_file() and not any(p.glob("*.h5")):
+            _refuse_image_list(p / HDF5_LIST_NAME, p)
         return (p / HDF5_LIST_NAME).is_file() or any(p.glob("*.h5"))
+    if p.is_file() and p.suffix.lower() == ".txt":
+        _refuse_image_list(p, p)
     return p.is_file() and p.suffix.lower() in (".h5", ".hdf5", ".hdf", ".txt")
 
 
