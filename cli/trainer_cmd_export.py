@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("give --mean or --mean-value, not both")
     if args.mean:
         from datakit.formats.blobproto import read_mean
-        mean = np.load(args.mean, allow_pickle=False) if args.mean.endswith(".npy") else read_mean(args.mean)
+        mean = read_mean(args.mean)  # .binaryproto or .npy (never a pickle), as C x H x W float32
     elif args.mean_value:
         try:
             mean = np.array([float(v) for v in args.mean_value.split(",")], np.float32)

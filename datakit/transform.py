@@ -97,7 +97,7 @@ class Transformer:
                               f"(datakit mean) or use mean_value")
         if self.mean_values and len(self.mean_values) not in (1, c):
             raise ConfigError(f"{self.where}: {len(self.mean_values)} mean_value entries for {c}-channel "
-                              f"images; give 1 or {c}")
+                              f"images; give " + ("1" if c == 1 else f"1 or {c}"))
         self.in_shape = (c, h, w)
         return (c, self.crop, self.crop) if self.crop else (c, h, w)
 

@@ -118,3 +118,20 @@ def test_cli_truncated_binaryproto_one_line_nonzero(shared_data, tmp_path, cli):
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and str(cut) in lines[0] and "truncated" in lines[0]
+
+
+def test_a_pickled_npy_mean_is_refused_without_suggesting_to_load_it(tmp_path):
+    """numpy's own message says 'If you trust the file you can load it unsafely using allow_pickle=':
+    advice datakit must not pass on (it never loads a pickle)."""
+    import numpy as np
+
+    from datakit.errors import FormatError
+    from datakit.formats.blobproto import read_mean
+    path = tmp_path / "mean.npy"
+    with open(path, "wb") as fh:  # an object-array header (what a pickled .npy starts with), then junk
+        np.lib.format.write_array_header_1_0(fh, {"descr": "|O", "fortran_order": False, "shape": (1,)})
+        fh.write(b"\x80\x04junk")
+    with pytest.raises(FormatError) as err:
+        read_mean(path)
+    assert "holds Python objects (a pickle), which datakit never loads" in str(err.value)
+    assert "allow_pickle" not in str(err.value) and "trust" not in str(err.value)

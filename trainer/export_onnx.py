@@ -85,7 +85,8 @@ def preprocessing(mean: np.ndarray | None, scale: float | None, input_shape: tup
     mean = np.asarray(mean, np.float32)
     if mean.ndim == 1:
         if mean.size not in (1, c):
-            raise ConfigError(f"--mean-value has {mean.size} values for a {c}-channel input; give 1 or {c}")
+            raise ConfigError(f"--mean-value has {mean.size} values for a {c}-channel input; give "
+                              + ("1" if c == 1 else f"1 or {c}"))
         return mean.reshape(-1, 1, 1), scale
     if mean.ndim != 3 or mean.shape[0] != c or mean.shape[1] < h or mean.shape[2] < w:
         raise ConfigError(f"the mean image is {'x'.join(map(str, mean.shape))} (CxHxW) but the input is "

@@ -156,6 +156,9 @@ def read_mean(path: str | os.PathLike) -> np.ndarray:
         except FileNotFoundError:
             raise FormatError(f"{where}: file not found") from None
         except (ValueError, OSError) as err:
+            if "allow_pickle" in str(err):  # numpy's text suggests loading it unsafely: never
+                raise FormatError(f"{where}: holds Python objects (a pickle), which datakit never loads; a mean "
+                                  "is a float array saved with numpy.save") from None
             raise FormatError(f"{where}: not a readable .npy array ({err})") from None
     else:
         arr = read_binaryproto(path)
