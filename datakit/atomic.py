@@ -9,6 +9,7 @@ half-written file under a name a later run would trust.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import shutil
@@ -45,6 +46,8 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", *, fsync: bool = Tru
     On any exception the temporary file is removed and `path` is untouched.
     """
     path = Path(path)
+    if path.is_dir():  # say so naming the output, not the temporary file the rename would fail on
+        raise IsADirectoryError(errno.EISDIR, "is a folder; name a file to write", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     try:

@@ -207,7 +207,8 @@ def check_list(list_path: str | os.PathLike, *, root: str | os.PathLike | None =
         if check_files:
             full = Path(path) if os.path.isabs(path) else Path(root or ".") / path
             if not full.is_file():
-                report("missing-file", f"{where}: file not found: {full}")
+                what = "not a regular file" if full.exists() else "file not found"  # a folder, a FIFO
+                report("missing-file", f"{where}: {what}: {full}")
     if not allow_label_gaps and result.entries:
         for problem in _label_gap_problems(name, result.entries):
             report("label-gap", problem)

@@ -216,3 +216,31 @@ def test_an_image_list_or_its_folder_given_as_a_database_says_to_convert_it(tmp_
     res = cli("datakit", "mean", str(folder / "list.txt"), str(tmp_path / "m.binaryproto"))
     assert res.returncode == 1 and "an image list (PATH LABEL lines), not a database" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "m.binaryproto").exists()
+
+
+def test_a_fifo_in_the_list_is_skipped_not_waited_on(tmp_path, cli):
+    """A named pipe in an image list hung `convert` forever (open() waits for a writer)."""
+    entries = make_images(tmp_path, 3)
+    os.mkfifo(tmp_path / "img" / "pipe.png")
+    lst = write_list(tmp_path / "list.txt", entries + [("pipe.png", 0)])
+    res = cli("datakit", "check-list", str(lst), "--root", str(tmp_path / "img"))
+    assert res.returncode == 1 and "list.txt:4: not a regular file:" in res.stderr
+    res = subprocess.run([sys.executable, "-m", "cli.datakit_main", "convert", str(tmp_path / "img"), str(lst),
+                          str(tmp_path / "db"), "--no-progress"], capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1])))
+    assert res.returncode == 0, res.stderr
+    assert "pipe.png: not a regular file" in res.stderr
+    with open_reader(tmp_path / "db") as reader:
+        assert len(reader) == 3
+
+
+def test_an_output_that_is_a_folder_is_named_in_one_line(tmp_path, cli):
+    """`datakit mean DB FOLDER` named the temporary file the rename failed on (/x/.img.cl8nuuw5.part)."""
+    entries = make_images(tmp_path, 3, size=(24, 32))
+    lst = write_list(tmp_path / "list.txt", entries)
+    assert cli("datakit", "convert", str(tmp_path / "img"), str(lst), str(tmp_path / "db"), "--no-progress",
+               "--resize-height", "24", "--resize-width", "32").returncode == 0
+    (tmp_path / "out").mkdir()
+    res = cli("datakit", "mean", str(tmp_path / "db"), str(tmp_path / "out"))
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines() == [f"datakit: error: {tmp_path / 'out'}: is a folder; name a file to write"]

@@ -10,6 +10,7 @@ the file's extension matches the encoding, otherwise ``cv::imencode``.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,7 +106,12 @@ def encode_entry(spec: EncodeSpec, path: str, label: int) -> tuple[object, Shape
         except ListError as err:
             raise ImageError(str(err)) from None
     try:
-        with open(full, "rb") as fh:
+        # O_NONBLOCK: a FIFO (or a device) in the list must not hang the worker in open(); only regular
+        # files are images
+        fd = os.open(full, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ImageError(f"not a regular file: {full}")
             data = fh.read()
     except FileNotFoundError:
         raise ImageError(f"file not found: {full}") from None
