@@ -61,7 +61,8 @@ def extract_mean(archive: str | os.PathLike, recipe: MeanRecipe, out_dir: str | 
                     if f is not None:
                         found[name] = f.read()
     except (tarfile.TarError, EOFError, OSError) as err:
-        raise FormatError(f"{archive}: not a readable tar archive ({err}); delete it and run again") from None
+        why = " ".join(str(err).split("\n")[0].split()).rstrip(":")  # tarfile's 'r:*' lists each method tried
+        raise FormatError(f"{archive}: not a readable tar archive ({why}); delete it and run again") from None
     if recipe.member not in found:
         raise FormatError(f"{archive}: holds no {recipe.member}; is it {recipe.archive}?")
     means, identical = check_mean(found[recipe.member], recipe, f"{archive}:{recipe.member}")

@@ -222,6 +222,15 @@ async def test_offline_a_copied_archive_is_used_and_kept(tmp_path):
     assert "its bytes differ from the 2014 reference copy" in out
 
 
+async def test_a_copied_file_that_is_not_a_tar_archive_is_one_line(tmp_path):
+    """tarfile's 'r:*' error lists every method it tried, one per line: the message stays one line."""
+    recipe = MEANS["ilsvrc12"]
+    (tmp_path / recipe.archive).write_bytes(b"not a tar archive at all\n" * 20)
+    rc, out, err = await _cli("fetch-mean", "ilsvrc12", cwd=tmp_path)
+    assert rc == 1 and len(err.strip().splitlines()) == 1, err
+    assert f"{recipe.archive}: not a readable tar archive (" in err and "delete it and run again" in err
+
+
 async def test_a_progress_bar_counts_the_resumed_bytes(server, tmp_path, monkeypatch):
     import tqdm
     closed: list[tuple[int, int]] = []
