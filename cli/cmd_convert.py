@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from cli.common_options import add_backend_flag, add_cluster_flags, add_progress_flags
@@ -73,6 +74,12 @@ def run(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every, strict=args.strict, resume=args.resume,
         overwrite=args.overwrite, progress=args.progress)
     executor = cluster_executor(args)  # None: the local pipeline, as always
+    stopped_by: list[str] = []
+
+    def on_sigterm(signum: int, frame: object) -> None:  # `kill PID`, a job scheduler: as Ctrl-C, then 143
+        stopped_by.append("SIGTERM")
+        raise KeyboardInterrupt
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         if executor is None:
             summary = convert(args.root, args.list, args.db, options)
@@ -82,13 +89,15 @@ def run(args: argparse.Namespace) -> int:
                                       partition_size=args.partition_size)
     except ConvertInterrupted as stop:
         command = resume_command(sys.argv)
+        what = "stopped by SIGTERM" if stopped_by else "interrupted"
         if command is None:
             print(f"datakit: {stop}", file=sys.stderr)
         else:
-            print(f"datakit: interrupted; {stop.written} records are saved in {stop.partial}: to finish, run: "
+            print(f"datakit: {what}; {stop.written} records are saved in {stop.partial}: to finish, run: "
                   f"{command}", file=sys.stderr)
-        return 130
+        return 143 if stopped_by else 130
     finally:
+        signal.signal(signal.SIGTERM, previous)
         if executor is not None:
             executor.close()
     if summary.already_complete:

@@ -159,6 +159,27 @@ def test_interrupted_overwrite_suggests_a_command_that_finishes_the_job(tmp_path
     assert len(_db_bytes(db)) == 300
 
 
+def test_sigterm_stops_like_ctrl_c_with_the_command_that_finishes(tmp_path):
+    """`kill PID` (or a job scheduler's stop) exited 143 with no word of what was kept or how to go on."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    entries = make_images(tmp_path, 300, size=(120, 160))
+    lst = write_list(tmp_path / "list.txt", entries)
+    db = tmp_path / "db"
+    proc = subprocess.Popen(_convert(tmp_path, lst, db), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    wait_until_written(incomplete_path(db) / PROGRESS_NAME, proc, 10)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    [line] = err.strip().splitlines()
+    assert line.startswith("datakit: stopped by SIGTERM; ") and "to finish, run: datakit convert " in line
+    suggested = shlex.split(line.split("to finish, run: ", 1)[1])
+    res = subprocess.run([sys.executable, "-m", "cli.datakit_main", *suggested[1:]], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "resumed at record" in res.stdout, res.stderr
+    assert len(_db_bytes(db)) == 300
+
+
 def test_a_regular_file_where_the_database_goes_gets_advice_that_works(tmp_path, cli):
     entries = make_images(tmp_path, 2)
     lst = write_list(tmp_path / "list.txt", entries)
