@@ -161,6 +161,9 @@ def test_bad_list_and_options_fail_before_any_work(tmp_path):
         convert(tmp_path / "img", bad, tmp_path / "db", opts(resize_height=10))
     with pytest.raises(ConfigError, match="--encoded"):
         convert(tmp_path / "img", bad, tmp_path / "db", opts(backend="hdf5", encoded=True))
+    # a size no image can be resized to: said at once, not as "none of its images could be read"
+    with pytest.raises(ConfigError, match=r"--resize-height 100000 --resize-width 100000 is 10000000000 pixels"):
+        convert(tmp_path / "img", bad, tmp_path / "db", opts(resize_height=100000, resize_width=100000))
 
 
 def test_existing_database_is_kept_unless_overwrite(tmp_path):

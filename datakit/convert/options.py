@@ -55,6 +55,10 @@ class ConvertOptions:
         if (self.resize_height > 0) != (self.resize_width > 0):
             raise ConfigError("give both --resize-height and --resize-width (convert_imageset resizes only "
                               "when both are > 0 and would silently ignore one alone)")
+        if self.resize_height * self.resize_width > self.max_pixels:  # every image would fail to resize
+            raise ConfigError(f"--resize-height {self.resize_height} --resize-width {self.resize_width} is "
+                              f"{self.resize_height * self.resize_width} pixels a record, more than the limit of "
+                              f"{self.max_pixels}; Caffe's recipes resize to 256x256")
         if self.encode_type and not self.encoded:
             raise ConfigError("--encode-type needs --encoded")
         if self.encode_type and self.encode_type.lower() not in ENCODE_TYPES:
