@@ -49,7 +49,11 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", *, fsync: bool = Tru
     if path.is_dir():  # say so naming the output, not the temporary file the rename would fail on
         raise IsADirectoryError(errno.EISDIR, "is a folder; name a file to write", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    except OSError as err:
+        raise_if_disk_full(err, path)
+        raise
     try:
         if "b" not in mode and encoding is None:
             encoding = "utf-8"
@@ -60,10 +64,27 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", *, fsync: bool = Tru
                 os.fsync(fh.fileno())
         os.chmod(tmp, _default_mode())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(err, OSError):
+            raise_if_disk_full(err, path)
         raise
+
+
+def raise_if_disk_full(err: OSError, path: Path) -> None:
+    """A full disk (ENOSPC, EDQUOT) as DiskFull: the one line every full-disk message is (the file, the
+    space free, whether an old file was kept); any other error returns for the caller to raise."""
+    if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return
+    from datakit.db.reserve import free_bytes, size_text  # noqa: PLC0415 - only on this rare path
+    from datakit.errors import DiskFull  # noqa: PLC0415
+    try:
+        free = size_text(free_bytes(path.parent))
+    except OSError:
+        free = "unknown"
+    raise DiskFull(f"{path}: no space left on device to write it ({free} free); "
+                   f"{'the old file is kept' if path.exists() else 'nothing was written'}") from None
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, fsync: bool = True) -> None:

@@ -109,3 +109,27 @@ def test_hdf5_on_a_full_disk_names_the_shard_then_resume_gives_the_same_data(sma
         ra, rb = list(a), list(b)
     assert len(ra) == len(rb) == 30
     assert all(x.label == y.label and np.array_equal(x.image, y.image) for x, y in zip(ra, rb))
+
+
+def test_a_disk_with_no_room_at_all_is_one_line_and_leaves_nothing(small_fs, tmp_path, cli):
+    """0 bytes free: `convert`, `mean` and `check-list --report` said only 'No space left on device', and
+    convert left an empty DB.incomplete that every later run refused (no progress file)."""
+    entries = make_images(tmp_path, 3)
+    lst = write_list(tmp_path / "list.txt", entries)
+    good = tmp_path / "db"
+    assert _convert(cli, tmp_path, lst, good, "--resize-height", "24", "--resize-width", "32").returncode == 0
+    filler = _fill(small_fs, 0)
+    try:
+        for args, target in ((("convert", str(tmp_path / "img"), str(lst), str(small_fs / "db"), "--no-progress"),
+                              small_fs / "db.incomplete"),
+                             (("mean", str(good), str(small_fs / "m.binaryproto")), small_fs / "m.binaryproto"),
+                             (("check-list", str(lst), "--root", str(tmp_path / "img"), "--report",
+                               str(small_fs / "r.json")), small_fs / "r.json")):
+            res = cli("datakit", *args)
+            assert res.returncode == 1, res.stderr
+            [line] = res.stderr.strip().splitlines()
+            assert "no space left on device" in line and "free" in line and str(small_fs) in line, line
+            assert not target.exists()
+    finally:
+        filler.unlink()
+    assert _convert(cli, tmp_path, lst, small_fs / "db").returncode == 0  # room again: a plain rerun works

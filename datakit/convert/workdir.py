@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from datakit.atomic import install_dir, write_text_atomic
+from datakit.atomic import install_dir, raise_if_disk_full, write_text_atomic
 from datakit.convert.lock import OutputLock
 from datakit.db import PROGRESS_NAME, detect_backend, incomplete_path, read_progress
 from datakit.errors import ConfigError, DatabaseError
@@ -110,9 +110,17 @@ class WorkDir:
 
     def start(self, state: dict) -> None:
         """Create the work folder and save the first progress file."""
-        self.path.mkdir(parents=True)
+        try:
+            self.path.mkdir(parents=True)
+        except OSError as err:
+            raise_if_disk_full(err, self.path)
+            raise
         self.state = state
-        self.save()
+        try:
+            self.save()
+        except BaseException:  # a disk without room for even the progress file: leave nothing half-made
+            shutil.rmtree(self.path, ignore_errors=True)
+            raise
 
     def continue_from(self, state: dict) -> None:
         self.state = state
