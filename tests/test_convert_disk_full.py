@@ -133,3 +133,18 @@ def test_a_disk_with_no_room_at_all_is_one_line_and_leaves_nothing(small_fs, tmp
     finally:
         filler.unlink()
     assert _convert(cli, tmp_path, lst, small_fs / "db").returncode == 0  # room again: a plain rerun works
+
+
+def test_a_small_hdf5_job_fits_where_its_records_fit(small_fs, tmp_path, cli):
+    """10 images at 100x100 (1.2 MB of float32) were refused on 3 MB free: the shard reserved a whole
+    --hdf5-chunk of 1000 records (120 MB)."""
+    lst = write_list(tmp_path / "list.txt", make_images(tmp_path, 10))
+    filler = _fill(small_fs, 3 << 20)
+    try:
+        res = _convert(cli, tmp_path, lst, small_fs / "db", "--backend", "hdf5", "--resize-height", "100",
+                       "--resize-width", "100")
+        assert res.returncode == 0, res.stderr
+    finally:
+        filler.unlink()
+    with open_reader(small_fs / "db") as reader:
+        assert len(reader) == 10

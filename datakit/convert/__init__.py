@@ -201,7 +201,9 @@ def _convert_into(workdir: WorkDir, root: Path, list_path: Path, opts: ConvertOp
     backend = BACKENDS[opts.backend]
     spec = EncodeSpec(str(root), backend.record_kind, opts.resize_height, opts.resize_width, opts.gray,
                       opts.encoded, opts.encode_type.lower(), opts.allow_absolute, opts.max_pixels)
-    writer = backend.open_writer(workdir.path, shard_records=opts.hdf5_chunk)
+    # a list shorter than a shard makes one shard of its size either way: reserving a whole --hdf5-chunk
+    # of disk for it refused small jobs on a nearly full disk
+    writer = backend.open_writer(workdir.path, shard_records=min(opts.hdf5_chunk, max(1, len(entries))))
     skip_cap = WarningCap(warn, "skipped images", where_all="the summary's skipped list and --report")
     try:
         writer.resume(workdir.state)
