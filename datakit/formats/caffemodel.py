@@ -53,11 +53,30 @@ def parse_caffemodel(data: bytes, *, source: str = "<caffemodel>") -> caffe_pb2.
     try:
         net.ParseFromString(data)
     except DecodeError as err:
+        _refuse_solverstate(data, source)
         raise FormatError(f"{source}: not a valid .caffemodel (binary NetParameter): {err}") from None
     if not len(net.layer) and not len(net.layers):
+        _refuse_solverstate(data, source)
         raise FormatError(f"{source}: holds no layers; is it a .caffemodel? (a prototxt is text, "
                           "a .solverstate or .binaryproto is another message)")
-    return upgrade_net(net, source=source)
+    try:
+        return upgrade_net(net, source=source)
+    except FormatError:
+        _refuse_solverstate(data, source)  # a .solverstate reads as a NetParameter of one garbage V1 layer
+        raise
+
+
+def _refuse_solverstate(data: bytes, source: str) -> None:
+    """A .solverstate given where weights go: say what it is and what to pass instead."""
+    state = caffe_pb2.SolverState()
+    try:
+        state.ParseFromString(data)
+    except DecodeError:
+        return
+    if state.learned_net.endswith((".caffemodel", ".caffemodel.h5")) or source.endswith(".solverstate"):
+        weights = state.learned_net or "the .caffemodel of the same iteration"
+        raise FormatError(f"{source}: is a solver state (iteration {state.iter}: the update history), not "
+                          f"weights; pass {weights} as --weights, or resume the run with --snapshot {source}")
 
 
 def read_caffemodel(path: str | os.PathLike) -> caffe_pb2.NetParameter:
