@@ -279,6 +279,8 @@ def test_absolute_paths_resize_and_option_errors(tmp_path: Path, demo_rows) -> N
             assemble(AssembleConfig(manifest="demo", out=out, rewrite="nope", mirror=m.url), log=lambda s: None)
         with pytest.raises(ConfigError, match="--images 0"):
             assemble(AssembleConfig(manifest="demo", out=out, images=0), log=lambda s: None)
+        with pytest.raises(ConfigError, match="--labels -1: expected a positive count"):  # it meant 'all'
+            assemble(AssembleConfig(manifest="demo", out=out, images=20, labels=-1), log=lambda s: None)
     lines = _lines(out / "train.txt") + _lines(out / "test.txt")
     assert len(lines) == 20 and all(line.startswith(str(out.resolve() / "images") + "/") for line in lines)
     import cv2

@@ -39,4 +39,6 @@ class AssembleConfig:
             raise ConfigError(f"--partition-size {self.partition_size}: must be positive")
         if self.images == 0 or self.images < -1:
             raise ConfigError(f"--images {self.images}: expected a positive count, or -1 for all rows")
+        if self.labels < 0:
+            raise ConfigError(f"--labels {self.labels}: expected a positive count of labels to keep (0: all)")
         return self
