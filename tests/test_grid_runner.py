@@ -220,6 +220,8 @@ def test_interrupting_the_runner_stops_its_net_at_a_snapshot_and_resumes(project
     assert runner.returncode == 130, err
     state = json.loads((grid / "half0A/state.json").read_text())
     assert state["state"] == "interrupted" and grid_status(grid)[0].state == "waiting"
+    # status says so (it showed a bare "waiting", and its transfer net "needs half0A")
+    assert grid_status(grid)[0].reason == f"{state['reason']}; the next grid run resumes it"
     stopped_at = int(state["reason"].split("iteration ")[1].split()[0])
     assert 15 <= stopped_at < 150 and (grid / f"half0A/snapshots/net_iter_{stopped_at}.solverstate").is_file()
     ran = trainer("grid", "run", str(grid))

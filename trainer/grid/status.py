@@ -72,6 +72,7 @@ def grid_status(grid_dir: str | os.PathLike) -> list[NetStatus]:
     root = Path(grid_dir)
     _, specs = read_grid(root)
     out = []
+    done = {spec.name for spec in specs if is_done(root / spec.name, spec)}
     for spec in specs:
         folder = root / spec.name
         state_doc = read_json(folder / STATE_FILE) or {}
@@ -86,6 +87,12 @@ def grid_status(grid_dir: str | os.PathLike) -> list[NetStatus]:
             state, reason = state_doc["state"], state_doc.get("reason")
         else:
             state, pid = "waiting", None
+            if state_doc.get("state") == "interrupted":  # what the runner wrote when it was stopped
+                reason = f"{state_doc.get('reason') or 'interrupted'}; the next grid run resumes it"
+            elif spec.needs and spec.needs not in done:
+                reason = f"needs {spec.needs}"
+            else:
+                reason = "ready"  # its base net is done (or it has none): the next grid run starts it
         curve = _curve(folder)
         snap = latest_solverstate(folder)
         iteration = max(log_iteration(folder), snap[0] if snap else 0)
