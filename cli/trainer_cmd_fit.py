@@ -34,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from datakit.errors import ConfigError
     from datakit.report import write_report
     from trainer.fit import FitOptions, exit_status, fit, report_dict, summary_lines
+    from trainer.stop_signals import ignore_stop_signals
 
     if args.restart and args.snapshot:
         raise ConfigError("give --snapshot (resume) or --restart (start over), not both")
@@ -43,6 +44,8 @@ def run(args: argparse.Namespace) -> int:
                       tensorboard=args.tensorboard, progress=args.progress)
     started = time.perf_counter()
     result = fit(opts)
+    if result.stopped_early:
+        ignore_stop_signals()  # the snapshot is written: more Ctrl-C must not turn exit 130 into a traceback
     if args.report:
         write_report(args.report, report_dict(result, opts, time.perf_counter() - started))
     for line in summary_lines(result):

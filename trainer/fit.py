@@ -4,7 +4,7 @@ Reads the solver prototxt; builds the TRAIN net and the TEST nets it names (path
 inside the solver and nets resolve against the current directory, as in Caffe);
 copies ``--weights`` by layer name and logs what was copied, freshly initialised
 or ignored; or resumes ``--snapshot X.solverstate``; installs the safety rails;
-trains; turns SIGINT/SIGTERM into "snapshot, then exit".
+trains; turns SIGINT/SIGTERM into "snapshot, then exit" (:mod:`trainer.stop_signals`).
 
 Finished work is never overwritten silently: where snapshots of the same
 ``snapshot_prefix`` exist, a run that neither resumes (``--snapshot``) nor says
@@ -17,7 +17,6 @@ from __future__ import annotations
 import random
 import signal
 import sys
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -32,6 +31,7 @@ from datakit.formats.upgrade import upgrade_net
 from trainer import backend, rails
 from trainer.caffelog import CaffeLog
 from trainer.snapshot import Snapshots, find_snapshots
+from trainer.stop_signals import install_stop_handlers
 from trainer.solver import SolveResult, Solver
 
 TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
@@ -241,17 +241,7 @@ def fit(opts: FitOptions) -> SolveResult:
         board = ScalarWriter(opts.tensorboard)
         log.sinks.append(board.metric)
         log.info(f"Writing TensorBoard scalars to {opts.tensorboard}")
-    previous: dict[signal.Signals, Any] = {}   # the handlers to put back
-    if opts.handle_signals and threading.current_thread() is threading.main_thread():
-        def on_signal(signum, frame) -> None:
-            name = signal.Signals(signum).name
-            if solver.stop_reason:  # a second Ctrl-C: stop now, the snapshot is being written
-                raise KeyboardInterrupt
-            # Only a flag here: writing the log from a handler can land inside a write the handler
-            # interrupted ("reentrant call inside BufferedWriter"); the solver says it at once.
-            solver.request_stop(name)
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, on_signal)
+    previous = install_stop_handlers(solver, opts) if opts.handle_signals else {}
     try:
         # Overflow and NaN are the NaN rail's business (trainer.rails names the first
         # layer at fault); NumPy's own RuntimeWarnings would only bury that one line.
@@ -264,12 +254,12 @@ def fit(opts: FitOptions) -> SolveResult:
         log.line(str(err), severity="E")
         raise
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
         close_nets([solver.net, *solver.test_nets])
         log.close()
         if board is not None:
             board.close()
+        for sig, handler in previous.items():  # last: a repeated Ctrl-C must not cut the clean-up short
+            signal.signal(sig, handler)
 
 
 def summary_lines(result: SolveResult) -> list[str]:

@@ -84,6 +84,8 @@ class Solver:
         self.average_loss = max(1, int(param.average_loss))
         self.losses: collections.deque[float] = collections.deque(maxlen=self.average_loss)
         self.stop_reason = ""
+        #: a stop signal that came again while stopping (ignored), and whether the user was told then
+        self._repeat: tuple[str, bool] | None = None
         self.restored_from: Path | None = None
         self.result = SolveResult(0)
         #: test after the last iteration even when max_iter is not a multiple of test_interval
@@ -93,9 +95,17 @@ class Solver:
         self._weights = net.output_loss_weights()
 
     # -- control --------------------------------------------------------------------------------
-    def request_stop(self, reason: str = "interrupted") -> None:
-        """Finish the current iteration, snapshot, and return (safe to call from a signal handler)."""
-        self.stop_reason = reason
+    def request_stop(self, reason: str = "interrupted", *, said: bool = False) -> None:
+        """Finish the current iteration, snapshot, and return (safe to call from a signal handler).
+
+        A request while a stop is already under way keeps the first reason (the exit status
+        follows it) and is only noted, for one log line once the snapshot is written; ``said``:
+        the caller already told the user on stderr, so that line goes to the log file only.
+        """
+        if not self.stop_reason:
+            self.stop_reason = reason
+        elif self._repeat is None or (said and not self._repeat[1]):
+            self._repeat = (reason, said)
 
     def rate(self) -> float:
         return lr_policy.rate_for(self.param, self.iter)
@@ -279,6 +289,7 @@ class Solver:
             self.log.warning(f"{self.stop_reason} received: stopped after iteration {self.iter}, writing a snapshot")
             if not res.snapshots or res.snapshots[-1] != _paths_for(self):
                 self.snapshot()
+            self._log_repeat()
             res.stopped_early = True
             res.stop_reason = self.stop_reason
             self.log.info(f"Optimization stopped early ({self.stop_reason}) at iteration {self.iter}; "
@@ -294,6 +305,20 @@ class Solver:
             self.test_all()
         self.log.info("Optimization Done.")
         return res
+
+    def _log_repeat(self) -> None:
+        """Say in the log that a second stop signal came and was ignored, so the snapshot was written whole."""
+        if self._repeat is None:
+            return
+        reason, said = self._repeat
+        stream = self.log.stream
+        if said:
+            self.log.stream = None  # already said on stderr when it came
+        try:
+            self.log.warning(f"{reason} received again while stopping: ignored, so the snapshot was written "
+                             "whole")
+        finally:
+            self.log.stream = stream
 
 
 def _paths_for(solver: Solver) -> SnapshotPaths:
