@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from datakit.errors import ConfigError
     from datakit.report import write_report
     from trainer.fit import FitOptions, exit_status, fit, report_dict, summary_lines
-    from trainer.stop_signals import ignore_stop_signals
+    from trainer.stop_signals import hung_up, ignore_stop_signals
 
     if args.restart and args.snapshot:
         raise ConfigError("give --snapshot (resume) or --restart (start over), not both")
@@ -48,6 +48,29 @@ def run(args: argparse.Namespace) -> int:
         ignore_stop_signals()  # the snapshot is written: more Ctrl-C must not turn exit 130 into a traceback
     if args.report:
         write_report(args.report, report_dict(result, opts, time.perf_counter() - started))
-    for line in summary_lines(result):
-        print(line)
+    try:
+        for line in summary_lines(result):
+            print(line)
+        sys.stdout.flush()
+    except OSError:
+        if not hung_up(result):
+            raise
+    if hung_up(result):
+        _drop_gone_streams()
     return exit_status(result)
+
+
+def _drop_gone_streams() -> None:
+    """After SIGHUP: point stdout/stderr at /dev/null where the terminal they were is gone (a flush
+    fails with EIO), so the interpreter's final flush cannot turn exit 129 into 120 or a traceback."""
+    import os
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except OSError:
+            try:
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, stream.fileno())
+                os.close(devnull)
+            except (OSError, ValueError):
+                pass

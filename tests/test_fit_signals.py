@@ -78,3 +78,79 @@ def test_cli_ctrl_c_then_more_signals_still_writes_the_snapshot(project, tmp_pat
     found = find_snapshots(str(tmp_path / "many/run"))
     assert found.latest is not None and not found.incomplete
     assert f"resume with --snapshot many/run_iter_{read_solverstate(found.latest).iter}.solverstate" in out
+
+
+def test_exit_status_is_128_plus_the_signal():
+    from trainer.fit import exit_status
+    from trainer.solver import SolveResult
+    codes = {r: exit_status(SolveResult(3, stopped_early=True, stop_reason=r)) for r in ("SIGINT", "SIGTERM", "SIGHUP")}
+    assert codes == {"SIGINT": 130, "SIGTERM": 143, "SIGHUP": 129}
+
+
+def test_cli_sighup_finishes_the_iteration_and_snapshots(project, tmp_path):
+    """SIGHUP (the terminal or ssh session closed) stops as SIGTERM does, with exit 129, as Caffe snapshots on it."""
+    name = project("hup.prototxt", max_iter=100000, prefix="hup/run")
+    proc = _start_fit(tmp_path, name)
+    _wait_for(tmp_path / "hup/run.log", "Iteration 5, loss", proc)
+    proc.send_signal(signal.SIGHUP)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 129, err
+    assert "] SIGHUP received: stopped after iteration " in err and "Traceback" not in err
+    found = find_snapshots(str(tmp_path / "hup/run"))
+    assert found.latest is not None and not found.incomplete
+    assert "stopped early (SIGHUP); resume with --snapshot hup/run_iter_" in out
+
+
+def _on_own_terminal() -> None:
+    """In the child: a new session whose controlling terminal is the pty on its stderr, as a login shell's job."""
+    import fcntl
+    import termios
+    fcntl.ioctl(2, termios.TIOCSCTTY, 0)
+
+
+def test_closing_the_terminal_still_writes_the_snapshot(project, tmp_path):
+    """The terminal goes away (its master closed: the kernel sends SIGHUP, then writes to it fail with EIO)."""
+    import pty
+
+    from tests.conftest import ROOT
+    name = project("tty.prototxt", max_iter=100000, prefix="tty/run")
+    master, slave = pty.openpty()
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "cli.trainer_main", "fit", "--solver", name, "--device", "cpu"],
+                                cwd=tmp_path, env=env, stdin=slave, stdout=slave, stderr=slave,
+                                start_new_session=True, preexec_fn=_on_own_terminal)
+    finally:
+        os.close(slave)
+    log = tmp_path / "tty/run.log"
+    deadline = time.monotonic() + 60
+    while not (log.exists() and "Iteration 5, loss" in log.read_text()) and time.monotonic() < deadline:
+        try:
+            os.read(master, 65536)  # keep the terminal drained, as a terminal window does
+        except OSError:
+            break
+    os.close(master)  # the window or ssh session closes
+    assert proc.wait(timeout=60) == 129
+    text = log.read_text()
+    assert "SIGHUP received: stopped after iteration " in text
+    found = find_snapshots(str(tmp_path / "tty/run"))
+    assert found.latest is not None and not found.incomplete
+    assert f"resume with --snapshot tty/run_iter_{read_solverstate(found.latest).iter}.solverstate" in text
+
+
+def test_nohup_keeps_sighup_ignored(project, tmp_path):
+    """Under nohup (SIGHUP ignored from the start) a hang-up changes nothing: the run goes on."""
+    from tests.conftest import ROOT
+    name = project("nohup.prototxt", max_iter=100000, prefix="nohup/run")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "cli.trainer_main", "fit", "--solver", name, "--device", "cpu"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    log = tmp_path / "nohup/run.log"
+    _wait_for(log, "Iteration 5, loss", proc)
+    proc.send_signal(signal.SIGHUP)
+    _wait_for(log, "Iteration 30, loss", proc)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "SIGHUP" not in log.read_text() and "] SIGTERM received: stopped after iteration " in err

@@ -4,7 +4,7 @@ Reads the solver prototxt; builds the TRAIN net and the TEST nets it names (path
 inside the solver and nets resolve against the current directory, as in Caffe);
 copies ``--weights`` by layer name and logs what was copied, freshly initialised
 or ignored; or resumes ``--snapshot X.solverstate``; installs the safety rails;
-trains; turns SIGINT/SIGTERM into "snapshot, then exit" (:mod:`trainer.stop_signals`).
+trains; turns SIGINT/SIGTERM/SIGHUP into "snapshot, then exit" (:mod:`trainer.stop_signals`).
 
 Finished work is never overwritten silently: where snapshots of the same
 ``snapshot_prefix`` exist, a run that neither resumes (``--snapshot``) nor says
@@ -278,10 +278,12 @@ def summary_lines(result: SolveResult) -> list[str]:
 
 
 def exit_status(result: SolveResult) -> int:
-    """0 for a finished run; after a stop by signal, 128 + the signal number (130 SIGINT, 143 SIGTERM)."""
+    """0 for a finished run; after a stop by signal, 128 + the signal number (130 SIGINT, 143 SIGTERM,
+    129 SIGHUP), as a shell reports a process that signal ended; 143 for a stop of another reason."""
     if not result.stopped_early:
         return 0
-    return 130 if result.stop_reason == "SIGINT" else 143
+    sig = getattr(signal.Signals, result.stop_reason, None) if result.stop_reason.startswith("SIG") else None
+    return 128 + int(sig) if sig is not None else 143
 
 
 def report_dict(result: SolveResult, opts: FitOptions, seconds: float) -> dict[str, Any]:

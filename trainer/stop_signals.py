@@ -1,6 +1,7 @@
 """The signals that make `trainer fit` stop cleanly: finish the iteration, snapshot, exit 128 + N.
 
-SIGINT (Ctrl-C) and SIGTERM (``kill``, a batch system, the grid runner) ask the solver to stop
+SIGINT (Ctrl-C), SIGTERM (``kill``, a batch system, the grid runner) and SIGHUP (the terminal or
+ssh session closed; Caffe's ``caffe train`` snapshots on it too) ask the solver to stop
 at the end of the current iteration (:meth:`trainer.solver.Solver.request_stop`) and to write a
 snapshot, so no finished iteration is lost.
 
@@ -21,9 +22,9 @@ from typing import Any, Protocol
 
 from trainer.caffelog import glog_prefix
 
-#: the signals that stop a run with a snapshot
+#: the signals that stop a run with a snapshot (SIGHUP where the platform has it)
 STOP_SIGNALS: tuple[signal.Signals, ...] = tuple(
-    getattr(signal, name) for name in ("SIGINT", "SIGTERM") if hasattr(signal, name))
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
 class _Stoppable(Protocol):
@@ -34,6 +35,9 @@ class _Stoppable(Protocol):
 
 def install_stop_handlers(solver: _Stoppable, opts: Any) -> dict[signal.Signals, Any]:
     """Route STOP_SIGNALS to ``solver.request_stop``; returns the handlers to put back afterwards.
+
+    A SIGHUP already ignored when the run starts (``nohup trainer fit ...``) stays ignored: the
+    user asked for the run to outlive the terminal.
 
     Only the main thread can install handlers (an API caller training in a thread keeps its own);
     then nothing is installed and ``{}`` is returned. The handler only sets flags: writing the log
@@ -58,6 +62,8 @@ def install_stop_handlers(solver: _Stoppable, opts: Any) -> dict[signal.Signals,
 
     previous: dict[signal.Signals, Any] = {}
     for sig in STOP_SIGNALS:
+        if sig == getattr(signal, "SIGHUP", None) and signal.getsignal(sig) == signal.SIG_IGN:
+            continue
         previous[sig] = signal.signal(sig, on_signal)
     return previous
 
@@ -85,3 +91,8 @@ def ignore_stop_signals() -> None:
     if threading.current_thread() is threading.main_thread():
         for sig in STOP_SIGNALS:
             signal.signal(sig, signal.SIG_IGN)
+
+
+def hung_up(result: Any) -> bool:
+    """Whether the run stopped on SIGHUP: its terminal may be gone, so writes to it can fail (EIO)."""
+    return bool(getattr(result, "stopped_early", False)) and getattr(result, "stop_reason", "") == "SIGHUP"
