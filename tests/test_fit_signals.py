@@ -154,3 +154,53 @@ def test_nohup_keeps_sighup_ignored(project, tmp_path):
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err
     assert "SIGHUP" not in log.read_text() and "] SIGTERM received: stopped after iteration " in err
+
+
+def _metric_rows(path, phase: str = "test", name: str = "accuracy") -> list[tuple[int, float]]:
+    rows = [line.split(",") for line in path.read_text().splitlines()[1:]]
+    return [(int(r[0]), float(r[3])) for r in rows if r[1] == phase and r[2] == name]
+
+
+def test_a_stop_during_a_test_pass_records_no_partial_score(project, tmp_path):
+    """Ctrl-C in the middle of 'Iteration 10, Testing net': no score at 10; the resumed run's test there is the
+    only one, and it equals an uninterrupted run's."""
+    from trainer.fit import build
+    for prefix in ("whole/run", "cut/run"):
+        name = project(f"{prefix.split('/')[0]}.prototxt", max_iter=15, test_interval=5, prefix=prefix)
+        solver_file = tmp_path / name
+        solver_file.write_text(solver_file.read_text().replace("test_iter: 3", "test_iter: 40"))
+    fit(FitOptions(solver="whole.prototxt", device="cpu", stream=io.StringIO(), handle_signals=False))
+    solver, log, _ = build(FitOptions(solver="cut.prototxt", device="cpu", stream=io.StringIO(),
+                                      handle_signals=False))
+    net = solver.test_nets[0]
+    forward = net.forward
+    calls = {"n": 0}
+
+    def forward_then_ctrl_c():
+        out = forward()
+        if solver.iter == 10:
+            calls["n"] += 1
+            if calls["n"] == 7:
+                solver.request_stop("SIGINT")  # as the handler does, 7 batches into the test at iteration 10
+        return out
+    net.forward = forward_then_ctrl_c
+    try:
+        result = solver.solve()
+    finally:
+        for n in (solver.net, *solver.test_nets):
+            n.close()
+        log.close()
+    assert result.stopped_early and result.iterations == 10
+    assert result.test_iteration == 5  # the last complete test is what the summary reports
+    text = (tmp_path / "cut/run.log").read_text()
+    assert "the test at iteration 10 (test net #0) was interrupted after 7 of 40 batches and is not recorded" in text
+    assert [it for it, _ in _metric_rows(tmp_path / "cut/run.metrics.csv")] == [0, 5]
+    rest = fit(FitOptions(solver="cut.prototxt", device="cpu", stream=io.StringIO(), handle_signals=False,
+                          snapshot="cut/run_iter_10.solverstate"))
+    assert rest.iterations == 15
+    whole = _metric_rows(tmp_path / "whole/run.metrics.csv")
+    cut = _metric_rows(tmp_path / "cut/run.metrics.csv")
+    assert [it for it, _ in cut] == [0, 5, 10, 15] and cut == whole
+    from trainer.curves import parse_log
+    runs = parse_log(tmp_path / "cut/run.log")
+    assert [it for run in runs for it, _ in run.test["accuracy"]] == [0, 5, 10, 15]

@@ -123,10 +123,10 @@ class Solver:
             if (self.param.test_interval and self.iter % self.param.test_interval == 0
                     and (self.iter > 0 or self.param.test_initialization)):
                 t_test = time.perf_counter()
-                self.test_all()
+                tested = self.test_all()
                 started += time.perf_counter() - t_test  # the speed shown is training speed
-                if self.stop_reason:
-                    break
+                if tested is None:
+                    break  # a stop cut the test short: the snapshot of this iteration repeats it on resume
             display = self._display()
             loss = 0.0
             for _ in range(max(1, self.param.iter_size)):
@@ -162,8 +162,14 @@ class Solver:
                 break
 
     # -- testing --------------------------------------------------------------------------------
-    def test_all(self) -> list[dict[str, float]]:
-        scores = [self.test(i) for i in range(len(self.test_nets))]
+    def test_all(self) -> list[dict[str, float]] | None:
+        """Test every test net; None when a stop cut the pass short (then nothing of it is recorded)."""
+        scores = []
+        for i in range(len(self.test_nets)):
+            got = self.test(i)
+            if got is None:
+                return None
+            scores.append(got)
         self.result.test_scores = scores
         self.result.test_iteration = self.iter
         return scores
@@ -183,21 +189,33 @@ class Solver:
         return progress_bar(batches, self.progress, desc=f"test net #{net_id}", unit="batch", leave=False,
                             stream=stream, **({} if self.progress else {"delay": 2}))
 
-    def test(self, net_id: int) -> dict[str, float]:
+    def test(self, net_id: int) -> dict[str, float] | None:
+        """One test pass of ``test_iter`` batches: the mean of each output, logged and returned.
+
+        A stop (Ctrl-C) during the pass ends it at once, and its mean over the batches done is
+        not a test score: nothing is logged or returned (None), the log says how far it got, and
+        the test net's data position is wound back, so the snapshot's resumed run repeats this
+        very test (its only recorded score at this iteration, equal to an uninterrupted run's).
+        """
         net = self.test_nets[net_id]
         self.log.testing(self.iter, net_id)
         sums = OutputSums()
         weights = net.output_loss_weights()
         n_iter = int(self.param.test_iter[net_id])
         loss_total = 0.0
+        before = _net_state(net)
         bar = self._test_progress(n_iter, net_id)
         for done in range(1, n_iter + 1):
             loss_total += net.forward()
             sums.add({name: to_host(net.blobs[name].data) for name in net.output_names})
             bar.update(1)
-            if self.stop_reason:
-                n_iter = done
-                break
+            if self.stop_reason and done < n_iter:
+                bar.close()
+                _restore_net(net, before)
+                self.log.warning(f"{self.stop_reason} received: the test at iteration {self.iter} (test net "
+                                 f"#{net_id}) was interrupted after {done} of {n_iter} batches and is not "
+                                 "recorded (a resumed run repeats it)")
+                return None
         bar.close()
         if self.param.test_compute_loss:
             self.log.info(f"Test loss: {fmt(loss_total / max(n_iter, 1))}")
@@ -215,15 +233,12 @@ class Solver:
 
     # -- snapshots ------------------------------------------------------------------------------
     def _extra_state(self) -> dict[str, Any]:
-        def data_states(net) -> dict[str, Any]:
-            states = ((layer.name, layer.get_state()) for layer in net.layers)
-            return {name: state for name, state in states if state}  # {}: a stateless layer
         return {
             "iter": self.iter,
             "seed": self.seed,
             "losses": list(self.losses),
-            "train": {"rng": rng_state(self.net.rng), "data": data_states(self.net)},
-            "test": [{"rng": rng_state(t.rng), "data": data_states(t)} for t in self.test_nets],
+            "train": _net_state(self.net),
+            "test": [_net_state(t) for t in self.test_nets],
         }
 
     def snapshot(self) -> SnapshotPaths:
@@ -286,15 +301,7 @@ class Solver:
         res = self.result
         res.iterations = self.iter
         if self.stop_reason:
-            self.log.warning(f"{self.stop_reason} received: stopped after iteration {self.iter}, writing a snapshot")
-            if not res.snapshots or res.snapshots[-1] != _paths_for(self):
-                self.snapshot()
-            self._log_repeat()
-            res.stopped_early = True
-            res.stop_reason = self.stop_reason
-            self.log.info(f"Optimization stopped early ({self.stop_reason}) at iteration {self.iter}; "
-                          f"resume with --snapshot {res.snapshots[-1].solverstate}")
-            return res
+            return self._stopped()
         if self.param.snapshot_after_train and (not self.param.snapshot or self.iter % self.param.snapshot):
             self.snapshot()
         if self._display():
@@ -302,8 +309,22 @@ class Solver:
             self.log.train_loss(self.iter, loss)
         if self.test_nets and ((self.param.test_interval and self.iter % self.param.test_interval == 0)
                                or self.final_test):
-            self.test_all()
+            if self.test_all() is None:  # a stop during the final test: resuming repeats it
+                return self._stopped()
         self.log.info("Optimization Done.")
+        return res
+
+    def _stopped(self) -> SolveResult:
+        """The end of a run a stop request cut short: a snapshot (unless this iteration has one) and how to resume."""
+        res = self.result
+        self.log.warning(f"{self.stop_reason} received: stopped after iteration {self.iter}, writing a snapshot")
+        if not res.snapshots or res.snapshots[-1] != _paths_for(self):
+            self.snapshot()
+        self._log_repeat()
+        res.stopped_early = True
+        res.stop_reason = self.stop_reason
+        self.log.info(f"Optimization stopped early ({self.stop_reason}) at iteration {self.iter}; "
+                      f"resume with --snapshot {res.snapshots[-1].solverstate}")
         return res
 
     def _log_repeat(self) -> None:
@@ -324,6 +345,12 @@ class Solver:
 def _paths_for(solver: Solver) -> SnapshotPaths:
     from trainer.snapshot import snapshot_paths
     return snapshot_paths(solver.snapshot_prefix, solver.iter, hdf5=solver.hdf5)
+
+
+def _net_state(net) -> dict[str, Any]:
+    """What resumes a net's randomness and data exactly: its RNG and each data layer's position."""
+    states = ((layer.name, layer.get_state()) for layer in net.layers)
+    return {"rng": rng_state(net.rng), "data": {name: state for name, state in states if state}}  # {}: stateless
 
 
 def _restore_net(net, state: dict) -> None:
