@@ -204,3 +204,15 @@ def test_a_stop_during_a_test_pass_records_no_partial_score(project, tmp_path):
     from trainer.curves import parse_log
     runs = parse_log(tmp_path / "cut/run.log")
     assert [it for run in runs for it, _ in run.test["accuracy"]] == [0, 5, 10, 15]
+
+
+def test_test_iter_zero_is_a_config_error_naming_it(project, tmp_path, cli):
+    """Was KeyError: 'accuracy' after the log had opened; now one line naming test_iter, before anything is written."""
+    name = project("zero.prototxt", prefix="zero/run")
+    (tmp_path / name).write_text((tmp_path / name).read_text().replace("test_iter: 3", "test_iter: 0"))
+    res = cli("trainer", "fit", "--solver", name, "--device", "cpu", cwd=tmp_path)
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines() == [
+        "trainer: error: zero.prototxt: test_iter is 0 for test net #0; give the number of test batches per test "
+        "(> 0; test_iter x the test net's batch_size images are tested)"]
+    assert not (tmp_path / "zero").exists()

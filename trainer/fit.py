@@ -32,7 +32,7 @@ from trainer import backend, rails
 from trainer.caffelog import CaffeLog
 from trainer.snapshot import Snapshots, find_snapshots
 from trainer.stop_signals import install_stop_handlers
-from trainer.solver import SolveResult, Solver
+from trainer.solver import SolveResult, Solver, check_test_iter
 
 TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
 
@@ -163,6 +163,7 @@ def build(opts: FitOptions) -> tuple[Solver, CaffeLog, Any]:
     param = read_solver(opts.solver)
     if opts.max_iter is not None:
         param.max_iter = int(opts.max_iter)
+    check_test_iter(param, opts.solver)  # before the log or any net: a config error writes nothing
     prefix = default_prefix(opts.solver, param)
     earlier = check_earlier_run(prefix, opts)
     for field, path in ([("net", param.net)] if param.net else []) + (

@@ -68,6 +68,7 @@ class Solver:
         if len(param.test_iter) != len(self.test_nets):
             raise ConfigError(f"solver: {len(param.test_iter)} test_iter value(s) for {len(self.test_nets)} "
                               "test net(s); give one test_iter per test net")
+        check_test_iter(param)
         if param.test_interval and not self.test_nets:
             raise ConfigError("solver: test_interval is set but there is no test net (add TEST-phase layers "
                               "or test_net)")
@@ -345,6 +346,18 @@ class Solver:
 def _paths_for(solver: Solver) -> SnapshotPaths:
     from trainer.snapshot import snapshot_paths
     return snapshot_paths(solver.snapshot_prefix, solver.iter, hdf5=solver.hdf5)
+
+
+def check_test_iter(param, where: str = "solver") -> None:
+    """ConfigError unless every test_iter is > 0: a test pass of no batch has no mean to report.
+
+    Caffe only CHECKs that there is one test_iter per test net; with 0 its Test() averages over
+    nothing and logs no score at all, which is never what a solver file means.
+    """
+    for i, n in enumerate(param.test_iter):
+        if n <= 0:
+            raise ConfigError(f"{where}: test_iter is {n} for test net #{i}; give the number of test batches "
+                              "per test (> 0; test_iter x the test net's batch_size images are tested)")
 
 
 def _net_state(net) -> dict[str, Any]:
