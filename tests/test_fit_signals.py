@@ -161,18 +161,20 @@ def _metric_rows(path, phase: str = "test", name: str = "accuracy") -> list[tupl
     return [(int(r[0]), float(r[3])) for r in rows if r[1] == phase and r[2] == name]
 
 
-def test_a_stop_during_a_test_pass_records_no_partial_score(project, tmp_path):
+@pytest.mark.parametrize("nets, cut_net", [(1, 0), (2, 1)])
+def test_a_stop_during_a_test_pass_records_no_partial_score(project, tmp_path, nets, cut_net):
     """Ctrl-C in the middle of 'Iteration 10, Testing net': no score at 10; the resumed run's test there is the
-    only one, and it equals an uninterrupted run's."""
+    only one, and it equals an uninterrupted run's. With two test nets and the stop in #1, #0's score (done
+    before the stop) is kept and not tested again."""
     from trainer.fit import build
     for prefix in ("whole/run", "cut/run"):
         name = project(f"{prefix.split('/')[0]}.prototxt", max_iter=15, test_interval=5, prefix=prefix)
         solver_file = tmp_path / name
-        solver_file.write_text(solver_file.read_text().replace("test_iter: 3", "test_iter: 40"))
+        solver_file.write_text(solver_file.read_text().replace("test_iter: 3", "test_iter: 40\n" * nets))
     fit(FitOptions(solver="whole.prototxt", device="cpu", stream=io.StringIO(), handle_signals=False))
     solver, log, _ = build(FitOptions(solver="cut.prototxt", device="cpu", stream=io.StringIO(),
                                       handle_signals=False))
-    net = solver.test_nets[0]
+    net = solver.test_nets[cut_net]
     forward = net.forward
     calls = {"n": 0}
 
@@ -193,17 +195,52 @@ def test_a_stop_during_a_test_pass_records_no_partial_score(project, tmp_path):
     assert result.stopped_early and result.iterations == 10
     assert result.test_iteration == 5  # the last complete test is what the summary reports
     text = (tmp_path / "cut/run.log").read_text()
-    assert "the test at iteration 10 (test net #0) was interrupted after 7 of 40 batches and is not recorded" in text
-    assert [it for it, _ in _metric_rows(tmp_path / "cut/run.metrics.csv")] == [0, 5]
+    assert (f"the test at iteration 10 (test net #{cut_net}) was interrupted after 7 of 40 batches and is not "
+            "recorded") in text
+    phases = ["test"] + [f"test{i}" for i in range(1, nets)]
+    cut_phase = phases[cut_net]
+    assert [it for it, _ in _metric_rows(tmp_path / "cut/run.metrics.csv", cut_phase)] == [0, 5]
     rest = fit(FitOptions(solver="cut.prototxt", device="cpu", stream=io.StringIO(), handle_signals=False,
                           snapshot="cut/run_iter_10.solverstate"))
     assert rest.iterations == 15
-    whole = _metric_rows(tmp_path / "whole/run.metrics.csv")
-    cut = _metric_rows(tmp_path / "cut/run.metrics.csv")
-    assert [it for it, _ in cut] == [0, 5, 10, 15] and cut == whole
+    for phase in phases:
+        whole = _metric_rows(tmp_path / "whole/run.metrics.csv", phase)
+        cut = _metric_rows(tmp_path / "cut/run.metrics.csv", phase)
+        assert [it for it, _ in cut] == [0, 5, 10, 15] and cut == whole, phase
     from trainer.curves import parse_log
     runs = parse_log(tmp_path / "cut/run.log")
-    assert [it for run in runs for it, _ in run.test["accuracy"]] == [0, 5, 10, 15]
+    if nets == 1:
+        assert [it for run in runs for it, _ in run.test["accuracy"]] == [0, 5, 10, 15]
+    else:
+        assert "Iteration 10: test net #0 was tested before the stop" in (tmp_path / "cut/run.log").read_text()
+
+
+def test_a_stop_during_the_final_test_ends_as_a_stop_and_resume_repeats_it(project, tmp_path):
+    """The test after max_iter cut short: not 'Optimization Done.' with a partial score, but a stop (exit 130)."""
+    from trainer.fit import build, exit_status
+    name = project("end.prototxt", max_iter=10, test_interval=5, prefix="end/run")
+    (tmp_path / name).write_text((tmp_path / name).read_text().replace("test_iter: 3", "test_iter: 40"))
+    solver, log, _ = build(FitOptions(solver=name, device="cpu", stream=io.StringIO(), handle_signals=False))
+    forward = solver.test_nets[0].forward
+
+    def forward_then_ctrl_c():
+        if solver.iter == 10:
+            solver.request_stop("SIGINT")
+        return forward()
+    solver.test_nets[0].forward = forward_then_ctrl_c
+    try:
+        result = solver.solve()
+    finally:
+        for n in (solver.net, *solver.test_nets):
+            n.close()
+        log.close()
+    assert result.stopped_early and exit_status(result) == 130 and result.test_iteration == 5
+    assert "Optimization Done." not in (tmp_path / "end/run.log").read_text()
+    assert [it for it, _ in _metric_rows(tmp_path / "end/run.metrics.csv")] == [0, 5]
+    fit(FitOptions(solver=name, device="cpu", stream=io.StringIO(), handle_signals=False,
+                   snapshot="end/run_iter_10.solverstate"))
+    assert [it for it, _ in _metric_rows(tmp_path / "end/run.metrics.csv")] == [0, 5, 10]
+    assert (tmp_path / "end/run.log").read_text().count("Optimization Done.") == 1
 
 
 def test_test_iter_zero_is_a_config_error_naming_it(project, tmp_path, cli):

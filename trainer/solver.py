@@ -87,6 +87,8 @@ class Solver:
         self.stop_reason = ""
         #: a stop signal that came again while stopping (ignored), and whether the user was told then
         self._repeat: tuple[str, bool] | None = None
+        #: (iteration, scores of the test nets done) of a test pass a stop cut short after net #0
+        self._partial_test: tuple[int, list[dict[str, float]]] | None = None
         self.restored_from: Path | None = None
         self.result = SolveResult(0)
         #: test after the last iteration even when max_iter is not a multiple of test_interval
@@ -164,11 +166,24 @@ class Solver:
 
     # -- testing --------------------------------------------------------------------------------
     def test_all(self) -> list[dict[str, float]] | None:
-        """Test every test net; None when a stop cut the pass short (then nothing of it is recorded)."""
-        scores = []
-        for i in range(len(self.test_nets)):
+        """Test every test net; None when a stop cut the pass short (then nothing of it is recorded).
+
+        With several test nets, those that finished before the stop keep their logged scores; the
+        snapshot remembers them (``partial_test``), so the resumed run tests only the rest at that
+        iteration and no score is recorded twice.
+        """
+        scores: list[dict[str, float]] = []
+        if self._partial_test is not None and self._partial_test[0] == self.iter:
+            scores = list(self._partial_test[1])
+            done = "#0" if len(scores) == 1 else f"#0-#{len(scores) - 1}"
+            self.log.info(f"Iteration {self.iter}: test net {done} was tested before the stop (its scores are in "
+                          f"the log of that run); testing from #{len(scores)}")
+        self._partial_test = None
+        for i in range(len(scores), len(self.test_nets)):
             got = self.test(i)
             if got is None:
+                if scores:
+                    self._partial_test = (self.iter, scores)
                 return None
             scores.append(got)
         self.result.test_scores = scores
@@ -240,6 +255,8 @@ class Solver:
             "losses": list(self.losses),
             "train": _net_state(self.net),
             "test": [_net_state(t) for t in self.test_nets],
+            **({"partial_test": {"iter": self._partial_test[0], "scores": self._partial_test[1]}}
+               if self._partial_test is not None else {}),
         }
 
     def snapshot(self) -> SnapshotPaths:
@@ -288,6 +305,9 @@ class Solver:
             _restore_net(self.net, extra["train"])
             for t, st in zip(self.test_nets, extra.get("test", [])):
                 _restore_net(t, st)
+            partial = extra.get("partial_test")
+            if partial:
+                self._partial_test = (int(partial["iter"]), [dict(x) for x in partial["scores"]])
         if state.note:
             self.log.warning(state.note)
         self.log.info(f"Restored solver state from {path}: iteration {self.iter}"
