@@ -34,18 +34,17 @@ def run(args: argparse.Namespace) -> int:
     from datakit.errors import ConfigError
     from datakit.report import write_report
     from trainer.fit import FitOptions, exit_status, fit, report_dict, summary_lines
-    from trainer.stop_signals import hung_up, ignore_stop_signals
+    from trainer.stop_signals import hung_up
 
     if args.restart and args.snapshot:
         raise ConfigError("give --snapshot (resume) or --restart (start over), not both")
     opts = FitOptions(solver=args.solver, weights=args.weights, snapshot=args.snapshot, device=args.device,
                       gpu=args.gpu, log=args.log, metrics=args.metrics, max_iter=args.max_iter,
                       stream=None if args.quiet else sys.stderr, restart=args.restart,
-                      tensorboard=args.tensorboard, progress=args.progress)
+                      tensorboard=args.tensorboard, progress=args.progress,
+                      ignore_signals_after_stop=True)  # the snapshot is written: exit 128+N, whatever comes
     started = time.perf_counter()
     result = fit(opts)
-    if result.stopped_early:
-        ignore_stop_signals()  # the snapshot is written: more Ctrl-C must not turn exit 130 into a traceback
     if args.report:
         write_report(args.report, report_dict(result, opts, time.perf_counter() - started))
     try:

@@ -52,6 +52,9 @@ class FitOptions:
     restart: bool = False   # start over where snapshots of the same prefix exist (they are overwritten)
     tensorboard: str | None = None   # a folder: every logged number also goes there as a TensorBoard scalar
     progress: bool | None = None     # the test passes' bar: True always, False never, None on a terminal
+    #: after a stop by signal, leave the stop signals ignored instead of putting the old handlers back
+    #: (the CLI: its summary and exit status must survive a user still pressing Ctrl-C)
+    ignore_signals_after_stop: bool = False
 
 
 def _locate(path: str, solver_dir: Path | None, field: str = "net", solver: str | None = None) -> str:
@@ -260,7 +263,7 @@ def fit(opts: FitOptions) -> SolveResult:
         if board is not None:
             board.close()
         for sig, handler in previous.items():  # last: a repeated Ctrl-C must not cut the clean-up short
-            signal.signal(sig, handler)
+            signal.signal(sig, signal.SIG_IGN if opts.ignore_signals_after_stop and solver.stop_reason else handler)
 
 
 def summary_lines(result: SolveResult) -> list[str]:

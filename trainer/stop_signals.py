@@ -82,17 +82,6 @@ def _say_on_stderr(opts: Any, message: str) -> bool:
     return False
 
 
-def ignore_stop_signals() -> None:
-    """After a stop: ignore STOP_SIGNALS for the rest of the process (the CLI's summary and exit).
-
-    The snapshot is already written; a user still pressing Ctrl-C would otherwise only turn the
-    exit status (128 + the first signal) into a KeyboardInterrupt. Main thread only, as any handler.
-    """
-    if threading.current_thread() is threading.main_thread():
-        for sig in STOP_SIGNALS:
-            signal.signal(sig, signal.SIG_IGN)
-
-
 def hung_up(result: Any) -> bool:
     """Whether the run stopped on SIGHUP: its terminal may be gone, so writes to it can fail (EIO)."""
     return bool(getattr(result, "stopped_early", False)) and getattr(result, "stop_reason", "") == "SIGHUP"
