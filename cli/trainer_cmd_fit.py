@@ -34,17 +34,42 @@ def run(args: argparse.Namespace) -> int:
     from datakit.errors import ConfigError
     from datakit.report import write_report
     from trainer.fit import FitOptions, exit_status, fit, report_dict, summary_lines
+    from trainer.stop_signals import hung_up
 
     if args.restart and args.snapshot:
         raise ConfigError("give --snapshot (resume) or --restart (start over), not both")
     opts = FitOptions(solver=args.solver, weights=args.weights, snapshot=args.snapshot, device=args.device,
                       gpu=args.gpu, log=args.log, metrics=args.metrics, max_iter=args.max_iter,
                       stream=None if args.quiet else sys.stderr, restart=args.restart,
-                      tensorboard=args.tensorboard, progress=args.progress)
+                      tensorboard=args.tensorboard, progress=args.progress,
+                      ignore_signals_after_stop=True)  # the snapshot is written: exit 128+N, whatever comes
     started = time.perf_counter()
     result = fit(opts)
     if args.report:
         write_report(args.report, report_dict(result, opts, time.perf_counter() - started))
-    for line in summary_lines(result):
-        print(line)
+    try:
+        for line in summary_lines(result):
+            print(line)
+        sys.stdout.flush()
+    except OSError:
+        if not hung_up(result):
+            raise
+    if hung_up(result):
+        _drop_gone_streams()
     return exit_status(result)
+
+
+def _drop_gone_streams() -> None:
+    """After SIGHUP: point stdout/stderr at /dev/null where the terminal they were is gone (a flush
+    fails with EIO), so the interpreter's final flush cannot turn exit 129 into 120 or a traceback."""
+    import os
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except OSError:
+            try:
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, stream.fileno())
+                os.close(devnull)
+            except (OSError, ValueError):
+                pass

@@ -96,7 +96,12 @@ class CaffeLog:
     def line(self, message: str, *, severity: str = "I", source: str | None = None) -> None:
         text = (glog_prefix(severity, source) if self.prefix else "") + message
         if self.stream is not None:
-            print(text, file=self.stream, flush=True)
+            try:
+                print(text, file=self.stream, flush=True)
+            except OSError:
+                # The terminal hung up (EIO after SIGHUP) or the pipe's reader left: nobody watches
+                # any more, and the log file still gets every line; training and its snapshot go on.
+                self.stream = None
         if self._file is not None:
             try:
                 self._file.write(text + "\n")

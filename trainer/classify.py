@@ -106,6 +106,20 @@ def check_weights_cover(reports: Sequence[CopyReport], weights: str, model: str 
                           "(layer names must match, e.g. a renamed last layer)")
 
 
+def _not_a_deploy_net(net: Net) -> str:
+    """Why a net without Input layers cannot classify files: its images would come from its own data layers.
+
+    A train/val net (Data, ImageData, HDF5Data layers) reads its own database; classify feeds
+    images through an Input layer (``input:``/``input_shape`` in older files), as deploy.prototxt has.
+    """
+    where = f"{net.source}: " if net.source else ""
+    first = net.layers[0] if net.layers else None
+    reads = f"; this one reads its images from its {first.type} layer {first.name!r} (a train/val net)" if (
+        first is not None and not net.bottom_names[0]) else ""
+    return (f"{where}classify needs a deploy net, whose images come in through an Input layer (input: / "
+            f"input_shape in older files){reads}; give --model the deploy prototxt")
+
+
 @dataclass
 class Prediction:
     path: str
@@ -134,6 +148,8 @@ class Classifier:
                  mean_source: str = "mean") -> None:
         self.net = net
         inputs = net.input_names
+        if input_blob is None and not inputs:
+            raise ConfigError(_not_a_deploy_net(net))
         self.input_blob = input_blob or (inputs[0] if inputs else "data")
         if self.input_blob not in net.blobs:
             raise ConfigError(f"the net has no input blob {self.input_blob!r}")

@@ -4,7 +4,7 @@ Reads the solver prototxt; builds the TRAIN net and the TEST nets it names (path
 inside the solver and nets resolve against the current directory, as in Caffe);
 copies ``--weights`` by layer name and logs what was copied, freshly initialised
 or ignored; or resumes ``--snapshot X.solverstate``; installs the safety rails;
-trains; turns SIGINT/SIGTERM into "snapshot, then exit".
+trains; turns SIGINT/SIGTERM/SIGHUP into "snapshot, then exit" (:mod:`trainer.stop_signals`).
 
 Finished work is never overwritten silently: where snapshots of the same
 ``snapshot_prefix`` exist, a run that neither resumes (``--snapshot``) nor says
@@ -17,7 +17,6 @@ from __future__ import annotations
 import random
 import signal
 import sys
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -32,7 +31,8 @@ from datakit.formats.upgrade import upgrade_net
 from trainer import backend, rails
 from trainer.caffelog import CaffeLog
 from trainer.snapshot import Snapshots, find_snapshots
-from trainer.solver import SolveResult, Solver
+from trainer.stop_signals import install_stop_handlers
+from trainer.solver import SolveResult, Solver, check_test_iter
 
 TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
 
@@ -52,6 +52,9 @@ class FitOptions:
     restart: bool = False   # start over where snapshots of the same prefix exist (they are overwritten)
     tensorboard: str | None = None   # a folder: every logged number also goes there as a TensorBoard scalar
     progress: bool | None = None     # the test passes' bar: True always, False never, None on a terminal
+    #: after a stop by signal, leave the stop signals ignored instead of putting the old handlers back
+    #: (the CLI: its summary and exit status must survive a user still pressing Ctrl-C)
+    ignore_signals_after_stop: bool = False
 
 
 def _locate(path: str, solver_dir: Path | None, field: str = "net", solver: str | None = None) -> str:
@@ -163,6 +166,7 @@ def build(opts: FitOptions) -> tuple[Solver, CaffeLog, Any]:
     param = read_solver(opts.solver)
     if opts.max_iter is not None:
         param.max_iter = int(opts.max_iter)
+    check_test_iter(param, opts.solver)  # before the log or any net: a config error writes nothing
     prefix = default_prefix(opts.solver, param)
     earlier = check_earlier_run(prefix, opts)
     for field, path in ([("net", param.net)] if param.net else []) + (
@@ -241,17 +245,7 @@ def fit(opts: FitOptions) -> SolveResult:
         board = ScalarWriter(opts.tensorboard)
         log.sinks.append(board.metric)
         log.info(f"Writing TensorBoard scalars to {opts.tensorboard}")
-    previous: dict[signal.Signals, Any] = {}   # the handlers to put back
-    if opts.handle_signals and threading.current_thread() is threading.main_thread():
-        def on_signal(signum, frame) -> None:
-            name = signal.Signals(signum).name
-            if solver.stop_reason:  # a second Ctrl-C: stop now, the snapshot is being written
-                raise KeyboardInterrupt
-            # Only a flag here: writing the log from a handler can land inside a write the handler
-            # interrupted ("reentrant call inside BufferedWriter"); the solver says it at once.
-            solver.request_stop(name)
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, on_signal)
+    previous = install_stop_handlers(solver, opts) if opts.handle_signals else {}
     try:
         # Overflow and NaN are the NaN rail's business (trainer.rails names the first
         # layer at fault); NumPy's own RuntimeWarnings would only bury that one line.
@@ -264,12 +258,12 @@ def fit(opts: FitOptions) -> SolveResult:
         log.line(str(err), severity="E")
         raise
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
         close_nets([solver.net, *solver.test_nets])
         log.close()
         if board is not None:
             board.close()
+        for sig, handler in previous.items():  # last: a repeated Ctrl-C must not cut the clean-up short
+            signal.signal(sig, signal.SIG_IGN if opts.ignore_signals_after_stop and solver.stop_reason else handler)
 
 
 def summary_lines(result: SolveResult) -> list[str]:
@@ -288,10 +282,12 @@ def summary_lines(result: SolveResult) -> list[str]:
 
 
 def exit_status(result: SolveResult) -> int:
-    """0 for a finished run; after a stop by signal, 128 + the signal number (130 SIGINT, 143 SIGTERM)."""
+    """0 for a finished run; after a stop by signal, 128 + the signal number (130 SIGINT, 143 SIGTERM,
+    129 SIGHUP), as a shell reports a process that signal ended; 143 for a stop of another reason."""
     if not result.stopped_early:
         return 0
-    return 130 if result.stop_reason == "SIGINT" else 143
+    sig = getattr(signal.Signals, result.stop_reason, None) if result.stop_reason.startswith("SIG") else None
+    return 128 + int(sig) if sig is not None else 143
 
 
 def report_dict(result: SolveResult, opts: FitOptions, seconds: float) -> dict[str, Any]:

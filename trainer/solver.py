@@ -68,6 +68,7 @@ class Solver:
         if len(param.test_iter) != len(self.test_nets):
             raise ConfigError(f"solver: {len(param.test_iter)} test_iter value(s) for {len(self.test_nets)} "
                               "test net(s); give one test_iter per test net")
+        check_test_iter(param)
         if param.test_interval and not self.test_nets:
             raise ConfigError("solver: test_interval is set but there is no test net (add TEST-phase layers "
                               "or test_net)")
@@ -84,6 +85,10 @@ class Solver:
         self.average_loss = max(1, int(param.average_loss))
         self.losses: collections.deque[float] = collections.deque(maxlen=self.average_loss)
         self.stop_reason = ""
+        #: a stop signal that came again while stopping (ignored), and whether the user was told then
+        self._repeat: tuple[str, bool] | None = None
+        #: (iteration, scores of the test nets done) of a test pass a stop cut short after net #0
+        self._partial_test: tuple[int, list[dict[str, float]]] | None = None
         self.restored_from: Path | None = None
         self.result = SolveResult(0)
         #: test after the last iteration even when max_iter is not a multiple of test_interval
@@ -93,9 +98,17 @@ class Solver:
         self._weights = net.output_loss_weights()
 
     # -- control --------------------------------------------------------------------------------
-    def request_stop(self, reason: str = "interrupted") -> None:
-        """Finish the current iteration, snapshot, and return (safe to call from a signal handler)."""
-        self.stop_reason = reason
+    def request_stop(self, reason: str = "interrupted", *, said: bool = False) -> None:
+        """Finish the current iteration, snapshot, and return (safe to call from a signal handler).
+
+        A request while a stop is already under way keeps the first reason (the exit status
+        follows it) and is only noted, for one log line once the snapshot is written; ``said``:
+        the caller already told the user on stderr, so that line goes to the log file only.
+        """
+        if not self.stop_reason:
+            self.stop_reason = reason
+        elif self._repeat is None or (said and not self._repeat[1]):
+            self._repeat = (reason, said)
 
     def rate(self) -> float:
         return lr_policy.rate_for(self.param, self.iter)
@@ -113,10 +126,10 @@ class Solver:
             if (self.param.test_interval and self.iter % self.param.test_interval == 0
                     and (self.iter > 0 or self.param.test_initialization)):
                 t_test = time.perf_counter()
-                self.test_all()
+                tested = self.test_all()
                 started += time.perf_counter() - t_test  # the speed shown is training speed
-                if self.stop_reason:
-                    break
+                if tested is None:
+                    break  # a stop cut the test short: the snapshot of this iteration repeats it on resume
             display = self._display()
             loss = 0.0
             for _ in range(max(1, self.param.iter_size)):
@@ -152,8 +165,27 @@ class Solver:
                 break
 
     # -- testing --------------------------------------------------------------------------------
-    def test_all(self) -> list[dict[str, float]]:
-        scores = [self.test(i) for i in range(len(self.test_nets))]
+    def test_all(self) -> list[dict[str, float]] | None:
+        """Test every test net; None when a stop cut the pass short (then nothing of it is recorded).
+
+        With several test nets, those that finished before the stop keep their logged scores; the
+        snapshot remembers them (``partial_test``), so the resumed run tests only the rest at that
+        iteration and no score is recorded twice.
+        """
+        scores: list[dict[str, float]] = []
+        if self._partial_test is not None and self._partial_test[0] == self.iter:
+            scores = list(self._partial_test[1])
+            done = "#0" if len(scores) == 1 else f"#0-#{len(scores) - 1}"
+            self.log.info(f"Iteration {self.iter}: test net {done} was tested before the stop (its scores are in "
+                          f"the log of that run); testing from #{len(scores)}")
+        self._partial_test = None
+        for i in range(len(scores), len(self.test_nets)):
+            got = self.test(i)
+            if got is None:
+                if scores:
+                    self._partial_test = (self.iter, scores)
+                return None
+            scores.append(got)
         self.result.test_scores = scores
         self.result.test_iteration = self.iter
         return scores
@@ -173,21 +205,33 @@ class Solver:
         return progress_bar(batches, self.progress, desc=f"test net #{net_id}", unit="batch", leave=False,
                             stream=stream, **({} if self.progress else {"delay": 2}))
 
-    def test(self, net_id: int) -> dict[str, float]:
+    def test(self, net_id: int) -> dict[str, float] | None:
+        """One test pass of ``test_iter`` batches: the mean of each output, logged and returned.
+
+        A stop (Ctrl-C) during the pass ends it at once, and its mean over the batches done is
+        not a test score: nothing is logged or returned (None), the log says how far it got, and
+        the test net's data position is wound back, so the snapshot's resumed run repeats this
+        very test (its only recorded score at this iteration, equal to an uninterrupted run's).
+        """
         net = self.test_nets[net_id]
         self.log.testing(self.iter, net_id)
         sums = OutputSums()
         weights = net.output_loss_weights()
         n_iter = int(self.param.test_iter[net_id])
         loss_total = 0.0
+        before = _net_state(net)
         bar = self._test_progress(n_iter, net_id)
         for done in range(1, n_iter + 1):
             loss_total += net.forward()
             sums.add({name: to_host(net.blobs[name].data) for name in net.output_names})
             bar.update(1)
-            if self.stop_reason:
-                n_iter = done
-                break
+            if self.stop_reason and done < n_iter:
+                bar.close()
+                _restore_net(net, before)
+                self.log.warning(f"{self.stop_reason} received: the test at iteration {self.iter} (test net "
+                                 f"#{net_id}) was interrupted after {done} of {n_iter} batches and is not "
+                                 "recorded (a resumed run repeats it)")
+                return None
         bar.close()
         if self.param.test_compute_loss:
             self.log.info(f"Test loss: {fmt(loss_total / max(n_iter, 1))}")
@@ -205,15 +249,14 @@ class Solver:
 
     # -- snapshots ------------------------------------------------------------------------------
     def _extra_state(self) -> dict[str, Any]:
-        def data_states(net) -> dict[str, Any]:
-            states = ((layer.name, layer.get_state()) for layer in net.layers)
-            return {name: state for name, state in states if state}  # {}: a stateless layer
         return {
             "iter": self.iter,
             "seed": self.seed,
             "losses": list(self.losses),
-            "train": {"rng": rng_state(self.net.rng), "data": data_states(self.net)},
-            "test": [{"rng": rng_state(t.rng), "data": data_states(t)} for t in self.test_nets],
+            "train": _net_state(self.net),
+            "test": [_net_state(t) for t in self.test_nets],
+            **({"partial_test": {"iter": self._partial_test[0], "scores": self._partial_test[1]}}
+               if self._partial_test is not None else {}),
         }
 
     def snapshot(self) -> SnapshotPaths:
@@ -262,6 +305,9 @@ class Solver:
             _restore_net(self.net, extra["train"])
             for t, st in zip(self.test_nets, extra.get("test", [])):
                 _restore_net(t, st)
+            partial = extra.get("partial_test")
+            if partial:
+                self._partial_test = (int(partial["iter"]), [dict(x) for x in partial["scores"]])
         if state.note:
             self.log.warning(state.note)
         self.log.info(f"Restored solver state from {path}: iteration {self.iter}"
@@ -276,14 +322,7 @@ class Solver:
         res = self.result
         res.iterations = self.iter
         if self.stop_reason:
-            self.log.warning(f"{self.stop_reason} received: stopped after iteration {self.iter}, writing a snapshot")
-            if not res.snapshots or res.snapshots[-1] != _paths_for(self):
-                self.snapshot()
-            res.stopped_early = True
-            res.stop_reason = self.stop_reason
-            self.log.info(f"Optimization stopped early ({self.stop_reason}) at iteration {self.iter}; "
-                          f"resume with --snapshot {res.snapshots[-1].solverstate}")
-            return res
+            return self._stopped()
         if self.param.snapshot_after_train and (not self.param.snapshot or self.iter % self.param.snapshot):
             self.snapshot()
         if self._display():
@@ -291,14 +330,60 @@ class Solver:
             self.log.train_loss(self.iter, loss)
         if self.test_nets and ((self.param.test_interval and self.iter % self.param.test_interval == 0)
                                or self.final_test):
-            self.test_all()
+            if self.test_all() is None:  # a stop during the final test: resuming repeats it
+                return self._stopped()
         self.log.info("Optimization Done.")
         return res
+
+    def _stopped(self) -> SolveResult:
+        """The end of a run a stop request cut short: a snapshot (unless this iteration has one) and how to resume."""
+        res = self.result
+        self.log.warning(f"{self.stop_reason} received: stopped after iteration {self.iter}, writing a snapshot")
+        if not res.snapshots or res.snapshots[-1] != _paths_for(self):
+            self.snapshot()
+        self._log_repeat()
+        res.stopped_early = True
+        res.stop_reason = self.stop_reason
+        self.log.info(f"Optimization stopped early ({self.stop_reason}) at iteration {self.iter}; "
+                      f"resume with --snapshot {res.snapshots[-1].solverstate}")
+        return res
+
+    def _log_repeat(self) -> None:
+        """Say in the log that a second stop signal came and was ignored, so the snapshot was written whole."""
+        if self._repeat is None:
+            return
+        reason, said = self._repeat
+        stream = self.log.stream
+        if said:
+            self.log.stream = None  # already said on stderr when it came
+        try:
+            self.log.warning(f"{reason} received again while stopping: ignored, so the snapshot was written "
+                             "whole")
+        finally:
+            self.log.stream = stream
 
 
 def _paths_for(solver: Solver) -> SnapshotPaths:
     from trainer.snapshot import snapshot_paths
     return snapshot_paths(solver.snapshot_prefix, solver.iter, hdf5=solver.hdf5)
+
+
+def check_test_iter(param, where: str = "solver") -> None:
+    """ConfigError unless every test_iter is > 0: a test pass of no batch has no mean to report.
+
+    Caffe only CHECKs that there is one test_iter per test net; with 0 its Test() averages over
+    nothing and logs no score at all, which is never what a solver file means.
+    """
+    for i, n in enumerate(param.test_iter):
+        if n <= 0:
+            raise ConfigError(f"{where}: test_iter is {n} for test net #{i}; give the number of test batches "
+                              "per test (> 0; test_iter x the test net's batch_size images are tested)")
+
+
+def _net_state(net) -> dict[str, Any]:
+    """What resumes a net's randomness and data exactly: its RNG and each data layer's position."""
+    states = ((layer.name, layer.get_state()) for layer in net.layers)
+    return {"rng": rng_state(net.rng), "data": {name: state for name, state in states if state}}  # {}: stateless
 
 
 def _restore_net(net, state: dict) -> None:

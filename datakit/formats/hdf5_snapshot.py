@@ -51,6 +51,18 @@ def _open(path: str | os.PathLike, what: str):
         raise FormatError(f"{path}: not a readable HDF5 {what} ({err})") from None
 
 
+def _is_group(node) -> bool:
+    import h5py
+    return isinstance(node, h5py.Group)
+
+
+def _datasets(f) -> str:
+    """'data (2, 3, 28, 28) uint8, label (2,) float32': the top-level datasets of a file, for messages."""
+    items = [(name, node) for name, node in f.items() if not _is_group(node)]
+    return ", ".join(f"{name} {tuple(node.shape)} {node.dtype}" for name, node in items[:6]) + (
+        ", ..." if len(items) > 6 else "")
+
+
 def _index_names(group, where: str) -> list[str]:
     names = list(group.keys())
     bad = [n for n in names if not n.isdigit()]
@@ -68,6 +80,9 @@ def read_caffemodel_h5(path: str | os.PathLike) -> caffe_pb2.NetParameter:
         if "data" not in f:
             raise FormatError(f"{path}: HDF5 file without a 'data' group; is it a Caffe .caffemodel.h5? "
                               "(a .solverstate.h5 holds 'iter' and 'history')")
+        if not _is_group(f["data"]):
+            raise FormatError(f"{path}: not a Caffe .caffemodel.h5 (whose 'data' is a group of layers): it holds "
+                              f"the datasets {_datasets(f)}, as an HDF5 data file for an HDF5Data layer does")
         net = caffe_pb2.NetParameter()
         diff = f.get("diff")
         for name, group in f["data"].items():
@@ -151,7 +166,8 @@ def read_solverstate_h5(path: str | os.PathLike) -> caffe_pb2.SolverState:
     """A ``.solverstate.h5`` as a SolverState message (history as BlobProtos)."""
     with _open(path, "solver state (.solverstate.h5)") as f:
         if "iter" not in f or "history" not in f:
-            hint = " (it holds 'data': a .caffemodel.h5?)" if "data" in f else ""
+            hint = ((" (it holds 'data': a .caffemodel.h5?)" if _is_group(f["data"]) else
+                     f" (it holds the datasets {_datasets(f)}: an HDF5 data file?)") if "data" in f else "")
             raise FormatError(f"{path}: not a Caffe HDF5 solver state: needs 'iter' and 'history'{hint}")
         state = caffe_pb2.SolverState(iter=_scalar_int(f, "iter", path))
         if "learned_net" in f:

@@ -35,7 +35,7 @@ from trainer.grid.layout import (LOG_FILE, OUT_FILE, RUNNING_FILE, STATE_FILE, N
                                  write_json)
 
 _REPO = Path(__file__).resolve().parents[2]
-INTERRUPTED_CODES = (130, 143, -signal.SIGTERM, -signal.SIGINT)
+INTERRUPTED_CODES = (130, 143, 129, -signal.SIGTERM, -signal.SIGINT, -signal.SIGHUP)  # 128 + N: trainer fit's stops
 
 
 @dataclass
