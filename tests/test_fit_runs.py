@@ -101,3 +101,28 @@ def test_an_old_metrics_csv_is_kept_aside_and_runs_are_numbered_from_the_log(tmp
     from trainer.curves import parse_lines
     runs = parse_lines([plain.stream.getvalue(), "Iteration 0, loss = 1\n"])
     assert [r.number for r in runs] == [2]
+
+
+def test_a_run_that_fails_while_its_nets_are_built_says_why_in_its_log(project, tmp_path):  # noqa: F811
+    """A missing --weights file (or mean file, or CuPy) after the log opened left a log with no error in it,
+    and `trainer board` showed the run as running; the failure is now the log's last line, as in training."""
+    from pathlib import Path
+
+    from trainer.board.runs import read_run, run_row
+    name = project("w.prototxt", max_iter=4, test_interval=0, prefix="wf/run")
+    with pytest.raises(Exception, match="nope.caffemodel: file not found"):
+        fit(opts(name, weights="nope.caffemodel"))
+    lines = (tmp_path / "wf/run.log").read_text().splitlines()
+    assert lines[-1].startswith("E") and lines[-1].endswith("] nope.caffemodel: file not found")
+    row = run_row(read_run(Path(tmp_path / "wf/run.log"), "run"))
+    assert row["state"] == "failed" and "nope.caffemodel: file not found" in row["note"]
+
+
+def test_the_speed_line_starts_after_the_first_iteration(project, tmp_path):  # noqa: F811
+    """The first iteration compiles and allocates: timed with it, the demo said 'Iteration 0, 0.20 iter/s,
+    0:16:57 left' for a 12 s run. The speed and time left are shown from the next displayed iteration on."""
+    name = project("e.prototxt", max_iter=12, test_interval=0, prefix="eta/run")
+    fit(opts(name))
+    speed_lines = [line.split("] ", 1)[1] for line in (tmp_path / "eta/run.log").read_text().splitlines()
+                   if " iter/s, " in line]
+    assert [s.split(",")[0] for s in speed_lines] == ["Iteration 5", "Iteration 10"], speed_lines

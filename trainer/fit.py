@@ -92,8 +92,8 @@ def _net_from(param: caffe_pb2.SolverParameter, which: str, solver_dir: Path | N
         if param.net:
             found.append((param.net, read(param.net)))
         if len(found) != 1:
-            raise ConfigError("solver: give exactly one of net, net_param, train_net, train_net_param "
-                              f"(found {len(found)})")
+            raise ConfigError(f"{solver or 'solver'}: give exactly one of net, net_param, train_net, "
+                              f"train_net_param (found {len(found)})")
         return found
     nets = [("test_net_param", upgrade_net(p, source="test_net_param")) for p in param.test_net_param]
     nets += [(f, read(f, "test_net")) for f in param.test_net]
@@ -177,22 +177,25 @@ def build(opts: FitOptions) -> tuple[Solver, CaffeLog, Any]:
     log.run_header(_how(opts, prefix, earlier))
     if log.renamed_metrics is not None:
         log.info(f"The metrics CSV had no run column: kept as {log.renamed_metrics}")
-    device = opts.device
-    if device == "auto" and param.HasField("solver_mode") and param.solver_mode == param.CPU:
-        device = "cpu"  # as Caffe: solver_mode CPU is obeyed unless --device says otherwise
-    xp = backend.select(device, opts.gpu)
-    seed = int(param.random_seed) if param.random_seed >= 0 else random.SystemRandom().randrange(2**31)
-    log.info(f"Using {backend.device_name(xp)}; random_seed {seed}"
-             + ("" if param.random_seed >= 0 else " (drawn: set random_seed in the solver to repeat this run)"))
     nets: list[Any] = []
     try:
+        device = opts.device
+        if device == "auto" and param.HasField("solver_mode") and param.solver_mode == param.CPU:
+            device = "cpu"  # as Caffe: solver_mode CPU is obeyed unless --device says otherwise
+        xp = backend.select(device, opts.gpu)
+        seed = int(param.random_seed) if param.random_seed >= 0 else random.SystemRandom().randrange(2**31)
+        log.info(f"Using {backend.device_name(xp)}; random_seed {seed}"
+                 + ("" if param.random_seed >= 0 else " (drawn: set random_seed in the solver to repeat this run)"))
         solver, log, xp = _build(opts, param, prefix, log, xp, seed, nets)
         if opts.snapshot and earlier.complete and earlier.complete[-1][0] > solver.iter:
             log.warning(f"resuming at iteration {solver.iter} while snapshots up to iteration "
                         f"{earlier.complete[-1][0]} exist ({earlier.latest}): those after it are overwritten "
                         "as this run reaches them")
         return solver, log, xp
-    except BaseException:
+    except BaseException as err:
+        if isinstance(err, DatakitError):  # in the log too (E, as a failure in training is), so that
+            log.stream = None              # the board shows the run as failed, with why, not "running"
+            log.line(str(err), severity="E")
         close_nets(nets)
         log.close()
         raise
