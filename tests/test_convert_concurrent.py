@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from datakit.convert import ConvertInterrupted, convert
-from datakit.convert.lock import OutputLock
+from datakit.outputlock import OutputLock
 from datakit.db import PROGRESS_NAME, incomplete_path, open_reader
 from datakit.errors import DatabaseError
 from tests.ctrl_c import ctrl_c_when

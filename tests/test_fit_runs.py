@@ -126,3 +126,25 @@ def test_the_speed_line_starts_after_the_first_iteration(project, tmp_path):  # 
     speed_lines = [line.split("] ", 1)[1] for line in (tmp_path / "eta/run.log").read_text().splitlines()
                    if " iter/s, " in line]
     assert [s.split(",")[0] for s in speed_lines] == ["Iteration 5", "Iteration 10"], speed_lines
+
+
+def test_a_second_run_into_the_same_snapshot_prefix_is_refused_while_the_first_runs(project, tmp_path):  # noqa: F811
+    """Two `trainer fit` of one solver at once interleaved one log and overwrote each other's snapshots."""
+    import os
+
+    from datakit.errors import DatabaseError
+    from datakit.outputlock import OutputLock
+    name = project("l.prototxt", max_iter=4, test_interval=0, prefix="lk/run")
+    held = OutputLock("lk/run")  # as the first run holds it
+    held.acquire()
+    try:
+        with pytest.raises(DatabaseError) as err:
+            fit(opts(name))
+    finally:
+        held.release()
+    assert str(err.value) == (f"lk/run: another trainer fit (process {os.getpid()}) is writing this snapshot "
+                              "prefix (its snapshots and log); wait for it to finish, or give this run another "
+                              "snapshot_prefix")
+    assert not (tmp_path / "lk/run.log").exists()
+    fit(opts(name))  # free again: the run goes ahead
+    assert (tmp_path / "lk/run_iter_4.caffemodel").is_file() and not (tmp_path / "lk/.run.lock").exists()

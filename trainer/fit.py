@@ -24,6 +24,7 @@ from typing import IO, Any
 import numpy as np
 
 from datakit.errors import ConfigError, DatakitError
+from datakit.outputlock import OutputLock
 from datakit.formats import caffe_pb2
 from datakit.formats.prototxt import read_net, read_solver
 from datakit.formats.upgrade import upgrade_net
@@ -239,8 +240,25 @@ def _build(opts: FitOptions, param, prefix: str, log: CaffeLog, xp, seed: int,
     return solver, log, xp
 
 
+def _prefix_lock(opts: FitOptions) -> OutputLock:
+    """The lock of the run's snapshot prefix: two runs into one prefix interleaved one log and overwrote
+    each other's snapshots. Held from before ``build`` (which reads the earlier snapshots) to the end."""
+    prefix = default_prefix(opts.solver, read_solver(opts.solver))
+    return OutputLock(prefix, busy="another trainer fit{who} is writing this snapshot prefix (its snapshots "
+                                   "and log); wait for it to finish, or give this run another snapshot_prefix")
+
+
 def fit(opts: FitOptions) -> SolveResult:
     """Train as the solver says; returns what happened (snapshots, last test scores)."""
+    lock = _prefix_lock(opts)
+    lock.acquire()
+    try:
+        return _fit_locked(opts)
+    finally:
+        lock.release()
+
+
+def _fit_locked(opts: FitOptions) -> SolveResult:
     solver, log, _ = build(opts)
     board = None
     if opts.tensorboard:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from datakit.atomic import install_dir, raise_if_disk_full, write_text_atomic
-from datakit.convert.lock import OutputLock
+from datakit.outputlock import OutputLock
 from datakit.db import PROGRESS_NAME, detect_backend, incomplete_path, read_progress
 from datakit.errors import ConfigError, DatabaseError
 
@@ -55,7 +55,7 @@ class WorkDir:
 
     `on_save(state)` is called after every save of the progress file (with
     the state saved), for callers that watch the checkpoints. ``open()`` takes the
-    output's lock (``datakit.convert.lock``: one conversion per output at a time);
+    output's lock (``datakit.outputlock``: one conversion per output at a time);
     the caller calls ``release()`` when the conversion ends, however it ends.
     """
 

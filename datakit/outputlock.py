@@ -1,6 +1,7 @@
-"""One conversion at a time per output database: an advisory lock beside it, held while it is written.
+"""One writer at a time per output: an advisory lock beside it, held while it is written.
 
-Two ``datakit convert`` runs into one output (a second terminal, a rerun while the first still works)
+Used for ``datakit convert``'s output database and ``trainer fit``'s snapshot prefix. Two
+``datakit convert`` runs into one output (a second terminal, a rerun while the first still works)
 each believed the work folder was theirs: LMDB's map then changed under the first (``Bus error``)
 and a later ``--resume`` built on records the other run had deleted. The lock is a hidden file
 ``.NAME.lock`` in the output's folder, taken with ``flock`` (released by the kernel however the
@@ -24,16 +25,25 @@ except ImportError:  # pragma: no cover - not on POSIX
 
 
 class OutputLock:
-    """The lock of output database ``final``: ``acquire()`` or a DatabaseError naming the holder."""
+    """The lock of output ``final``: ``acquire()`` or a DatabaseError naming the holder.
 
-    def __init__(self, final: str | os.PathLike) -> None:
+    ``busy`` is the refusal after ``FINAL: ``, with ``{who}`` standing for " (process N)" when known.
+    """
+
+    def __init__(self, final: str | os.PathLike,
+                 busy: str = "another datakit convert{who} is writing this database; wait for it to finish, "
+                             "or name another output") -> None:
         self.final = Path(final)
+        self.busy = busy
         self.path = self.final.parent / f".{self.final.name}.lock"
         self._fd: int | None = None
+        self._made: list[Path] = []
 
     def acquire(self) -> None:
         if fcntl is None or self._fd is not None:
             return
+        missing = [d for d in (self.path.parent, *self.path.parent.parents) if not d.exists()]
+        self._made = missing  # the folders made here, deepest first: release removes them if empty
         self.path.parent.mkdir(parents=True, exist_ok=True)
         while True:
             try:
@@ -47,8 +57,7 @@ class OutputLock:
                 holder = os.read(fd, 32).decode("ascii", "replace").strip()
                 os.close(fd)
                 who = f" (process {holder})" if holder.isdigit() else ""
-                raise DatabaseError(f"{self.final}: another datakit convert{who} is writing this database; "
-                                    "wait for it to finish, or name another output") from None
+                raise DatabaseError(f"{self.final}: " + self.busy.format(who=who)) from None
             try:  # the holder may have removed the file between our open and our lock: lock the new one
                 same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
             except FileNotFoundError:
@@ -73,3 +82,9 @@ class OutputLock:
             pass
         os.close(self._fd)
         self._fd = None
+        for folder in self._made:  # a refused or failed run leaves no empty folder behind
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        self._made = []
