@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
-import numpy as np
+from tests.test_corrupt_lmdb import random_images
 
 
 def test_mean_and_inspect_of_a_damaged_leveldb_are_one_line(tmp_path: Path, cli) -> None:
@@ -13,13 +12,7 @@ def test_mean_and_inspect_of_a_damaged_leveldb_are_one_line(tmp_path: Path, cli)
         import plyvel
     except ImportError:
         import plyvel_next as plyvel
-    (tmp_path / "img").mkdir()
-    rng = np.random.default_rng(2)
-    lines = []
-    for i in range(300):
-        cv2.imwrite(str(tmp_path / "img" / f"c{i}.png"), rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
-        lines.append(f"c{i}.png {i % 3}\n")
-    (tmp_path / "l.txt").write_text("".join(lines))
+    random_images(tmp_path, "l.txt", seed=2)
     db = tmp_path / "ldb"
     res = cli("datakit", "convert", str(tmp_path / "img"), str(tmp_path / "l.txt"), str(db), "--backend", "leveldb",
               "--no-progress")

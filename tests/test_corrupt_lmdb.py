@@ -23,18 +23,25 @@ layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "
 '''
 
 
+def random_images(root: Path, list_name: str, seed: int, count: int = 300) -> Path:
+    """`count` random 32x32 PNGs under root/img and their list root/list_name (labels 0..2): enough records
+    that a database spans many pages."""
+    (root / "img").mkdir()
+    rng = np.random.default_rng(seed)
+    lines = []
+    for i in range(count):
+        cv2.imwrite(str(root / "img" / f"c{i}.png"), rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+        lines.append(f"c{i}.png {i % 3}\n")
+    (root / list_name).write_text("".join(lines))
+    return root / list_name
+
+
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory) -> Path:
     """300 random 32x32 images converted to LMDB: data.mdb spans many pages."""
     from tests.conftest import run_cli
     root = tmp_path_factory.mktemp("corrupt")
-    (root / "img").mkdir()
-    rng = np.random.default_rng(1)
-    lines = []
-    for i in range(300):
-        cv2.imwrite(str(root / "img" / f"c{i}.png"), rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
-        lines.append(f"c{i}.png {i % 3}\n")
-    (root / "l_ok.txt").write_text("".join(lines))
+    random_images(root, "l_ok.txt", seed=1)
     res = run_cli("datakit", "convert", str(root / "img"), str(root / "l_ok.txt"), str(root / "good"),
                   "--no-progress")
     assert res.returncode == 0, res.stderr

@@ -156,6 +156,16 @@ def test_nohup_keeps_sighup_ignored(project, tmp_path):
     assert "SIGHUP" not in log.read_text() and "] SIGTERM received: stopped after iteration " in err
 
 
+def _solve_and_close(solver, log):
+    """``solver.solve()`` of a ``build``-made run, its nets and log closed afterwards as ``fit`` does."""
+    try:
+        return solver.solve()
+    finally:
+        for n in (solver.net, *solver.test_nets):
+            n.close()
+        log.close()
+
+
 def _metric_rows(path, phase: str = "test", name: str = "accuracy") -> list[tuple[int, float]]:
     rows = [line.split(",") for line in path.read_text().splitlines()[1:]]
     return [(int(r[0]), float(r[3])) for r in rows if r[1] == phase and r[2] == name]
@@ -186,12 +196,7 @@ def test_a_stop_during_a_test_pass_records_no_partial_score(project, tmp_path, n
                 solver.request_stop("SIGINT")  # as the handler does, 7 batches into the test at iteration 10
         return out
     net.forward = forward_then_ctrl_c
-    try:
-        result = solver.solve()
-    finally:
-        for n in (solver.net, *solver.test_nets):
-            n.close()
-        log.close()
+    result = _solve_and_close(solver, log)
     assert result.stopped_early and result.iterations == 10
     assert result.test_iteration == 5  # the last complete test is what the summary reports
     text = (tmp_path / "cut/run.log").read_text()
@@ -228,12 +233,7 @@ def test_a_stop_during_the_final_test_ends_as_a_stop_and_resume_repeats_it(proje
             solver.request_stop("SIGINT")
         return forward()
     solver.test_nets[0].forward = forward_then_ctrl_c
-    try:
-        result = solver.solve()
-    finally:
-        for n in (solver.net, *solver.test_nets):
-            n.close()
-        log.close()
+    result = _solve_and_close(solver, log)
     assert result.stopped_early and exit_status(result) == 130 and result.test_iteration == 5
     assert "Optimization Done." not in (tmp_path / "end/run.log").read_text()
     assert [it for it, _ in _metric_rows(tmp_path / "end/run.metrics.csv")] == [0, 5]
