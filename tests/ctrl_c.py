@@ -10,7 +10,6 @@ KeyboardInterrupt and sends the signal again.
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import sys
 import threading
@@ -30,12 +29,18 @@ def ctrl_c_when(ready: Callable[[], bool], timeout: float = 60.0, retries: int =
         else:
             previous(unraisable)
 
+    main = threading.main_thread().ident
+    assert main is not None
+
     def watch() -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if ready():
                 for _ in range(retries):
-                    os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C in the client's terminal
+                    # To the main thread itself: a process-wide kill may be delivered to this watcher
+                    # thread, and then the main thread's blocking call (a sleep, a wait) is not cut short
+                    # (one CI run waited out a 10 s sleep that way).
+                    signal.pthread_kill(main, signal.SIGINT)  # as Ctrl-C in the client's terminal
                     if not dropped.wait(2.0):
                         return
                     dropped.clear()
