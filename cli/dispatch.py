@@ -20,6 +20,7 @@ import importlib
 import importlib.util
 import sys
 from collections.abc import Sequence
+from typing import IO
 
 from datakit import __version__
 from datakit.errors import DatakitError
@@ -97,7 +98,7 @@ def run_main(prog: str, description: str, commands: dict[str, str],
     except BrokenPipeError:
         # The reader went away (`| head`): end quietly, as tools killed by SIGPIPE do (exit 141).
         # stdout is pointed at /dev/null so the interpreter's final flush cannot raise again.
-        _quiet_stdout()
+        quiet_stream(sys.stdout)
         return 141
     except DatakitError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
@@ -113,11 +114,13 @@ def run_main(prog: str, description: str, commands: dict[str, str],
         return 130
 
 
-def _quiet_stdout() -> None:
+def quiet_stream(stream: IO) -> None:
+    """Point `stream`'s file descriptor at /dev/null: its reader (a pipe, a terminal that hung up) is gone,
+    and the interpreter's final flush must not fail again."""
     import os
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        os.dup2(devnull, stream.fileno())
         os.close(devnull)
     except (OSError, ValueError):
         pass

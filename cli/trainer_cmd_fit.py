@@ -62,14 +62,9 @@ def run(args: argparse.Namespace) -> int:
 def _drop_gone_streams() -> None:
     """After SIGHUP: point stdout/stderr at /dev/null where the terminal they were is gone (a flush
     fails with EIO), so the interpreter's final flush cannot turn exit 129 into 120 or a traceback."""
-    import os
+    from cli.dispatch import quiet_stream
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except OSError:
-            try:
-                devnull = os.open(os.devnull, os.O_WRONLY)
-                os.dup2(devnull, stream.fileno())
-                os.close(devnull)
-            except (OSError, ValueError):
-                pass
+            quiet_stream(stream)

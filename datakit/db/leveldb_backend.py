@@ -114,7 +114,8 @@ class LevelDBWriter(KeyValueWriter):
 
     def count(self) -> int:
         """A walk over the keys (LevelDB keeps no count): once per resume, not per batch."""
-        return sum(1 for _ in self.db.iterator(include_value=False))
+        with _leveldb_errors(self.path, "the unfinished database is damaged; start over with --overwrite"):
+            return sum(1 for _ in self.db.iterator(include_value=False))
 
     def sync(self) -> None:
         """Make every batch written so far durable (the converter calls this before a checkpoint)."""

@@ -309,7 +309,8 @@ class LmdbWriter(KeyValueWriter):
         return removed
 
     def count(self) -> int:
-        return int(self.env.stat()["entries"])
+        with _lmdb_errors(self.path, self._damaged):
+            return int(self.env.stat()["entries"])
 
     def sync(self) -> None:
         """Flush every committed transaction to disk (before a checkpoint claims them)."""
