@@ -36,10 +36,13 @@ test-tools:
 	fi
 
 # Lint first (ruff, and mypy on datakit/ trainer/ cli/, configured in pyproject.toml), then the tests; -rs prints why each skip skipped.
+# The tests run in TEST_WORKERS processes (pytest-xdist; a test spends much of its time waiting on
+# the subprocesses and servers it starts, so two share 2 cores well); TEST_WORKERS=0 runs them in one.
+TEST_WORKERS ?= 2
 test: $(STAMP) test-tools
 	$(PY) -m ruff check --no-cache .
 	$(PY) -m mypy datakit trainer cli
-	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest -q -rs -p no:cacheprovider
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest -q -rs -p no:cacheprovider -n $(TEST_WORKERS)
 
 demo: $(STAMP)
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m scripts.demo
