@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from datakit.errors import ConfigError
 
@@ -36,13 +37,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=positive, default=5, help="classes to print per image (default 5)")
     crop = p.add_mutually_exclusive_group()
     crop.add_argument("--center-only", action="store_true", help="one center crop instead of 10 crops")
-    crop.add_argument("--oversample", action="store_true", default=True,
-                      help="Caffe's 10 crops (corners, center, mirrored), averaged (default)")
+    crop.add_argument("--oversample", action="store_true", default=None,
+                      help="Caffe's 10 crops (corners, center, mirrored), averaged (default, unless "
+                           "--train-net says the net was trained without mirror)")
     p.add_argument("--image-dims", type=_ints, metavar="H,W",
                    help="resize images to this before cropping (default: the net input size)")
     p.add_argument("--channel-swap", type=_ints, default=[2, 1, 0], metavar="2,1,0",
                    help="order of the RGB channels fed to the net (default 2,1,0: BGR, as Caffe models)")
-    p.add_argument("--raw-scale", type=float, default=255.0, help="multiply [0,1] pixels by this (default 255)")
+    p.add_argument("--train-net", metavar="TRAIN_VAL.prototxt",
+                   help="take the scale, mean and crops from this training net's data layer "
+                        "(e.g. LeNet's scale 0.00390625); the options below win over it")
+    p.add_argument("--raw-scale", type=float, help="multiply [0,1] pixels by this (default 255)")
     p.add_argument("--input-scale", type=float, help="multiply after mean subtraction")
     p.add_argument("--output-blob", help="blob to read scores from (default: the last net output)")
     p.add_argument("--json", metavar="FILE", help="also write the predictions as JSON")
@@ -60,10 +65,26 @@ def run(args: argparse.Namespace) -> int:
         if len(args.image_dims) != 2:
             raise ConfigError("--image-dims takes H,W")
         dims = (args.image_dims[0], args.image_dims[1])
+    raw_scale, input_scale = args.raw_scale, args.input_scale
+    oversample = True if args.oversample else False if args.center_only else None   # None: not given
+    extra: dict = {}
+    if args.train_net:
+        from trainer.classify_train_net import preprocessing_from_train_net
+        check_exists(args.train_net, "training net prototxt")
+        mean_given = args.mean is not None or args.mean_value is not None
+        pre = preprocessing_from_train_net(args.train_net, with_mean=not mean_given)
+        print(pre.describe(mean_given=mean_given), file=sys.stderr)
+        raw_scale = pre.raw_scale if raw_scale is None else raw_scale
+        input_scale = pre.input_scale if input_scale is None else input_scale
+        oversample = pre.oversample if oversample is None else oversample
+        if pre.mean is not None:
+            extra.update(mean=pre.mean, mean_source=pre.mean_source)
     clf = Classifier.from_files(args.model, args.weights, mean_file=args.mean, mean_value=args.mean_value,
-                                xp=backend.select(args.device, args.gpu), raw_scale=args.raw_scale,
-                                channel_swap=args.channel_swap, input_scale=args.input_scale, image_dims=dims,
-                                oversample=not args.center_only, output_blob=args.output_blob)
+                                xp=backend.select(args.device, args.gpu),
+                                raw_scale=255.0 if raw_scale is None else raw_scale,
+                                channel_swap=args.channel_swap, input_scale=input_scale, image_dims=dims,
+                                oversample=True if oversample is None else oversample,
+                                output_blob=args.output_blob, **extra)
     labels = read_labels(args.labels) if args.labels else None
     preds = clf.classify_files(args.images, labels, top_k=args.top_k)
     for pred in preds:

@@ -55,3 +55,26 @@ def test_lenet_classify_first_digits(mnist_test_lmdb, shared_data, cli):
     assert res.returncode == 0, res.stderr
     top1 = [int(m) for m in re.findall(r"^  1\. [\d.]+  \[(\d+)\]", res.stdout, flags=re.M)]
     assert top1 == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
+
+
+def _top1(stdout: str) -> list[tuple[int, float]]:
+    return [(int(c), float(p)) for p, c in re.findall(r"^  1\. ([\d.]+)  \[(\d+)\]", stdout, flags=re.M)]
+
+
+def test_lenet_classify_takes_its_preprocessing_from_the_train_net(mnist_test_lmdb, shared_data, cli):
+    """--train-net alone gives what LeNet's hand-set flags give (scale 1/256, one center crop); Caffe's
+    classify.py defaults (0..255 pixels, mirrored crops) are what made it answer about 50/50."""
+    pngs = [str(p) for p in sorted((mnist_test_lmdb / "png/t10k").glob("*.png"))[:10]]
+    net = ["--model", str(ROOT / "models/lenet/lenet_deploy.prototxt"),
+           "--weights", str(shared_data / "models/lenet/lenet_iter_10000.caffemodel"), "--device", "cpu"]
+    by_hand = cli("trainer", "classify", *pngs, *net, "--center-only", "--input-scale", "0.00390625")
+    taken = cli("trainer", "classify", *pngs, *net, "--train-net", str(ROOT / "models/lenet/lenet_train_test.prototxt"))
+    defaults = cli("trainer", "classify", *pngs, *net)
+    for res in (by_hand, taken, defaults):
+        assert res.returncode == 0, res.stderr
+    assert taken.stdout == by_hand.stdout
+    assert [c for c, _ in _top1(taken.stdout)] == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
+    assert min(p for _, p in _top1(taken.stdout)) > 0.9
+    assert "lenet_train_test.prototxt layer mnist (Data, TEST)" in taken.stderr
+    assert "input scale 0.00390625" in taken.stderr and "center crop" in taken.stderr
+    assert sum(p < 0.9 for _, p in _top1(defaults.stdout)) >= 3    # the defaults really are wrong for LeNet

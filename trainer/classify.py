@@ -194,8 +194,8 @@ class Classifier:
         comma-separated list where later files win, as Caffe's ``--weights``).
 
         The mean is ``mean_file`` (a .binaryproto or .npy image: its per-channel mean is
-        used) or ``mean_value`` (per channel, in net channel order), not both. Other
-        keyword arguments go to the constructor. Raises ConfigError when the weights
+        used) or ``mean_value`` (per channel, in net channel order), not both; either replaces
+        a ``mean`` array given among the other keyword arguments, which go to the constructor. Raises ConfigError when the weights
         leave a layer of the net uninitialised (see ``check_weights_cover``).
         """
         from trainer.weights import load_weights_list
@@ -203,7 +203,7 @@ class Classifier:
             raise ConfigError("give a mean file or mean values, not both")
         net = Net.from_file(model, caffe_pb2.TEST, xp=xp)
         check_weights_cover(load_weights_list(net, weights), weights, model)
-        mean = None
+        mean = options.pop("mean", None)   # an array already read (trainer.classify_train_net)
         if mean_file is not None:
             from datakit.formats.blobproto import read_mean
             mean = read_mean(mean_file)

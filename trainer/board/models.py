@@ -3,8 +3,11 @@
 A model is a folder with a deploy prototxt (``*deploy*.prototxt``) and ``.caffemodel`` weights
 (the newest by default; a snapshot folder holds several). Beside them the board looks for class
 names (``labels.txt``, ``synset_words.txt``, ``*names*.txt``, one per line) and a mean
-(``*mean*.binaryproto`` or ``*mean*.npy``). Classification is ``trainer classify``'s: Caffe's
-preprocessing and 10-crop oversampling through :class:`trainer.classify.Classifier`.
+(``*mean*.binaryproto`` or ``*mean*.npy``), and the net the weights were trained with
+(``*train_val*.prototxt``, ``*train_test*.prototxt``). Classification is ``trainer classify``'s,
+through :class:`trainer.classify.Classifier`: with a training net, ``trainer classify --train-net``'s
+(its data layer's scale, mean and crops; the folder's mean file wins over the net's); without one,
+Caffe's classify.py defaults (pixels 0..255, 10 crops).
 
 An uploaded image is decoded from the request's bytes in memory (with datakit's pixel limit
 against decompression bombs) and never written anywhere. Loaded nets are kept (two at most)
@@ -23,6 +26,7 @@ from datakit.errors import ConfigError
 __all__ = ["ModelFiles", "model_files", "ClassifierCache", "classify_bytes"]
 
 _LABEL_NAMES = ("labels.txt", "synset_words.txt")
+_TRAIN_NET_NAMES = ("train_val", "train_test", "trainval")
 
 
 @dataclass
@@ -32,9 +36,10 @@ class ModelFiles:
     weights: list[Path]          # newest first
     labels: Path | None
     mean: Path | None
+    train_net: Path | None = None
 
     def stamp(self, weights: Path) -> tuple:
-        files = [self.deploy, weights] + [p for p in (self.labels, self.mean) if p is not None]
+        files = [self.deploy, weights] + [p for p in (self.labels, self.mean, self.train_net) if p is not None]
         return tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in files)
 
 
@@ -48,7 +53,9 @@ def model_files(folder: Path) -> ModelFiles:
     labels = next((p for p in names if p.name in _LABEL_NAMES), None) or \
         next((p for p in names if p.suffix == ".txt" and "names" in p.name), None)
     mean = next((p for p in names if "mean" in p.name and p.suffix in (".binaryproto", ".npy")), None)
-    return ModelFiles(folder, deploys[0], weights, labels, mean)
+    train_net = next((p for p in names if p.suffix == ".prototxt" and any(k in p.name for k in _TRAIN_NET_NAMES)),
+                     None)
+    return ModelFiles(folder, deploys[0], weights, labels, mean, train_net)
 
 
 class _Loaded:
@@ -95,8 +102,15 @@ def _load(files: ModelFiles, weights: Path) -> _Loaded:
         raise ConfigError(f"{weights.name}: has no weights for layer(s) {', '.join(report.initialised)} of "
                           f"{files.deploy.name}; their predictions would be random")
     mean = read_mean(files.mean) if files.mean is not None else None
+    options: dict = {}
+    if files.train_net is not None:
+        from trainer.classify_train_net import preprocessing_from_train_net
+        pre = preprocessing_from_train_net(files.train_net, with_mean=mean is None)
+        options = {"raw_scale": pre.raw_scale, "input_scale": pre.input_scale, "oversample": pre.oversample}
+        if mean is None:
+            mean = pre.mean
     labels = read_labels(files.labels) if files.labels is not None else None
-    return _Loaded(Classifier(net, mean=mean), labels)
+    return _Loaded(Classifier(net, mean=mean, **options), labels)
 
 
 def classify_bytes(loaded: _Loaded, data: bytes, *, top_k: int = 5, max_pixels: int = 40_000_000) -> list[dict]:

@@ -153,7 +153,8 @@ async def model_card(request: web.Request) -> web.Response:
     rel = lambda p: p.relative_to(board.root).as_posix() if p is not None else None  # noqa: E731
     from trainer.draw import dot_available
     return _json({"path": name, "error": None, "deploy": rel(files.deploy), "weights": [rel(p) for p in files.weights],
-                  "labels": rel(files.labels), "mean": rel(files.mean), "can_draw": dot_available()})
+                  "labels": rel(files.labels), "mean": rel(files.mean),
+                  "train_net": rel(files.train_net), "can_draw": dot_available()})
 
 
 async def classify(request: web.Request) -> web.Response:

@@ -152,7 +152,8 @@ function renderModel(card, data) {
   if (data.error) { card.replaceChildren(...parts, errorLine(data.error)); return; }
   parts.push(el("p", {text: `deploy ${data.deploy}; weights ${data.weights[0]}` +
     (data.weights.length > 1 ? ` (newest of ${data.weights.length})` : "") +
-    `; labels ${data.labels || "none"}; mean ${data.mean || "none"}`}));
+    `; labels ${data.labels || "none"}; mean ${data.mean || "none"}` +
+    `; preprocessing ${data.train_net ? "from " + data.train_net : "Caffe's classify.py defaults"}`}));
   const input = el("input", {type: "file", accept: "image/*"});
   const drop = el("div", {id: "drop"}, el("p", {text: "Drop an image here to classify it, or choose one: "}), input);
   const result = el("div", {id: "classify-result"});

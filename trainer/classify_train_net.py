@@ -1,0 +1,109 @@
+"""The preprocessing a net was trained with, read from its training prototxt, as classify options.
+
+``trainer classify`` defaults to Caffe's ``classify.py``, which is ImageNet's recipe: pixels
+0..255 (``raw_scale`` 255), no further scaling, and 10 crops that include mirrored images. A net
+trained on another recipe is fed other numbers than it learned from. LeNet's data layer, for
+example, multiplies pixels by 1/256 (``scale: 0.00390625``) and never mirrors, so those defaults
+give it inputs 256 times too large plus mirrored digits, and it answers about 50/50.
+
+``--train-net TRAIN_VAL.prototxt`` takes the options from the training net's data layer instead
+(its TEST-phase one; the TRAIN one when no data layer is in TEST). A Data layer reads 0..255
+pixels, subtracts the mean, then multiplies by ``scale``, which is classify's pipeline with:
+
+- ``raw_scale`` 255, and ``input_scale`` = ``scale`` (when it is not 1);
+- the mean: ``mean_value``, or ``mean_file`` reduced to its per-channel mean (as classify does
+  with a mean file). The file is looked for where Caffe looks, the current directory, and then in
+  the prototxt's own folder;
+- crops: 10 crops when the net was trained with ``mirror: true``, one center crop when it was not.
+
+Options given on the command line win over these.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from datakit.errors import ConfigError
+from datakit.formats import caffe_pb2
+
+__all__ = ["TrainNetPreprocessing", "preprocessing_from_train_net"]
+
+# Data layers that apply a transform_param, and those that feed values as they are (a deploy net's
+# Input layer is not looked at: a deploy net says nothing of the training data).
+_TRANSFORMING = ("Data", "ImageData", "WindowData", "MemoryData")
+_DATA = _TRANSFORMING + ("HDF5Data", "DummyData", "Python")
+
+
+@dataclass(frozen=True)
+class TrainNetPreprocessing:
+    """Classifier options equivalent to one training data layer's ``transform_param``."""
+
+    source: str                  # "PROTOTXT layer NAME (TYPE, PHASE)", for messages
+    raw_scale: float
+    input_scale: float | None
+    mean: np.ndarray | None      # C×H×W image or per-channel values
+    mean_source: str | None      # the mean file, or "mean_value"
+    oversample: bool
+
+    def describe(self, *, mean_given: bool = False) -> str:
+        """One line for the command line: what was taken from the training net (``mean_given``: the
+        caller's own mean replaces the net's)."""
+        scale = f"input scale {self.input_scale:g}" if self.input_scale is not None else "no input scale"
+        mean = "the mean given" if mean_given else f"mean from {self.mean_source}" if self.mean_source else "no mean"
+        crops = "10 crops (trained with mirror)" if self.oversample else "center crop (trained without mirror)"
+        return f"preprocessing from {self.source}: raw scale {self.raw_scale:g}, {mean}, {scale}, {crops}"
+
+
+def _data_layer(param: caffe_pb2.NetParameter, path: str) -> tuple[caffe_pb2.LayerParameter, str]:
+    from trainer.net.rules import filter_net
+    for phase in (caffe_pb2.TEST, caffe_pb2.TRAIN):
+        layers = [lp for lp in filter_net(param, caffe_pb2.NetState(phase=phase)) if lp.type in _DATA]
+        if layers:
+            return layers[0], caffe_pb2.Phase.Name(phase)
+    raise ConfigError(f"{path}: no data layer in this net; --train-net wants the train_val prototxt the "
+                      "weights were trained with (the one with the Data layer), not a deploy net")
+
+
+def _find_mean_file(name: str, net_path: Path) -> Path:
+    tried = [Path(name)] if Path(name).is_absolute() else [Path(name), net_path.parent / name]
+    for candidate in tried:
+        if candidate.is_file():
+            return candidate
+    where = " or ".join(str(p) for p in tried)
+    raise ConfigError(f"{net_path}: its mean_file {name} is not at {where}; give the mean file itself "
+                      "(trainer classify --mean; on the board, a *mean*.binaryproto in the model's folder)")
+
+
+def preprocessing_from_train_net(path: str | os.PathLike, *, with_mean: bool = True) -> TrainNetPreprocessing:
+    """What the training net ``path`` did to its images, as :class:`trainer.classify.Classifier` options.
+
+    ``with_mean=False`` leaves the mean out (the caller has its own), so a mean file that is not
+    where the net names it is no error then.
+    """
+    from datakit.formats.blobproto import read_mean
+    from datakit.formats.prototxt import read_net
+    net_path = Path(path)
+    layer, phase = _data_layer(read_net(net_path), str(net_path))
+    source = f"{net_path.name} layer {layer.name} ({layer.type}, {phase})"
+    if layer.type not in _TRANSFORMING:
+        raise ConfigError(f"{net_path}: its data layer {layer.name} is {layer.type}, which feeds values as they "
+                          "were stored; give --raw-scale, --mean and --input-scale for what made them")
+    tp = layer.transform_param
+    if tp.mean_file and len(tp.mean_value):
+        raise ConfigError(f"{net_path}: layer {layer.name} gives mean_file and mean_value; Caffe takes one")
+    mean: np.ndarray | None = None
+    mean_source: str | None = None
+    if not with_mean:
+        pass
+    elif tp.mean_file:
+        found = _find_mean_file(tp.mean_file, net_path)
+        mean, mean_source = read_mean(found), str(found)
+    elif len(tp.mean_value):
+        mean, mean_source = np.array(tp.mean_value, dtype=np.float32), "mean_value"
+    scale = float(tp.scale) if tp.HasField("scale") else 1.0
+    return TrainNetPreprocessing(source=source, raw_scale=255.0, input_scale=None if scale == 1.0 else scale,
+                                 mean=mean, mean_source=mean_source, oversample=bool(tp.mirror))
