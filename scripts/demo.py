@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     samples = [line.split()[0] for line in (data / "test.txt").read_text().splitlines()[:3]]
     run("trainer", "classify", *(str(Path("data") / s) for s in samples),
         "--model", str(MODELS / "demo_finetune_deploy.prototxt"), "--weights", str(tuned.relative_to(OUT)),
-        "--mean", "mean.npy", "--input-scale", "0.0078125", "--image-dims", "72,72",
+        "--train-net", str(MODELS / "demo_finetune_train_val.prototxt"), "--image-dims", "72,72",
         "--labels", str(names.relative_to(OUT)), "--top-k", "2", *device, cwd=OUT)
     print("  (true styles: " + ", ".join(f"{p}: {load_recipe('demo').label_names[int(lab)]}" for p, lab in
                                         (line.split() for line in (data / "test.txt").read_text().splitlines()[:3]))

@@ -30,10 +30,13 @@ layer { name: "prob" type: "Softmax" bottom: "ip" top: "prob" }
 '''
 
 
-def _train_net(tmp_path: Path, transform: str, name: str = "train_val.prototxt") -> Path:
+def _train_net(tmp_path: Path, transform: str, name: str = "train_val.prototxt", train_transform: str = "") -> Path:
+    """TRAIN_VAL with ``transform`` in its TEST data layer (``train_transform`` in its TRAIN one)."""
     text = TRAIN_VAL.replace('include { phase: TEST }\n  data_param',
                              f'include {{ phase: TEST }}\n  transform_param {{ {transform} }}\n  data_param')
-    assert text != TRAIN_VAL
+    text = text.replace('include { phase: TRAIN }\n  data_param',
+                        f'include {{ phase: TRAIN }}\n  transform_param {{ {train_transform} }}\n  data_param')
+    assert text.count("transform_param") == 2
     path = tmp_path / name
     path.write_text(text)
     return path
@@ -41,12 +44,12 @@ def _train_net(tmp_path: Path, transform: str, name: str = "train_val.prototxt")
 
 def test_scale_mean_value_and_mirror_become_classify_options(tmp_path):
     pre = preprocessing_from_train_net(_train_net(tmp_path, "scale: 0.5 mean_value: 10 mean_value: 20 "
-                                                            "mean_value: 30 mirror: true"))
+                                                            "mean_value: 30", train_transform="mirror: true"))
     assert (pre.raw_scale, pre.input_scale, pre.oversample) == (255.0, 0.5, True)
     assert pre.mean.tolist() == [10, 20, 30] and pre.mean_source == "mean_value"
     assert "layer mnist (Data, TEST)" in pre.source
-    plain = preprocessing_from_train_net(_train_net(tmp_path, "crop_size: 4"))
-    assert (plain.input_scale, plain.mean, plain.oversample) == (None, None, False)
+    plain = preprocessing_from_train_net(_train_net(tmp_path, "crop_size: 4 mirror: true", train_transform="scale: 2"))
+    assert (plain.input_scale, plain.mean, plain.oversample) == (None, None, False)   # the TEST layer's scale
 
 
 def test_the_mean_file_is_looked_for_in_the_current_folder_then_beside_the_net(tmp_path, monkeypatch):
@@ -76,16 +79,16 @@ def test_nets_that_cannot_say_are_one_clear_error(tmp_path):
         preprocessing_from_train_net(hdf5)
 
 
-def _model(tmp_path: Path, transform: str) -> Path:
+def _model(tmp_path: Path, transform: str, train_transform: str = "") -> Path:
     """A 3-class colour deploy net with weights, and its train net in tmp_path."""
     save_weights(Net(text_format.Parse(DEPLOY, caffe_pb2.NetParameter()), caffe_pb2.TEST), tmp_path / "w.caffemodel")
     (tmp_path / "deploy.prototxt").write_text(DEPLOY)
     cv2.imwrite(str(tmp_path / "x.png"), np.random.default_rng(3).integers(0, 256, (8, 8, 3), dtype=np.uint8))
-    return _train_net(tmp_path, transform)
+    return _train_net(tmp_path, transform, train_transform=train_transform)
 
 
 def test_cli_options_win_over_the_train_net(cli, tmp_path):
-    _model(tmp_path, "scale: 0.01 mirror: true mean_value: 100")
+    _model(tmp_path, "scale: 0.01 mean_value: 100", train_transform="mirror: true scale: 0.01 mean_value: 100")
     base = ["trainer", "classify", "x.png", "--model", "deploy.prototxt", "--weights", "w.caffemodel",
             "--device", "cpu", "--top-k", "3"]
     taken = cli(*base, "--train-net", "train_val.prototxt", cwd=tmp_path)

@@ -14,7 +14,8 @@ pixels, subtracts the mean, then multiplies by ``scale``, which is classify's pi
 - the mean: ``mean_value``, or ``mean_file`` reduced to its per-channel mean (as classify does
   with a mean file). The file is looked for where Caffe looks, the current directory, and then in
   the prototxt's own folder;
-- crops: 10 crops when the net was trained with ``mirror: true``, one center crop when it was not.
+- crops: 10 crops when the net was trained with ``mirror: true`` (the TRAIN layer's), one center
+  crop when it was not.
 
 Options given on the command line win over these.
 """
@@ -58,12 +59,16 @@ class TrainNetPreprocessing:
         return f"preprocessing from {self.source}: raw scale {self.raw_scale:g}, {mean}, {scale}, {crops}"
 
 
-def _data_layer(param: caffe_pb2.NetParameter, path: str) -> tuple[caffe_pb2.LayerParameter, str]:
+def _first_data_layer(param: caffe_pb2.NetParameter, phase: int) -> caffe_pb2.LayerParameter | None:
     from trainer.net.rules import filter_net
+    return next((lp for lp in filter_net(param, caffe_pb2.NetState(phase=phase)) if lp.type in _DATA), None)
+
+
+def _data_layer(param: caffe_pb2.NetParameter, path: str) -> tuple[caffe_pb2.LayerParameter, str]:
     for phase in (caffe_pb2.TEST, caffe_pb2.TRAIN):
-        layers = [lp for lp in filter_net(param, caffe_pb2.NetState(phase=phase)) if lp.type in _DATA]
-        if layers:
-            return layers[0], caffe_pb2.Phase.Name(phase)
+        layer = _first_data_layer(param, phase)
+        if layer is not None:
+            return layer, caffe_pb2.Phase.Name(phase)
     raise ConfigError(f"{path}: no data layer in this net; --train-net wants the train_val prototxt the "
                       "weights were trained with (the one with the Data layer), not a deploy net")
 
@@ -87,7 +92,8 @@ def preprocessing_from_train_net(path: str | os.PathLike, *, with_mean: bool = T
     from datakit.formats.blobproto import read_mean
     from datakit.formats.prototxt import read_net
     net_path = Path(path)
-    layer, phase = _data_layer(read_net(net_path), str(net_path))
+    param = read_net(net_path)
+    layer, phase = _data_layer(param, str(net_path))
     source = f"{net_path.name} layer {layer.name} ({layer.type}, {phase})"
     if layer.type not in _TRANSFORMING:
         raise ConfigError(f"{net_path}: its data layer {layer.name} is {layer.type}, which feeds values as they "
@@ -105,5 +111,8 @@ def preprocessing_from_train_net(path: str | os.PathLike, *, with_mean: bool = T
     elif len(tp.mean_value):
         mean, mean_source = np.array(tp.mean_value, dtype=np.float32), "mean_value"
     scale = float(tp.scale) if tp.HasField("scale") else 1.0
+    # Whether the net learned from mirrored images is the TRAIN layer's to say (TEST layers do not mirror).
+    train = _first_data_layer(param, caffe_pb2.TRAIN)
+    mirrored = bool((train if train is not None else layer).transform_param.mirror)
     return TrainNetPreprocessing(source=source, raw_scale=255.0, input_scale=None if scale == 1.0 else scale,
-                                 mean=mean, mean_source=mean_source, oversample=bool(tp.mirror))
+                                 mean=mean, mean_source=mean_source, oversample=mirrored)
