@@ -137,3 +137,25 @@ def test_a_failed_write_saves_no_progress_past_it(tmp_path, backend, monkeypatch
             assert [r.label for r in a] == [r.label for r in b]
         else:
             assert list(a.raw_items()) == list(b.raw_items())
+
+
+def test_resume_on_a_complete_database_refuses_other_inputs_or_options(tmp_path, cli):
+    """--resume on a finished database is a no-op only for the list and options it was made with."""
+    root = tmp_path / "img"
+    lst = write_list(tmp_path / "list.txt", make_images(tmp_path, 6))
+    base = ["datakit", "convert", str(root), str(lst), str(tmp_path / "db"), "--resize-height", "16",
+            "--resize-width", "16", "--no-progress"]
+    assert cli(*base).returncode == 0
+    before = (tmp_path / "db" / "data.mdb").read_bytes()
+    same = cli(*base, "--resume")
+    assert same.returncode == 0 and "already complete (6 records)" in same.stdout, same.stderr
+    other = cli(*base[:-5], "--resize-height", "20", "--resize-width", "16", "--no-progress", "--resume")
+    assert other.returncode != 0
+    [line] = other.stderr.strip().splitlines()
+    assert "it is complete, made with other options: resize_height=16 (now 20)" in line
+    assert "--overwrite to convert again" in line
+    write_list(lst, make_images(tmp_path, 5))
+    changed = cli(*base, "--resume")
+    assert changed.returncode != 0
+    assert "the list file changed since the database was made" in changed.stderr
+    assert (tmp_path / "db" / "data.mdb").read_bytes() == before

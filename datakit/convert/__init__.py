@@ -175,6 +175,7 @@ def _convert_into(workdir: WorkDir, root: Path, list_path: Path, opts: ConvertOp
     try:
         prior = workdir.open(resume=opts.resume, overwrite=opts.overwrite)
     except AlreadyComplete as done:
+        check_resumable(done.progress, opts, fingerprint, final, finished=True)
         return ConvertSummary.from_progress(str(final), done.progress)
     list_cap = WarningCap(warn, "list warnings", where_all="the summary's warnings and --report")
     for message in list_warnings:

@@ -135,6 +135,7 @@ def convert_sharded(root: str | os.PathLike, list_path: str | os.PathLike, db_pa
         try:
             prior = workdir.open(resume=opts.resume, overwrite=opts.overwrite)
         except AlreadyComplete as complete:
+            check_resumable(complete.progress, opts, fingerprint, final, finished=True)
             return ConvertSummary.from_progress(str(final), complete.progress)
         seed = opts.seed
         if prior is not None:

@@ -144,13 +144,20 @@ class WorkDir:
         install_dir(self.path, self.final)
 
 
-def check_resumable(prior: dict, options: ConvertOptions, fingerprint: dict, work: Path) -> None:
-    """Refuse (ConfigError) to resume with another list, root or byte-deciding option."""
+def check_resumable(prior: dict, options: ConvertOptions, fingerprint: dict, work: Path, *,
+                    finished: bool = False) -> None:
+    """Refuse (ConfigError) to resume with another list, root or byte-deciding option.
+
+    ``finished``: ``prior`` is a complete database's progress. ``--resume`` on it does nothing, which
+    is right only when it was made from this list with these options; otherwise the user would take
+    the old database for the one just asked for.
+    """
+    since = "since the database was made" if finished else "since the interrupted run"
+    again = "use --overwrite to convert again" if finished else "use --overwrite to start over"
     changed = [k for k in ("list_sha256", "root") if prior.get(k) != fingerprint[k]]
     if changed:
         what = "the list file changed" if "list_sha256" in changed else "the image root changed"
-        raise ConfigError(f"{work}: cannot resume: {what} since the interrupted run; "
-                          "use --overwrite to start over")
+        raise ConfigError(f"{work}: cannot resume: {what} {since}; {again}")
     before = prior.get("options", {})
     diffs = [f"{k}={before.get(k)!r} (now {getattr(options, k)!r})" for k in RESUME_KEYS
              if k != "seed" and before.get(k) != getattr(options, k)]
@@ -158,4 +165,5 @@ def check_resumable(prior: dict, options: ConvertOptions, fingerprint: dict, wor
     if seed is not None and before.get("seed") != seed:
         diffs.append(f"seed={before.get('seed')!r} (now {seed!r})")
     if diffs:
-        raise ConfigError(f"{work}: cannot resume with different options: " + ", ".join(diffs))
+        made = "it is complete, made with other options" if finished else "cannot resume with different options"
+        raise ConfigError(f"{work}: {made}: " + ", ".join(diffs) + (f"; {again}" if finished else ""))
