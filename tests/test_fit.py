@@ -290,3 +290,16 @@ def test_summary_lines_and_exit_status():
         assert summary_lines(stopped) == ["trained to iteration 7; weights s_iter_7.caffemodel",
                                           f"stopped early ({reason}); resume with --snapshot s_iter_7.solverstate"]
         assert exit_status(stopped) == status
+
+
+def test_resuming_into_a_renamed_layer_is_refused_and_points_at_weights(project, tmp_path, cli):
+    """fc renamed to fc_new between snapshot and resume: same shapes and history count, so only the
+    weight copy can tell; resuming would have trained fc_new from its filler with fc's momentum."""
+    fit(opts(project("r.prototxt", max_iter=10, snapshot=10, prefix="r/run")))
+    project("r.prototxt", max_iter=20, snapshot=10, prefix="r/run", fc="fc_new")
+    res = cli("trainer", "fit", "--solver", "r.prototxt", "--snapshot", "r/run_iter_10.solverstate",
+              "--device", "cpu", "--quiet", cwd=tmp_path)
+    assert res.returncode != 0
+    assert "r/run_iter_10.solverstate: its weights have no layer fc_new of this net" in res.stderr
+    assert "--weights r/run_iter_10.caffemodel" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "r/run_iter_20.caffemodel").exists()

@@ -289,7 +289,11 @@ class Solver:
         from trainer.weights import load_weights
         state = read_solverstate(path)
         if state.learned_net is not None:
-            load_weights(self.net, state.learned_net)
+            missing = load_weights(self.net, state.learned_net).initialised
+            if missing:  # a renamed or new layer would go on from its filler with another layer's history
+                raise ConfigError(f"{path}: its weights have no layer {', '.join(missing)} of this net; a resume "
+                                  f"goes on with the net it saved: to fine-tune from it, start a new run with "
+                                  f"--weights {state.learned_net}")
         if len(state.history) != len(self.rule.history):
             raise ConfigError(f"{path}: {len(state.history)} history blobs, but this solver ("
                               f"{type(self.rule).__name__}) keeps {len(self.rule.history)}; resume with "
