@@ -44,6 +44,10 @@ def ctrl_c_when(ready: Callable[[], bool], timeout: float = 60.0, retries: int =
                     if not dropped.wait(2.0):
                         return
                     dropped.clear()
+                    # Not at once: the main thread is leaving the callback that dropped it, and a signal
+                    # that lands between Python's last check and its next blocking call (sleep, wait)
+                    # does not cut that call short (a rerun in two processes waited out a 10 s sleep).
+                    time.sleep(0.1)
                 return
             time.sleep(0.01)
 
