@@ -22,8 +22,14 @@ from datakit.errors import CorruptDatabase, DatabaseError
 
 
 def _open_db(path: Path, **kwargs) -> plyvel.DB:
+    """plyvel.DB with paranoid checks: an open replays the log of recent writes into a table, and
+    without them LevelDB skips a damaged part of the log and deletes the log, so records were lost
+    silently and for good; with them the open fails and leaves every file as it was."""
     try:
-        return plyvel.DB(str(path), **kwargs)
+        return plyvel.DB(str(path), paranoid_checks=True, **kwargs)
+    except plyvel.CorruptionError as err:
+        raise CorruptDatabase(f"{path}: the LevelDB database is corrupt ({_text(err)}); "
+                              "it was left as it is") from None
     except plyvel.IOError as err:
         if "lock" in str(err).lower():
             raise DatabaseError(f"{path}: LevelDB is open in another process (it allows only one); "
