@@ -77,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
         raw_scale = pre.raw_scale if raw_scale is None else raw_scale
         input_scale = pre.input_scale if input_scale is None else input_scale
         oversample = pre.oversample if oversample is None else oversample
+        dims = pre.image_dims if dims is None else dims
         if pre.mean is not None:
             extra.update(mean=pre.mean, mean_source=pre.mean_source)
     clf = Classifier.from_files(args.model, args.weights, mean_file=args.mean, mean_value=args.mean_value,

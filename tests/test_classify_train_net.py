@@ -138,3 +138,29 @@ async def test_the_board_classifies_a_digit_with_lenet_trained_preprocessing(len
     assert info["train_net"] == "models/lenet/lenet_train_test.prototxt"
     best = await top()
     assert best["class"] == 7 and best["prob"] > 0.99
+
+
+def test_with_crop_size_images_are_resized_to_the_training_images_size_first(cli, tmp_path):
+    """Caffe's TEST phase cut its crops from the database's images (8x8 here), not from the image
+    squeezed to the crop: the size is read from the source's first record."""
+    from tests.test_fit import make_db
+    deploy = DEPLOY.replace("dim: 8 dim: 8", "dim: 6 dim: 6")
+    save_weights(Net(text_format.Parse(deploy, caffe_pb2.NetParameter()), caffe_pb2.TEST), tmp_path / "w.caffemodel")
+    (tmp_path / "deploy.prototxt").write_text(deploy)
+    cv2.imwrite(str(tmp_path / "x.png"), np.random.default_rng(4).integers(0, 256, (13, 17, 3), dtype=np.uint8))
+    nets = tmp_path / "nets"
+    nets.mkdir()
+    _train_net(nets, "crop_size: 6 scale: 0.01")
+    base = ["trainer", "classify", "x.png", "--model", "deploy.prototxt", "--weights", "w.caffemodel",
+            "--device", "cpu", "--top-k", "3"]
+    unknown = cli(*base, "--train-net", "nets/train_val.prototxt", cwd=tmp_path)
+    assert unknown.returncode == 0, unknown.stderr
+    assert "its source test_lmdb was not found to read the size from; --image-dims sets it" in unknown.stderr
+    make_db(nets / "test_lmdb", 4, 1, size=8)   # beside the net
+    taken = cli(*base, "--train-net", "nets/train_val.prototxt", cwd=tmp_path)
+    by_hand = cli(*base, "--image-dims", "8,8", "--center-only", "--input-scale", "0.01", cwd=tmp_path)
+    assert taken.returncode == by_hand.returncode == 0, taken.stderr
+    assert f"images resized to 8x8 (the size in {Path('nets') / 'test_lmdb'}) first" in taken.stderr
+    assert taken.stdout == by_hand.stdout != unknown.stdout
+    mine = cli(*base, "--train-net", "nets/train_val.prototxt", "--image-dims", "6,6", cwd=tmp_path)
+    assert mine.stdout == unknown.stdout     # --image-dims wins

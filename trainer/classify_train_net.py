@@ -15,7 +15,11 @@ pixels, subtracts the mean, then multiplies by ``scale``, which is classify's pi
   with a mean file). The file is looked for where Caffe looks, the current directory, and then in
   the prototxt's own folder;
 - crops: 10 crops when the net was trained with ``mirror: true`` (the TRAIN layer's), one center
-  crop when it was not.
+  crop when it was not;
+- the size images are resized to before cropping (``image_dims``): with ``crop_size``, the size of
+  the images the crops were cut from: a Data layer's source database's first image (256x256 for
+  CaffeNet's recipe), or an ImageData layer's ``new_height`` x ``new_width``. Found in the current
+  directory or beside the prototxt; when it is not there, images are resized to the crop itself.
 
 Options given on the command line win over these.
 """
@@ -49,6 +53,8 @@ class TrainNetPreprocessing:
     mean: np.ndarray | None      # C×H×W image or per-channel values
     mean_source: str | None      # the mean file, or "mean_value"
     oversample: bool
+    image_dims: tuple[int, int] | None = None   # H, W to resize to before cropping; None: the crop
+    dims_source: str | None = None               # where image_dims came from, or why it is None
 
     def describe(self, *, mean_given: bool = False) -> str:
         """One line for the command line: what was taken from the training net (``mean_given``: the
@@ -56,7 +62,12 @@ class TrainNetPreprocessing:
         scale = f"input scale {self.input_scale:g}" if self.input_scale is not None else "no input scale"
         mean = "the mean given" if mean_given else f"mean from {self.mean_source}" if self.mean_source else "no mean"
         crops = "10 crops (trained with mirror)" if self.oversample else "center crop (trained without mirror)"
-        return f"preprocessing from {self.source}: raw scale {self.raw_scale:g}, {mean}, {scale}, {crops}"
+        dims = ""
+        if self.image_dims is not None:
+            dims = f", images resized to {self.image_dims[0]}x{self.image_dims[1]} ({self.dims_source}) first"
+        elif self.dims_source:
+            dims = f", images resized to the crop ({self.dims_source})"
+        return f"preprocessing from {self.source}: raw scale {self.raw_scale:g}, {mean}, {scale}, {crops}{dims}"
 
 
 def _first_data_layer(param: caffe_pb2.NetParameter, phase: int) -> caffe_pb2.LayerParameter | None:
@@ -73,8 +84,37 @@ def _data_layer(param: caffe_pb2.NetParameter, path: str) -> tuple[caffe_pb2.Lay
                       "weights were trained with (the one with the Data layer), not a deploy net")
 
 
+def _candidates(name: str, net_path: Path) -> list[Path]:
+    """Where a path in a net is looked for: as Caffe does (the current directory), then beside the net."""
+    return [Path(name)] if Path(name).is_absolute() else [Path(name), net_path.parent / name]
+
+
+def _stored_size(layer: caffe_pb2.LayerParameter, net_path: Path) -> tuple[tuple[int, int] | None, str | None]:
+    """(H, W) of the images a layer's crops were cut from, and where that came from (or why not known)."""
+    if not layer.transform_param.crop_size:
+        return None, None
+    if layer.type == "ImageData" and layer.image_data_param.new_height and layer.image_data_param.new_width:
+        p = layer.image_data_param
+        return (int(p.new_height), int(p.new_width)), "new_height x new_width"
+    if layer.type != "Data" or not layer.data_param.source:
+        return None, None
+    from datakit.db import open_reader
+    from datakit.errors import DatakitError
+    for candidate in _candidates(layer.data_param.source, net_path):
+        if candidate.exists():
+            try:
+                with open_reader(candidate, decode=True, color=None) as reader:
+                    first = next(iter(reader), None)
+            except DatakitError as err:
+                return None, f"{candidate} could not be read: {err}"
+            if first is None or first.image is None:
+                return None, f"{candidate} is empty"
+            return (int(first.image.shape[1]), int(first.image.shape[2])), f"the size in {candidate}"
+    return None, f"its source {layer.data_param.source} was not found to read the size from; --image-dims sets it"
+
+
 def _find_mean_file(name: str, net_path: Path) -> Path:
-    tried = [Path(name)] if Path(name).is_absolute() else [Path(name), net_path.parent / name]
+    tried = _candidates(name, net_path)
     for candidate in tried:
         if candidate.is_file():
             return candidate
@@ -114,5 +154,7 @@ def preprocessing_from_train_net(path: str | os.PathLike, *, with_mean: bool = T
     # Whether the net learned from mirrored images is the TRAIN layer's to say (TEST layers do not mirror).
     train = _first_data_layer(param, caffe_pb2.TRAIN)
     mirrored = bool((train if train is not None else layer).transform_param.mirror)
+    dims, dims_source = _stored_size(layer, net_path)
     return TrainNetPreprocessing(source=source, raw_scale=255.0, input_scale=None if scale == 1.0 else scale,
-                                 mean=mean, mean_source=mean_source, oversample=mirrored)
+                                 mean=mean, mean_source=mean_source, oversample=mirrored, image_dims=dims,
+                                 dims_source=dims_source)

@@ -106,7 +106,8 @@ def _load(files: ModelFiles, weights: Path) -> _Loaded:
     if files.train_net is not None:
         from trainer.classify_train_net import preprocessing_from_train_net
         pre = preprocessing_from_train_net(files.train_net, with_mean=mean is None)
-        options = {"raw_scale": pre.raw_scale, "input_scale": pre.input_scale, "oversample": pre.oversample}
+        options = {"raw_scale": pre.raw_scale, "input_scale": pre.input_scale, "oversample": pre.oversample,
+                   "image_dims": pre.image_dims}
         if mean is None:
             mean = pre.mean
     labels = read_labels(files.labels) if files.labels is not None else None
