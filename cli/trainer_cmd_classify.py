@@ -41,7 +41,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                       help="Caffe's 10 crops (corners, center, mirrored), averaged (default, unless "
                            "--train-net says the net was trained without mirror)")
     p.add_argument("--image-dims", type=_ints, metavar="H,W",
-                   help="resize images to this before cropping (default: the net input size)")
+                   help="resize images to this before cropping (default: the training images' size when "
+                        "--train-net has a crop_size and its database is found; else the size of the mean image "
+                        "when one is given, e.g. 256,256 for ImageNet's as classify.py; else the net input size)")
     p.add_argument("--channel-swap", type=_ints, default=[2, 1, 0], metavar="2,1,0",
                    help="order of the RGB channels fed to the net (default 2,1,0: BGR, as Caffe models)")
     p.add_argument("--train-net", metavar="TRAIN_VAL.prototxt",

@@ -104,3 +104,62 @@ def test_fit_call_trains_like_the_cli(tmp_path, monkeypatch):
     assert result.iterations == 10 and (tmp_path / "snap/t_iter_10.caffemodel").is_file()
     scores = trainer.test("net.prototxt", "snap/t_iter_10.caffemodel", iterations=2, device="cpu")
     assert "accuracy" in scores.means and np.isfinite(scores.mean_loss)
+
+
+def cli_options(command: str) -> set[str]:
+    """The long options of `trainer COMMAND`, as the keyword arguments the README says the call takes."""
+    import argparse
+    import importlib
+    parser = argparse.ArgumentParser()
+    importlib.import_module(f"cli.trainer_cmd_{command}").add_arguments(parser)
+    return {a.dest for a in parser._actions if a.option_strings and a.dest != "help"}
+
+
+def test_trainer_calls_take_their_commands_options():
+    # --report writes the result the call returns; `trainer test --quiet` hides lines the call never prints
+    import inspect
+    cli_only = {"fit": {"report"}, "test": {"report", "quiet", "progress"}, "export": {"output"}}
+    for command, only in cli_only.items():
+        params = set(inspect.signature(getattr(trainer, command)).parameters)
+        missing = cli_options(command) - only - params
+        assert not missing, f"trainer.{command}() lacks the options of `trainer {command}`: {sorted(missing)}"
+
+
+def test_fit_again_needs_restart_as_the_cli(tmp_path, monkeypatch):
+    import pytest
+
+    from datakit.errors import ConfigError
+    from tests.test_fit import NET, SOLVER, make_db
+    monkeypatch.chdir(tmp_path)
+    make_db(tmp_path / "train_lmdb", 16, 0)
+    make_db(tmp_path / "test_lmdb", 8, 1)
+    (tmp_path / "net.prototxt").write_text(NET.format(train="train_lmdb", test="test_lmdb", conv_lr=1, fc="fc", classes=3))
+    (tmp_path / "solver.prototxt").write_text(SOLVER.format(net="net.prototxt", max_iter=2, snapshot=0, prefix="snap/t",
+                                                            base_lr=0.05, test_interval=2))
+    trainer.fit("solver.prototxt", device="cpu", quiet=True)
+    with pytest.raises(ConfigError, match="--restart"):   # a notebook cell run a second time
+        trainer.fit("solver.prototxt", device="cpu", quiet=True)
+    assert trainer.fit("solver.prototxt", device="cpu", quiet=True, restart=True, progress=False).iterations == 2
+
+
+def test_export_takes_a_mean_file_and_mean_values_as_the_cli(tmp_path):
+    import pytest
+    pytest.importorskip("onnx", reason="onnx is not installed (pip install -e '.[test]' installs it)")
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
+    from datakit.errors import ConfigError
+    from datakit.formats.blobproto import write_mean
+    net = ('name: "p" input: "data" input_shape { dim: 1 dim: 3 dim: 4 dim: 4 } layer { name: "conv" '
+           'type: "Convolution" bottom: "data" top: "conv" convolution_param { num_output: 2 kernel_size: 3 } }')
+    (tmp_path / "deploy.prototxt").write_text(net)
+    mean = np.arange(3 * 6 * 6, dtype=np.float32).reshape(3, 6, 6)
+    write_mean(tmp_path / "mean.binaryproto", mean)
+    x = np.random.default_rng(0).uniform(0, 255, (1, 3, 4, 4)).astype(np.float32)
+
+    def run(path, **kw):
+        out = trainer.export(tmp_path / "deploy.prototxt", None, tmp_path / path, **kw)
+        return ort.InferenceSession(str(out)).run(["conv"], {"data": x})[0]
+    from_file = run("file.onnx", mean=tmp_path / "mean.binaryproto", scale=0.5)
+    np.testing.assert_array_equal(from_file, run("array.onnx", mean=mean, scale=0.5))
+    np.testing.assert_array_equal(run("values.onnx", mean_value=[1, 2, 3]), run("list.onnx", mean=[1, 2, 3]))
+    with pytest.raises(ConfigError, match="safetensors holds weights only"):
+        trainer.export(tmp_path / "deploy.prototxt", None, tmp_path / "w.safetensors", mean=str(tmp_path / "mean.binaryproto"))

@@ -95,6 +95,14 @@ def test_real_2014_half0A_log(shared_data):
     assert run.train["lr"][-1][1] == pytest.approx(0.0001)
 
 
+def test_a_run_shows_as_its_summary_line_not_its_points(shared_data):
+    # trainer.plot(...) as a notebook cell's last line shows these: one line each, not 43,000 points
+    [run] = parse_log(shared_data / "caffe_logs/half0A/140403_063910_half0A.o227963.gz")
+    text = repr(run)
+    assert text.startswith("<Run 140403_063910_half0A.o227963.gz: iterations 20..286180; 14309 loss points")
+    assert "last 0.6138 @ 286000" in text and "\n" not in text and len(text) < 300
+
+
 def test_real_logs_with_restarts(shared_data):
     runs = parse_log(shared_data / "caffe_logs/netbase/catlog.oMANUAL.gz")
     assert len(runs) == 2

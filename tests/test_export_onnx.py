@@ -288,3 +288,13 @@ def test_cli_onnx_and_safetensors(shared_data, tmp_path, cli):
     modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.glob("lenet.*")}
     assert len(set(modes.values())) == 1, modes
     net.close()
+
+
+def test_a_mean_with_other_channels_is_named_as_such(tmp_path):
+    # ImageNet's 3x256x256 mean on LeNet's 1x28x28 input is larger, not too small: say what is wrong
+    from datakit.errors import ConfigError
+    from trainer.export_onnx import preprocessing
+    with pytest.raises(ConfigError, match=r"mean image has 3 channel\(s\) \(3x256x256\) but the input takes 1"):
+        preprocessing(np.zeros((3, 256, 256), np.float32), None, (1, 1, 28, 28))
+    with pytest.raises(ConfigError, match="at least that large"):
+        preprocessing(np.zeros((1, 20, 20), np.float32), None, (1, 1, 28, 28))

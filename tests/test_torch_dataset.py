@@ -208,3 +208,25 @@ def test_a_dataset_and_a_data_layer_share_one_lmdb_in_one_process(tmp_path):
     finally:
         layer.close()
         ds.close()
+
+
+@pytest.mark.parametrize("kind", ["map", "iterable"])
+def test_forked_workers_after_the_parent_read_the_lmdb(raw_db, kind):
+    """A notebook looks at ds[0], then loads with forked workers: each worker must open its own LMDB.
+
+    py-lmdb's registry of open environments survives fork; the worker used to be refused with
+    "The environment ... is already open in this process".
+    """
+    cls = CaffeDataset if kind == "map" else CaffeIterableDataset
+    ds = cls(raw_db / "db", batch_size=BATCH, num_samples=3 * BATCH)
+    look = CaffeDataset(raw_db / "db")
+    try:
+        first = look[0]   # the parent now holds the database open (shared by both datasets)
+        dl = DataLoader(ds, batch_size=BATCH, num_workers=2, multiprocessing_context="fork")
+        forked = [(d.numpy(), l.numpy()) for d, l in dl]
+        assert_same(forked, loader_batches(ds, 3, 0))
+        assert first[0].numpy().tobytes() == forked[0][0][0].tobytes()
+        assert look[1][0].shape == first[0].shape   # the parent's reader still works
+    finally:
+        look.close()
+        ds.close()

@@ -1,7 +1,8 @@
 """Classify image files with a deploy net, as Caffe's python/classify.py does.
 
 The pipeline is Caffe's Classifier: load the image as RGB in [0, 1]; resize
-it to ``image_dims`` (default 256×256); take the center crop of the net's
+it to ``image_dims`` (default: the mean image's H×W when one is given, else the
+net's input size); take the center crop of the net's
 input size, or Caffe's 10-crop oversampling (four corners and the center,
 and their mirrors) with the predictions averaged; transpose to C×H×W; swap
 channels (default 2,1,0: RGB to the BGR order Caffe models are trained in);
@@ -138,6 +139,20 @@ class Prediction:
         return "\n".join(lines)
 
 
+def _mean_image_dims(mean: Any, crop: tuple[int, int]) -> tuple[int, int] | None:
+    """H×W of a mean image at least as large as the crop: the size the training crops were cut from.
+
+    Caffe's classify.py resizes to 256×256, the size of ImageNet's mean and training images, and
+    cuts its 10 crops of 227 from that. Resizing to the crop itself would make the four corner
+    crops the centre one: "10 crops" would be one crop and its mirror. A mean image has the
+    size of the database it was computed over, so it says what that size is for any net.
+    """
+    if mean is None or np.ndim(mean) != 3:
+        return None
+    h, w = int(np.shape(mean)[1]), int(np.shape(mean)[2])
+    return (h, w) if h >= crop[0] and w >= crop[1] else None
+
+
 class Classifier:
     """A deploy net wrapped with Caffe's preprocessing (see the module docstring)."""
 
@@ -161,7 +176,7 @@ class Classifier:
         if self.output_blob not in net.blobs:
             raise ConfigError(f"the net has no blob {self.output_blob!r} to read scores from "
                               f"(its outputs: {', '.join(net.output_names)})")
-        self.image_dims = image_dims or self.crop
+        self.image_dims = image_dims or _mean_image_dims(mean, self.crop) or self.crop
         self.oversample = oversample
         self.raw_scale = raw_scale
         self.input_scale = input_scale

@@ -54,9 +54,14 @@ def _num(text: str) -> float:
         return math.nan
 
 
-@dataclass
+@dataclass(repr=False)
 class Run:
-    """One uninterrupted stretch of training in a log (iterations never go back inside it)."""
+    """One uninterrupted stretch of training in a log (iterations never go back inside it).
+
+    Its repr is `trainer plot`'s one summary line, not the points: ``trainer.plot(...)`` as a
+    notebook cell's last line shows the runs it returns, and a 2014 ImageNet log holds tens of
+    thousands of points per series.
+    """
 
     source: str
     index: int
@@ -80,6 +85,9 @@ class Run:
         if self.continues is not None:
             text += f" resumes run {self.continues}"
         return text
+
+    def __repr__(self) -> str:
+        return f"<Run {summary([self])}>"
 
     @property
     def last_iteration(self) -> int:

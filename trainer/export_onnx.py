@@ -88,7 +88,10 @@ def preprocessing(mean: np.ndarray | None, scale: float | None, input_shape: tup
             raise ConfigError(f"--mean-value has {mean.size} values for a {c}-channel input; give "
                               + ("1" if c == 1 else f"1 or {c}"))
         return mean.reshape(-1, 1, 1), scale
-    if mean.ndim != 3 or mean.shape[0] != c or mean.shape[1] < h or mean.shape[2] < w:
+    if mean.ndim == 3 and mean.shape[0] != c:
+        raise ConfigError(f"the mean image has {mean.shape[0]} channel(s) ({'x'.join(map(str, mean.shape))}) but "
+                          f"the input takes {c}; use the mean made from this net's training data, or --mean-value")
+    if mean.ndim != 3 or mean.shape[1] < h or mean.shape[2] < w:
         raise ConfigError(f"the mean image is {'x'.join(map(str, mean.shape))} (CxHxW) but the input is "
                           f"{c}x{h}x{w}; give a mean at least that large, or --mean-value")
     top, left = (mean.shape[1] - h) // 2, (mean.shape[2] - w) // 2
