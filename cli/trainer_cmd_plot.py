@@ -22,16 +22,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.transfer:
         return _run_transfer(args)
-    from trainer.curves import parse_log, plot, summary
+    from trainer.curves import parse_log, plot_runs, summary
 
-    for log in args.logs:
-        print(summary(parse_log(log)))
+    runs = []
+    for log in args.logs:  # each log parsed once, for the summary, the board and the figure
+        parsed = parse_log(log)
+        print(summary(parsed))
+        runs.extend(parsed)
     if args.tensorboard:
-        from trainer.tensorboard import log_to_tensorboard
-        for folder, count in log_to_tensorboard(args.logs, args.tensorboard):
+        from trainer.tensorboard import runs_to_tensorboard
+        for folder, count in runs_to_tensorboard(runs, args.tensorboard):
             print(f"wrote {count} scalars to {folder}")
     if args.output or not args.tensorboard:
-        out = plot(args.logs, args.output or "curves.png", title=args.title)
+        out = plot_runs(runs, args.output or "curves.png", title=args.title)
         print(f"wrote {out}")
     return 0
 

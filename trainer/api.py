@@ -133,12 +133,11 @@ def plot(logs: Sequence[str | os.PathLike], output: str | os.PathLike | None = "
 
     Returns the parsed runs (``trainer.curves.Run``: ``.train`` / ``.test`` series).
     """
-    from trainer.curves import parse_log
-    from trainer.curves import plot as draw
+    from trainer.curves import parse_log, plot_runs
     runs = [run for log in logs for run in parse_log(log)]
     if tensorboard is not None:
         from trainer.tensorboard import runs_to_tensorboard
         runs_to_tensorboard(runs, tensorboard)
     if output is not None:
-        draw(logs, output, title=title)
+        plot_runs(runs, output, title=title)
     return runs
