@@ -162,3 +162,43 @@ def test_top_k_is_an_option(shared_data):
     [row] = [r for r in summarize(logs, top=3) if r.net == "half0A"]
     best3 = sorted(read_curve(logs / "half0A").tests.values())[-3:]
     assert row.score == pytest.approx(sum(best3) / 3, rel=1e-12)
+
+
+def write_log(folder: Path, accuracies: list[float]) -> None:
+    """A `trainer fit` log with one test (loss, accuracy) every 10 iterations."""
+    folder.mkdir(parents=True)
+    lines = []
+    for i, acc in enumerate(accuracies):
+        lines += [f"I1201 10:00:{i:02d}.000000  1 solver.py:222] Iteration {10 * i}, Testing net (#0)",
+                  f"I1201 10:00:{i:02d}.100000  1 solver.py:252]     Test net output #0: loss = {2 - acc}",
+                  f"I1201 10:00:{i:02d}.200000  1 solver.py:252]     Test net output #1: accuracy = {acc}"]
+    (folder / "train.log").write_text("\n".join(lines) + "\n")
+
+
+def test_a_metric_no_log_has_is_one_line_not_a_table_of_untested_nets(tmp_path, cli):
+    from datakit.errors import ConfigError
+
+    write_log(tmp_path / "grid/half0A", [0.5, 0.7, 0.6])
+    write_log(tmp_path / "grid/half0B", [0.4, 0.8])
+    assert [r.score for r in summarize(tmp_path / "grid", top=2)] == [pytest.approx(0.65), pytest.approx(0.6)]
+    with pytest.raises(ConfigError, match=r"--metric 'acuracy': no net's log has this test output; they have "
+                                          r"accuracy, loss"):
+        summarize(tmp_path / "grid", metric="acuracy")
+    # A loss's highest values are its worst: the paper's metric of a loss would be the wrong number.
+    with pytest.raises(ConfigError, match=r"--metric 'loss': a score is the mean of the highest test values"):
+        summarize(tmp_path / "grid", metric="loss")
+    done = cli("trainer", "grid", "summary", str(tmp_path / "grid"), "--metric", "acuracy", "--no-progress")
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.startswith("trainer: error: --metric 'acuracy': no net's log") and done.stderr.count("\n") == 1
+
+
+def test_a_net_without_the_metric_beside_nets_with_it_says_which_outputs_it_has(tmp_path):
+    write_log(tmp_path / "grid/half0A", [0.5])
+    (tmp_path / "grid/half0B").mkdir()
+    (tmp_path / "grid/half0B/train.log").write_text(
+        "I1201 10:00:00.000000  1 solver.py:222] Iteration 0, Testing net (#0)\n"
+        "I1201 10:00:00.100000  1 solver.py:252]     Test net output #0: top1 = 0.3\n")
+    rows = {r.net: r for r in summarize(tmp_path / "grid")}
+    assert rows["half0A"].status == "partial"
+    assert (rows["half0B"].status, rows["half0B"].note) == (
+        "untested", "its logs have no test output 'accuracy' (they have top1)")

@@ -44,6 +44,7 @@ class NetCurve:
     empty_logs: int = 0
     runs: int = 0
     last_iteration: int = -1
+    outputs: set[str] = field(default_factory=set)   # every test output the logs name (accuracy, loss, ...)
 
     def score(self, k: int = TOP_K) -> float | None:
         """Mean of the k highest accuracies (of all there are when fewer); None without a test."""
@@ -74,6 +75,7 @@ def read_curve(folder: str | Path, metric: str = "accuracy") -> NetCurve:
     for run in _chronological(runs):
         curve.runs += 1
         curve.last_iteration = max(curve.last_iteration, run.last_iteration)
+        curve.outputs.update(name for name, values in run.test.items() if values)
         for it, value in run.test.get(metric, []):
             curve.tests[it] = value
     return curve
