@@ -66,3 +66,11 @@ def test_cli_typos_are_one_line_not_a_traceback(cli, files, option, value, messa
     assert done.returncode == 1, done.stderr
     assert done.stderr.count("\n") == 1 and done.stderr.startswith(f"trainer: error: {message}"), done.stderr
     assert not (files / "grid").exists()
+
+
+def test_jobs_below_one_is_refused_not_taken_as_one(files, cli):
+    make_grid(files / "grid", plan(files, layers=[1]))
+    for command in (["run", str(files / "grid")], ["summary", str(files / "grid")]):
+        done = cli("trainer", "grid", *command, "--jobs", "0")
+        assert (done.returncode, done.stderr) == (1, "trainer: error: --jobs must be at least 1, got 0\n")
+    assert not (files / "grid/half0A/fit.out").exists()  # nothing was started

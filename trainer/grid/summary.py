@@ -158,6 +158,8 @@ def summarize(root: str | os.PathLike, metric: str = "accuracy", jobs: int = 1, 
 
     if top < 1:
         raise ConfigError(f"--top must be at least 1, got {top}")
+    if jobs < 1:
+        raise ConfigError(f"--jobs must be at least 1, got {jobs}")
     if "loss" in metric.lower():
         raise ConfigError(f"--metric {metric!r}: a score is the mean of the highest test values, which for a loss "
                           "are the worst ones; give an accuracy output (default accuracy)")
