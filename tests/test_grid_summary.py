@@ -202,3 +202,8 @@ def test_a_net_without_the_metric_beside_nets_with_it_says_which_outputs_it_has(
     assert rows["half0A"].status == "partial"
     assert (rows["half0B"].status, rows["half0B"].note) == (
         "untested", "its logs have no test output 'accuracy' (they have top1)")
+
+
+def test_plot_transfer_names_a_missing_summary_file_as_missing(tmp_path, cli):
+    done = cli("trainer", "plot", "--transfer", str(tmp_path / "scors.json"), "-o", str(tmp_path / "f.png"))
+    assert done.returncode == 1 and done.stderr.startswith(f"trainer: error: {tmp_path / 'scors.json'}: no such file")
