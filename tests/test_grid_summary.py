@@ -207,3 +207,18 @@ def test_a_net_without_the_metric_beside_nets_with_it_says_which_outputs_it_has(
 def test_plot_transfer_names_a_missing_summary_file_as_missing(tmp_path, cli):
     done = cli("trainer", "plot", "--transfer", str(tmp_path / "scors.json"), "-o", str(tmp_path / "f.png"))
     assert done.returncode == 1 and done.stderr.startswith(f"trainer: error: {tmp_path / 'scors.json'}: no such file")
+
+
+def test_a_truncated_gzip_log_is_one_line_naming_it(tmp_path, cli):
+    """A cut .gz log ended grid summary in gzip's EOFError traceback; an unreadable log must not be
+    skipped as if empty either (its net would be listed as missing)."""
+    write_log(tmp_path / "grid/half0A", [0.5, 0.6, 0.7])
+    whole = gzip.compress((tmp_path / "grid/half0A/train.log").read_bytes() * 50)
+    (tmp_path / "grid/half0A/train.log").unlink()
+    (tmp_path / "grid/half0A/run.o7.gz").write_bytes(whole[: len(whole) // 2])
+    done = cli("trainer", "grid", "summary", str(tmp_path / "grid"), "--no-progress")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.startswith(f"trainer: error: {tmp_path / 'grid/half0A/run.o7.gz'}: cannot read log: "
+                                  "the gzip file is truncated")
+    (tmp_path / "grid/half0A/run.o7.gz").write_bytes(gzip.compress(b""))  # the authors' empty logs: skipped
+    assert summarize(tmp_path / "grid")[0].status == "missing"

@@ -15,8 +15,6 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from datakit.errors import FormatError
-
 TOP_K = 10
 _LOG_NAME = re.compile(r"(\.o\d+|\.oMANUAL|\.log)(\.gz)?$")
 
@@ -59,7 +57,7 @@ class NetCurve:
 
 def read_curve(folder: str | Path, metric: str = "accuracy") -> NetCurve:
     """Merge the `metric` test values of every log in `folder` (see the module docstring)."""
-    from trainer.curves import parse_log
+    from trainer.curves import EmptyLogError, parse_log
 
     curve = NetCurve()
     runs = []
@@ -67,7 +65,7 @@ def read_curve(folder: str | Path, metric: str = "accuracy") -> NetCurve:
         curve.logs += 1
         try:
             found = parse_log(path)
-        except FormatError:
+        except EmptyLogError:  # an unreadable or truncated log is an error naming it, never skipped silently
             curve.empty_logs += 1
             continue
         for run in found:
