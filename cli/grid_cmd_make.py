@@ -8,21 +8,46 @@ HELP = ("Write a transfer study as one folder per net: base nets on halves A and
         "AnB+ for every n (optionally natural/man-made, random-frozen and reduced-volume nets).")
 
 
-def _ints(text: str) -> list[int]:
+def _ints(text: str, option: str) -> list[int]:
+    """'1-3,5' -> [1, 2, 3, 5]; a ConfigError naming `option` for anything else (a typo must not
+    end in a traceback, nor be read as some other list)."""
+    from datakit.errors import ConfigError
+
     out: list[int] = []
     for part in text.split(","):
-        if "-" in part:
-            lo, hi = part.split("-", 1)
-            out += list(range(int(lo), int(hi) + 1))
-        elif part:
-            out.append(int(part))
+        part = part.strip()
+        try:
+            if "-" in part:
+                lo, hi = part.split("-", 1)
+                out += list(range(int(lo), int(hi) + 1))
+            elif part:
+                out.append(int(part))
+        except ValueError:
+            raise ConfigError(f"{option} {text!r}: {part!r} is not a number or a range such as 1-7") from None
+    if not out:
+        raise ConfigError(f"{option} {text!r}: no numbers given (e.g. 1-7 or 1,10,100)")
     return out
 
 
 def _classes(text: str) -> dict[str, int]:
+    """'500' -> {'': 500}; 'A=449,B=551' -> per half; a ConfigError for anything else."""
+    from datakit.errors import ConfigError
+
+    def count(value: str) -> int:
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"--num-output {text!r}: {value.strip()!r} is not a class count "
+                              "(give K, or A=K,B=K)") from None
     if "=" not in text:
-        return {"": int(text)}
-    return {k.strip(): int(v) for k, v in (item.split("=", 1) for item in text.split(","))}
+        return {"": count(text)}
+    out: dict[str, int] = {}
+    for item in text.split(","):
+        if "=" not in item:
+            raise ConfigError(f"--num-output {text!r}: {item.strip()!r} is not HALF=K (give K, or A=K,B=K)")
+        half, value = item.split("=", 1)
+        out[half.strip()] = count(value)
+    return out
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -51,9 +76,9 @@ def run(args: argparse.Namespace) -> int:
 
     plan = GridPlan(net=args.net, solver=args.solver, data=args.data, mean=args.mean,
                     splits=[s for s in args.splits.split(",") if s], pairs=[p for p in args.pairs.split(",") if p],
-                    layers=_ints(args.layers) if args.layers else None,
+                    layers=_ints(args.layers, "--layers") if args.layers else None,
                     families=[f for f in args.families.split(",") if f], natman=args.natman,
-                    random_frozen=args.random_frozen, reduced=_ints(args.reduced) if args.reduced else [],
+                    random_frozen=args.random_frozen, reduced=_ints(args.reduced, "--reduced") if args.reduced else [],
                     reduced_data=args.reduced_data, max_iter=args.max_iter,
                     num_output=_classes(args.num_output) if args.num_output else {})
     names = make_grid(args.out, plan)

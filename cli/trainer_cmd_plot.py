@@ -50,6 +50,9 @@ def _run_transfer(args: argparse.Namespace) -> int:
     if len(args.logs) != 1:
         raise ConfigError("--transfer takes one grid / results folder or one summary .json")
     source = Path(args.logs[0])
+    if not source.exists():  # a mistyped summary .json is not "not a folder"
+        raise ConfigError(f"{source}: no such file or folder (--transfer takes a grid / results folder or "
+                          "the .json of `trainer grid summary --json`)")
     rows = read_json(source) if source.is_file() else summarize(source, jobs=min(4, os.cpu_count() or 1), progress=None)
     print(format_table(rows, group(rows)))
     metric = "mean of the 10 highest test top-1 accuracies"

@@ -16,7 +16,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     mode.add_argument("--frozen", action="store_true", help="copied layers get lr_mult 0 and decay_mult 0")
     mode.add_argument("--fine-tune", action="store_true", help="copied layers keep the base's multipliers")
     p.add_argument("-o", "--output", required=True, metavar="OUT.prototxt", help="where to write the net")
-    p.add_argument("--source", help="data source of data layers without a phase rule")
+    p.add_argument("--source", help="data source of data layers without a phase rule (a 2014 train or val net)")
     p.add_argument("--train-source", help="data source of the TRAIN-phase data layers")
     p.add_argument("--test-source", help="data source of the TEST-phase data layers")
     p.add_argument("--mean", metavar="MEAN_FILE", help="mean_file of the data layers (replaces mean_value)")
@@ -27,12 +27,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from datakit.formats.prototxt import read_net, write_prototxt
-    from trainer.transfer import TransferSpec, learnable_layers, transfer_net
+    from trainer.transfer import TransferSpec, check_sources, learnable_layers, transfer_net
 
     base = read_net(args.net)
     spec = TransferSpec(layers=args.layers, frozen=args.frozen, source=args.source,
                         train_source=args.train_source, test_source=args.test_source, mean_file=args.mean,
                         num_output=args.num_output, keep_names=args.keep_names)
+    check_sources(base, spec)
     net = transfer_net(base, spec)
     write_prototxt(args.output, net)
     names = [layer.name for layer in learnable_layers(base)]

@@ -105,6 +105,8 @@ def random_halves(num_classes: int, seed: int) -> tuple[list[int], list[int]]:
 
     if num_classes < 2:
         raise ConfigError(f"a split into halves needs at least 2 classes, the list has {num_classes}")
+    if not 0 <= int(seed) < 2 ** 32:  # NumPy's legacy seeding takes 32-bit words only
+        raise ConfigError(f"--seed {seed}: a seed must be between 0 and 2**32 - 1 (the paper's are 0..3)")
     order = np.random.RandomState([int(seed)]).permutation(num_classes)
     half_a = sorted(int(c) for c in order[:num_classes // 2])
     chosen = set(half_a)

@@ -162,3 +162,63 @@ def test_top_k_is_an_option(shared_data):
     [row] = [r for r in summarize(logs, top=3) if r.net == "half0A"]
     best3 = sorted(read_curve(logs / "half0A").tests.values())[-3:]
     assert row.score == pytest.approx(sum(best3) / 3, rel=1e-12)
+
+
+def write_log(folder: Path, accuracies: list[float]) -> None:
+    """A `trainer fit` log with one test (loss, accuracy) every 10 iterations."""
+    folder.mkdir(parents=True)
+    lines = []
+    for i, acc in enumerate(accuracies):
+        lines += [f"I1201 10:00:{i:02d}.000000  1 solver.py:222] Iteration {10 * i}, Testing net (#0)",
+                  f"I1201 10:00:{i:02d}.100000  1 solver.py:252]     Test net output #0: loss = {2 - acc}",
+                  f"I1201 10:00:{i:02d}.200000  1 solver.py:252]     Test net output #1: accuracy = {acc}"]
+    (folder / "train.log").write_text("\n".join(lines) + "\n")
+
+
+def test_a_metric_no_log_has_is_one_line_not_a_table_of_untested_nets(tmp_path, cli):
+    from datakit.errors import ConfigError
+
+    write_log(tmp_path / "grid/half0A", [0.5, 0.7, 0.6])
+    write_log(tmp_path / "grid/half0B", [0.4, 0.8])
+    assert [r.score for r in summarize(tmp_path / "grid", top=2)] == [pytest.approx(0.65), pytest.approx(0.6)]
+    with pytest.raises(ConfigError, match=r"--metric 'acuracy': no net's log has this test output; they have "
+                                          r"accuracy, loss"):
+        summarize(tmp_path / "grid", metric="acuracy")
+    # A loss's highest values are its worst: the paper's metric of a loss would be the wrong number.
+    with pytest.raises(ConfigError, match=r"--metric 'loss': a score is the mean of the highest test values"):
+        summarize(tmp_path / "grid", metric="loss")
+    done = cli("trainer", "grid", "summary", str(tmp_path / "grid"), "--metric", "acuracy", "--no-progress")
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.startswith("trainer: error: --metric 'acuracy': no net's log") and done.stderr.count("\n") == 1
+
+
+def test_a_net_without_the_metric_beside_nets_with_it_says_which_outputs_it_has(tmp_path):
+    write_log(tmp_path / "grid/half0A", [0.5])
+    (tmp_path / "grid/half0B").mkdir()
+    (tmp_path / "grid/half0B/train.log").write_text(
+        "I1201 10:00:00.000000  1 solver.py:222] Iteration 0, Testing net (#0)\n"
+        "I1201 10:00:00.100000  1 solver.py:252]     Test net output #0: top1 = 0.3\n")
+    rows = {r.net: r for r in summarize(tmp_path / "grid")}
+    assert rows["half0A"].status == "partial"
+    assert (rows["half0B"].status, rows["half0B"].note) == (
+        "untested", "its logs have no test output 'accuracy' (they have top1)")
+
+
+def test_plot_transfer_names_a_missing_summary_file_as_missing(tmp_path, cli):
+    done = cli("trainer", "plot", "--transfer", str(tmp_path / "scors.json"), "-o", str(tmp_path / "f.png"))
+    assert done.returncode == 1 and done.stderr.startswith(f"trainer: error: {tmp_path / 'scors.json'}: no such file")
+
+
+def test_a_truncated_gzip_log_is_one_line_naming_it(tmp_path, cli):
+    """A cut .gz log ended grid summary in gzip's EOFError traceback; an unreadable log must not be
+    skipped as if empty either (its net would be listed as missing)."""
+    write_log(tmp_path / "grid/half0A", [0.5, 0.6, 0.7])
+    whole = gzip.compress((tmp_path / "grid/half0A/train.log").read_bytes() * 50)
+    (tmp_path / "grid/half0A/train.log").unlink()
+    (tmp_path / "grid/half0A/run.o7.gz").write_bytes(whole[: len(whole) // 2])
+    done = cli("trainer", "grid", "summary", str(tmp_path / "grid"), "--no-progress")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.startswith(f"trainer: error: {tmp_path / 'grid/half0A/run.o7.gz'}: cannot read log: "
+                                  "the gzip file is truncated")
+    (tmp_path / "grid/half0A/run.o7.gz").write_bytes(gzip.compress(b""))  # the authors' empty logs: skipped
+    assert summarize(tmp_path / "grid")[0].status == "missing"

@@ -101,6 +101,16 @@ def test_label_gap_names_file_and_line(cli, tmp_path):
     assert not (tmp_path / "out" / "A" / "files.txt").exists()
 
 
+def test_a_seed_numpy_cannot_take_is_one_line(cli, tmp_path):
+    """--seed -1 ended in NumPy's ValueError traceback (legacy seeding takes 32-bit words)."""
+    src = write_list(tmp_path / "list.txt", [0, 1, 2, 3])
+    for seed in ("-1", str(2 ** 32)):
+        done = cli("datakit", "split", str(src), str(tmp_path / "out"), "--seed", seed)
+        assert (done.returncode, done.stderr) == (
+            1, f"datakit: error: --seed {seed}: a seed must be between 0 and 2**32 - 1 (the paper's are 0..3)\n")
+    assert not (tmp_path / "out" / "A").exists()
+
+
 def test_index_files_overlap_empty_class_and_missing_classes_are_refused(tmp_path):
     src = write_list(tmp_path / "l.txt", [0, 1, 2, 3])
     a, b = tmp_path / "a.txt", tmp_path / "b.txt"

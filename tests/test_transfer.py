@@ -158,3 +158,25 @@ def test_frozen_copied_layers_stay_bit_identical_while_fine_tuned_ones_change(tm
         assert frozen[name] == before[name]           # every byte of weights and biases
         assert all(t != b for t, b in zip(tuned[name], before[name]))
     assert frozen["fc-new"] != before["fc"] and tuned["fc-new"] != before["fc"]
+
+
+def test_a_source_option_no_data_layer_takes_is_refused(cli, tmp_path, shared_data):
+    """--train-source on the authors' 2014 train net (no phase rules) was dropped, and --source on a
+    train/val net set its TEST layer too: either way a net read data the user did not ask for."""
+    from trainer.transfer import check_sources
+
+    old = read_net(shared_data / "caffe_logs" / "half0A" / "imagenet_train.prototxt")
+    with pytest.raises(ConfigError, match=r"--train-source: the net CaffeNet has no TRAIN-phase data layer .* "
+                                          r"\(its data layers: no phase rule\); give --source"):
+        check_sources(old, TransferSpec(3, frozen=True, train_source="B_train"))
+    check_sources(old, TransferSpec(3, frozen=True, source="B_train"))
+    assert transfer_net(old, TransferSpec(3, frozen=True, source="B_train")).layer[0].data_param.source == "B_train"
+    (tmp_path / "base.prototxt").write_text(TRAIN_VAL)
+    done = cli("trainer", "transfer", str(tmp_path / "base.prototxt"), "--layers", "1", "--frozen",
+               "-o", str(tmp_path / "out.prototxt"), "--source", "B_train")
+    assert done.returncode == 1 and not (tmp_path / "out.prototxt").exists()
+    assert done.stderr == ("trainer: error: --source: the net small has no data layer without a phase rule for it "
+                           "to set (its data layers: TRAIN, TEST); give --train-source / --test-source\n")
+    # The library call alone keeps each phase's source: --source is for layers without a phase rule.
+    net = transfer_net(parse_net(TRAIN_VAL), TransferSpec(1, frozen=True, source="B_train", train_source="t"))
+    assert [l.data_param.source for l in net.layer[:2]] == ["t", "base_test"]

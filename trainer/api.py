@@ -117,11 +117,13 @@ def transfer(net: str | os.PathLike, layers: int, *, frozen: bool, output: str |
     Returns the NetParameter, also written to ``output`` when given.
     """
     from datakit.formats.prototxt import read_net, write_prototxt
-    from trainer.transfer import TransferSpec, transfer_net
+    from trainer.transfer import TransferSpec, check_sources, transfer_net
 
     spec = TransferSpec(layers=layers, frozen=frozen, source=source, train_source=train_source,
                         test_source=test_source, mean_file=mean, num_output=num_output, keep_names=keep_names)
-    built = transfer_net(read_net(net), spec)
+    base = read_net(net)
+    check_sources(base, spec)
+    built = transfer_net(base, spec)
     if output is not None:
         write_prototxt(output, built)
     return built

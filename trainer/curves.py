@@ -116,6 +116,14 @@ def open_text(path: str | Path) -> Iterator[str]:
             yield from f
     except OSError as err:
         raise FormatError(f"{path}: cannot read log: {err}") from err
+    except EOFError:  # gzip's "Compressed file ended before the end-of-stream marker was reached"
+        raise FormatError(f"{path}: cannot read log: the gzip file is truncated (a partial copy, or a job "
+                          "killed while compressing it); `gzip -dc` recovers the lines before the cut") from None
+
+
+class EmptyLogError(FormatError):
+    """A log with no Caffe training line at all (the authors' 49-byte empty gzip files): a study
+    skips it, whereas a log that cannot be read is an error."""
 
 
 def parse_lines(lines: Iterable[str], source: str = "log") -> list[Run]:
@@ -219,7 +227,7 @@ def parse_log(path: str | os.PathLike) -> list[Run]:
     path = Path(path)
     runs = parse_lines(open_text(path), source=path.name)
     if not runs:
-        raise FormatError(f"{path}: no Caffe training lines found (expected 'Iteration N, loss = X')")
+        raise EmptyLogError(f"{path}: no Caffe training lines found (expected 'Iteration N, loss = X')")
     return runs
 
 

@@ -91,12 +91,34 @@ def _retarget_data(layer: caffe_pb2.LayerParameter, spec: TransferSpec) -> None:
     if field is None:
         return
     phase = _phase_of(layer)
-    source = {caffe_pb2.TRAIN: spec.train_source, caffe_pb2.TEST: spec.test_source}.get(phase) or spec.source
+    source = {caffe_pb2.TRAIN: spec.train_source, caffe_pb2.TEST: spec.test_source}.get(phase, spec.source)
     if source is not None:
         getattr(layer, field).source = source
     if spec.mean_file is not None and layer.type != "HDF5Data":
         layer.transform_param.mean_file = spec.mean_file
         del layer.transform_param.mean_value[:]
+
+
+def check_sources(base: caffe_pb2.NetParameter, spec: TransferSpec) -> None:
+    """Refuse a source option that no data layer of `base` takes: --train-source on a 2014 train net
+    (no phase rules) or --source on a train/val net would otherwise be dropped, and the net would
+    train or test on the base's data with no word. (`trainer grid make` passes all three on purpose.)"""
+    phases = [_phase_of(layer) for layer in base.layer if layer.type in _DATA_PARAMS]
+    wanted = {"--source": (spec.source, None, "data layer without a phase rule"),
+              "--train-source": (spec.train_source, caffe_pb2.TRAIN, "TRAIN-phase data layer"),
+              "--test-source": (spec.test_source, caffe_pb2.TEST, "TEST-phase data layer")}
+    for option, (value, phase, what) in wanted.items():
+        if value is not None and phase not in phases:
+            hint = ("--train-source / --test-source" if option == "--source" else "--source")
+            raise ConfigError(f"{option}: the net {base.name or ''} has no {what} for it to set "
+                              f"(its data layers: {_describe_phases(phases)}); give {hint}")
+
+
+def _describe_phases(phases: list[int | None]) -> str:
+    if not phases:
+        return "none"
+    names = {None: "no phase rule", caffe_pb2.TRAIN: "TRAIN", caffe_pb2.TEST: "TEST"}
+    return ", ".join(names.get(phase, str(phase)) for phase in phases)
 
 
 def _freeze(layer: caffe_pb2.LayerParameter) -> None:

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import re
 import shlex
+import string
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -58,6 +60,70 @@ def _fill(template: str, **values) -> str:
     except (KeyError, IndexError) as err:
         raise ConfigError(f"path template {template!r}: unknown placeholder {err} "
                           "(known: {split}, {half}, {phase}, {per_class})") from None
+
+
+def _placeholders(template: str) -> set[str]:
+    try:
+        return {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    except ValueError as err:  # an unmatched brace
+        raise ConfigError(f"path template {template!r}: {err}") from None
+
+
+def _require(option: str, template: str, needed: dict[str, str]) -> None:
+    """Refuse a template missing a placeholder whose absence would give two nets the same data."""
+    have = _placeholders(template)
+    for name, why in needed.items():
+        if name not in have:
+            raise ConfigError(f"{option} {template!r} has no {{{name}}}: {why}")
+
+
+_SPLIT_NAME = re.compile(r"^[0-9]+$")
+
+
+def check_plan(plan: GridPlan) -> None:
+    """Refuse, before any folder is written, a plan whose nets would be misnamed or would silently read
+    the wrong data: a data template without {phase} tests each net on its training data, one without
+    {half} trains both halves on the same classes, one without {split} gives every split the same data."""
+    unknown = sorted(set(plan.families) - set(TRANSFER_FAMILIES))
+    if unknown:
+        raise ConfigError(f"--families: unknown {', '.join(unknown)} (known: {', '.join(TRANSFER_FAMILIES)})")
+    for pair in plan.pairs:
+        if len(pair) != 2 or set(pair) - {"A", "B"}:
+            raise ConfigError(f"--pairs: {pair!r} is not two halves (AA, AB, BA or BB)")
+    for split in plan.splits:
+        if split == "natman":
+            raise ConfigError("--splits: 'natman' is not a random split; give --natman for the natural / man-made one")
+        if not _SPLIT_NAME.match(split):
+            raise ConfigError(f"--splits: {split!r} is not a split name: digits only (the seed of "
+                              "`datakit split --seed`), since it goes into folder names such as half<split>A")
+    halves = {h for pair in plan.pairs for h in pair}
+    bad = sorted(k for k in plan.num_output if k not in halves | {""})
+    if bad:
+        raise ConfigError(f"--num-output: no half {bad[0]!r} in this grid (its halves: "
+                          f"{', '.join(sorted(halves))})")
+    if any(count < 1 for count in plan.num_output.values()):
+        raise ConfigError(f"--num-output: a class count must be at least 1, got {min(plan.num_output.values())}")
+    if any(count < 1 for count in plan.reduced):
+        raise ConfigError(f"--reduced: images per class must be at least 1, got {min(plan.reduced)}")
+    known = {"split", "half", "phase", "per_class"}
+    for option, template in (("--data", plan.data), ("--mean", plan.mean), ("--reduced-data", plan.reduced_data)):
+        extra = sorted(_placeholders(template or "") - known)
+        if extra:
+            raise ConfigError(f"{option} {template!r}: unknown placeholder {{{extra[0]}}} "
+                              "(known: {split}, {half}, {phase}, {per_class})")
+    needed = {"phase": "the test nets would read the training data"}
+    if len(halves) > 1:
+        needed["half"] = "the nets of halves A and B would train on the same classes"
+    if len(plan.splits) + int(plan.natman) > 1:
+        needed["split"] = "every split would train on the same halves"
+    _require("--data", plan.data, needed)
+    if plan.reduced:
+        if not plan.reduced_data:
+            raise ConfigError("--reduced needs --reduced-data TEMPLATE (with {per_class} and {phase})")
+        needed = {"phase": "the test nets would read the training data"}
+        if len(set(plan.reduced)) > 1:
+            needed["per_class"] = "every reduced net would train on the same images"
+        _require("--reduced-data", plan.reduced_data, needed)
 
 
 def _relative(path: str, folder: Path) -> str:
@@ -128,12 +194,7 @@ def make_grid(out: str | os.PathLike, plan: GridPlan, warn: Callable[[str], None
     out = Path(out)
     if (out / GRID_FILE).exists():
         raise ConfigError(f"{out}: already holds a grid ({GRID_FILE}); choose a new folder")
-    unknown = sorted(set(plan.families) - set(TRANSFER_FAMILIES))
-    if unknown:
-        raise ConfigError(f"--families: unknown {', '.join(unknown)} (known: {', '.join(TRANSFER_FAMILIES)})")
-    for pair in plan.pairs:
-        if len(pair) != 2 or set(pair) - {"A", "B"}:
-            raise ConfigError(f"--pairs: {pair!r} is not two halves (AA, AB, BA or BB)")
+    check_plan(plan)
     w = _Writer(out, plan)
     if not len(w.solver.test_iter):
         (warn or _stderr)(f"warning: {plan.solver} has no test_iter, so the grid's nets have no test net: none is "
@@ -171,9 +232,7 @@ def make_grid(out: str | os.PathLike, plan: GridPlan, warn: Callable[[str], None
                     name = f"nolearn{split}{dst}_1_{n}"
                     spec = NetSpec(name, "random-frozen", n, split, dst, w.max_iter)
                     w.write(spec, w.data_spec(out / name, n, True, True, dst, plan.data, split=split, per_class=""))
-    if plan.reduced:
-        if not plan.reduced_data:
-            raise ConfigError("--reduced needs --reduced-data TEMPLATE (with {per_class} and {phase})")
+    if plan.reduced and plan.reduced_data:  # check_plan: reduced_data is given
         for count in plan.reduced:
             name = f"reduced-{count:04d}"
             spec = NetSpec(name, "reduced", None, None, None, w.max_iter, per_class=count)

@@ -15,8 +15,6 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from datakit.errors import FormatError
-
 TOP_K = 10
 _LOG_NAME = re.compile(r"(\.o\d+|\.oMANUAL|\.log)(\.gz)?$")
 
@@ -44,6 +42,7 @@ class NetCurve:
     empty_logs: int = 0
     runs: int = 0
     last_iteration: int = -1
+    outputs: set[str] = field(default_factory=set)   # every test output the logs name (accuracy, loss, ...)
 
     def score(self, k: int = TOP_K) -> float | None:
         """Mean of the k highest accuracies (of all there are when fewer); None without a test."""
@@ -58,7 +57,7 @@ class NetCurve:
 
 def read_curve(folder: str | Path, metric: str = "accuracy") -> NetCurve:
     """Merge the `metric` test values of every log in `folder` (see the module docstring)."""
-    from trainer.curves import parse_log
+    from trainer.curves import EmptyLogError, parse_log
 
     curve = NetCurve()
     runs = []
@@ -66,7 +65,7 @@ def read_curve(folder: str | Path, metric: str = "accuracy") -> NetCurve:
         curve.logs += 1
         try:
             found = parse_log(path)
-        except FormatError:
+        except EmptyLogError:  # an unreadable or truncated log is an error naming it, never skipped silently
             curve.empty_logs += 1
             continue
         for run in found:
@@ -74,6 +73,7 @@ def read_curve(folder: str | Path, metric: str = "accuracy") -> NetCurve:
     for run in _chronological(runs):
         curve.runs += 1
         curve.last_iteration = max(curve.last_iteration, run.last_iteration)
+        curve.outputs.update(name for name, values in run.test.items() if values)
         for it, value in run.test.get(metric, []):
             curve.tests[it] = value
     return curve

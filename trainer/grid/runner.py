@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from datakit.errors import ConfigError
 from trainer.grid.layout import (LOG_FILE, OUT_FILE, RUNNING_FILE, STATE_FILE, NetSpec, fit_arguments, is_done,
                                  latest_solverstate, log_iteration, log_tail, pid_alive, read_grid, read_json, read_net_spec,
                                  write_json)
@@ -200,6 +201,8 @@ def run_grid(grid_dir: str | os.PathLike, jobs: int = 1, executor=None,
     """Run every net not yet done, in dependency order; see the module docstring."""
     from datakit.parallel import LocalExecutor
 
+    if executor is None and jobs < 1:
+        raise ConfigError(f"--jobs must be at least 1, got {jobs}")
     root = Path(grid_dir)
     _, specs = read_grid(root)
     by_name = {s.name: s for s in specs}

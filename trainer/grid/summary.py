@@ -79,6 +79,11 @@ def net_folders(root: str | os.PathLike) -> list[Path]:
 
 
 def score_net(folder: Path, metric: str = "accuracy", top: int = TOP_K) -> NetScore:
+    return _score(folder, metric, top)[0]
+
+
+def _score(folder: Path, metric: str, top: int) -> tuple[NetScore, set[str]]:
+    """The net's row and the names of the test outputs its logs have (for a --metric none of them has)."""
     kind = net_kind(folder)
     curve = read_curve(folder, metric)
     score = curve.score(top)
@@ -87,10 +92,22 @@ def score_net(folder: Path, metric: str = "accuracy", top: int = TOP_K) -> NetSc
         status = "partial" if len(curve.tests) < top else "ok"
     elif curve.logs == curve.empty_logs:
         status = "missing"
+    elif curve.outputs:
+        status = "untested"
+        note = f"its logs have no test output {metric!r} (they have {', '.join(sorted(curve.outputs))})"
     else:
         status, note = "untested", untested_note(folder, curve.last_iteration)
-    return NetScore(folder.name, kind.family, kind.n, kind.split, kind.half, kind.per_class, score, curve.best,
-                    len(curve.tests), curve.last_iteration, curve.logs, status, note)
+    row = NetScore(folder.name, kind.family, kind.n, kind.split, kind.half, kind.per_class, score, curve.best,
+                   len(curve.tests), curve.last_iteration, curve.logs, status, note)
+    return row, curve.outputs
+
+
+def _check_metric(metric: str, rows: list[NetScore], outputs: set[str]) -> None:
+    """Refuse a --metric that no net's log has while the logs do have tests: a typo would otherwise
+    print a table of untested nets and exit 0."""
+    if outputs and not any(row.score is not None for row in rows):
+        raise ConfigError(f"--metric {metric!r}: no net's log has this test output; they have "
+                          f"{', '.join(sorted(outputs))} (2014 Caffe's 'Test score #0' reads as accuracy)")
 
 
 def untested_note(folder: Path, last_iteration: int) -> str:
@@ -141,22 +158,29 @@ def summarize(root: str | os.PathLike, metric: str = "accuracy", jobs: int = 1, 
 
     if top < 1:
         raise ConfigError(f"--top must be at least 1, got {top}")
+    if jobs < 1:
+        raise ConfigError(f"--jobs must be at least 1, got {jobs}")
+    if "loss" in metric.lower():
+        raise ConfigError(f"--metric {metric!r}: a score is the mean of the highest test values, which for a loss "
+                          "are the worst ones; give an accuracy output (default accuracy)")
     folders = net_folders(root)
     if jobs > 1 and len(folders) > 1:
         from datakit.parallel import LocalExecutor, run_all
         with LocalExecutor(jobs) as pool:  # the bar after the fork (tqdm runs a thread)
             bar = progress_bar(len(folders), progress, desc="reading logs", unit="net", leave=False)
-            rows = run_all(pool, score_net, [(folder, metric, top) for folder in folders],
-                           on_done=lambda: bar.update(1))
+            found = run_all(pool, _score, [(folder, metric, top) for folder in folders],
+                            on_done=lambda: bar.update(1))
     else:
         bar = progress_bar(len(folders), progress, desc="reading logs", unit="net", leave=False)
-        rows = []
+        found = []
         for folder in folders:
-            rows.append(score_net(folder, metric, top))
+            found.append(_score(folder, metric, top))
             bar.update(1)
     bar.close()
-    if not rows:
+    if not found:
         raise ConfigError(f"{root}: no net folders inside")
+    rows = [row for row, _ in found]
+    _check_metric(metric, rows, set().union(*(outputs for _, outputs in found)))
     return sorted(rows, key=_order)
 
 
