@@ -140,6 +140,19 @@ def test_cli_upgrade_writes_current_form(shared_data, tmp_path, cli):
     assert len(read_net(out, upgrade=False).layer) == 24
 
 
+def test_cli_upgrade_refuses_an_output_named_as_the_other_form(shared_data, tmp_path, cli):
+    """A text net written as x.caffemodel would be read back as weights, and fail there."""
+    net = str(shared_data / "caffe_logs/netbase/imagenet_train.prototxt")
+    result = cli("datakit", "upgrade", net, str(tmp_path / "up.caffemodel"))
+    assert result.returncode != 0 and not (tmp_path / "up.caffemodel").exists()
+    [line] = result.stderr.strip().splitlines()
+    assert "up.caffemodel: the upgraded net is a text prototxt; name the output *.prototxt" in line
+    weights = str(shared_data / "models/lenet/lenet_iter_10000.caffemodel")
+    result = cli("datakit", "upgrade", weights, str(tmp_path / "w.prototxt"))
+    assert result.returncode != 0 and "name the output *.caffemodel" in result.stderr
+    assert cli("datakit", "upgrade", weights, str(tmp_path / "w.caffemodel")).returncode == 0
+
+
 def test_net_parameter_bytes_match_wire_format():
     net = caffe_pb2.NetParameter(name="n")
     net.layer.add(name="r", type="ReLU")

@@ -92,9 +92,23 @@ def describe(path: str | os.PathLike) -> list[str]:
             + (" (HDF5)" if is_hdf5(path) else "")]
 
 
+_BINARY_SUFFIXES = (".caffemodel", ".binaryproto", ".solverstate", ".h5")
+
+
+def _check_output_name(kind: str, dst: Path) -> None:
+    """Refuse a name that says the other form: a text net written as ``x.caffemodel`` (or weights as
+    ``x.prototxt``) is read back by every tool, Caffe's too, as what its name says, and fails there."""
+    suffix = dst.suffix.lower()
+    if kind == "caffemodel" and suffix in (".prototxt", ".txt", ".pbtxt"):
+        raise FormatError(f"{dst}: the upgraded weights are a binary .caffemodel; name the output *.caffemodel")
+    if kind in ("net", "solver") and suffix in _BINARY_SUFFIXES:
+        raise FormatError(f"{dst}: the upgraded {kind} is a text prototxt; name the output *.prototxt")
+
+
 def upgrade_file(src: str | os.PathLike, dst: str | os.PathLike) -> str:
     """Caffe's upgrade_net_proto_text / _binary: write `src` in the current form to `dst`."""
     kind = file_kind(src)
+    _check_output_name(kind, Path(dst))
     if kind == "net":
         write_prototxt(dst, read_net(src))
     elif kind == "caffemodel":
