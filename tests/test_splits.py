@@ -111,6 +111,21 @@ def test_a_seed_numpy_cannot_take_is_one_line(cli, tmp_path):
     assert not (tmp_path / "out" / "A").exists()
 
 
+def test_a_seed_that_would_be_dropped_is_refused(cli, tmp_path):
+    """--per-class keeps the first N lines and index-file halves take the files' classes: a --seed
+    given with them changed nothing, with no word."""
+    src = write_list(tmp_path / "list.txt", [0, 1, 2, 3, 0, 1, 2, 3])
+    (tmp_path / "a.txt").write_text("0\n1\n")
+    (tmp_path / "b.txt").write_text("2\n3\n")
+    for mode, what in ((["--per-class", "1"], "--per-class keeps the first N lines of each class"),
+                       (["--halves", str(tmp_path / "a.txt"), str(tmp_path / "b.txt")], "--halves FILE_A FILE_B")):
+        done = cli("datakit", "split", str(src), str(tmp_path / "out"), *mode, "--seed", "3")
+        assert done.returncode == 1 and done.stderr.startswith(f"datakit: error: --seed: only random halves are "
+                                                               f"seeded; {what}"), done.stderr
+        assert cli("datakit", "split", str(src), str(tmp_path / "out"), *mode).returncode == 0
+    assert cli("datakit", "split", str(src), str(tmp_path / "r"), "--halves", "random", "--seed", "3").returncode == 0
+
+
 def test_index_files_overlap_empty_class_and_missing_classes_are_refused(tmp_path):
     src = write_list(tmp_path / "l.txt", [0, 1, 2, 3])
     a, b = tmp_path / "a.txt", tmp_path / "b.txt"
