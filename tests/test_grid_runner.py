@@ -174,7 +174,9 @@ def test_resume_after_the_runner_is_killed_retrains_no_finished_net(project, tmp
         assert time.monotonic() < deadline
     done_model = (grid / "half0A/snapshots/net_iter_120.caffemodel").read_bytes()
     done_log = (grid / "half0A/train.log").read_text()
-    assert grid_status(grid)[1].state == "waiting"
+    after = grid_status(grid)[1]
+    assert after.state == "waiting"   # it said "ready", as if never started
+    assert "ended without a word; the next grid run resumes it at its snapshot of iteration" in after.reason
     ran = trainer("grid", "run", str(grid))
     assert ran.returncode == 0, ran.stderr
     assert (grid / "half0A/snapshots/net_iter_120.caffemodel").read_bytes() == done_model

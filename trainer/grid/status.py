@@ -1,8 +1,9 @@
 """`grid_status`: where every net of a grid stands, read from its files only (safe while a runner runs).
 
 States: "done" (final snapshot and state.json done), "running" (running.json names a live process),
-"failed" / "skipped" (the last run said so, with its reason), "waiting" (not started, or interrupted:
-the next `trainer grid run` resumes it from its last snapshot).
+"failed" / "skipped" (the last run said so, with its reason), "waiting" (not started, or interrupted,
+cleanly or by a kill that left its files behind: the next `trainer grid run` resumes it from its last
+snapshot, and the note says which).
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ def grid_status(grid_dir: str | os.PathLike) -> list[NetStatus]:
         running = read_json(folder / RUNNING_FILE)
         pid = int(running["pid"]) if running and "pid" in running else None
         reason = None
+        snap = latest_solverstate(folder)
         if is_done(folder, spec):
             state = "done"
         elif pid is not None and pid_alive(pid):
@@ -89,12 +91,16 @@ def grid_status(grid_dir: str | os.PathLike) -> list[NetStatus]:
             state, pid = "waiting", None
             if state_doc.get("state") == "interrupted":  # what the runner wrote when it was stopped
                 reason = f"{state_doc.get('reason') or 'interrupted'}; the next grid run resumes it"
+            elif running is not None or snap:  # a runner killed (-9) wrote no state: its files say so
+                ended = f"its run (pid {running['pid']}) ended without a word" if running and "pid" in running \
+                    else "stopped"
+                where = f"at its snapshot of iteration {snap[0]}" if snap else "from the start"
+                reason = f"{ended}; the next grid run resumes it {where}"
             elif spec.needs and spec.needs not in done:
                 reason = f"needs {spec.needs}"
             else:
                 reason = "ready"  # its base net is done (or it has none): the next grid run starts it
         curve = _curve(folder)
-        snap = latest_solverstate(folder)
         iteration = max(log_iteration(folder), snap[0] if snap else 0)
         if state == "done" and curve.score() is None:
             reason = untested_note(folder, iteration)  # a finished net `grid summary` cannot score
