@@ -92,14 +92,19 @@ def test_unknown_option_is_one_clear_error(tmp_path):
         datakit.convert(tmp_path, tmp_path / "l.txt", tmp_path / "db", resize_heigth=3)
 
 
-def test_fit_call_trains_like_the_cli(tmp_path, monkeypatch):
+def _tiny_project(folder, *, records: tuple[int, int], iterations: int) -> None:
+    """tests.test_fit's tiny net and solver in ``folder`` (the current folder), ``iterations`` long."""
     from tests.test_fit import NET, SOLVER, make_db
+    make_db(folder / "train_lmdb", records[0], 0)
+    make_db(folder / "test_lmdb", records[1], 1)
+    (folder / "net.prototxt").write_text(NET.format(train="train_lmdb", test="test_lmdb", conv_lr=1, fc="fc", classes=3))
+    (folder / "solver.prototxt").write_text(SOLVER.format(net="net.prototxt", max_iter=iterations, snapshot=0,
+                                                          prefix="snap/t", base_lr=0.05, test_interval=iterations))
+
+
+def test_fit_call_trains_like_the_cli(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    make_db(tmp_path / "train_lmdb", 32, 0)
-    make_db(tmp_path / "test_lmdb", 20, 1)
-    (tmp_path / "net.prototxt").write_text(NET.format(train="train_lmdb", test="test_lmdb", conv_lr=1, fc="fc", classes=3))
-    (tmp_path / "solver.prototxt").write_text(SOLVER.format(net="net.prototxt", max_iter=10, snapshot=0, prefix="snap/t",
-                                                            base_lr=0.05, test_interval=10))
+    _tiny_project(tmp_path, records=(32, 20), iterations=10)
     result = trainer.fit("solver.prototxt", device="cpu", quiet=True)
     assert result.iterations == 10 and (tmp_path / "snap/t_iter_10.caffemodel").is_file()
     scores = trainer.test("net.prototxt", "snap/t_iter_10.caffemodel", iterations=2, device="cpu")
@@ -129,13 +134,8 @@ def test_fit_again_needs_restart_as_the_cli(tmp_path, monkeypatch):
     import pytest
 
     from datakit.errors import ConfigError
-    from tests.test_fit import NET, SOLVER, make_db
     monkeypatch.chdir(tmp_path)
-    make_db(tmp_path / "train_lmdb", 16, 0)
-    make_db(tmp_path / "test_lmdb", 8, 1)
-    (tmp_path / "net.prototxt").write_text(NET.format(train="train_lmdb", test="test_lmdb", conv_lr=1, fc="fc", classes=3))
-    (tmp_path / "solver.prototxt").write_text(SOLVER.format(net="net.prototxt", max_iter=2, snapshot=0, prefix="snap/t",
-                                                            base_lr=0.05, test_interval=2))
+    _tiny_project(tmp_path, records=(16, 8), iterations=2)
     trainer.fit("solver.prototxt", device="cpu", quiet=True)
     with pytest.raises(ConfigError, match="--restart"):   # a notebook cell run a second time
         trainer.fit("solver.prototxt", device="cpu", quiet=True)
