@@ -19,7 +19,8 @@ pixels, subtracts the mean, then multiplies by ``scale``, which is classify's pi
 - the size images are resized to before cropping (``image_dims``): with ``crop_size``, the size of
   the images the crops were cut from: a Data layer's source database's first image (256x256 for
   CaffeNet's recipe), or an ImageData layer's ``new_height`` x ``new_width``. Found in the current
-  directory or beside the prototxt; when it is not there, images are resized to the crop itself.
+  directory or beside the prototxt; when it is not there, classify's own default applies (the mean
+  image's size, else the crop).
 
 Options given on the command line win over these.
 """
@@ -66,7 +67,7 @@ class TrainNetPreprocessing:
         if self.image_dims is not None:
             dims = f", images resized to {self.image_dims[0]}x{self.image_dims[1]} ({self.dims_source}) first"
         elif self.dims_source:
-            dims = f", images resized to the crop ({self.dims_source})"
+            dims = f", the training images' size unknown ({self.dims_source})"
         return f"preprocessing from {self.source}: raw scale {self.raw_scale:g}, {mean}, {scale}, {crops}{dims}"
 
 
@@ -143,12 +144,10 @@ def preprocessing_from_train_net(path: str | os.PathLike, *, with_mean: bool = T
         raise ConfigError(f"{net_path}: layer {layer.name} gives mean_file and mean_value; Caffe takes one")
     mean: np.ndarray | None = None
     mean_source: str | None = None
-    if not with_mean:
-        pass
-    elif tp.mean_file:
+    if with_mean and tp.mean_file:
         found = _find_mean_file(tp.mean_file, net_path)
         mean, mean_source = read_mean(found), str(found)
-    elif len(tp.mean_value):
+    elif with_mean and len(tp.mean_value):
         mean, mean_source = np.array(tp.mean_value, dtype=np.float32), "mean_value"
     scale = float(tp.scale) if tp.HasField("scale") else 1.0
     # Whether the net learned from mirrored images is the TRAIN layer's to say (TEST layers do not mirror).
