@@ -222,6 +222,9 @@ def _build(opts: FitOptions, param, prefix: str, log: CaffeLog, xp, seed: int,
         nets.append(test_nets[-1])
     for net in [train_net, *test_nets]:
         rails.install(net, warn=log.warning)
+    for i, (net, n_iter) in enumerate(zip(test_nets, param.test_iter)):
+        for warning in rails.test_pass_overruns(net, int(n_iter), "test_iter", f"test net #{i}: ", passes=True):
+            log.warning(warning)
     solver = Solver(param, train_net, test_nets, log=log, snapshot_prefix=prefix, seed=seed,
                     progress=opts.progress)
     solver.final_test = opts.max_iter is not None
