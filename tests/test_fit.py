@@ -323,3 +323,24 @@ def test_a_test_pass_longer_than_the_test_set_is_named_in_fit_and_in_trainer_tes
     assert res.returncode == 0, res.stderr
     assert ("warning: --iterations 5 x batch_size 10 = 50 images, but layer data reads test_lmdb, 25 records: "
             "a test scores every record twice; to score each record once at most, use --iterations 2") in res.stderr
+
+
+def test_missing_recipe_files_say_which_fetch_command_makes_them(project, tmp_path, cli):
+    """The README's fine-tune step names bvlc_reference_caffenet.caffemodel and imagenet_mean.binaryproto bare:
+    skipped step 4, a newcomer is told the command that makes each, before the log opens or a net is built."""
+    solver = project(max_iter=2)
+    res = cli("trainer", "fit", "--solver", solver, "--device", "cpu", "--weights",
+              "bvlc_reference_caffenet.caffemodel", cwd=tmp_path)
+    assert res.returncode == 1 and res.stderr.strip().splitlines() == [
+        "trainer: error: --weights bvlc_reference_caffenet.caffemodel: file not found; "
+        "`datakit fetch-model bvlc_reference_caffenet` downloads it"]
+    assert not (tmp_path / "snap/tiny.log").exists()
+    res = cli("trainer", "fit", "--solver", solver, "--device", "cpu", "--weights", "mine.caffemodel", cwd=tmp_path)
+    assert res.returncode == 1 and res.stderr.strip().endswith("mine.caffemodel: file not found")
+    net = tmp_path / f"{solver}.net"
+    net.write_text(net.read_text().replace("mean_value: 128", 'mean_file: "imagenet_mean.binaryproto"', 1))
+    res = cli("trainer", "fit", "--solver", solver, "--device", "cpu", cwd=tmp_path)
+    error = res.stderr.strip().splitlines()[-1]  # after the log's lines of the run that stopped
+    assert res.returncode == 1 and error.startswith("trainer: error: ")
+    assert ("layer data (Data): imagenet_mean.binaryproto: file not found; `datakit fetch-mean ilsvrc12` downloads "
+            "it (relative paths in a net are read from the current directory") in error
