@@ -35,6 +35,9 @@ def run(args: argparse.Namespace) -> int:
     net = Net.from_file(args.model, phase_of(args.phase), xp=xp, stages=args.stage, level=args.level)
     for rep in load_weights_list(net, args.weights):
         print(f"Weights: {rep.summary()}", file=sys.stderr)
+    from trainer.rails import test_pass_overruns
+    for warning in test_pass_overruns(net, args.iterations, "--iterations"):
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"Running {args.iterations} iterations on {backend.device_name(xp)}.", file=sys.stderr)
 
     # by default only with --quiet (the per-batch lines would fight a bar) and on a terminal

@@ -77,6 +77,23 @@ MEANS: dict[str, MeanRecipe] = {r.name: r for r in (
 )}
 
 
+def fetch_hint(path: str | os.PathLike) -> str:
+    """``"; `datakit fetch-model NAME` downloads it"`` when a missing file is named as a recipe's file, else "".
+
+    Caffe's recipes name these files bare (``--weights bvlc_reference_caffenet.caffemodel``,
+    ``mean_file: "imagenet_mean.binaryproto"``), so a newcomer who skipped the fetch step meets
+    only "file not found"; the command that makes the file is the useful half of the message.
+    """
+    name = Path(path).name
+    for model in MODELS.values():
+        if name == model.filename:
+            return f"; `datakit fetch-model {model.name}` downloads it"
+    for mean in MEANS.values():
+        if name == mean.member:
+            return f"; `datakit fetch-mean {mean.name}` downloads it"
+    return ""
+
+
 def recipe_from_readme(folder: str | os.PathLike) -> ModelRecipe:
     """A recipe from a Caffe model folder's ``readme.md`` front matter (what download_model_binary.py reads).
 

@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n== 6. test the fine-tuned model and plot the curves")
     tuned = newest(snapshots, "demo_finetune_iter_*.caffemodel")
     output = run("trainer", "test", "--model", str(MODELS / "demo_finetune_train_val.prototxt"),
-                 "--weights", str(tuned.relative_to(OUT)), "--iterations", "8", *device, cwd=OUT, capture=True)
+                 "--weights", str(tuned.relative_to(OUT)), "--iterations", "7", *device, cwd=OUT, capture=True)
     names = data / "labels.txt"  # the class names assemble wrote beside the lists
     samples = [line.split()[0] for line in (data / "test.txt").read_text().splitlines()[:3]]
     run("trainer", "classify", *(str(Path("data") / s) for s in samples),

@@ -142,3 +142,26 @@ def test_plot_real_and_our_logs(shared_data, tmp_path, cli):
 
 def test_fmt_is_like_iostream():
     assert fmt(0.1) == "0.1" and fmt(2.0) == "2" and fmt(1e-05) == "1e-05" and fmt(6.665561) == "6.66556"
+
+
+def test_a_series_of_one_point_is_drawn(tmp_path, monkeypatch):
+    """A run shorter than two display intervals has one loss and one lr point: a line of one point is invisible,
+    so the chart showed it in the legend only; such a series gets a marker, longer ones stay plain lines."""
+    import matplotlib.axes
+    drawn: list[tuple[str, int, object]] = []
+    real = matplotlib.axes.Axes.plot
+
+    def spy(self, *args, **kw):
+        drawn.append((kw.get("label"), len(args[0]), kw.get("marker")))
+        return real(self, *args, **kw)
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", spy)
+    for iterations in ((0,), (0, 20)):  # run 1: one display; run 2 (appended to the log): two
+        log = CaffeLog(tmp_path / "short.log", metrics_path=tmp_path / "m.csv", stream=io.StringIO())
+        log.run_header("from scratch")
+        for it in iterations:
+            log.learning_rate(it, 0.01)
+            log.train_loss(it, 2.3 - it / 100)
+        log.close()
+    plot([tmp_path / "short.log"], tmp_path / "c.png")
+    assert ("short.log train loss", 1, "o") in drawn and ("short.log", 1, "o") in drawn
+    assert ("short.log (run 2) train loss", 2, None) in drawn and ("short.log (run 2)", 2, None) in drawn

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import shutil
 import signal
 import subprocess
 import sys
@@ -303,3 +304,43 @@ def test_resuming_into_a_renamed_layer_is_refused_and_points_at_weights(project,
     assert "r/run_iter_10.solverstate: its weights have no layer fc_new of this net" in res.stderr
     assert "--weights r/run_iter_10.caffemodel" in res.stderr and "Traceback" not in res.stderr
     assert not (tmp_path / "r/run_iter_20.caffemodel").exists()
+
+
+def test_a_test_pass_longer_than_the_test_set_is_named_in_fit_and_in_trainer_test(project, tmp_path, cli):
+    """test_iter x batch_size past the test database's end wraps: some records scored twice, said in one line each."""
+    solver = project(max_iter=2)
+    fit(o := opts(solver))  # test_iter 3 x batch 10 = 30 = the 30 test records: nothing to say
+    assert "W" not in "".join(line[:1] for line in o.stream.getvalue().splitlines())
+    shutil.rmtree(tmp_path / "test_lmdb")
+    make_db(tmp_path / "test_lmdb", 25, 1)
+    fit(o := opts(solver, restart=True))
+    [warning] = [line for line in o.stream.getvalue().splitlines() if line.startswith("W")]
+    assert warning.endswith("test net #0: test_iter 3 x batch_size 10 = 30 images, but layer data reads "
+                            "test_lmdb, 25 records: a test scores 5 records twice and the other 20 once, a different "
+                            "mix each test; to score each record once at most, use test_iter 2")
+    res = cli("trainer", "test", "--model", f"{solver}.net", "--weights", "snap/tiny_iter_2.caffemodel",
+              "--iterations", "5", "--quiet", "--device", "cpu", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert ("warning: --iterations 5 x batch_size 10 = 50 images, but layer data reads test_lmdb, 25 records: "
+            "a test scores every record twice; to score each record once at most, use --iterations 2") in res.stderr
+
+
+def test_missing_recipe_files_say_which_fetch_command_makes_them(project, tmp_path, cli):
+    """The README's fine-tune step names bvlc_reference_caffenet.caffemodel and imagenet_mean.binaryproto bare:
+    skipped step 4, a newcomer is told the command that makes each, before the log opens or a net is built."""
+    solver = project(max_iter=2)
+    res = cli("trainer", "fit", "--solver", solver, "--device", "cpu", "--weights",
+              "bvlc_reference_caffenet.caffemodel", cwd=tmp_path)
+    assert res.returncode == 1 and res.stderr.strip().splitlines() == [
+        "trainer: error: --weights bvlc_reference_caffenet.caffemodel: file not found; "
+        "`datakit fetch-model bvlc_reference_caffenet` downloads it"]
+    assert not (tmp_path / "snap/tiny.log").exists()
+    res = cli("trainer", "fit", "--solver", solver, "--device", "cpu", "--weights", "mine.caffemodel", cwd=tmp_path)
+    assert res.returncode == 1 and res.stderr.strip().endswith("mine.caffemodel: file not found")
+    net = tmp_path / f"{solver}.net"
+    net.write_text(net.read_text().replace("mean_value: 128", 'mean_file: "imagenet_mean.binaryproto"', 1))
+    res = cli("trainer", "fit", "--solver", solver, "--device", "cpu", cwd=tmp_path)
+    error = res.stderr.strip().splitlines()[-1]  # after the log's lines of the run that stopped
+    assert res.returncode == 1 and error.startswith("trainer: error: ")
+    assert ("layer data (Data): imagenet_mean.binaryproto: file not found; `datakit fetch-mean ilsvrc12` downloads "
+            "it (relative paths in a net are read from the current directory") in error

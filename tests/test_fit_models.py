@@ -83,7 +83,7 @@ def test_demo_nets_train_and_finetune(tmp_path, monkeypatch):
     # The shipped solvers, with fewer test batches (the nets and every other setting as shipped).
     for name in ("demo_solver", "demo_finetune_solver"):
         text = (MODELS / f"demo/{name}.prototxt").read_text()
-        text = text.replace('net: "demo_', f'net: "{MODELS}/demo/demo_').replace("test_iter: 12", "test_iter: 2")
+        text = text.replace('net: "demo_', f'net: "{MODELS}/demo/demo_').replace("test_iter: 7", "test_iter: 2")
         assert "test_iter: 2" in text and str(MODELS) in text
         (tmp_path / f"{name}.prototxt").write_text(text)
     scratch = fit(FitOptions(solver="demo_solver.prototxt", device="cpu", max_iter=40,

@@ -110,12 +110,15 @@ def test_a_run_that_fails_while_its_nets_are_built_says_why_in_its_log(project, 
 
     from trainer.board.runs import read_run, run_row
     name = project("w.prototxt", max_iter=4, test_interval=0, prefix="wf/run")
-    with pytest.raises(Exception, match="nope.caffemodel: file not found"):
-        fit(opts(name, weights="nope.caffemodel"))
+    # (a missing --weights file now stops before the log opens; a mean file missing stops once it has)
+    net = tmp_path / "w.prototxt.net"
+    net.write_text(net.read_text().replace("mean_value: 128", 'mean_file: "nope.binaryproto"', 1))
+    with pytest.raises(Exception, match="nope.binaryproto: file not found"):
+        fit(opts(name))
     lines = (tmp_path / "wf/run.log").read_text().splitlines()
-    assert lines[-1].startswith("E") and lines[-1].endswith("] nope.caffemodel: file not found")
+    assert lines[-1].startswith("E") and "layer data (Data): nope.binaryproto: file not found" in lines[-1]
     row = run_row(read_run(Path(tmp_path / "wf/run.log"), "run"))
-    assert row["state"] == "failed" and "nope.caffemodel: file not found" in row["note"]
+    assert row["state"] == "failed" and "nope.binaryproto: file not found" in row["note"]
 
 
 def test_the_speed_line_starts_after_the_first_iteration(project, tmp_path):  # noqa: F811

@@ -242,6 +242,16 @@ def plot(logs: Iterable[str | os.PathLike], out: str | os.PathLike, *, title: st
     return plot_runs([run for log in logs for run in parse_log(log)], out, title=title)
 
 
+def _lone(its: tuple) -> str | None:
+    """A marker for a series of one point, which a plain line draws as nothing at all.
+
+    A short run (fewer iterations than two ``display`` intervals, a first trial with
+    ``--max-iter``) has one train-loss and one lr point; it was listed in the legend and
+    missing from the chart. Longer series keep the plain line.
+    """
+    return "o" if len(its) == 1 else None
+
+
 def plot_runs(runs: list[Run], out: str | os.PathLike, *, title: str | None = None) -> Path:
     """:func:`plot` of logs already parsed (a 2014 log takes seconds to parse: parse it once)."""
     import matplotlib
@@ -261,7 +271,7 @@ def plot_runs(runs: list[Run], out: str | os.PathLike, *, title: str | None = No
         c = colour_of[(run.source, run.name)]
         if run.train.get("loss"):
             its, vals = zip(*run.train["loss"])
-            ax_loss.plot(its, vals, color=c, lw=0.8, alpha=0.8, label=f"{run.label} train loss")
+            ax_loss.plot(its, vals, color=c, lw=0.8, alpha=0.8, label=f"{run.label} train loss", marker=_lone(its))
         for name in sorted(loss_names & set(run.test)):
             its, vals = zip(*run.test[name])
             ax_loss.plot(its, vals, color=c, lw=1.6, ls="--", marker=".", label=f"{run.label} test {name}")
@@ -270,7 +280,7 @@ def plot_runs(runs: list[Run], out: str | os.PathLike, *, title: str | None = No
             ax_acc.plot(its, vals, color=c, marker=".", label=f"{run.label} {name}")
         if run.train.get("lr"):
             its, vals = zip(*run.train["lr"])
-            ax_lr.plot(its, vals, color=c, label=run.label, drawstyle="steps-post")
+            ax_lr.plot(its, vals, color=c, label=run.label, drawstyle="steps-post", marker=_lone(its))
     ax_loss.set_ylabel("loss")
     ax_acc.set_ylabel("test accuracy")
     acc_values = [v for run in runs for n in acc_names & set(run.test) for _, v in run.test[n]]

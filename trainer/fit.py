@@ -23,7 +23,8 @@ from typing import IO, Any
 
 import numpy as np
 
-from datakit.errors import ConfigError, DatakitError
+from datakit.errors import ConfigError, DatakitError, FormatError
+from datakit.model_zoo import fetch_hint
 from datakit.outputlock import OutputLock
 from datakit.formats import caffe_pb2
 from datakit.formats.prototxt import read_net, read_solver
@@ -173,6 +174,9 @@ def build(opts: FitOptions) -> tuple[Solver, CaffeLog, Any]:
     for field, path in ([("net", param.net)] if param.net else []) + (
             [("train_net", param.train_net)] if param.train_net else []) + [("test_net", p) for p in param.test_net]:
         _locate(path, Path(opts.solver).parent, field, opts.solver)  # a missing net stops before the log opens
+    for weights in (opts.weights or "").split(","):  # as does missing --weights (not after building the nets)
+        if weights and not Path(weights).exists():
+            raise FormatError(f"--weights {weights}: file not found{fetch_hint(weights)}")
     log = CaffeLog(opts.log or f"{prefix}.log", metrics_path=opts.metrics or f"{prefix}.metrics.csv",
                    stream=opts.stream)
     log.run_header(_how(opts, prefix, earlier))
@@ -222,6 +226,9 @@ def _build(opts: FitOptions, param, prefix: str, log: CaffeLog, xp, seed: int,
         nets.append(test_nets[-1])
     for net in [train_net, *test_nets]:
         rails.install(net, warn=log.warning)
+    for i, (net, n_iter) in enumerate(zip(test_nets, param.test_iter)):
+        for warning in rails.test_pass_overruns(net, int(n_iter), "test_iter", f"test net #{i}: ", passes=True):
+            log.warning(warning)
     solver = Solver(param, train_net, test_nets, log=log, snapshot_prefix=prefix, seed=seed,
                     progress=opts.progress)
     solver.final_test = opts.max_iter is not None

@@ -164,3 +164,38 @@ def check_flt_min_streak(streak: int, it: int, base_lr: float) -> None:
             f"iteration {it}: loss has been 87.3365 (= -log(FLT_MIN)) for {streak} iterations: the softmax "
             f"probability of the true class underflowed for every sample, i.e. the weights diverged. Lower "
             f"base_lr (now {base_lr:g}) by 10x, or check the data scale/mean and the labels")
+
+
+
+def _times(k: int) -> str:
+    return {1: "once", 2: "twice"}.get(k, f"{k} times")
+
+
+def test_pass_overruns(net, batches: int, setting: str, where: str = "", passes: bool = False) -> list[str]:
+    """A warning for each data layer of ``net`` that `batches` batches would read past its last record.
+
+    A test of test_iter x batch_size images over a smaller test set wraps around (as in
+    Caffe), so some records are scored once more than others: the accuracy is not the
+    test set's. In ``trainer fit`` (`passes`) the next test starts where this one
+    stopped, so each weighs a different mix and two tests do not even score the same
+    thing. Caffe says nothing; a newcomer's first dataset of a few hundred images meets
+    it at once. `setting` names the knob ("test_iter", "--iterations"), `where` prefixes
+    the line ("test net #0: ").
+    """
+    warnings = []
+    for layer in net.layers:
+        n, size = getattr(layer, "num_records", 0), getattr(layer, "batch_size", 0)
+        if not layer.is_data or getattr(layer, "source", None) is None or n <= 0 or size <= 0:
+            continue  # MemoryData (records handed over later) has no source to compare with
+        images = batches * size
+        if images <= n:
+            continue
+        times, extra = divmod(images, n)
+        scored = (f"every record {_times(times)}" if not extra else
+                  f"{extra} records {_times(times + 1)} and the other {n - extra} {_times(times)}"
+                  + (", a different mix each test" if passes else ""))
+        fits = f"{setting} {n // size}" if n >= size else f"batch_size {n} and {setting} 1"
+        warnings.append(f"{where}{setting} {batches} x batch_size {size} = {images} images, but layer "
+                        f"{layer.name} reads {layer.source_name}, {n} records: a test scores {scored}; "
+                        f"to score each record once at most, use {fits}")
+    return warnings

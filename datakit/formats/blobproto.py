@@ -124,7 +124,8 @@ def read_binaryproto(path: str | os.PathLike) -> np.ndarray:
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
-        raise FormatError(f"{where}: file not found") from None
+        from datakit.model_zoo import fetch_hint  # noqa: PLC0415 - only on this error
+        raise FormatError(f"{where}: file not found{fetch_hint(path)}") from None
     if not data:
         raise FormatError(f"{where}: empty file, not a BlobProto")
     return blob_to_array(parse_blobproto(data, where=where), where=where)

@@ -87,7 +87,8 @@ def read_caffemodel(path: str | os.PathLike) -> caffe_pb2.NetParameter:
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
-        raise FormatError(f"{path}: file not found") from None
+        from datakit.model_zoo import fetch_hint  # noqa: PLC0415 - only on this error
+        raise FormatError(f"{path}: file not found{fetch_hint(path)}") from None
     return parse_caffemodel(data, source=str(path))
 
 

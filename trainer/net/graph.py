@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -203,7 +204,8 @@ class NetGraph:
         """A file a layer names (source, mean_file, ...) is missing: say which net line and layer named it and
         which folder its relative path was read from, the usual cause being `trainer` run from another
         folder. Any other error is returned as it is."""
-        if type(err) not in (FormatError, DatabaseError) or not str(err).endswith("not found"):
+        # "X: file not found", possibly followed by "; `datakit fetch-... NAME` downloads it"
+        if type(err) not in (FormatError, DatabaseError) or not re.search(r"not found(; .* downloads it)?$", str(err)):
             return err
         from datakit.formats.prototxt import locate_layer  # noqa: PLC0415  (only on this error)
         line = locate_layer(self.source, name) if self.source else None
