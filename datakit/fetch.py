@@ -61,6 +61,14 @@ def _offline_hint(url: str, dest: Path, sha1: str | None) -> str:
             "command again to verify it, or point --mirror at a server that has it")
 
 
+def _reason(err: Exception, url: str) -> str:
+    """A failed attempt in a few words (a connection error names the host and the system's reason)."""
+    import aiohttp
+    if isinstance(err, aiohttp.ClientConnectorError):
+        return f"cannot connect to {urlsplit(url).netloc} ({err.os_error.strerror if err.os_error else err})"
+    return str(err) or type(err).__name__
+
+
 async def _attempt(session, url: str, part: Path, bar) -> bool:
     """One GET from where ``part`` ends; True when the file is complete."""
     import aiohttp
@@ -125,18 +133,18 @@ async def fetch_file(url: str, dest: str | os.PathLike, *, sha1: str | None = No
                             and err.status not in (408, 429):
                         break
                     if attempt < o.retries:
+                        if attempt == 0:  # the retries wait o.backoff·(2^retries - 1) s in all: say so
+                            print(f"{urlsplit(url).netloc}: {_reason(err, url)}; trying {o.retries} more "
+                                  f"time(s) over {o.backoff * (2 ** o.retries - 1):.0f} s (Ctrl-C stops)",
+                                  file=stream, flush=True)
                         await asyncio.sleep(o.backoff * 2 ** attempt)
     finally:
         if bar is not None:
             bar.close()
     if last is not None:
-        host = urlsplit(url).netloc
         kept = f"; {part.stat().st_size:,} bytes kept in {part}, the next run resumes" if part.exists() and \
             part.stat().st_size else ""
-        reason = str(last) or type(last).__name__
-        if isinstance(last, aiohttp.ClientConnectorError):
-            reason = f"cannot connect to {host} ({last.os_error.strerror if last.os_error else last})"
-        raise DownloadError(f"{url}: download failed after {o.retries + 1} attempt(s): {reason}{kept}"
+        raise DownloadError(f"{url}: download failed after {o.retries + 1} attempt(s): {_reason(last, url)}{kept}"
                             + _offline_hint(url, dest, sha1))
     if sha1 is not None:
         got = sha1_of(part)

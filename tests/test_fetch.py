@@ -118,9 +118,14 @@ async def test_offline_is_one_clear_line_with_what_to_do(tmp_path):
     with socket.socket() as s:   # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    options = quick(retries=2)
     with pytest.raises(DownloadError) as err:
         await fetch_file(f"http://127.0.0.1:{port}/bvlc_reference_caffenet.caffemodel",
-                         tmp_path / "bvlc_reference_caffenet.caffemodel", sha1=SHA1, options=quick(retries=1))
+                         tmp_path / "bvlc_reference_caffenet.caffemodel", sha1=SHA1, options=options)
+    # the wait of the retries is announced once, at the first failure (offline it was 16 s of silence)
+    said = options.stream.getvalue()
+    assert said.count("\n") == 1 and said.startswith(f"127.0.0.1:{port}: cannot connect to 127.0.0.1:{port} (")
+    assert said.endswith("; trying 2 more time(s) over 0 s (Ctrl-C stops)\n")
     message = str(err.value)
     assert "\n" not in message and f"cannot connect to 127.0.0.1:{port}" in message
     assert f"offline? download http://127.0.0.1:{port}/bvlc_reference_caffenet.caffemodel on a machine with " \
