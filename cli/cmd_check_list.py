@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 from datakit.imagelist import check_list
@@ -20,6 +21,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="accept absolute paths (Caffe's absolute-path lists)")
     p.add_argument("--report", metavar="JSON",
                    help="write every problem found (the terminal shows the first 10 of each kind)")
+
+
+_MISSING = re.compile(r":\d+: (file not found|not a regular file): ")   # check_list's missing-file lines
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,8 +46,16 @@ def run(args: argparse.Namespace) -> int:
         print(message, file=sys.stderr)
 
     wrong_root = missing_under_root(result.counts["missing-file"], len(result.entries), args.root, "--root")
+    problems = result.problems
+    if wrong_root is not None:
+        # Under a wrong root every file is missing: one of them shows the path tried, the rest would
+        # be a flood before the line that says what is wrong. Other problems are still listed.
+        missing = [p for p in problems if _MISSING.search(p)]
+        problems = [p for p in problems if not _MISSING.search(p)]
+        wrong_root += (f" (the first: {missing[0]})" if missing else "") + \
+            (f"; all of them in {args.report}" if args.report else "; --report FILE lists them all")
     cap = WarningCap(stderr, "problems", where_all=args.report or "", hint="--report FILE lists them all")
-    for problem in result.problems:
+    for problem in problems:
         cap(problem)
     cap.finish()
     if wrong_root is not None:
