@@ -97,6 +97,9 @@ def test_served_paths_folder_mode_and_placeholder(tmp_path: Path) -> None:
         assert _get(m.url + "/9/unknown.jpg")[0] == 404  # not in the manifest
         assert _get(m.url + PLACEHOLDER_PATH)[1] == placeholder_bytes()
         assert m.stats.hits["/1/5_a.jpg"] == 1
+        head = urllib.request.urlopen(urllib.request.Request(m.url + "/1/5_a.jpg", method="HEAD"), timeout=10)
+        assert head.status == 200 and head.read() == b""   # was 405: curl -I and link checkers use HEAD
+        assert int(head.headers["Content-Length"]) == (tmp_path / "5_a.jpg").stat().st_size
     with serve_mirror(MirrorConfig(any_path=True, faults={"placeholder": 1.0})) as m:
         status, body, _ = _get(m.url + "/anything/at/all.jpg")  # redirected to the placeholder
         assert status == 200 and body == placeholder_bytes()

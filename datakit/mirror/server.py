@@ -103,7 +103,7 @@ class Mirror:
 
     def app(self) -> web.Application:
         app = web.Application()
-        app.router.add_route("GET", "/{tail:.*}", self.handle)
+        app.router.add_get("/{tail:.*}", self.handle)   # HEAD too, as a real image host answers it
         return app
 
     def _label(self, path: str) -> int | None:
