@@ -67,27 +67,23 @@ def run(args: argparse.Namespace) -> int:
         if len(args.image_dims) != 2:
             raise ConfigError("--image-dims takes H,W")
         dims = (args.image_dims[0], args.image_dims[1])
-    raw_scale, input_scale = args.raw_scale, args.input_scale
-    oversample = True if args.oversample else False if args.center_only else None   # None: not given
-    extra: dict = {}
+    # None: not given, so --train-net's value (or Caffe's default) applies
+    options = {"raw_scale": args.raw_scale, "input_scale": args.input_scale, "image_dims": dims,
+               "oversample": True if args.oversample else False if args.center_only else None}
     if args.train_net:
         from trainer.classify_train_net import preprocessing_from_train_net
         check_exists(args.train_net, "training net prototxt")
         mean_given = args.mean is not None or args.mean_value is not None
         pre = preprocessing_from_train_net(args.train_net, with_mean=not mean_given)
         print(pre.describe(mean_given=mean_given), file=sys.stderr)
-        raw_scale = pre.raw_scale if raw_scale is None else raw_scale
-        input_scale = pre.input_scale if input_scale is None else input_scale
-        oversample = pre.oversample if oversample is None else oversample
-        dims = pre.image_dims if dims is None else dims
-        if pre.mean is not None:
-            extra.update(mean=pre.mean, mean_source=pre.mean_source)
+        options = pre.options(**options)
+    if options["raw_scale"] is None:
+        options["raw_scale"] = 255.0
+    if options["oversample"] is None:
+        options["oversample"] = True
     clf = Classifier.from_files(args.model, args.weights, mean_file=args.mean, mean_value=args.mean_value,
-                                xp=backend.select(args.device, args.gpu),
-                                raw_scale=255.0 if raw_scale is None else raw_scale,
-                                channel_swap=args.channel_swap, input_scale=input_scale, image_dims=dims,
-                                oversample=True if oversample is None else oversample,
-                                output_blob=args.output_blob, **extra)
+                                xp=backend.select(args.device, args.gpu), channel_swap=args.channel_swap,
+                                output_blob=args.output_blob, **options)
     labels = read_labels(args.labels) if args.labels else None
     preds = clf.classify_files(args.images, labels, top_k=args.top_k)
     for pred in preds:

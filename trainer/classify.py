@@ -210,8 +210,9 @@ class Classifier:
 
         The mean is ``mean_file`` (a .binaryproto or .npy image: its per-channel mean is
         used) or ``mean_value`` (per channel, in net channel order), not both; either replaces
-        a ``mean`` array given among the other keyword arguments, which go to the constructor. Raises ConfigError when the weights
-        leave a layer of the net uninitialised (see ``check_weights_cover``).
+        a ``mean`` array given among the other keyword arguments, which go to the constructor.
+        Raises ConfigError when the weights leave a layer of the net uninitialised (see
+        ``check_weights_cover``).
         """
         from trainer.weights import load_weights_list
         if mean_file is not None and mean_value is not None:

@@ -57,6 +57,15 @@ class TrainNetPreprocessing:
     image_dims: tuple[int, int] | None = None   # H, W to resize to before cropping; None: the crop
     dims_source: str | None = None               # where image_dims came from, or why it is None
 
+    def options(self, **given: object) -> dict:
+        """:class:`trainer.classify.Classifier` keyword arguments: these, where ``given`` (the caller's
+        own choices) is None or absent; ``mean`` / ``mean_source`` only when the net has a mean."""
+        taken: dict = {"raw_scale": self.raw_scale, "input_scale": self.input_scale,
+                       "oversample": self.oversample, "image_dims": self.image_dims}
+        if self.mean is not None:
+            taken.update(mean=self.mean, mean_source=self.mean_source)
+        return taken | {k: v for k, v in given.items() if v is not None}
+
     def describe(self, *, mean_given: bool = False) -> str:
         """One line for the command line: what was taken from the training net (``mean_given``: the
         caller's own mean replaces the net's)."""

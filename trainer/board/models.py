@@ -102,16 +102,12 @@ def _load(files: ModelFiles, weights: Path) -> _Loaded:
         raise ConfigError(f"{weights.name}: has no weights for layer(s) {', '.join(report.initialised)} of "
                           f"{files.deploy.name}; their predictions would be random")
     mean = read_mean(files.mean) if files.mean is not None else None
-    options: dict = {}
-    if files.train_net is not None:
+    options: dict = {"mean": mean}
+    if files.train_net is not None:   # the folder's mean wins over the net's
         from trainer.classify_train_net import preprocessing_from_train_net
-        pre = preprocessing_from_train_net(files.train_net, with_mean=mean is None)
-        options = {"raw_scale": pre.raw_scale, "input_scale": pre.input_scale, "oversample": pre.oversample,
-                   "image_dims": pre.image_dims}
-        if mean is None:
-            mean = pre.mean
+        options = preprocessing_from_train_net(files.train_net, with_mean=mean is None).options(mean=mean)
     labels = read_labels(files.labels) if files.labels is not None else None
-    return _Loaded(Classifier(net, mean=mean, **options), labels)
+    return _Loaded(Classifier(net, **options), labels)
 
 
 def classify_bytes(loaded: _Loaded, data: bytes, *, top_k: int = 5, max_pixels: int = 40_000_000) -> list[dict]:
