@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 
 from datakit.imagelist import check_list
@@ -21,9 +20,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="accept absolute paths (Caffe's absolute-path lists)")
     p.add_argument("--report", metavar="JSON",
                    help="write every problem found (the terminal shows the first 10 of each kind)")
-
-
-_MISSING = re.compile(r":\d+: (file not found|not a regular file): ")   # check_list's missing-file lines
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,9 +46,9 @@ def run(args: argparse.Namespace) -> int:
     if wrong_root is not None:
         # Under a wrong root every file is missing: one of them shows the path tried, the rest would
         # be a flood before the line that says what is wrong. Other problems are still listed.
-        missing = [p for p in problems if _MISSING.search(p)]
-        problems = [p for p in problems if not _MISSING.search(p)]
-        wrong_root += (f" (the first: {missing[0]})" if missing else "") + \
+        missing = set(result.missing)
+        problems = [p for p in problems if p not in missing]
+        wrong_root += (f" (the first: {result.missing[0]})" if result.missing else "") + \
             (f"; all of them in {args.report}" if args.report else "; --report FILE lists them all")
     cap = WarningCap(stderr, "problems", where_all=args.report or "", hint="--report FILE lists them all")
     for problem in problems:

@@ -47,6 +47,7 @@ class ListCheck:
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     counts: Counter = field(default_factory=Counter)  # findings per check name (problems and warnings)
+    missing: list[str] = field(default_factory=list)  # the missing-file findings (also among the above)
 
     @property
     def ok(self) -> bool:
@@ -183,6 +184,8 @@ def check_list(list_path: str | os.PathLike, *, root: str | os.PathLike | None =
     def report(check: str, message: str) -> None:
         (result.problems if levels[check] == ERROR else result.warnings).append(message)
         result.counts[check] += 1
+        if check == "missing-file":
+            result.missing.append(message)
 
     seen: dict[str, int] = {}
     for number, text in _numbered_lines(list_path):
