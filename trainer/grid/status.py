@@ -88,12 +88,11 @@ def grid_status(grid_dir: str | os.PathLike) -> list[NetStatus]:
         elif state_doc.get("state") in ("failed", "skipped"):
             state, reason = state_doc["state"], state_doc.get("reason")
         else:
-            state, pid = "waiting", None
+            state, dead, pid = "waiting", pid, None   # dead: a running.json whose process is gone
             if state_doc.get("state") == "interrupted":  # what the runner wrote when it was stopped
                 reason = f"{state_doc.get('reason') or 'interrupted'}; the next grid run resumes it"
-            elif running is not None or snap:  # a runner killed (-9) wrote no state: its files say so
-                ended = f"its run (pid {running['pid']}) ended without a word" if running and "pid" in running \
-                    else "stopped"
+            elif dead is not None or snap:  # a runner killed (-9) wrote no state: its files say so
+                ended = f"its run (pid {dead}) ended without a word" if dead is not None else "stopped"
                 where = f"at its snapshot of iteration {snap[0]}" if snap else "from the start"
                 reason = f"{ended}; the next grid run resumes it {where}"
             elif spec.needs and spec.needs not in done:
