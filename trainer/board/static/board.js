@@ -195,14 +195,21 @@ async function refreshCard(changed) {
   card.hidden = false;
   // A model card holds the classify result and the file picker: redraw it only when opened.
   if (changed && current.kind === "model" && card.dataset.path === "model:" + current.path) return;
-  const [path, render] = RENDER[current.kind];
+  const want = current, key = current.kind + ":" + current.path;
+  const [path, render] = RENDER[want.kind];
+  // Another card may be opened while this one's data is on its way (a slow database card, then a
+  // click on a model): its answer is dropped, and the refresh queued by that click draws the new card.
+  // Drawn, it was labelled with the new card's name, which then never drew.
+  const stale = () => current !== want;
   try {
-    const data = await getJSON(path, {path: current.path});
-    if (card.dataset.path !== current.kind + ":" + current.path) { card.replaceChildren(); lastDrawing = ""; }
-    card.dataset.path = current.kind + ":" + current.path;
+    const data = await getJSON(path, {path: want.path});
+    if (stale()) return;
+    if (card.dataset.path !== key) { card.replaceChildren(); lastDrawing = ""; }
+    card.dataset.path = key;
     render(card, data);
   } catch (e) {
-    card.replaceChildren(el("h3", {text: current.path}), errorLine(String(e.message || e)));
+    if (stale()) return;
+    card.replaceChildren(el("h3", {text: want.path}), errorLine(String(e.message || e)));
   }
 }
 
