@@ -43,6 +43,27 @@ class CorruptDatabase(DatabaseError):
     """A database's own files are damaged (its storage engine found bad pages), not merely unexpected."""
 
 
+class MissingFile(DatakitError):
+    """Raised as one of the subclasses below: a file or database the input names does not exist.
+
+    A caller that knows where the name came from (a layer of a net, relative
+    to which folder) adds that to the message; the class, not the message's
+    wording, says the error is of this kind (trainer.net.graph).
+    """
+
+
+class MissingFormatFile(MissingFile, FormatError):
+    """A prototxt, binaryproto, caffemodel or other Caffe file that is named is not there."""
+
+
+class MissingDatabase(MissingFile, DatabaseError):
+    """A database (or a file an HDF5 list names) that is named is not there."""
+
+
+class MissingListFile(MissingFile, ListError):
+    """An image list (or an index file) that is named is not there."""
+
+
 class DownloadError(DatakitError):
     """Downloading a manifest or its images failed as a whole."""
 

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from datakit.atomic import write_bytes_atomic, write_text_atomic
-from datakit.errors import FormatError
+from datakit.errors import FormatError, MissingFormatFile
 
 # type code -> big-endian dtype
 _TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -28,7 +28,7 @@ def _read_bytes(path: Path) -> bytes:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise FormatError(f"{path}: file not found") from None
+        raise MissingFormatFile(f"{path}: file not found") from None
     if raw[:2] == b"\x1f\x8b":
         try:
             return gzip.decompress(raw)

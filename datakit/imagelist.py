@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from datakit.atomic import atomic_write
-from datakit.errors import ListError
+from datakit.errors import ListError, MissingListFile
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +142,7 @@ def _numbered_lines(list_path: str | os.PathLike) -> Iterator[tuple[int, str]]:
     try:
         fh = open(list_path, encoding="utf-8-sig")
     except FileNotFoundError:
-        raise ListError(f"{name}: list file not found") from None
+        raise MissingListFile(f"{name}: list file not found") from None
     with fh:
         try:
             for number, text in enumerate(fh, start=1):

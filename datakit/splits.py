@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from datakit.atomic import atomic_write, write_text_atomic
-from datakit.errors import ConfigError, ListError
+from datakit.errors import ConfigError, ListError, MissingListFile
 from datakit.imagelist import format_line, iter_list
 
 MANIFEST_NAME = "split.json"
@@ -119,7 +119,7 @@ def read_index_file(path: str | os.PathLike) -> list[tuple[int, int]]:
     try:
         text = Path(path).read_text(encoding="utf-8-sig")
     except FileNotFoundError:
-        raise ListError(f"{name}: index file not found") from None
+        raise MissingListFile(f"{name}: index file not found") from None
     except UnicodeDecodeError as err:
         raise ListError(f"{name}: not a UTF-8 text file ({err.reason} at byte {err.start})") from None
     seen: dict[int, int] = {}

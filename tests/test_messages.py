@@ -140,16 +140,26 @@ layer { name: "fc" type: "InnerProduct" bottom: "data" top: "out" inner_product_
 '''
 
 
-@pytest.mark.parametrize("mean, missing", [("", "train_lmdb: database not found"),
-                                           ('mean_file: "mean.binaryproto"', "mean.binaryproto: file not found")])
-def test_a_data_layers_missing_file_names_the_net_line_layer_and_folder(cli, tmp_path, mean, missing):
+IMAGE_DATA = 'layer { name: "data" type: "ImageData" top: "data" top: "label" image_data_param { source: "train.txt" batch_size: 2 } }'
+HDF5_DATA = 'layer { name: "data" type: "HDF5Data" top: "data" top: "label" hdf5_data_param { source: "train_h5.txt" batch_size: 2 } }'
+DATA_LAYER = DATA_NET.split("\nlayer { name: \"fc\"")[0]
+
+
+@pytest.mark.parametrize("data, missing, type_name", [
+    (DATA_LAYER.replace("MEAN", ""), "train_lmdb: database not found", "Data"),
+    (DATA_LAYER.replace("MEAN", 'mean_file: "mean.binaryproto"'), "mean.binaryproto: file not found", "Data"),
+    # these two said only "train.txt: list file not found" / "cannot read ... source: not a file"
+    ('name: "d"\n' + IMAGE_DATA, "train.txt: list file not found", "ImageData"),
+    ('name: "d"\n' + HDF5_DATA, "train_h5.txt: HDF5 list file not found", "HDF5Data")])
+def test_a_data_layers_missing_file_names_the_net_line_layer_and_folder(cli, tmp_path, data, missing, type_name):
     """Run from the wrong folder, `trainer fit` said only 'train_lmdb: database not found'."""
     models = tmp_path / "models"
     models.mkdir()
-    (models / "net.prototxt").write_text(DATA_NET.replace("MEAN", mean))
+    fc = 'layer { name: "fc" type: "InnerProduct" bottom: "data" top: "out" inner_product_param { num_output: 2 } }\n'
+    (models / "net.prototxt").write_text(data + "\n" + fc)
     (models / "solver.prototxt").write_text('net: "net.prototxt"\nbase_lr: 0.01\nmax_iter: 1\n')
     res = cli("trainer", "fit", "--solver", "models/solver.prototxt", "--device", "cpu", "--quiet", cwd=tmp_path)
     assert res.returncode == 1
     [line] = res.stderr.strip().splitlines()
-    assert line == (f"trainer: error: models/net.prototxt:2: layer data (Data): {missing} "
+    assert line == (f"trainer: error: models/net.prototxt:2: layer data ({type_name}): {missing} "
                     f"(relative paths in a net are read from the current directory, {tmp_path})")

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from datakit.errors import DatabaseError
+from datakit.errors import DatabaseError, MissingDatabase
 
 if TYPE_CHECKING:
     from datakit.db.base import Reader, Record, Writer
@@ -177,7 +177,7 @@ def detect_backend(path: str | os.PathLike) -> str:
         done = prog.get("written", "?")
         raise DatabaseError(f"{p}: conversion was interrupted ({done} records written, kept in {partial}); "
                             "rerun the same `datakit convert` with --resume to finish it")
-    raise DatabaseError(f"{p}: database not found")
+    raise MissingDatabase(f"{p}: database not found")
 
 
 def open_reader(path: str | os.PathLike, backend: str | None = None, *, decode: bool = False,

@@ -23,7 +23,7 @@ from datakit.db import HDF5_LIST_NAME
 from datakit.db.base import SLAB_BYTES, Reader, Writer
 from datakit.db.pagecache import DropBehind
 from datakit.db.reserve import allocate, free_bytes, no_space
-from datakit.errors import DatabaseError, DiskFull
+from datakit.errors import DatabaseError, DiskFull, MissingDatabase
 
 __all__ = ["HDF5Reader", "HDF5Writer", "SLAB_BYTES", "hdf5_files", "read_hdf5_list", "shard_name"]
 
@@ -73,7 +73,7 @@ def read_hdf5_list(list_file: Path, base_dir: Path | None = None) -> list[Path]:
         candidates.append(list_file.parent / given.name)
         found = next((c for c in candidates if c.exists()), None)
         if found is None:
-            raise DatabaseError(f"{list_file}:{number}: HDF5 file {name!r} not found")
+            raise MissingDatabase(f"{list_file}:{number}: HDF5 file {name!r} not found")
         files.append(found)
     if not files:
         raise DatabaseError(f"{list_file}: lists no .h5 files")

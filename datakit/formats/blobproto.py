@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from datakit.atomic import write_bytes_atomic
-from datakit.errors import FormatError
+from datakit.errors import FormatError, MissingFormatFile
 from datakit.formats.wire import varint
 
 if TYPE_CHECKING:  # protobuf is imported where a BlobProto object is built or parsed: writing a mean needs none
@@ -125,7 +125,7 @@ def read_binaryproto(path: str | os.PathLike) -> np.ndarray:
         data = Path(path).read_bytes()
     except FileNotFoundError:
         from datakit.model_zoo import fetch_hint  # noqa: PLC0415 - only on this error
-        raise FormatError(f"{where}: file not found{fetch_hint(path)}") from None
+        raise MissingFormatFile(f"{where}: file not found{fetch_hint(path)}") from None
     if not data:
         raise FormatError(f"{where}: empty file, not a BlobProto")
     return blob_to_array(parse_blobproto(data, where=where), where=where)
@@ -155,7 +155,7 @@ def read_mean(path: str | os.PathLike) -> np.ndarray:
         try:
             arr = np.load(path, allow_pickle=False)
         except FileNotFoundError:
-            raise FormatError(f"{where}: file not found") from None
+            raise MissingFormatFile(f"{where}: file not found") from None
         except (ValueError, OSError) as err:
             if "allow_pickle" in str(err):  # numpy's text suggests loading it unsafely: never
                 raise FormatError(f"{where}: holds Python objects (a pickle), which datakit never loads; a mean "

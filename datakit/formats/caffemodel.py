@@ -16,7 +16,7 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 from datakit.atomic import write_bytes_atomic
-from datakit.errors import FormatError
+from datakit.errors import FormatError, MissingFormatFile
 from datakit.formats import caffe_pb2
 from datakit.formats.blobproto import blob_to_array
 from datakit.formats.upgrade import upgrade_net
@@ -88,7 +88,7 @@ def read_caffemodel(path: str | os.PathLike) -> caffe_pb2.NetParameter:
         data = Path(path).read_bytes()
     except FileNotFoundError:
         from datakit.model_zoo import fetch_hint  # noqa: PLC0415 - only on this error
-        raise FormatError(f"{path}: file not found{fetch_hint(path)}") from None
+        raise MissingFormatFile(f"{path}: file not found{fetch_hint(path)}") from None
     return parse_caffemodel(data, source=str(path))
 
 

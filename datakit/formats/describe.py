@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from datakit.errors import FormatError
+from datakit.errors import FormatError, MissingFormatFile
 from datakit.formats import caffe_pb2
 from datakit.formats.blobproto import read_binaryproto, read_mean
 from datakit.formats.caffemodel import model_layers, read_caffemodel, write_caffemodel
@@ -32,7 +32,7 @@ def file_kind(path: str | os.PathLike) -> str:
         try:
             text = Path(path).read_text(encoding="utf-8")
         except FileNotFoundError:
-            raise FormatError(f"{path}: file not found") from None
+            raise MissingFormatFile(f"{path}: file not found") from None
         except UnicodeDecodeError:
             raise FormatError(f"{path}: not a text file, but named like a prototxt") from None
         solver_words = ("base_lr", "lr_policy", "max_iter", "train_net", "test_iter")

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from google.protobuf.message import DecodeError
 
-from datakit.errors import FormatError
+from datakit.errors import FormatError, MissingFormatFile
 from datakit.formats import caffe_pb2
 from datakit.formats.blobproto import array_to_blob, blob_to_array
 
@@ -46,7 +46,7 @@ def _open(path: str | os.PathLike, what: str):
     try:
         return h5py.File(path, "r")
     except FileNotFoundError:
-        raise FormatError(f"{path}: file not found") from None
+        raise MissingFormatFile(f"{path}: file not found") from None
     except OSError as err:
         raise FormatError(f"{path}: not a readable HDF5 {what} ({err})") from None
 

@@ -17,7 +17,7 @@ from google.protobuf import text_format
 from google.protobuf.message import Message
 
 from datakit.atomic import write_text_atomic
-from datakit.errors import FormatError
+from datakit.errors import FormatError, MissingFormatFile
 from datakit.formats import caffe_pb2
 from datakit.formats.upgrade import upgrade_net, upgrade_solver
 
@@ -44,7 +44,7 @@ def _read_text(path: str | os.PathLike) -> str:
     try:
         return Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise FormatError(f"{path}: file not found") from None
+        raise MissingFormatFile(f"{path}: file not found") from None
     except UnicodeDecodeError as err:
         raise FormatError(f"{path}: not a text file ({err.reason} at byte {err.start}); "
                           "is this a binary .caffemodel or .binaryproto?") from None

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from datakit.errors import ConfigError, DatabaseError
+from datakit.errors import ConfigError, DatabaseError, MissingDatabase
 
 from trainer.layers import register
 from trainer.layers.base import Blob
@@ -39,6 +39,8 @@ class HDF5DataLayer(PrefetchingDataLayer):
         self.batch_size = int(p.batch_size)
         self.shuffle = bool(p.shuffle)
         list_path = Path(self.base_dir) / p.source
+        if not list_path.exists():
+            raise MissingDatabase(f"{list_path}: HDF5 list file not found")
         if not list_path.is_file():
             raise ConfigError(f"layer {self.name}: cannot read hdf5_data_param.source {list_path}: not a file")
         self.files = read_hdf5_list(list_path, base_dir=Path(self.base_dir))

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -29,7 +28,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from datakit.errors import DatabaseError, FormatError
+from datakit.errors import FormatError, MissingFile
 from datakit.formats import caffe_pb2
 from datakit.formats.upgrade import upgrade_net
 
@@ -168,7 +167,7 @@ class NetGraph:
 
         try:
             layer.set_up(bottoms, tops)  # counts, setup, reshape (Caffe's Layer::SetUp)
-        except (FormatError, DatabaseError) as err:
+        except MissingFile as err:
             raise self._not_found_here(err, name, lp.type) from None
         self._share_params(layer, lp)
         weights = default_loss_weights(lp, cls)
@@ -200,13 +199,10 @@ class NetGraph:
         self.bottom_need_backward.append(bottom_need)
         self.inserted_split.append(lp.type == "Split" and name in self._inserted_splits)
 
-    def _not_found_here(self, err: FormatError | DatabaseError, name: str, type_name: str) -> Exception:
+    def _not_found_here(self, err: MissingFile, name: str, type_name: str) -> MissingFile:
         """A file a layer names (source, mean_file, ...) is missing: say which net line and layer named it and
         which folder its relative path was read from, the usual cause being `trainer` run from another
-        folder. Any other error is returned as it is."""
-        # "X: file not found", possibly followed by "; `datakit fetch-... NAME` downloads it"
-        if type(err) not in (FormatError, DatabaseError) or not re.search(r"not found(; .* downloads it)?$", str(err)):
-            return err
+        folder."""
         from datakit.formats.prototxt import locate_layer  # noqa: PLC0415  (only on this error)
         line = locate_layer(self.source, name) if self.source else None
         where = f"{self.source}:{line}: " if line else (f"{self.source}: " if self.source else "")
