@@ -285,3 +285,45 @@ def test_a_log_cut_before_its_first_line_is_flagged_and_an_empty_gzip_is_skipped
     (tmp_path / "grid/half0A/run.o7.gz").write_bytes(gzip.compress(b""))  # the authors' empty logs: skipped
     heard.clear()
     assert (summarize(tmp_path / "grid", warn=heard.append)[0].status, heard) == ("missing", [])
+
+
+def test_a_corrupt_gzip_log_is_one_line_naming_it_not_a_traceback(tmp_path, cli):
+    """Damage inside a .gz (not a cut) raised zlib.error, which no one caught; unlike a cut, the lines
+    gzip gives before it are not to be trusted, so it stays an error."""
+    write_log(tmp_path / "grid/half0A", [round(0.5 + ((i * 7919) % 997) / 2000, 6) for i in range(300)])
+    whole = gzip.compress((tmp_path / "grid/half0A/train.log").read_bytes())
+    (tmp_path / "grid/half0A/train.log").unlink()
+    for at in range(20, len(whole) - 20):  # the first damage zlib itself refuses
+        bad = whole[:at] + bytes(b ^ 0xFF for b in whole[at:at + 3]) + whole[at + 3:]
+        try:
+            gzip.decompress(bad)
+        except zlib.error:  # not a CRC error (an OSError), nor a stream that seems to end early (EOFError)
+            break
+        except (OSError, EOFError):
+            continue
+    (tmp_path / "grid/half0A/run.o7.gz").write_bytes(bad)
+    done = cli("trainer", "grid", "summary", str(tmp_path / "grid"), "--no-progress")
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith(f"trainer: error: {tmp_path / 'grid/half0A/run.o7.gz'}: cannot read log: "
+                                  "the gzip data is corrupt (Error -3 while decompressing data")
+
+
+def test_grid_status_notes_a_truncated_log_as_summary_does(tmp_path):
+    from tests.test_grid_runner import NET, SOLVER
+    from trainer.grid import grid_status
+    from trainer.grid.make import GridPlan, make_grid
+
+    (tmp_path / "net.prototxt").write_text(NET)
+    (tmp_path / "solver.prototxt").write_text(SOLVER)
+    make_grid(tmp_path / "g", GridPlan(net=str(tmp_path / "net.prototxt"), solver=str(tmp_path / "solver.prototxt"),
+                                       data="d/{split}{half}_{phase}", pairs=["AA"], layers=[1], data_later=True),
+              warn=lambda line: None)
+    write_log(tmp_path / "logs", [0.5, 0.6, 0.7])
+    whole = gzip.compress((tmp_path / "logs/train.log").read_bytes())
+    cut = next(whole[:at] for at in range(len(whole) - 8, 0, -1)  # the last test's accuracy line is cut off
+               if "accuracy = 0.7" not in "".join(_whole_lines_before_the_cut(whole[:at])))
+    (tmp_path / "g/half0A/run.o7.gz").write_bytes(cut)
+    rows = {row.net: row for row in grid_status(tmp_path / "g")}
+    assert rows["half0A"].reason == "ready; truncated log run.o7.gz: scored on the lines before the cut"
+    assert rows["half0A"].best_accuracy == 0.6
+    assert "truncated" not in (rows["transfer0A0A_1_1"].reason or "")

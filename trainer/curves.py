@@ -23,6 +23,7 @@ import gzip
 import math
 import os
 import re
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import Callable, Iterable, Iterator
@@ -128,6 +129,8 @@ def open_text(path: str | Path, on_truncated: Callable[[Path], None] | None = No
             yield from f
     except OSError as err:
         raise FormatError(f"{path}: cannot read log: {err}") from err
+    except zlib.error as err:  # damaged inside (a bad copy): what it yields may already be wrong
+        raise FormatError(f"{path}: cannot read log: the gzip data is corrupt ({err})") from None
     except EOFError:  # gzip's "Compressed file ended before the end-of-stream marker was reached"
         if on_truncated is None:
             raise FormatError(f"{path}: cannot read log: {TRUNCATED_GZIP}") from None
