@@ -217,9 +217,9 @@ class Solver:
                                stream=stream, **({} if self.progress else {"delay": 2}))
         if self.progress is False:
             return bar, None
-        lines = PassProgress(batches, lambda text: self.log.info(text, to_stream=not drawn),
-                             f"Test pass of net #{net_id} at iteration {self.iter}")
-        return bar, lines
+        ticker = PassProgress(batches, lambda text: self.log.info(text, to_stream=not drawn),
+                              f"Test pass of net #{net_id} at iteration {self.iter}")
+        return bar, ticker
 
     def test(self, net_id: int) -> dict[str, float] | None:
         """One test pass of ``test_iter`` batches: the mean of each output, logged and returned.
@@ -236,13 +236,13 @@ class Solver:
         n_iter = int(self.param.test_iter[net_id])
         loss_total = 0.0
         before = _net_state(net)
-        bar, lines = self._test_progress(n_iter, net_id)
+        bar, ticker = self._test_progress(n_iter, net_id)
         for done in range(1, n_iter + 1):
             loss_total += net.forward()
             sums.add({name: to_host(net.blobs[name].data) for name in net.output_names})
             bar.update(1)
-            if lines is not None:
-                lines.update(done)
+            if ticker is not None:
+                ticker.update(done)
             if self.stop_reason and done < n_iter:
                 bar.close()
                 _restore_net(net, before)
