@@ -11,7 +11,7 @@ from trainer.curves import parse_log
 from trainer.fit import FitOptions, fit
 from trainer.pass_progress import PassProgress
 
-LINE = re.compile(r"^I\d{4} \d\d:\d\d:\d\d\.\d{6} +\d+ solver\.py:\d+\] Test pass of net #0 at iteration (\d+): "
+LINE = re.compile(r"^I\d{4} \d\d:\d\d:\d\d\.\d{6} +\d+ pass_progress\.py:\d+\] Test pass of net #0 at iteration (\d+): "
                   r"(\d+)/3 batches in \d+ s, about \d+ s left$")
 
 

@@ -20,6 +20,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from trainer.caffelog import CaffeLog
 
 #: seconds a pass runs before its first progress line
 FIRST_AFTER = 10.0
@@ -48,3 +52,26 @@ class PassProgress:
         self.last = now
         left = elapsed / max(done, 1) * (self.total - done)
         self.emit(f"{self.label}: {done}/{self.total} batches in {elapsed:.0f} s, about {left:.0f} s left")
+
+
+def test_pass_progress(log: CaffeLog, progress: bool | None, batches: int, net_id: int,
+                       iteration: int) -> tuple[Any, PassProgress | None]:
+    """A `trainer fit` test pass's bar, and its progress lines for where no bar is seen.
+
+    The bar: the one policy of ``datakit.report.progress_bar`` on the log's stream (stderr unless
+    ``--quiet``): drawn when `progress` is True, never when False, else only on a terminal, shown
+    after 2 s and erased when done, so logs and quick tests look as Caffe's do. The lines (none when
+    `progress` is False): in the log file and, where no bar is drawn, on the stream too.
+    """
+    from datakit.report import progress_bar, progress_enabled  # noqa: PLC0415 - tqdm only when a bar is drawn
+    stream = log.stream
+    drawn = (stream is not None or progress is True) and progress_enabled(progress, stream)
+    if not drawn:
+        bar = progress_bar(batches, False)
+    else:
+        bar = progress_bar(batches, True, desc=f"test net #{net_id}", unit="batch", leave=False,
+                           stream=stream, **({} if progress else {"delay": 2}))
+    if progress is False:
+        return bar, None
+    return bar, PassProgress(batches, lambda text: log.info(text, to_stream=not drawn),
+                             f"Test pass of net #{net_id} at iteration {iteration}")
