@@ -251,8 +251,8 @@ def make_grid(out: str | os.PathLike, plan: GridPlan, warn: Callable[[str], None
         raise ConfigError(f"{missing[0].line()}{more}; make the data first, or give --data-later if it will "
                           "exist when the grid runs")
     if missing:
-        count = f"{len(missing)} data paths of the grid do not" if len(missing) > 1 else "1 data path of the grid does not"
-        (warn or _stderr)(f"warning: {count} exist yet, e.g. {missing[0].line()}; `trainer grid run` fails a net "
+        paths = f"{len(missing)} data paths of the grid do not" if len(missing) > 1 else "1 data path of the grid does not"
+        (warn or _stderr)(f"warning: {paths} exist yet, e.g. {missing[0].line()}; `trainer grid run` fails a net "
                           "whose data is still missing then")
     if not len(w.solver.test_iter):
         (warn or _stderr)(f"warning: {plan.solver} has no test_iter, so the grid's nets have no test net: none is "
