@@ -67,6 +67,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reduced", metavar="N,..", help="also nets on N images per class, e.g. 1,10,100")
     p.add_argument("--reduced-data", metavar="TEMPLATE", help="data of the reduced nets, with {per_class} and {phase}")
     p.add_argument("--max-iter", type=int, help="iterations of every net (default: the solver's max_iter)")
+    p.add_argument("--data-later", action="store_true",
+                   help="make the grid although data or mean paths do not exist yet (converted later, or paths "
+                        "that exist only where the grid runs): a warning instead of a refusal")
     p.add_argument("--num-output", metavar="K | A=K,B=K",
                    help="classes of the top layer: one count, or per half (e.g. A=449,B=551)")
 
@@ -80,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
                     families=[f for f in args.families.split(",") if f], natman=args.natman,
                     random_frozen=args.random_frozen, reduced=_ints(args.reduced, "--reduced") if args.reduced else [],
                     reduced_data=args.reduced_data, max_iter=args.max_iter,
-                    num_output=_classes(args.num_output) if args.num_output else {})
+                    num_output=_classes(args.num_output) if args.num_output else {}, data_later=args.data_later)
     names = make_grid(args.out, plan)
     print(f"{args.out}: {len(names)} nets ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''}); "
           f"run them with: trainer grid run {args.out} --jobs N")

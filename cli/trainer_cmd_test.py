@@ -24,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from datakit.report import progress_bar, write_report
+    from datakit.report import progress_bar, progress_enabled, write_report
     from trainer import backend
     from trainer.evaluate import batch_lines, score_net
     from trainer.net import Net
@@ -43,9 +43,15 @@ def run(args: argparse.Namespace) -> int:
     # by default only with --quiet (the per-batch lines would fight a bar) and on a terminal
     shown = args.progress if args.progress is not None else (None if args.quiet else False)
     bar = progress_bar(args.iterations, shown, desc="test", unit="batch")
+    lines = None  # --quiet with no bar (a log file, nohup): a line now and then on stderr if the pass lasts
+    if args.quiet and args.progress is not False and not progress_enabled(shown):
+        from trainer.pass_progress import PassProgress
+        lines = PassProgress(args.iterations, lambda text: print(text, file=sys.stderr, flush=True), "test")
 
     def on_batch(it: int, outs: dict) -> None:
         bar.update(1)
+        if lines is not None:
+            lines.update(it + 1)
         for line in [] if args.quiet else batch_lines(it, outs, net.output_names):
             print(line, flush=True)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -323,3 +324,45 @@ def test_real_flickr_csv_through_the_mirror_gives_caffes_lists(tmp_path: Path, s
     # --labels 10: the names of labels 0..9, in Caffe's style_names.txt order
     assert _lines(out / "labels.txt") == ["Detailed", "Pastel", "Melancholy", "Noir", "HDR", "Vintage",
                                           "Long Exposure", "Horror", "Sunny", "Bright"]
+
+
+def test_a_rerun_says_how_many_rows_it_skips_as_failed_for_good_as_its_summary_does(tmp_path: Path, demo_rows) -> None:
+    """The rerun's first line and its Interrupted line left out the rows not asked again (a 404 or
+    placeholder last time), so their numbers did not add up to the selection; the summary counted them."""
+    faults = {"not_found": 0.15, "placeholder": 0.1}
+    out = tmp_path / "d"
+    cfg = AssembleConfig(manifest="demo", out=out, images=300, seed=11, options=_fast(), progress=False,
+                         report=tmp_path / "r.json")
+    mirror = MirrorConfig.from_rows(demo_rows, faults=faults, seed=4)
+    with serve_mirror(mirror) as m:  # one server: a row's record is skipped only for the same URL
+        cfg.mirror = m.url
+        first = assemble(cfg, log=lambda s: None).report
+        for_good = first.failed
+        assert for_good > 20 and first.skipped_permanent_failures == 0
+        kept = sorted((out / "images").iterdir())[:50]  # most images lost (a partial copy of the folder)
+        for p in set((out / "images").iterdir()) - set(kept):
+            p.unlink()
+        heard: list[str] = []
+        again = assemble(cfg, log=heard.append).report
+        assert again.skipped_permanent_failures == for_good and again.already_present == 50
+        assert heard[0] == (f"Downloading {300 - 50 - for_good} images (50 already present, {for_good} not asked "
+                            "again (failed for good last time; --retry-failed asks), 300 selected) with 16 connections...")
+        assert again.line().endswith(f"; {for_good} not asked again (failed for good last time; --retry-failed asks)")
+
+        for p in sorted((out / "images").iterdir())[50:]:  # lose them again, and stop the next rerun midway
+            p.unlink()
+        mirror.latency = 0.05
+        proc = subprocess.Popen([sys.executable, "-m", "cli.datakit_main", "assemble", "--manifest", "demo", "--mirror",
+                                 m.url, "--out", str(out), "--images", "300", "--seed", "11", "--concurrency", "4",
+                                 "--no-progress"], env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        _wait_for_files(out / "images", 70, proc)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130, stderr
+    start, *_, last = stdout.splitlines()
+    assert start.startswith(f"Downloading {300 - 50 - for_good} images (50 already present, {for_good} not asked again")
+    counts = re.match(rf"Interrupted: (\d+) downloaded, 0 failed, 50 already present, {for_good} not asked again "
+                      r"\(failed for good last time\) of 300 selected; re-run the same command to resume", last)
+    assert counts, last
+    assert 20 <= int(counts.group(1)) < 300 - 50 - for_good

@@ -111,5 +111,6 @@ def test_make_warns_when_the_solver_has_no_test_net(project, tmp_path):  # noqa:
     assert done.returncode == 0, done.stderr
     assert f"warning: {solver} has no test_iter" in done.stderr
     quiet = trainer("grid", "make", str(tmp_path / "h"), "--net", str(project / "net.prototxt"), "--solver",
-                    str(project / "solver.prototxt"), "--data", "d/{split}{half}_{phase}", "--pairs", "AA", "--layers", "1")
+                    str(project / "solver.prototxt"), "--data", str(project / "data/{split}{half}_{phase}_lmdb"),
+                    "--pairs", "AA", "--layers", "1")
     assert quiet.returncode == 0 and "warning" not in quiet.stderr

@@ -23,7 +23,9 @@ def files(tmp_path):
 
 
 def plan(root, **kw) -> GridPlan:
+    """A plan over data that does not exist (these tests never train): data_later, as `--data-later`."""
     kw.setdefault("data", "data/{split}{half}_{phase}_lmdb")
+    kw.setdefault("data_later", True)
     return GridPlan(net=str(root / "net.prototxt"), solver=str(root / "solver.prototxt"), **kw)
 
 
@@ -74,3 +76,41 @@ def test_jobs_below_one_is_refused_not_taken_as_one(files, cli):
         done = cli("trainer", "grid", *command, "--jobs", "0")
         assert (done.returncode, done.stderr) == (1, "trainer: error: --jobs must be at least 1, got 0\n")
     assert not (files / "grid/half0A/fit.out").exists()  # nothing was started
+
+
+def _grid_make(cli, files, *extra: str):
+    return cli("trainer", "grid", "make", str(files / "grid"), "--net", str(files / "net.prototxt"),
+               "--solver", str(files / "solver.prototxt"), "--data", str(files / "data/{split}{half}_{phase}_lmdb"),
+               "--layers", "1", *extra)
+
+
+def test_data_that_does_not_exist_is_refused_naming_the_path_and_its_option(files, cli):
+    """`grid make` wrote a grid over a mistyped data template; `grid run` failed on it net by net later."""
+    for path in ("data/0A_train_lmdb", "data/0A_test_lmdb", "data/0B_test_lmdb", "means/0A.binaryproto"):
+        (files / path).parent.mkdir(exist_ok=True)
+        (files / path).mkdir() if path.endswith("lmdb") else (files / path).write_bytes(b"")
+    done = _grid_make(cli, files)
+    assert done.returncode == 1 and done.stderr == (
+        f"trainer: error: --data '{files}/data/{{split}}{{half}}_{{phase}}_lmdb': {files}/data/0B_train_lmdb does "
+        "not exist (split 0, half B, phase train); make the data first, or give --data-later if it will exist "
+        "when the grid runs\n")
+    assert not (files / "grid").exists()
+    (files / "data/0B_train_lmdb").mkdir()
+    mean = str(files / "means/0{half}.binaryproto")
+    done = _grid_make(cli, files, "--mean", mean, "--reduced", "5,10", "--reduced-data", "r/{per_class}_{phase}")
+    assert done.returncode == 1 and not (files / "grid").exists()
+    assert done.stderr.startswith(f"trainer: error: --mean '{mean}': {files}/means/0B.binaryproto does not exist "
+                                  "(split 0, half B) (and 5 more data paths); make the data first"), done.stderr
+    (files / "means/0B.binaryproto").write_bytes(b"")
+    assert _grid_make(cli, files, "--mean", mean).returncode == 0  # everything there: made
+
+
+def test_data_later_makes_the_grid_with_a_warning(files, cli):
+    """Data still being converted, or paths that exist only where the grid runs: said once, then made."""
+    done = _grid_make(cli, files, "--data-later")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == (f"warning: 4 data paths of the grid do not exist yet, e.g. --data "
+                           f"'{files}/data/{{split}}{{half}}_{{phase}}_lmdb': {files}/data/0A_train_lmdb does not exist "
+                           "(split 0, half A, phase train); `trainer grid run` fails a net whose data is still missing "
+                           "then\n")
+    assert (files / "grid/grid.json").is_file()

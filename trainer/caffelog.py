@@ -93,9 +93,11 @@ class CaffeLog:
                 self._csv.writerow(METRICS_HEADER)
 
     # -- raw lines --------------------------------------------------------------------------
-    def line(self, message: str, *, severity: str = "I", source: str | None = None) -> None:
+    def line(self, message: str, *, severity: str = "I", source: str | None = None, to_stream: bool = True) -> None:
+        """One line to the stream and the log file; `to_stream` False: the file only (a progress
+        line while a bar is drawn on the stream)."""
         text = (glog_prefix(severity, source) if self.prefix else "") + message
-        if self.stream is not None:
+        if self.stream is not None and to_stream:
             try:
                 print(text, file=self.stream, flush=True)
             except OSError:
@@ -110,8 +112,8 @@ class CaffeLog:
                 self._give_up(self._file, err, "log")
                 self._file = None
 
-    def info(self, message: str, source: str | None = None) -> None:
-        self.line(message, source=source)
+    def info(self, message: str, source: str | None = None, to_stream: bool = True) -> None:
+        self.line(message, source=source, to_stream=to_stream)
 
     def warning(self, message: str, source: str | None = None) -> None:
         self.line(message, severity="W", source=source)

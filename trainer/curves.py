@@ -23,9 +23,10 @@ import gzip
 import math
 import os
 import re
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from datakit.errors import FormatError
 
@@ -105,8 +106,20 @@ class Run:
         return not any(self.train.values()) and not any(self.test.values())
 
 
-def open_text(path: str | Path) -> Iterator[str]:
-    """Lines of a plain or gzip log, undecodable bytes replaced (logs hold odd binary junk)."""
+#: what a cut gzip log is and how to get its lines back (gzip's EOFError says neither)
+TRUNCATED_GZIP = ("the gzip file is truncated (a partial copy, or a job killed while compressing it); "
+                  "`gzip -dc` recovers the lines before the cut")
+
+
+def open_text(path: str | Path, on_truncated: Callable[[Path], None] | None = None) -> Iterator[str]:
+    """Lines of a plain or gzip log, undecodable bytes replaced (logs hold odd binary junk).
+
+    A gzip file cut short yields every whole line before the cut (io.TextIOWrapper drops the line
+    the cut went through when gzip raises, so no number is read half-written), then raises
+    FormatError naming the file; with `on_truncated`, it calls ``on_truncated(path)`` and ends
+    instead: for a reader of many logs that uses what there is and reports the file
+    (trainer.grid.metric.read_curve).
+    """
     path = Path(path)
     try:
         with open(path, "rb") as f:
@@ -116,9 +129,12 @@ def open_text(path: str | Path) -> Iterator[str]:
             yield from f
     except OSError as err:
         raise FormatError(f"{path}: cannot read log: {err}") from err
+    except zlib.error as err:  # damaged inside (a bad copy): what it yields may already be wrong
+        raise FormatError(f"{path}: cannot read log: the gzip data is corrupt ({err})") from None
     except EOFError:  # gzip's "Compressed file ended before the end-of-stream marker was reached"
-        raise FormatError(f"{path}: cannot read log: the gzip file is truncated (a partial copy, or a job "
-                          "killed while compressing it); `gzip -dc` recovers the lines before the cut") from None
+        if on_truncated is None:
+            raise FormatError(f"{path}: cannot read log: {TRUNCATED_GZIP}") from None
+        on_truncated(path)
 
 
 class EmptyLogError(FormatError):
@@ -222,10 +238,11 @@ def _writer_of(solverstate: str, earlier: list[Run]) -> int | None:
     return None
 
 
-def parse_log(path: str | os.PathLike) -> list[Run]:
-    """Every run found in one log file (plain or .gz)."""
+def parse_log(path: str | os.PathLike, on_truncated: Callable[[Path], None] | None = None) -> list[Run]:
+    """Every run found in one log file (plain or .gz); a truncated .gz is a FormatError, or with
+    `on_truncated` the runs of its lines before the cut (see open_text)."""
     path = Path(path)
-    runs = parse_lines(open_text(path), source=path.name)
+    runs = parse_lines(open_text(path, on_truncated), source=path.name)
     if not runs:
         raise EmptyLogError(f"{path}: no Caffe training lines found (expected 'Iteration N, loss = X')")
     return runs

@@ -33,6 +33,7 @@ from trainer import lr_policy, rails
 from trainer.backend import to_host
 from trainer.caffelog import CaffeLog, fmt
 from trainer.evaluate import OutputSums
+from trainer.pass_progress import test_pass_progress
 from trainer.snapshot import (LoadedState, SnapshotError, SnapshotPaths, read_solverstate, rng_state,
                               set_rng_state, write_snapshot)
 from trainer.updates import make_rule
@@ -195,21 +196,6 @@ class Solver:
         self.result.test_iteration = self.iter
         return scores
 
-    def _test_progress(self, batches: int, net_id: int) -> Any:
-        """A progress bar for a test pass that lasts (CaffeNet's 100 batches take minutes on a CPU).
-
-        The one policy of ``datakit.report.progress_bar`` on the log's stream
-        (stderr unless ``--quiet``): drawn when ``progress`` is True, never
-        when False, else only on a terminal, shown after 2 s and erased when
-        done, so logs and quick tests look as Caffe's do.
-        """
-        from datakit.report import progress_bar  # noqa: PLC0415 - tqdm only when a bar is drawn
-        stream = self.log.stream
-        if stream is None and self.progress is not True:
-            return progress_bar(batches, False)
-        return progress_bar(batches, self.progress, desc=f"test net #{net_id}", unit="batch", leave=False,
-                            stream=stream, **({} if self.progress else {"delay": 2}))
-
     def test(self, net_id: int) -> dict[str, float] | None:
         """One test pass of ``test_iter`` batches: the mean of each output, logged and returned.
 
@@ -225,11 +211,13 @@ class Solver:
         n_iter = int(self.param.test_iter[net_id])
         loss_total = 0.0
         before = _net_state(net)
-        bar = self._test_progress(n_iter, net_id)
+        bar, ticker = test_pass_progress(self.log, self.progress, n_iter, net_id, self.iter)
         for done in range(1, n_iter + 1):
             loss_total += net.forward()
             sums.add({name: to_host(net.blobs[name].data) for name in net.output_names})
             bar.update(1)
+            if ticker is not None:
+                ticker.update(done)
             if self.stop_reason and done < n_iter:
                 bar.close()
                 _restore_net(net, before)

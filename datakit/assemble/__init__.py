@@ -33,6 +33,7 @@ from datakit.assemble.config import AssembleConfig
 
 if TYPE_CHECKING:
     from datakit.assemble.outputs import AssembleResult
+    from datakit.assemble.planner import Plan
     from datakit.parallel import Executor
 
 # Importing the package is cheap (PEP 562): the planner, the coordinator and the downloader behind
@@ -78,6 +79,17 @@ def _progress_bar(total: int, enabled: bool | None) -> Any:
     return progress_bar(total, enabled, unit="img", smoothing=0.1, dynamic_ncols=True)
 
 
+def start_line(plan: Plan) -> str:
+    """The line a run starts with: what it asks for and what it does not, counted as the summary
+    counts them (a rerun that skips rows which failed for good last time says how many)."""
+    skipped = plan.skipped_for_good
+    refused = len(plan.bad)
+    return (f"Downloading {plan.attempted} images ({len(plan.present)} already present, "
+            + (f"{skipped} not asked again (failed for good last time; --retry-failed asks), " if skipped else "")
+            + (f"{refused} refused (unsafe or duplicate file names), " if refused else "")
+            + f"{len(plan.selected)} selected) with {plan.config.options.concurrency} connections...")
+
+
 def assemble(cfg: AssembleConfig, log: Callable[[str], None] = print,
              executor: Executor | None = None) -> AssembleResult:
     """Plan, run every partition on `executor` (default: in this process), finish; see the module docstring."""
@@ -92,8 +104,7 @@ def assemble(cfg: AssembleConfig, log: Callable[[str], None] = print,
     the_plan = plan(cfg)
     the_plan.images_dir.mkdir(parents=True, exist_ok=True)
     _clean_temporaries(the_plan.images_dir)
-    log(f"Downloading {the_plan.attempted} images ({len(the_plan.present)} already present, "
-        f"{len(the_plan.selected)} selected) with {cfg.options.concurrency} connections...")
+    log(start_line(the_plan))
     bar = _progress_bar(the_plan.attempted, cfg.progress)
     own = executor is None
     executor = executor or InlineExecutor()

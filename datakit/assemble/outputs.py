@@ -74,8 +74,10 @@ class AssembleReport:
     def line(self) -> str:
         """The one-line summary the command prints at the end."""
         if self.stopped == "interrupted":
+            skipped = (f", {self.skipped_permanent_failures} not asked again (failed for good last time)"
+                       if self.skipped_permanent_failures else "")
             return (f"Interrupted: {self.downloaded} downloaded, {self.failed} failed, {self.already_present} "
-                    f"already present of {self.selected} selected; re-run the same command to resume "
+                    f"already present{skipped} of {self.selected} selected; re-run the same command to resume "
                     "(finished images are kept).")
         failures = ", ".join(f"{k} {v}" for k, v in self.failures.items())
         return (f"{self.downloaded} downloaded, {self.already_present} already present, {self.failed} failed"
@@ -177,7 +179,7 @@ def finish(plan: Plan, results: Sequence[PartitionResult], *, stopped: str | Non
         unique_files=plan.unique_files, already_present=len(plan.present), attempted=plan.attempted,
         downloaded=stats.ok, succeeded=succeeded, failed=sum(v for k, v in kinds.items() if k != Kind.OK),
         failures={k: v for k, v in sorted(kinds.items()) if k != Kind.OK},
-        skipped_permanent_failures=len(plan.carried) if not cfg.retry_failed else 0,
+        skipped_permanent_failures=plan.skipped_for_good,
         nbytes=stats.nbytes, http_attempts=stats.attempts, elapsed_s=round(elapsed, 3),
         images_per_s=round(stats.ok / elapsed, 2) if elapsed > 0 else None, stopped=stopped,
         lists={k: str(v) for k, v in lists.items()}, failed_csv=str(plan.failed_csv),

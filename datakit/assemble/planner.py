@@ -95,6 +95,12 @@ class Plan:
     def attempted(self) -> int:
         return sum(len(part.jobs) for part in self.partitions)
 
+    @property
+    def skipped_for_good(self) -> int:
+        """Rows not asked for again because they failed for good last time (0 with --retry-failed,
+        where `carried` holds the records of rows outside this selection instead)."""
+        return 0 if self.config.retry_failed else len(self.carried)
+
     def row_id(self, key: int) -> str:
         return self.rows[key].id if 0 <= key < len(self.rows) else ""
 

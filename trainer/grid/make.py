@@ -52,6 +52,7 @@ class GridPlan:
     reduced_data: str | None = None
     max_iter: int | None = None
     num_output: dict[str, int] = field(default_factory=dict)   # half -> classes; "" for every half
+    data_later: bool = False   # data paths that do not exist yet are a warning, not a refusal (see check_data)
 
 
 def _fill(template: str, **values) -> str:
@@ -126,6 +127,53 @@ def check_plan(plan: GridPlan) -> None:
         _require("--reduced-data", plan.reduced_data, needed)
 
 
+@dataclass
+class MissingData:
+    """A data or mean path of the grid that does not exist: the option and template it came from."""
+
+    option: str
+    template: str
+    path: str
+    where: str     # which nets read it, e.g. "split 0, half A, phase train"
+
+    def line(self) -> str:
+        return f"{self.option} {self.template!r}: {self.path} does not exist ({self.where})"
+
+
+def check_data(plan: GridPlan) -> list[MissingData]:
+    """Every data source and mean file the grid's nets would read that does not exist, in the order
+    the nets are made. `grid make` refuses a grid with any (a typo in a template would otherwise show
+    only when `grid run` starts each net) unless `plan.data_later`: data still being converted, or
+    paths that exist only where the grid will run, are made later on purpose."""
+    missing: list[MissingData] = []
+    halves = sorted({h for pair in plan.pairs for h in pair})
+    splits = list(plan.splits) + (["natman"] if plan.natman else [])
+    wanted: list[tuple[str, str, dict]] = []
+    for split in splits:
+        for half in halves:
+            for phase in ("train", "test"):
+                wanted.append(("--data", plan.data, dict(split=split, half=half, phase=phase, per_class="")))
+            if plan.mean:
+                wanted.append(("--mean", plan.mean, dict(split=split, half=half, phase="train", per_class="")))
+    for count in plan.reduced if plan.reduced_data else []:
+        for phase in ("train", "test"):
+            wanted.append(("--reduced-data", plan.reduced_data or "", dict(split="", half=None, phase=phase,
+                                                                             per_class=count)))
+        if plan.mean:
+            wanted.append(("--mean", plan.mean, dict(split="", half=None, phase="train", per_class=count)))
+    seen: set[str] = set()
+    for option, template, values in wanted:
+        path = _fill(template, **values)
+        if path in seen:
+            continue
+        seen.add(path)
+        if not os.path.exists(path):
+            where = ", ".join(f"{k} {v}" for k, v in values.items() if v not in ("", None)
+                              and (k != "phase" or option != "--mean"))
+            missing.append(MissingData(option, template, path, where))
+    return missing
+
+
 def _relative(path: str, folder: Path) -> str:
     return os.path.relpath(os.path.abspath(path), os.path.abspath(folder))
 
@@ -190,12 +238,22 @@ class _Writer:
 def make_grid(out: str | os.PathLike, plan: GridPlan, warn: Callable[[str], None] | None = None) -> list[str]:
     """Write the grid's net folders and grid.json; returns the net names in run order.
 
-    `warn` (default: a line on stderr) hears of a solver whose nets would never be scored."""
+    `warn` (default: a line on stderr) hears of a solver whose nets would never be scored, and of
+    data that does not exist yet under ``plan.data_later`` (without it, missing data is refused)."""
     out = Path(out)
     if (out / GRID_FILE).exists():
         raise ConfigError(f"{out}: already holds a grid ({GRID_FILE}); choose a new folder")
     check_plan(plan)
     w = _Writer(out, plan)
+    missing = check_data(plan)
+    if missing and not plan.data_later:
+        more = f" (and {len(missing) - 1} more data paths)" if len(missing) > 1 else ""
+        raise ConfigError(f"{missing[0].line()}{more}; make the data first, or give --data-later if it will "
+                          "exist when the grid runs")
+    if missing:
+        paths = f"{len(missing)} data paths of the grid do not" if len(missing) > 1 else "1 data path of the grid does not"
+        (warn or _stderr)(f"warning: {paths} exist yet, e.g. {missing[0].line()}; `trainer grid run` fails a net "
+                          "whose data is still missing then")
     if not len(w.solver.test_iter):
         (warn or _stderr)(f"warning: {plan.solver} has no test_iter, so the grid's nets have no test net: none is "
                           "ever tested and `trainer grid summary` will have no score for them")

@@ -6,7 +6,9 @@ iteration goes back (a second job restarting inside one file); runs are ordered 
 glog time stamp (file order where a run has none: logs have no year, so a study must not span a
 New Year), and where runs overlap the later run's test at an iteration wins. A job killed right after
 "Testing net" leaves that test without a score: nothing is counted for it. Empty logs (the authors'
-49-byte gzip files) are skipped.
+49-byte gzip files) are skipped. A truncated gzip log (a partial copy, a job killed while compressing
+it) gives its lines before the cut and is listed in ``NetCurve.truncated``, so that one cut file
+among hundreds neither stops a study's table nor goes unreported; an unreadable log is an error.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class NetCurve:
     runs: int = 0
     last_iteration: int = -1
     outputs: set[str] = field(default_factory=set)   # every test output the logs name (accuracy, loss, ...)
+    truncated: list[str] = field(default_factory=list)  # gzip logs cut short: only their lines before the cut
 
     def score(self, k: int = TOP_K) -> float | None:
         """Mean of the k highest accuracies (of all there are when fewer); None without a test."""
@@ -64,8 +67,8 @@ def read_curve(folder: str | Path, metric: str = "accuracy") -> NetCurve:
     for position, path in enumerate(log_files(folder)):
         curve.logs += 1
         try:
-            found = parse_log(path)
-        except EmptyLogError:  # an unreadable or truncated log is an error naming it, never skipped silently
+            found = parse_log(path, on_truncated=lambda cut: curve.truncated.append(str(cut)))
+        except EmptyLogError:  # an unreadable log is an error naming it, never skipped silently
             curve.empty_logs += 1
             continue
         for run in found:

@@ -16,7 +16,7 @@ from datakit.errors import ConfigError
 from trainer.grid.layout import (GRID_FILE, LOG_FILE, RUNNING_FILE, STATE_FILE, is_done, latest_solverstate,
                                  log_iteration, pid_alive, read_grid, read_json)
 from trainer.grid.metric import NetCurve, read_curve
-from trainer.grid.summary import untested_note
+from trainer.grid.summary import truncated_note, untested_note
 
 STATES = ("done", "running", "waiting", "failed", "skipped")
 
@@ -103,6 +103,8 @@ def grid_status(grid_dir: str | os.PathLike) -> list[NetStatus]:
         iteration = max(log_iteration(folder), snap[0] if snap else 0)
         if state == "done" and curve.score() is None:
             reason = untested_note(folder, iteration)  # a finished net `grid summary` cannot score
+        if curve.truncated:  # its score is from the lines before the cut, as `grid summary` says too
+            reason = "; ".join(filter(None, (reason, truncated_note(curve.truncated))))
         out.append(NetStatus(spec.name, spec.family, spec.n, spec.split, state, iteration, curve.best, curve.score(),
                              spec.half, spec.max_iter, spec.needs, reason, pid if state == "running" else None))
     return out

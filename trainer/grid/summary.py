@@ -5,7 +5,9 @@ A study folder has one sub-folder per net (a grid made by `trainer grid make`, o
 name (trainer.grid.names). Its score is trainer.grid.metric's: the mean of the 10 highest test
 top-1 accuracies. A net with no log is listed as missing, not an error; one whose logs have no
 test is "untested", with a note saying why where its folder tells (a grid net that finished: which
-solver setting kept `trainer fit` from testing after its last iteration).
+solver setting kept `trainer fit` from testing after its last iteration). A net with a truncated
+gzip log is scored on the lines before the cut, its row's note says so, and `summarize` warns
+naming the file (one cut copy among the authors' 354 logs must not stop the whole table).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import io
 import json
 import os
 import shlex
+import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -44,7 +48,7 @@ class NetScore:
     last_iteration: int
     logs: int
     status: str            # "ok", "missing" (no log), "untested" (logs, no test), "partial" (fewer than 10 tests)
-    note: str = ""         # for "untested": what the folder says about why
+    note: str = ""         # for "untested": what the folder says about why; a truncated log, for any status
 
 
 @dataclass
@@ -82,8 +86,22 @@ def score_net(folder: Path, metric: str = "accuracy", top: int = TOP_K) -> NetSc
     return _score(folder, metric, top)[0]
 
 
-def _score(folder: Path, metric: str, top: int) -> tuple[NetScore, set[str]]:
-    """The net's row and the names of the test outputs its logs have (for a --metric none of them has)."""
+def truncated_note(paths: list[str]) -> str:
+    """The row's note for gzip logs cut short."""
+    names = ", ".join(Path(p).name for p in paths)
+    return (f"truncated log {names}: scored on the lines before the cut"
+            if len(paths) == 1 else f"truncated logs {names}: scored on the lines before each cut")
+
+
+def truncated_warning(path: str) -> str:
+    """The line `summarize` warns with for a gzip log cut short."""
+    return (f"warning: {path}: the gzip file is truncated (a partial copy, or a job killed while compressing it); "
+            "its lines before the cut were used (`gzip -dc` recovers them)")
+
+
+def _score(folder: Path, metric: str, top: int) -> tuple[NetScore, set[str], list[str]]:
+    """The net's row, the names of the test outputs its logs have (for a --metric none of them has)
+    and its truncated logs."""
     kind = net_kind(folder)
     curve = read_curve(folder, metric)
     score = curve.score(top)
@@ -97,9 +115,11 @@ def _score(folder: Path, metric: str, top: int) -> tuple[NetScore, set[str]]:
         note = f"its logs have no test output {metric!r} (they have {', '.join(sorted(curve.outputs))})"
     else:
         status, note = "untested", untested_note(folder, curve.last_iteration)
+    if curve.truncated:
+        note = "; ".join(filter(None, (note, truncated_note(curve.truncated))))
     row = NetScore(folder.name, kind.family, kind.n, kind.split, kind.half, kind.per_class, score, curve.best,
                    len(curve.tests), curve.last_iteration, curve.logs, status, note)
-    return row, curve.outputs
+    return row, curve.outputs, curve.truncated
 
 
 def _check_metric(metric: str, rows: list[NetScore], outputs: set[str]) -> None:
@@ -150,10 +170,11 @@ def _order(row: NetScore) -> tuple:
 
 
 def summarize(root: str | os.PathLike, metric: str = "accuracy", jobs: int = 1, top: int = TOP_K,
-              progress: bool | None = False) -> list[NetScore]:
+              progress: bool | None = False, warn: Callable[[str], None] | None = None) -> list[NetScore]:
     """A NetScore for every net folder under `root`, in family, n, name order (`jobs` processes);
     `top` is how many of the best tests the score averages (the paper: 10). `progress`: a bar over
-    the folders as ``datakit.report.progress_bar`` decides (the authors' 170 nets take tens of seconds)."""
+    the folders as ``datakit.report.progress_bar`` decides (the authors' 170 nets take tens of seconds).
+    `warn` (default: a line on stderr) hears of each truncated gzip log, after the bar is gone."""
     from datakit.report import progress_bar
 
     if top < 1:
@@ -179,9 +200,15 @@ def summarize(root: str | os.PathLike, metric: str = "accuracy", jobs: int = 1, 
     bar.close()
     if not found:
         raise ConfigError(f"{root}: no net folders inside")
-    rows = [row for row, _ in found]
-    _check_metric(metric, rows, set().union(*(outputs for _, outputs in found)))
+    rows = [row for row, _, _ in found]
+    _check_metric(metric, rows, set().union(*(outputs for _, outputs, _ in found)))
+    for path in sorted(p for _, _, cut in found for p in cut):
+        (warn or _stderr)(truncated_warning(path))
     return sorted(rows, key=_order)
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr)
 
 
 def group(rows: list[NetScore]) -> list[GroupScore]:
