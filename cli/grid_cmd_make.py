@@ -66,6 +66,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--random-frozen", action="store_true", help="also nets whose first n layers are random and frozen")
     p.add_argument("--reduced", metavar="N,..", help="also nets on N images per class, e.g. 1,10,100")
     p.add_argument("--reduced-data", metavar="TEMPLATE", help="data of the reduced nets, with {per_class} and {phase}")
+    p.add_argument("--reduced-mean", metavar="TEMPLATE",
+                   help="mean file of the reduced nets (may name {per_class}; default --mean, unless that names "
+                        "{split} or {half})")
     p.add_argument("--max-iter", type=int, help="iterations of every net (default: the solver's max_iter)")
     p.add_argument("--data-later", action="store_true",
                    help="make the grid although data or mean paths do not exist yet (converted later, or paths "
@@ -82,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
                     layers=_ints(args.layers, "--layers") if args.layers else None,
                     families=[f for f in args.families.split(",") if f], natman=args.natman,
                     random_frozen=args.random_frozen, reduced=_ints(args.reduced, "--reduced") if args.reduced else [],
-                    reduced_data=args.reduced_data, max_iter=args.max_iter,
+                    reduced_data=args.reduced_data, reduced_mean=args.reduced_mean, max_iter=args.max_iter,
                     num_output=_classes(args.num_output) if args.num_output else {}, data_later=args.data_later)
     names = make_grid(args.out, plan)
     print(f"{args.out}: {len(names)} nets ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''}); "

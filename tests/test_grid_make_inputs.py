@@ -8,6 +8,8 @@ data (or trained both halves on the same classes) with no word; --num-output C=5
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from datakit.errors import ConfigError
@@ -42,11 +44,33 @@ def plan(root, **kw) -> GridPlan:
     ({"reduced": [1], "reduced_data": "r/1_lmdb"}, r"--reduced-data 'r/1_lmdb' has no \{phase\}"),
     ({"splits": ["0", "a/b"]}, r"--splits: 'a/b' is not a split name: digits only"),
     ({"splits": ["natman"]}, r"give --natman"),
+    # a per-half mean filled in for a reduced net (no split, no half) was the path m/0None.binaryproto
+    ({"reduced": [1], "reduced_data": "r/{phase}", "mean": "m/{split}{half}.binaryproto"},
+     r"--mean 'm/\{split\}\{half\}.binaryproto' names \{half\}, which the reduced-volume nets .* --reduced-mean"),
+    ({"reduced_mean": "m/all.binaryproto"}, r"--reduced-mean is the mean of the --reduced nets; give --reduced too"),
+    ({"reduced": [1], "reduced_data": "r/{phase}", "reduced_mean": "m/{hlf}"}, r"--reduced-mean 'm/\{hlf\}': unknown"),
 ])
 def test_a_bad_plan_is_refused_before_any_folder_is_written(files, kw, message):
     with pytest.raises(ConfigError, match=message):
         make_grid(files / "grid", plan(files, **kw))
     assert not (files / "grid").exists()
+
+
+def test_reduced_nets_read_their_own_mean_and_the_halves_theirs(files):
+    make_grid(files / "grid", plan(files, layers=[1], mean=f"{files}/m/{{split}}{{half}}.binaryproto", reduced=[1, 10],
+                                   reduced_data="r/{per_class}_{phase}",
+                                   reduced_mean=f"{files}/m/all_{{per_class}}.binaryproto"))
+
+    def mean_of(name: str) -> str:
+        text = (files / "grid" / name / "train_val.prototxt").read_text()
+        return re.findall(r'mean_file: "([^"]+)"', text)[0]
+    assert mean_of("half0B") == "../../m/0B.binaryproto"
+    assert mean_of("reduced-0010") == "../../m/all_10.binaryproto"
+    # a --mean without {split} / {half} is the reduced nets' too, as before
+    make_grid(files / "g2", plan(files, layers=[1], mean=f"{files}/m/all.binaryproto", reduced=[1],
+                                 reduced_data="r/{phase}"))
+    assert re.findall(r'mean_file: "([^"]+)"', (files / "g2" / "reduced-0001" / "train_val.prototxt").read_text()) \
+        == ["../../m/all.binaryproto"] * 2
 
 
 def test_a_template_without_split_is_fine_for_one_split_and_without_half_for_one_half(files):
@@ -97,7 +121,8 @@ def test_data_that_does_not_exist_is_refused_naming_the_path_and_its_option(file
     assert not (files / "grid").exists()
     (files / "data/0B_train_lmdb").mkdir()
     mean = str(files / "means/0{half}.binaryproto")
-    done = _grid_make(cli, files, "--mean", mean, "--reduced", "5,10", "--reduced-data", "r/{per_class}_{phase}")
+    done = _grid_make(cli, files, "--mean", mean, "--reduced", "5,10", "--reduced-data", "r/{per_class}_{phase}",
+                      "--reduced-mean", str(files / "means/all.binaryproto"))
     assert done.returncode == 1 and not (files / "grid").exists()
     assert done.stderr.startswith(f"trainer: error: --mean '{mean}': {files}/means/0B.binaryproto does not exist "
                                   "(split 0, half B) (and 5 more data paths); make the data first"), done.stderr

@@ -36,7 +36,9 @@ TRANSFER_FAMILIES = ("BnB", "BnB+", "AnB", "AnB+")
 
 @dataclass
 class GridPlan:
-    """What `grid make` builds. `data` / `mean` / `reduced_data` are path templates (see module doc)."""
+    """What `grid make` builds. `data` / `mean` / `reduced_data` / `reduced_mean` are path templates (see
+    module doc). The reduced-volume nets read `reduced_mean`, or `mean` when that has no {split} / {half}
+    (those nets train on every class: they have neither)."""
 
     net: str
     solver: str
@@ -50,6 +52,7 @@ class GridPlan:
     random_frozen: bool = False
     reduced: list[int] = field(default_factory=list)
     reduced_data: str | None = None
+    reduced_mean: str | None = None
     max_iter: int | None = None
     num_output: dict[str, int] = field(default_factory=dict)   # half -> classes; "" for every half
     data_later: bool = False   # data paths that do not exist yet are a warning, not a refusal (see check_data)
@@ -107,7 +110,8 @@ def check_plan(plan: GridPlan) -> None:
     if any(count < 1 for count in plan.reduced):
         raise ConfigError(f"--reduced: images per class must be at least 1, got {min(plan.reduced)}")
     known = {"split", "half", "phase", "per_class"}
-    for option, template in (("--data", plan.data), ("--mean", plan.mean), ("--reduced-data", plan.reduced_data)):
+    for option, template in (("--data", plan.data), ("--mean", plan.mean), ("--reduced-data", plan.reduced_data),
+                             ("--reduced-mean", plan.reduced_mean)):
         extra = sorted(_placeholders(template or "") - known)
         if extra:
             raise ConfigError(f"{option} {template!r}: unknown placeholder {{{extra[0]}}} "
@@ -125,6 +129,18 @@ def check_plan(plan: GridPlan) -> None:
         if len(set(plan.reduced)) > 1:
             needed["per_class"] = "every reduced net would train on the same images"
         _require("--reduced-data", plan.reduced_data, needed)
+        per_half = sorted(_placeholders(plan.mean or "") & {"split", "half"})
+        if per_half and not plan.reduced_mean:  # filled in, they made paths such as means/0None.binaryproto
+            raise ConfigError(f"--mean {plan.mean!r} names {{{per_half[0]}}}, which the reduced-volume nets (every "
+                              "class, no split or half) do not have: give their mean with --reduced-mean TEMPLATE "
+                              "(it may name {per_class})")
+    elif plan.reduced_mean:
+        raise ConfigError("--reduced-mean is the mean of the --reduced nets; give --reduced too")
+
+
+def reduced_mean(plan: GridPlan) -> str | None:
+    """The mean template of the reduced-volume nets (check_plan refused a per-half --mean without one)."""
+    return plan.reduced_mean or plan.mean
 
 
 @dataclass
@@ -159,8 +175,10 @@ def check_data(plan: GridPlan) -> list[MissingData]:
         for phase in ("train", "test"):
             wanted.append(("--reduced-data", plan.reduced_data or "", dict(split="", half=None, phase=phase,
                                                                              per_class=count)))
-        if plan.mean:
-            wanted.append(("--mean", plan.mean, dict(split="", half=None, phase="train", per_class=count)))
+        mean = reduced_mean(plan)
+        if mean:
+            wanted.append(("--reduced-mean" if plan.reduced_mean else "--mean", mean,
+                           dict(split="", half=None, phase="train", per_class=count)))
     seen: set[str] = set()
     for option, template, values in wanted:
         path = _fill(template, **values)
@@ -196,10 +214,10 @@ class _Writer:
         self.names: list[str] = []
 
     def data_spec(self, folder: Path, n: int, frozen: bool, keep_names: bool, half: str | None,
-                  template: str, **values) -> TransferSpec:
+                  template: str, mean_template: str | None, **values) -> TransferSpec:
         def path(phase: str) -> str:
             return _relative(_fill(template, phase=phase, half=half, **values), folder)
-        mean = _relative(_fill(self.plan.mean, phase="train", half=half, **values), folder) if self.plan.mean else None
+        mean = _relative(_fill(mean_template, phase="train", half=half, **values), folder) if mean_template else None
         classes = self.plan.num_output.get(half or "", self.plan.num_output.get(""))
         top_copied = n >= len(learnable_layers(self.base)) and not keep_names
         return TransferSpec(n, frozen, train_source=path("train"), test_source=path("test"), source=path("train"),
@@ -269,7 +287,7 @@ def make_grid(out: str | os.PathLike, plan: GridPlan, warn: Callable[[str], None
             name = base_name(split, half)
             family = "natman-base" if split == "natman" else "base"
             spec = NetSpec(name, family, 0, split, half, w.max_iter)
-            w.write(spec, w.data_spec(out / name, 0, False, True, half, plan.data, split=split, per_class=""))
+            w.write(spec, w.data_spec(out / name, 0, False, True, half, plan.data, plan.mean, split=split, per_class=""))
     for split in splits:
         for n in layers:
             for pair in plan.pairs:
@@ -283,18 +301,19 @@ def make_grid(out: str | os.PathLike, plan: GridPlan, warn: Callable[[str], None
                     needs = base_name(split, src)
                     spec = NetSpec(name, ("natman-" if split == "natman" else "") + family, n, split, dst,
                                    w.max_iter, source_half=src, needs=needs, weights=w.final_weights(needs, folder))
-                    w.write(spec, w.data_spec(folder, n, not fine_tuned, False, dst, plan.data, split=split,
+                    w.write(spec, w.data_spec(folder, n, not fine_tuned, False, dst, plan.data, plan.mean, split=split,
                                               per_class=""))
             if plan.random_frozen and split != "natman":
                 for dst in sorted({pair[1] for pair in plan.pairs}):
                     name = f"nolearn{split}{dst}_1_{n}"
                     spec = NetSpec(name, "random-frozen", n, split, dst, w.max_iter)
-                    w.write(spec, w.data_spec(out / name, n, True, True, dst, plan.data, split=split, per_class=""))
+                    w.write(spec, w.data_spec(out / name, n, True, True, dst, plan.data, plan.mean, split=split,
+                                              per_class=""))
     if plan.reduced and plan.reduced_data:  # check_plan: reduced_data is given
         for count in plan.reduced:
             name = f"reduced-{count:04d}"
             spec = NetSpec(name, "reduced", None, None, None, w.max_iter, per_class=count)
-            w.write(spec, w.data_spec(out / name, 0, False, True, None, plan.reduced_data, split="",
+            w.write(spec, w.data_spec(out / name, 0, False, True, None, plan.reduced_data, reduced_mean(plan), split="",
                                       per_class=count))
     write_json(out / GRID_FILE, {"format": GRID_FORMAT, "version": 1, "nets": w.names,
                                  "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
