@@ -45,3 +45,21 @@ def test_unknown_policy_and_bad_fields_are_config_errors():
     p = caffe_pb2.SolverParameter(lr_policy="step", base_lr=0.1)
     with pytest.raises(ConfigError, match="stepsize"):
         lr_policy.check_policy(p)
+
+
+@pytest.mark.parametrize("it,expected", [(0, 0.01 / (1 + math.exp(-10.0))), (100, 0.005), (10000, 0.0)])
+def test_sigmoid_far_past_stepsize_decays_to_zero_instead_of_overflowing(it, expected):
+    """A decaying sigmoid (gamma < 0) 9900 steps past stepsize: e^990 overflows a float, and Caffe's
+    rate is then 1/(1+inf) = 0. The plain formula raised OverflowError (math.exp) at that iteration."""
+    rate = lr_policy.learning_rate("sigmoid", it, base_lr=0.01, gamma=-0.1, stepsize=100)
+    assert rate == pytest.approx(expected, abs=1e-300)
+
+
+def test_poly_reaches_zero_at_max_iter_and_multistep_counts_a_stepvalue_on_its_iteration():
+    """poly: (1 - it/max_iter)^power is 0 at it = max_iter (a `1 - it/(max_iter+1)` slip would not be);
+    multistep: the rate drops at the stepvalue's own iteration (Caffe's `iter >= stepvalue`), not one later."""
+    assert lr_policy.learning_rate("poly", 100, base_lr=0.1, power=0.5, max_iter=100) == 0.0
+    assert lr_policy.learning_rate("poly", 75, base_lr=0.1, power=0.5, max_iter=100) == pytest.approx(0.05)
+    lr = lambda it: lr_policy.learning_rate("multistep", it, base_lr=1.0, gamma=0.5, stepvalues=[3, 5])  # noqa: E731
+    assert [lr(it) for it in range(7)] == [1.0, 1.0, 1.0, 0.5, 0.5, 0.25, 0.25]
+    assert lr_policy.learning_rate("step", 9, base_lr=1.0, gamma=0.5, stepsize=3) == 0.125

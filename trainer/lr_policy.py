@@ -43,7 +43,13 @@ def learning_rate(policy: str, it: int, *, base_lr: float, gamma: float = 0.0, p
     if policy == "poly":
         return base_lr * (1.0 - it / max_iter) ** power
     if policy == "sigmoid":
-        return base_lr * (1.0 / (1.0 + math.exp(-gamma * (it - stepsize))))
+        # 1 / (1 + e^z) written so that e^z never overflows: Caffe's float exp gives inf there and a
+        # rate of 0 (a decaying sigmoid, gamma < 0, reaches it some hundreds of steps past stepsize).
+        z = -gamma * (it - stepsize)
+        if z > 0:
+            e = math.exp(-z)
+            return base_lr * (e / (1.0 + e))
+        return base_lr * (1.0 / (1.0 + math.exp(z)))
     raise ConfigError(f"solver: unknown lr_policy {policy!r}; expected one of {', '.join(POLICIES)}")
 
 
