@@ -1,0 +1,76 @@
+"""The solver loop's Caffe arithmetic on a tiny real net: averaged loss lines, output numbering,
+iter_size and test averaging, the final snapshot. Expected values come from the raw per-iteration
+losses and the formulas of Caffe's Solver::Step / Solve / Test, never from our own log lines."""
+
+from __future__ import annotations
+
+import io
+import re
+
+import numpy as np
+import pytest
+from google.protobuf import text_format
+
+from datakit.formats import caffe_pb2
+from trainer.caffelog import CaffeLog
+from trainer.net import Net
+from trainer.solver import Solver
+
+# Constant inputs (DummyData, constant fillers): a forward after training sees the same batch as
+# every iteration did, so the final loss can be recomputed from the trained net.
+NET = """
+name: "tiny"
+layer { name: "data" type: "DummyData" top: "data" top: "label"
+  dummy_data_param { shape { dim: 4 dim: 3 } shape { dim: 4 }
+    data_filler { type: "constant" value: 0.5 } data_filler { type: "constant" value: 1 } } }
+layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc"
+  inner_product_param { num_output: 3 weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "loss" }
+layer { name: "acc" type: "Accuracy" bottom: "fc" bottom: "label" top: "acc" top: "per_class" }
+"""
+
+
+def make_solver(tmp_path, **fields):
+    net = Net(text_format.Parse(NET, caffe_pb2.NetParameter()), caffe_pb2.TRAIN, seed=0)
+    param = caffe_pb2.SolverParameter(base_lr=0.5, lr_policy="fixed", snapshot_prefix=str(tmp_path / "s"),
+                                      **fields)
+    stream = io.StringIO()
+    return Solver(param, net, log=CaffeLog(stream=stream, prefix=False)), stream
+
+
+def loss_lines(text):
+    return {int(m[1]): float(m[2]) for m in re.finditer(r"^Iteration (\d+), loss = (\S+)$", text, re.M)}
+
+
+def test_loss_lines_average_the_last_average_loss_iterations_and_the_final_line_too(tmp_path):
+    """Iteration N's line is the mean of the raw losses of N-2..N (average_loss 3), fewer at the start;
+    the line after the last iteration (Caffe's extra forward in Solve) averages that forward's loss with
+    the last two (a raw-loss final line, or a mean over all iterations, fails)."""
+    solver, stream = make_solver(tmp_path, max_iter=6, display=2, average_loss=3, snapshot_after_train=False)
+    result = solver.solve()
+    raw = [loss for _, loss in result.train_losses]
+    assert len(raw) == 6 and len(set(raw)) == 6  # the loss moves every iteration
+    final = float(solver.net.forward())
+    lines = loss_lines(stream.getvalue())
+    assert sorted(lines) == [0, 2, 4, 6]
+    assert lines[0] == pytest.approx(raw[0], rel=1e-5)
+    assert lines[2] == pytest.approx(np.mean(raw[0:3]), rel=1e-5)
+    assert lines[4] == pytest.approx(np.mean(raw[2:5]), rel=1e-5)
+    assert lines[6] == pytest.approx(np.mean([raw[4], raw[5], final]), rel=1e-5)
+    assert lines[6] != pytest.approx(final, rel=1e-5)
+
+
+def test_train_outputs_print_every_element_numbered_across_outputs(tmp_path):
+    """Caffe numbers the output lines with one counter over every element of every output: loss #0,
+    acc #1, per_class (3 classes) #2-#4. Printing only the one-element outputs numbered them 0, 1."""
+    solver, stream = make_solver(tmp_path, max_iter=1, display=1, snapshot_after_train=False)
+    solver.solve()
+    text = stream.getvalue()
+    got = re.findall(r"^    Train net output #(\d+): (\S+) = (\S+)", text, re.M)
+    assert [(int(k), name) for k, name, _ in got[:5]] == [(0, "loss"), (1, "acc"), (2, "per_class"),
+                                                          (3, "per_class"), (4, "per_class")]
+    # every label is 1: class 1's accuracy is the overall one, the classes without samples are 0
+    acc, per = float(got[1][2]), [float(v) for _, _, v in got[2:5]]
+    assert per[0] == 0 and per[2] == 0 and per[1] == acc
+    assert "(* 1 = " in re.search(r"^    Train net output #0.*$", text, re.M)[0]
+    assert "(*" not in re.search(r"^    Train net output #1.*$", text, re.M)[0]  # acc has no loss weight
