@@ -1,0 +1,162 @@
+"""Facts of ../shared/caffe-semantics.md that the layer tests did not pin down by hand: AVE pooling's
+divisor where a window runs past H + pad, FLOOR vs CEIL, global pooling's values, the loss
+normalization modes on spatial labels, and the fan rules of xavier/msra. Every expectation is worked
+out here from Caffe's formula; each test names the slip it would catch. Pooling runs on the compiled
+loops and on the NumPy twins (which the CuPy stand-in, tests/strict_xp.py, also runs)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from datakit.formats import caffe_pb2
+from tests.test_layers import make_layer, run_forward
+from trainer import kernels
+from trainer.fillers import fill
+
+
+@pytest.fixture(params=["compiled", "numpy"])
+def kernel_path(request):
+    if request.param == "compiled" and not kernels.compiled_available():
+        pytest.skip("numba is not importable (or DATAKIT_COMPILED=0)")
+    prev = kernels.use_compiled(request.param == "compiled")
+    yield request.param
+    kernels.use_compiled(prev)
+
+
+def test_ave_pooling_window_past_h_plus_pad_divides_by_the_part_inside_it(kernel_path):
+    """4x4, kernel 3, stride 2, pad 1: out 3 (ceil(3/2)+1; window 2 starts at 3 < 4+1, kept).
+    Rows of the windows: [-1,2) [1,4) [3,6) -> hend = min(hstart+3, 5): divisors 3, 3, 2 per axis.
+    The corner window holds x[3,3] = 15 only, over 2x2 = 4: 3.75. Dividing by the clipped window
+    (15/1) or the whole kernel (15/9) fails, and so does a FLOOR size (2x2)."""
+    x = np.arange(16, dtype=np.float64).reshape(1, 1, 4, 4)
+    for dtype in (np.float64, np.float32):
+        layer, b, t = make_layer('type: "Pooling" pooling_param { pool: AVE kernel_size: 3 stride: 2 pad: 1 }',
+                                 [x.astype(dtype)])
+        (y,) = run_forward(layer, b, t)
+        expected = np.array([[(0 + 1 + 4 + 5) / 9, (1 + 2 + 3 + 5 + 6 + 7) / 9, (3 + 7) / 6],
+                             [(4 + 5 + 8 + 9 + 12 + 13) / 9, (5 + 6 + 7 + 9 + 10 + 11 + 13 + 14 + 15) / 9,
+                              (7 + 11 + 15) / 6],
+                             [(12 + 13) / 6, (13 + 14 + 15) / 6, 15 / 4]])
+        np.testing.assert_allclose(y[0, 0], expected, rtol=1e-12)
+        # backward: each output's gradient spread over its clipped window, divided by the same divisor
+        t[0].diff = np.zeros_like(y)
+        t[0].diff[0, 0, 2, 2] = 1.0
+        layer.backward(t, [True], b)
+        dx = np.zeros((4, 4))
+        dx[3, 3] = 1 / 4
+        np.testing.assert_allclose(b[0].diff[0, 0], dx, rtol=1e-12)
+
+
+def test_floor_round_mode_and_the_pad_rule(kernel_path):
+    """FLOOR: floor((4+2-3)/2)+1 = 2 (CEIL gives 3); the second window covers rows/cols 1..3 fully: /9.
+    And CEIL with pad 1 on 5 rows, kernel 2, stride 2: ceil(5/2)+1 = 4, but (4-1)*2 = 6 >= 5+1, so
+    window 3 would start in the right padding: dropped -> 3 (forgetting `out -= 1` gives 4)."""
+    x = np.arange(16, dtype=np.float64).reshape(1, 1, 4, 4)
+    layer, b, t = make_layer('type: "Pooling" pooling_param { pool: AVE kernel_size: 3 stride: 2 pad: 1 '
+                             'round_mode: FLOOR }', [x])
+    (y,) = run_forward(layer, b, t)
+    assert y.shape == (1, 1, 2, 2)
+    assert y[0, 0, 1, 1] == pytest.approx(x[0, 0, 1:4, 1:4].sum() / 9)
+    x5 = np.random.default_rng(0).standard_normal((1, 2, 5, 5))
+    layer, b, t = make_layer('type: "Pooling" pooling_param { pool: MAX kernel_size: 2 stride: 2 pad: 1 }', [x5])
+    (y,) = run_forward(layer, b, t)
+    assert y.shape == (1, 2, 3, 3)
+    # rows of the windows: [-1,1) [1,3) [3,5): the last one is the image's last two rows
+    np.testing.assert_array_equal(y[0, :, 2, 2], x5[0, :, 3:5, 3:5].max(axis=(1, 2)))
+    np.testing.assert_array_equal(y[0, :, 0, 0], x5[0, :, 0, 0])
+
+
+@pytest.mark.parametrize("pool", ["AVE", "MAX"])
+def test_global_pooling_is_the_whole_map(kernel_path, pool):
+    """global_pooling: one output per channel, the mean or max of the whole H x W (not a 1-wide kernel)."""
+    x = np.random.default_rng(1).standard_normal((2, 3, 5, 7))
+    layer, b, t = make_layer(f'type: "Pooling" pooling_param {{ pool: {pool} global_pooling: true }}', [x])
+    (y,) = run_forward(layer, b, t)
+    assert y.shape == (2, 3, 1, 1)
+    want = x.mean(axis=(2, 3)) if pool == "AVE" else x.max(axis=(2, 3))
+    np.testing.assert_allclose(y[:, :, 0, 0], want, rtol=1e-12)
+
+
+# ------------------------------------------------------------------ loss normalization ----
+
+SCORES = np.array([[[1.0, 0.0], [2.0, 1.0], [3.0, -1.0]],
+                   [[0.0, 2.0], [0.0, 0.5], [0.0, 0.0]]])   # N=2, C=3, spatial 2 (inner = 2)
+LABELS = np.array([[2.0, 0.0], [1.0, 5.0]])                  # 5 is the ignore_label below
+
+
+def _nll_sum(ignore=None):
+    p = np.exp(SCORES) / np.exp(SCORES).sum(axis=1, keepdims=True)
+    total = 0.0
+    for n in range(2):
+        for s in range(2):
+            if LABELS[n, s] != ignore:
+                total -= np.log(p[n, int(LABELS[n, s]), s])
+    return total
+
+
+@pytest.mark.parametrize("mode,divisor", [("VALID", 3), ("FULL", 4), ("BATCH_SIZE", 2), ("NONE", 1)])
+def test_softmax_loss_normalization_modes_on_spatial_labels(mode, divisor):
+    """Caffe's GetNormalizer with outer N=2, inner 2, one ignored label: VALID 3 (non-ignored), FULL 4
+    (every position, ignored ones too), BATCH_SIZE 2 (N only, not N x inner), NONE 1. The gradient
+    is scaled by the same divisor."""
+    text = f'type: "SoftmaxWithLoss" loss_param {{ ignore_label: 5 normalization: {mode} }}'
+    layer, b, t = make_layer(text, [SCORES, LABELS])
+    (loss,) = run_forward(layer, b, t)
+    assert float(loss) == pytest.approx(_nll_sum(ignore=5) / divisor, rel=1e-12)
+    t[0].diff = np.array(1.0)
+    layer.backward(t, [True, False], b)
+    p = np.exp(SCORES) / np.exp(SCORES).sum(axis=1, keepdims=True)
+    assert b[0].diff[0, 2, 0] == pytest.approx((p[0, 2, 0] - 1) / divisor, rel=1e-12)
+    np.testing.assert_array_equal(b[0].diff[1, :, 1], 0.0)   # the ignored position gets no gradient
+
+
+def test_softmax_loss_valid_without_ignore_label_divides_by_every_position():
+    layer, b, t = make_layer('type: "SoftmaxWithLoss"', [SCORES, np.where(LABELS == 5, 2.0, LABELS)])
+    (loss,) = run_forward(layer, b, t)
+    p = np.exp(SCORES) / np.exp(SCORES).sum(axis=1, keepdims=True)
+    assert float(loss) == pytest.approx(-(np.log(p[0, 2, 0]) + np.log(p[0, 0, 1]) + np.log(p[1, 1, 0])
+                                          + np.log(p[1, 2, 1])) / 4, rel=1e-12)
+
+
+def test_accuracy_over_spatial_positions_skips_the_ignored_ones():
+    """Accuracy on N x C x S: one sample per (n, s), ignored labels out of the count (3 here).
+    (0,0): label 2 scores 3, the best. (0,1): label 0 scores 0, class 1 scores 1: second. (1,0): all
+    three score 0: the two ties count against it, third. So 1/3, 2/3, 3/3 for top_k 1, 2, 3; counting
+    ties for the label (>) would give 3/3 at top_k 1, dividing by N x S 1/4."""
+    labels = np.array([[2.0, 0.0], [0.0, 5.0]])
+    for top_k, want in ((1, 1 / 3), (2, 2 / 3), (3, 3 / 3)):
+        layer, b, t = make_layer(f'type: "Accuracy" accuracy_param {{ top_k: {top_k} ignore_label: 5 }}',
+                                 [SCORES, labels], phase=caffe_pb2.TEST)
+        (acc,) = run_forward(layer, b, t)
+        assert float(acc) == pytest.approx(want), top_k
+
+
+# ------------------------------------------------------------------------------ fillers ----
+
+@pytest.mark.parametrize("norm,n", [(None, 32 * 9), ("FAN_IN", 32 * 9), ("FAN_OUT", 64 * 9),
+                                    ("AVERAGE", (32 * 9 + 64 * 9) / 2)])
+def test_xavier_bound_follows_variance_norm(norm, n):
+    """xavier on a [64, 32, 3, 3] blob: uniform in ±sqrt(3/n), n = count/shape[0] = 288 (FAN_IN, the
+    default), count/shape[1] = 576 (FAN_OUT), their mean 432 (AVERAGE). Swapping the fans, or AVERAGE
+    as a sum, puts the largest value outside (or well inside) the bound."""
+    f = caffe_pb2.FillerParameter(type="xavier")
+    if norm:
+        f.variance_norm = getattr(caffe_pb2.FillerParameter, norm)
+    w = fill((64, 32, 3, 3), f, np.random.default_rng(3))
+    bound = np.sqrt(3 / n)
+    assert np.abs(w).max() <= bound and np.abs(w).max() > 0.99 * bound
+    assert w.mean() == pytest.approx(0, abs=0.01 * bound)
+
+
+def test_msra_std_on_an_inner_product_blob_uses_its_inputs():
+    """msra on InnerProduct's [num_output=50, K=400] weights: std sqrt(2/400) (fan_in = K), not sqrt(2/50)."""
+    w = fill((50, 400), caffe_pb2.FillerParameter(type="msra"), np.random.default_rng(4))
+    assert w.std() == pytest.approx(np.sqrt(2 / 400), rel=0.03)
+    assert w.mean() == pytest.approx(0, abs=0.003)
+
+
+def test_default_fillers_are_constant_zero():
+    """FillerParameter's defaults: type constant, value 0, for weights and bias alike (Caffe's)."""
+    layer, _, _ = make_layer('type: "InnerProduct" inner_product_param { num_output: 3 }', [np.ones((2, 4))])
+    assert layer.blobs[0].data.shape == (3, 4) and not layer.blobs[0].data.any() and not layer.blobs[1].data.any()
