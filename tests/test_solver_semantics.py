@@ -30,12 +30,12 @@ layer { name: "acc" type: "Accuracy" bottom: "fc" bottom: "label" top: "acc" top
 """
 
 
-def make_solver(tmp_path, **fields):
+def make_solver(tmp_path, test_nets=(), **fields):
     net = Net(text_format.Parse(NET, caffe_pb2.NetParameter()), caffe_pb2.TRAIN, seed=0)
     param = caffe_pb2.SolverParameter(base_lr=0.5, lr_policy="fixed", snapshot_prefix=str(tmp_path / "s"),
                                       **fields)
     stream = io.StringIO()
-    return Solver(param, net, log=CaffeLog(stream=stream, prefix=False)), stream
+    return Solver(param, net, test_nets, log=CaffeLog(stream=stream, prefix=False)), stream
 
 
 def loss_lines(text):
@@ -74,3 +74,66 @@ def test_train_outputs_print_every_element_numbered_across_outputs(tmp_path):
     assert per[0] == 0 and per[2] == 0 and per[1] == acc
     assert "(* 1 = " in re.search(r"^    Train net output #0.*$", text, re.M)[0]
     assert "(*" not in re.search(r"^    Train net output #1.*$", text, re.M)[0]  # acc has no loss weight
+
+
+# A TEST net whose batches differ (DummyData redraws a gaussian and labels 0..2 every forward).
+TEST_NET = NET.replace('data_filler { type: "constant" value: 0.5 } data_filler { type: "constant" value: 1 }',
+                       'data_filler { type: "gaussian" std: 2 } data_filler { type: "uniform" min: 0 max: 2.999 }')
+
+
+def test_test_outputs_are_element_means_over_test_iter_batches(tmp_path):
+    """Test net output #k is the mean over the test_iter batches of each output element: loss, acc and
+    each per-class accuracy (a class absent from a batch adds 0 there, as in Caffe's test_score sums).
+    Expected values come from a twin test net run batch by batch here with the trained weights."""
+    test_net = Net(text_format.Parse(TEST_NET, caffe_pb2.NetParameter()), caffe_pb2.TEST, seed=5)
+    solver, stream = make_solver(tmp_path, [test_net], max_iter=2, test_iter=[3], test_interval=2,
+                                 test_initialization=False, snapshot_after_train=False)
+    twin = Net(text_format.Parse(TEST_NET, caffe_pb2.NetParameter()), caffe_pb2.TEST, seed=5)
+    result = solver.solve()
+    twin.share_trained_layers_with(solver.net)
+    batches = []
+    for _ in range(3):
+        twin.forward()
+        outs = twin.outputs()
+        batches.append(np.concatenate([np.asarray(outs[n], np.float64).reshape(-1) for n in ("loss", "acc", "per_class")]))
+    want = np.mean(batches, axis=0)
+    assert not np.allclose(batches[-1], want)  # the batches differ: a last-batch report would fail
+    got = result.test_scores[0]
+    assert result.test_iteration == 2
+    np.testing.assert_allclose([got["loss"], got["acc"], got["per_class[0]"], got["per_class[1]"], got["per_class[2]"]],
+                               want, rtol=1e-5)
+    lines = re.findall(r"^    Test net output #(\d+): (\S+) = (\S+)", stream.getvalue(), re.M)
+    assert [(int(k), n) for k, n, _ in lines] == [(0, "loss"), (1, "acc"), (2, "per_class"), (3, "per_class"),
+                                                  (4, "per_class")]
+    np.testing.assert_allclose([float(v) for _, _, v in lines], want, rtol=1e-5)
+    assert "Iteration 2, Testing net (#0)" in stream.getvalue()
+
+
+def test_iter_size_accumulates_and_divides(tmp_path):
+    """Same batch twice with iter_size 2 = one pass with iter_size 1: the summed gradients are divided
+    by 2 before the update (forgetting the division doubles the step), and the loss shown is the mean
+    of the two passes."""
+    weights, losses = [], []
+    for iter_size in (1, 2):
+        solver, _ = make_solver(tmp_path / str(iter_size), max_iter=3, iter_size=iter_size, momentum=0.9,
+                                weight_decay=0.01, snapshot_after_train=False)
+        result = solver.solve()
+        weights.append(np.array(solver.net.layer("fc").blobs[0].data, dtype=np.float64))
+        losses.append([loss for _, loss in result.train_losses])
+    np.testing.assert_allclose(weights[1], weights[0], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)
+
+
+@pytest.mark.parametrize("max_iter,after_train,expected", [(5, True, [2, 4, 5]), (5, False, [2, 4]),
+                                                           (4, True, [2, 4])])
+def test_snapshot_names_and_the_one_after_training(tmp_path, max_iter, after_train, expected):
+    """<prefix>_iter_<N>.caffemodel and .solverstate every `snapshot` iterations, and one after the last
+    iteration unless snapshot_after_train is false or the last iteration already has one."""
+    solver, stream = make_solver(tmp_path, max_iter=max_iter, snapshot=2, snapshot_after_train=after_train)
+    result = solver.solve()
+    assert [int(p.caffemodel.name.split("_iter_")[1].split(".")[0]) for p in result.snapshots] == expected
+    for n in expected:
+        assert (tmp_path / f"s_iter_{n}.caffemodel").is_file() and (tmp_path / f"s_iter_{n}.solverstate").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix in (".caffemodel", ".solverstate")) == sorted(
+        f"s_iter_{n}.{ext}" for n in expected for ext in ("caffemodel", "solverstate"))
+    assert f"Snapshotting to binary proto file {tmp_path / f's_iter_{expected[-1]}.caffemodel'}" in stream.getvalue()
