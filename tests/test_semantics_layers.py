@@ -160,3 +160,25 @@ def test_default_fillers_are_constant_zero():
     """FillerParameter's defaults: type constant, value 0, for weights and bias alike (Caffe's)."""
     layer, _, _ = make_layer('type: "InnerProduct" inner_product_param { num_output: 3 }', [np.ones((2, 4))])
     assert layer.blobs[0].data.shape == (3, 4) and not layer.blobs[0].data.any() and not layer.blobs[1].data.any()
+
+
+# -------------------------------------------------------------------------- convolution ----
+
+def test_dilated_strided_convolution_shape_and_values():
+    """out = floor((9 + 2*1 - (2*(3-1)+1)) / 2) + 1 = 4 (a `dilation*kernel` extent gives 3); each output
+    sums taps 2 apart from row/col 2*o - 1 (pad 1), the group's own input channels only (group 2)."""
+    x = np.random.default_rng(6).standard_normal((1, 4, 9, 9))
+    layer, b, t = make_layer('type: "Convolution" convolution_param { num_output: 4 kernel_size: 3 dilation: 2 '
+                             'stride: 2 pad: 1 group: 2 weight_filler { type: "gaussian" } '
+                             'bias_filler { type: "gaussian" } }', [x])
+    assert layer.blobs[0].data.shape == (4, 2, 3, 3)   # [num_output, channels/group, kh, kw]
+    (y,) = run_forward(layer, b, t)
+    assert y.shape == (1, 4, 4, 4)
+    w, bias = layer.blobs[0].data, layer.blobs[1].data
+    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    for m in range(4):
+        g = m // 2                       # outputs 0-1 see inputs 0-1, outputs 2-3 inputs 2-3
+        for oy in range(4):
+            for ox in range(4):
+                patch = xp[0, 2 * g:2 * g + 2, 2 * oy:2 * oy + 5:2, 2 * ox:2 * ox + 5:2]
+                assert y[0, m, oy, ox] == pytest.approx((patch * w[m]).sum() + bias[m], rel=1e-10)
