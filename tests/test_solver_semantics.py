@@ -137,3 +137,32 @@ def test_snapshot_names_and_the_one_after_training(tmp_path, max_iter, after_tra
     assert sorted(p.name for p in tmp_path.iterdir() if p.suffix in (".caffemodel", ".solverstate")) == sorted(
         f"s_iter_{n}.{ext}" for n in expected for ext in ("caffemodel", "solverstate"))
     assert f"Snapshotting to binary proto file {tmp_path / f's_iter_{expected[-1]}.caffemodel'}" in stream.getvalue()
+
+
+def test_each_test_pass_reads_on_from_where_the_last_one_stopped(tmp_path):
+    """Caffe's test net keeps its data cursor between test passes: with 10 records, batch 2 and test_iter 2,
+    the pass at iteration 0 scores records 0-3 and the pass at iteration 1 records 4-7 (a cursor reset
+    per pass would score 0-3 twice). The labels (= record numbers) seen by the loss layer show it."""
+    from tests.test_data_layers import make_lmdb
+    make_lmdb(tmp_path / "db", n=10)
+    test_text = f"""
+    layer {{ name: "d" type: "Data" top: "data" top: "label"
+      data_param {{ source: "{tmp_path / 'db'}" batch_size: 2 backend: LMDB }} }}
+    layer {{ name: "fc_t" type: "InnerProduct" bottom: "data" top: "s" inner_product_param {{ num_output: 10 }} }}
+    layer {{ name: "loss" type: "SoftmaxWithLoss" bottom: "s" bottom: "label" top: "loss" }}
+    """
+    test_net = Net(text_format.Parse(test_text, caffe_pb2.NetParameter()), caffe_pb2.TEST, seed=0)
+    seen: list[int] = []
+    forward = test_net.forward
+
+    def spy():
+        out = forward()
+        seen.extend(int(v) for v in np.asarray(test_net.blobs["label"].data).reshape(-1))
+        return out
+    test_net.forward = spy
+    solver, stream = make_solver(tmp_path, [test_net], max_iter=1, test_iter=[2], test_interval=1,
+                                 snapshot_after_train=False)
+    solver.solve()
+    assert stream.getvalue().count("Testing net (#0)") == 2
+    assert seen == [0, 1, 2, 3, 4, 5, 6, 7]
+    test_net.layer("d").close()
