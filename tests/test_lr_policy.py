@@ -63,3 +63,27 @@ def test_poly_reaches_zero_at_max_iter_and_multistep_counts_a_stepvalue_on_its_i
     lr = lambda it: lr_policy.learning_rate("multistep", it, base_lr=1.0, gamma=0.5, stepvalues=[3, 5])  # noqa: E731
     assert [lr(it) for it in range(7)] == [1.0, 1.0, 1.0, 0.5, 0.5, 0.25, 0.25]
     assert lr_policy.learning_rate("step", 9, base_lr=1.0, gamma=0.5, stepsize=3) == 0.125
+
+
+def test_step_rates_equal_every_lr_line_of_a_real_caffe_run(shared_data):
+    """Every `Iteration N, lr = X` line of the half0A ImageNet run (2014 Caffe, step policy, 0.01 x 0.1
+    every 100,000 iterations, both of its log files: iterations 20 .. 450,000) is our rate at N printed as
+    C++ prints a float. It pins the step boundary to the iteration itself (lr 0.001 at 100000, not at
+    100001) and the last rate, 1e-06 at max_iter."""
+    import gzip
+    import re
+
+    from google.protobuf import text_format
+
+    from trainer.caffelog import fmt
+    run = shared_data / "caffe_logs" / "half0A"
+    param = text_format.Parse((run / "imagenet_solver.prototxt").read_text(), caffe_pb2.SolverParameter())
+    checked = 0
+    for log in sorted(run.glob("*.gz")):
+        with gzip.open(log, "rt", encoding="utf-8", errors="replace") as f:
+            for m in re.finditer(r"\] Iteration (\d+), lr = (\S+)$", f.read(), re.M):
+                it = int(m[1])
+                assert fmt(lr_policy.rate_for(param, it)) == m[2], f"{log.name}: iteration {it}"
+                checked += 1
+    assert checked > 20000
+    assert fmt(lr_policy.rate_for(param, 99999)) == "0.01" and fmt(lr_policy.rate_for(param, 100000)) == "0.001"
