@@ -182,3 +182,24 @@ def test_dilated_strided_convolution_shape_and_values():
             for ox in range(4):
                 patch = xp[0, 2 * g:2 * g + 2, 2 * oy:2 * oy + 5:2, 2 * ox:2 * ox + 5:2]
                 assert y[0, m, oy, ox] == pytest.approx((patch * w[m]).sum() + bias[m], rel=1e-10)
+
+
+# ------------------------------------------------------------------------ inner product ----
+
+def test_inner_product_transpose_and_axis_values():
+    """transpose: true stores W as [K, num_output] and computes x W (reading it as [num_output, K] and
+    computing x Wᵀ would scramble the outputs); axis 2 keeps the first two axes and flattens the rest."""
+    x = np.random.default_rng(8).standard_normal((2, 3, 4, 5))
+    layer, b, t = make_layer('type: "InnerProduct" inner_product_param { num_output: 6 transpose: true '
+                             'weight_filler { type: "gaussian" } bias_filler { type: "gaussian" } }', [x])
+    w, bias = layer.blobs[0].data, layer.blobs[1].data
+    assert w.shape == (60, 6)
+    (y,) = run_forward(layer, b, t)
+    np.testing.assert_allclose(y, x.reshape(2, 60) @ w + bias, rtol=1e-12)
+    layer, b, t = make_layer('type: "InnerProduct" inner_product_param { num_output: 6 axis: 2 '
+                             'weight_filler { type: "gaussian" } }', [x])
+    w = layer.blobs[0].data
+    assert w.shape == (6, 20)
+    (y,) = run_forward(layer, b, t)
+    assert y.shape == (2, 3, 6)
+    np.testing.assert_allclose(y, x.reshape(2, 3, 20) @ w.T, rtol=1e-12)
