@@ -203,3 +203,19 @@ def test_inner_product_transpose_and_axis_values():
     (y,) = run_forward(layer, b, t)
     assert y.shape == (2, 3, 6)
     np.testing.assert_allclose(y, x.reshape(2, 3, 20) @ w.T, rtol=1e-12)
+
+
+def test_the_last_window_rule_applies_to_an_unpadded_axis_when_the_other_is_padded(kernel_path):
+    """Caffe tests `pad_h || pad_w`: pad_w 1 turns the rule on for the rows too. 9 rows, kernel 2,
+    stride 3, pad_h 0: ceil(7/3)+1 = 4, and (4-1)*3 = 9 >= 9+0, so the 4th row window (starting past
+    the last row) is dropped: 3 rows. Checking each axis's own pad kept it and refused the layer."""
+    x = np.random.default_rng(9).standard_normal((1, 2, 9, 4))
+    text = ('type: "Pooling" pooling_param { pool: MAX kernel_h: 2 kernel_w: 2 stride_h: 3 stride_w: 1 '
+            'pad_h: 0 pad_w: 1 }')
+    layer, b, t = make_layer(text, [x])
+    (y,) = run_forward(layer, b, t)
+    assert y.shape == (1, 2, 3, 5)  # columns: ceil((4+2-2)/1)+1 = 5, and 4*1 < 4+1 keeps the 5th
+    xp = np.pad(x, ((0, 0), (0, 0), (0, 0), (1, 1)), constant_values=-np.inf)
+    for oy in range(3):
+        for ox in range(5):
+            np.testing.assert_array_equal(y[0, :, oy, ox], xp[0, :, 3 * oy:3 * oy + 2, ox:ox + 2].max(axis=(1, 2)))
