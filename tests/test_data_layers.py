@@ -292,3 +292,21 @@ def test_rand_skip_draws_below_rand_skip_as_caffes_modulo(tmp_path):
         assert step(layer, tops)[1].astype(int).tolist() == [layer.skip, layer.skip + 1]
         layer.close()
     assert skips == {0, 1, 2}
+
+
+def test_image_data_rand_skip_draws_below_rand_skip(tmp_path):
+    """ImageData's rand_skip is Caffe's caffe_rng_rand() % rand_skip too: 0 .. rand_skip-1 lines."""
+    root = tmp_path / "imgs"
+    root.mkdir()
+    for i in range(5):
+        cv2.imwrite(str(root / f"{i}.png"), np.full((4, 4, 3), i * 10, np.uint8))
+    (tmp_path / "list.txt").write_text("".join(f"{i}.png {i}\n" for i in range(5)))
+    text = ('name: "img" type: "ImageData" top: "data" top: "label" image_data_param { source: "list.txt" '
+            'root_folder: "imgs" batch_size: 1 rand_skip: RS }')
+    skips = set()
+    for seed in range(30):
+        layer, tops = build(text.replace("RS", "2"), seed=seed, base_dir=tmp_path)
+        skips.add(layer.skip)
+        assert step(layer, tops)[1].astype(int).tolist() == [layer.skip]
+        layer.close()
+    assert skips == {0, 1}
