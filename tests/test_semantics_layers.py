@@ -219,3 +219,43 @@ def test_the_last_window_rule_applies_to_an_unpadded_axis_when_the_other_is_padd
     for oy in range(3):
         for ox in range(5):
             np.testing.assert_array_equal(y[0, :, oy, ox], xp[0, :, 3 * oy:3 * oy + 2, ox:ox + 2].max(axis=(1, 2)))
+
+
+# ------------------------------------------------------------ the CuPy path (strict_xp) ----
+
+POOL_NET = '''
+layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 1 dim: 2 dim: 9 dim: 4 } } }
+layer { name: "ave" type: "Pooling" bottom: "x" top: "ave" pooling_param { pool: AVE kernel_size: 3 stride: 2 pad: 1 } }
+layer { name: "max" type: "Pooling" bottom: "x" top: "max" pooling_param { pool: MAX kernel_h: 2 kernel_w: 2
+  stride_h: 3 stride_w: 1 pad_h: 0 pad_w: 1 } }
+'''
+
+
+@pytest.mark.parametrize("device", ["numpy", "strict_xp"])
+def test_pooling_edges_on_the_device_path(device):
+    """The two edge rules above through a Net on the CuPy path (the RawKernel launches, their size
+    arguments and the layer's sizes): AVE's corner divisor and the pad_h || pad_w window drop."""
+    from google.protobuf import text_format
+
+    from tests import strict_xp
+    from trainer.net import Net
+    x = np.random.default_rng(10).standard_normal((1, 2, 9, 4))
+    import contextlib
+    strict_xp.launches.clear()
+    ctx = strict_xp.installed() if device == "strict_xp" else contextlib.nullcontext(np)
+    with ctx as xp:
+        net = Net(text_format.Parse(POOL_NET, caffe_pb2.NetParameter()), caffe_pb2.TEST, xp=xp, seed=0,
+                  dtype=np.float64)
+        net.blobs["x"].data[...] = xp.asarray(x)
+        net.forward()
+        ave = np.array(strict_xp.asnumpy(net.blobs["ave"].data)) if device == "strict_xp" else net.blobs["ave"].data
+        mx = np.array(strict_xp.asnumpy(net.blobs["max"].data)) if device == "strict_xp" else net.blobs["max"].data
+    if device == "strict_xp":  # the RawKernels ran (their launches checked against the CUDA signatures)
+        assert strict_xp.launches["ave_pool_fwd"] == 1 and strict_xp.launches["max_pool_fwd"] == 1
+    # AVE 9x4, kernel 3, stride 2, pad 1: out 5x3 (ceil(8/2)+1 = 5, 4*2 = 8 < 10 kept; ceil(3/2)+1 = 3, 2*2 < 5)
+    assert ave.shape == (1, 2, 5, 3) and mx.shape == (1, 2, 3, 5)
+    # the last row window [7, 10) -> hend min(10, 10) = 10: 3 rows counted, 2 (rows 7, 8) summed;
+    # the last column window [3, 6) -> wend min(6, 5) = 5: 2 counted, 1 (col 3) summed
+    np.testing.assert_allclose(ave[0, :, 4, 2], x[0, :, 7:9, 3].sum(axis=1) / 6, rtol=1e-12)
+    np.testing.assert_allclose(ave[0, :, 0, 0], x[0, :, 0:2, 0:2].sum(axis=(1, 2)) / 9, rtol=1e-12)
+    np.testing.assert_array_equal(mx[0, :, 2, 4], x[0, :, 6:8, 3].max(axis=1))
