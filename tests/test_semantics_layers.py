@@ -259,3 +259,49 @@ def test_pooling_edges_on_the_device_path(device):
     np.testing.assert_allclose(ave[0, :, 4, 2], x[0, :, 7:9, 3].sum(axis=1) / 6, rtol=1e-12)
     np.testing.assert_allclose(ave[0, :, 0, 0], x[0, :, 0:2, 0:2].sum(axis=(1, 2)) / 9, rtol=1e-12)
     np.testing.assert_array_equal(mx[0, :, 2, 4], x[0, :, 6:8, 3].max(axis=1))
+
+
+# ------------------------------------------------------------------ a real Caffe log ----
+
+def test_caffenet_shapes_equal_the_top_shapes_of_a_real_caffe_log(shared_data):
+    """The netbase run's log (2014 Caffe) prints each layer's top shape while building its TRAIN net:
+    conv1 96x55x55 (11x11 stride 4 on 227), pool1 27, conv2 (pad 2, group 2) 27, pool2 13, conv3-5 13,
+    pool5 6. Our net, built from the same (upgraded) prototxt with an Input in place of its Data layer
+    and cut before fc6, gives each of those layers the same shape."""
+    import gzip
+    import re
+
+    from google.protobuf import text_format
+
+    from datakit.formats.prototxt import read_net
+    from trainer.net import Net
+    run = shared_data / "caffe_logs" / "netbase"
+    with gzip.open(run / "catlog.oMANUAL.gz", "rt", encoding="utf-8", errors="replace") as f:
+        text = f.read()
+    logged: dict[str, tuple[int, ...]] = {}
+    layer = None
+    for line in text.splitlines():
+        m = re.search(r"Creating Layer (\S+)$", line)
+        if m:
+            if m[1] == "data" and logged:
+                break  # the TEST net starts
+            layer = m[1]
+            continue
+        m = re.search(r"Top shape: ([\d ]+)$", line)
+        if m and layer and layer not in logged:
+            logged[layer] = tuple(int(v) for v in m[1].split())
+    param = read_net(run / "imagenet_train.prototxt")
+    cut = caffe_pb2.NetParameter(name="netbase")
+    cut.layer.add().CopyFrom(text_format.Parse(
+        'name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 227 dim: 227 } }',
+        caffe_pb2.LayerParameter()))
+    for lp in param.layer[1:]:
+        if lp.name == "fc6":
+            break
+        cut.layer.add().CopyFrom(lp)
+    net = Net(cut, caffe_pb2.TRAIN, seed=0)
+    compared = [name for name in net.layer_names if name in logged and name != "data"]
+    assert compared[:4] == ["conv1", "relu1", "pool1", "norm1"] and compared[-1] == "pool5" and len(compared) == 15
+    for name in compared:
+        top = net.top_names[net.layer_names.index(name)][0]
+        assert tuple(net.blobs[top].shape[1:]) == logged[name], name
