@@ -87,3 +87,27 @@ def test_step_rates_equal_every_lr_line_of_a_real_caffe_run(shared_data):
                 checked += 1
     assert checked > 20000
     assert fmt(lr_policy.rate_for(param, 99999)) == "0.01" and fmt(lr_policy.rate_for(param, 100000)) == "0.001"
+
+
+# `Iteration N, lr = X` lines of a Caffe LeNet run (examples/mnist/lenet_solver.prototxt: inv, base_lr 0.01,
+# gamma 1e-4, power 0.75), as Caffe 2015 printed them for its float net (a public training log).
+LENET_LR_LINES = {100: "0.00992565", 200: "0.00985258", 300: "0.00978075", 400: "0.00971013", 500: "0.00964069",
+                  600: "0.0095724", 700: "0.00950522", 800: "0.00943913", 900: "0.00937411", 1000: "0.00931012",
+                  9000: "0.00617924", 9100: "0.00615496", 9200: "0.0061309", 9300: "0.00610706", 9400: "0.00608343",
+                  9500: "0.00606002", 9600: "0.00603682", 9700: "0.00601382", 9800: "0.00599102", 9900: "0.00596843"}
+
+
+def test_a_float_nets_rate_is_computed_in_float_as_caffes(shared_data):
+    """Caffe computes the rate in the net's Dtype: for a float net, pow(float, float). Its LeNet log prints
+    0.0095724 at iteration 600, where the same formula in double prints 0.00957239 (a 1-ulp-of-print
+    difference in the log and in every update). Our float32 rate prints every line as Caffe did."""
+    import numpy as np
+    from google.protobuf import text_format
+
+    from trainer.caffelog import fmt
+    param = caffe_pb2.SolverParameter()
+    text_format.Parse((shared_data / "models/lenet/lenet_solver.prototxt").read_text(), param)
+    assert (param.lr_policy, param.base_lr, param.power) == ("inv", pytest.approx(0.01), pytest.approx(0.75))
+    got = {it: fmt(lr_policy.rate_for(param, it, np.float32)) for it in LENET_LR_LINES}
+    assert got == LENET_LR_LINES
+    assert fmt(lr_policy.rate_for(param, 600, np.float64)) == "0.00957239"  # a double net: Caffe<double>'s rate

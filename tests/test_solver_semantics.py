@@ -166,3 +166,13 @@ def test_each_test_pass_reads_on_from_where_the_last_one_stopped(tmp_path):
     assert stream.getvalue().count("Testing net (#0)") == 2
     assert seen == [0, 1, 2, 3, 4, 5, 6, 7]
     test_net.layer("d").close()
+
+
+def test_the_solver_computes_the_rate_in_the_nets_dtype(tmp_path):
+    """A float32 net's rate is Caffe's float one: LeNet's inv policy at iteration 600 prints 0.0095724
+    (Caffe's log), not the double formula's 0.00957239."""
+    from trainer.caffelog import fmt
+    solver, _ = make_solver(tmp_path, max_iter=1)
+    solver.param.lr_policy, solver.param.base_lr, solver.param.gamma, solver.param.power = "inv", 0.01, 1e-4, 0.75
+    solver.iter = 600
+    assert solver.net.dtype == np.float32 and fmt(solver.rate()) == "0.0095724"

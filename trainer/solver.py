@@ -111,7 +111,7 @@ class Solver:
             self._repeat = (reason, said)
 
     def rate(self) -> float:
-        return lr_policy.rate_for(self.param, self.iter)
+        return lr_policy.rate_for(self.param, self.iter, getattr(self.net, "dtype", np.float32))
 
     # -- one iteration --------------------------------------------------------------------------
     def _display(self) -> bool:
