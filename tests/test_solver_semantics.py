@@ -176,3 +176,24 @@ def test_the_solver_computes_the_rate_in_the_nets_dtype(tmp_path):
     solver.param.lr_policy, solver.param.base_lr, solver.param.gamma, solver.param.power = "inv", 0.01, 1e-4, 0.75
     solver.iter = 600
     assert solver.net.dtype == np.float32 and fmt(solver.rate()) == "0.0095724"
+
+
+def test_clipping_logs_caffes_line_with_the_norm_of_all_gradients(tmp_path):
+    """clip_gradients 0.01: each update prints Caffe's "Gradient clipping: scaling down gradients (L2 norm
+    N > 0.01) by scale factor 0.01/N", N the norm of the first iteration's gradient, worked out here by a
+    twin net's forward/backward with the same weights."""
+    solver, stream = make_solver(tmp_path, max_iter=2, clip_gradients=0.01, snapshot_after_train=False)
+    twin = Net(text_format.Parse(NET, caffe_pb2.NetParameter()), caffe_pb2.TRAIN, seed=0)
+    twin.clear_param_diffs()
+    twin.forward()
+    twin.backward()
+    norm = float(np.sqrt(sum((np.asarray(p.diff, np.float64) ** 2).sum() for p in twin.learnable_params)))
+    solver.solve()
+    lines = re.findall(r"^Gradient clipping: scaling down gradients \(L2 norm (\S+) > (\S+)\) by scale factor (\S+)$",
+                       stream.getvalue(), re.M)
+    assert len(lines) == 2
+    assert float(lines[0][0]) == pytest.approx(norm, rel=1e-5) and lines[0][1] == "0.01"
+    assert float(lines[0][2]) == pytest.approx(0.01 / norm, rel=1e-5)
+    quiet, stream2 = make_solver(tmp_path / "q", max_iter=2, snapshot_after_train=False)
+    quiet.solve()
+    assert "Gradient clipping" not in stream2.getvalue()

@@ -163,6 +163,10 @@ class Solver:
             if display:
                 self.log.learning_rate(self.iter, rate)
             self.rule.apply(rate, self.iter)
+            clipped = self.rule.clipped
+            if clipped:  # Caffe's ClipGradients line, at every update it scales
+                self.log.info(f"Gradient clipping: scaling down gradients (L2 norm {fmt(clipped[0])} > "
+                              f"{fmt(self.param.clip_gradients)}) by scale factor {fmt(clipped[1])}")
             self.iter += 1
             if self.iter == start_iter + 1:
                 started = time.perf_counter()  # the speed shown counts from here (see above)
