@@ -369,7 +369,7 @@ def _from_net_kwargs(net_prototxt: str | os.PathLike, phase: str, layer: str | N
         p = lp.data_param
         rng = np.random.default_rng(random_seed)
         seed = int(rng.integers(0, 2**63 - 1))
-        skip = int(rng.integers(0, p.rand_skip + 1)) if p.rand_skip else 0
+        skip = int(rng.integers(0, p.rand_skip)) if p.rand_skip else 0  # the Data layer's draw: 0 .. rand_skip-1
         return dict(source=Path(base_dir) / p.source, transform=lp.transform_param, phase=want,
                     batch_size=int(p.batch_size), seed=seed, skip=skip, base_dir=base_dir,
                     num_samples=None if iterations is None else iterations * int(p.batch_size))

@@ -273,3 +273,40 @@ def test_records_of_other_layouts_among_raw_ones_are_read_the_same(tmp_path):
     with pytest.raises(DatabaseError, match=r"record '00000001'.*3x4x10 but the first record is 3x8x10"):
         layer.forward([], tops)
     layer.close()
+
+
+def test_rand_skip_draws_below_rand_skip_as_caffes_modulo(tmp_path):
+    """Caffe skips caffe_rng_rand() % rand_skip records: 0 .. rand_skip-1, so rand_skip: 1 never skips.
+    Drawing in 0 .. rand_skip (one too many) skipped a record for about half the seeds."""
+    make_lmdb(tmp_path / "db", n=10)
+    text = data_text(tmp_path / "db", 2).replace("backend: LMDB", "backend: LMDB rand_skip: RS")
+    for seed in range(12):
+        layer, tops = build(text.replace("RS", "1"), seed=seed)
+        assert layer.skip == 0
+        assert step(layer, tops)[1].astype(int).tolist() == [0, 1]
+        layer.close()
+    skips = set()
+    for seed in range(40):
+        layer, tops = build(text.replace("RS", "3"), seed=seed)
+        skips.add(layer.skip)
+        assert step(layer, tops)[1].astype(int).tolist() == [layer.skip, layer.skip + 1]
+        layer.close()
+    assert skips == {0, 1, 2}
+
+
+def test_image_data_rand_skip_draws_below_rand_skip(tmp_path):
+    """ImageData's rand_skip is Caffe's caffe_rng_rand() % rand_skip too: 0 .. rand_skip-1 lines."""
+    root = tmp_path / "imgs"
+    root.mkdir()
+    for i in range(5):
+        cv2.imwrite(str(root / f"{i}.png"), np.full((4, 4, 3), i * 10, np.uint8))
+    (tmp_path / "list.txt").write_text("".join(f"{i}.png {i}\n" for i in range(5)))
+    text = ('name: "img" type: "ImageData" top: "data" top: "label" image_data_param { source: "list.txt" '
+            'root_folder: "imgs" batch_size: 1 rand_skip: RS }')
+    skips = set()
+    for seed in range(30):
+        layer, tops = build(text.replace("RS", "2"), seed=seed, base_dir=tmp_path)
+        skips.add(layer.skip)
+        assert step(layer, tops)[1].astype(int).tolist() == [layer.skip]
+        layer.close()
+    assert skips == {0, 1}

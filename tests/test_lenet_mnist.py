@@ -40,7 +40,7 @@ def test_lenet_scores_mnist_through_trainer_test(mnist_test_lmdb, shared_data, c
     final = dict(re.findall(r"^(\w+) = ([-\d.e]+)$", res.stdout, flags=re.M))
     accuracy, loss = float(final["accuracy"]), float(final["loss"])
     assert accuracy >= 0.99
-    assert accuracy == pytest.approx(0.9914, abs=1e-4)  # what Caffe's own forward gives
+    assert accuracy == pytest.approx(0.9914, abs=1e-4)  # PROVENANCE.md: an independent NumPy forward (no Caffe run here)
     assert loss == pytest.approx(0.02727, abs=2e-4)
     batch_lines = re.findall(r"^Batch (\d+), accuracy = ", res.stdout, flags=re.M)
     assert len(batch_lines) == 100

@@ -268,3 +268,42 @@ def test_a_data_layer_keeps_both_its_prototxt_and_its_database(tmp_path):
         assert data.source_name == str(tmp_path / "db")
         net.forward()
         np.testing.assert_array_equal(net.blobs["label"].data, [0, 1])
+
+
+LOSS_WEIGHTED_AND_READ = '''
+layer { name: "in" type: "Input" top: "x" top: "t" input_param { shape { dim: 2 dim: 3 } shape { dim: 2 dim: 2 } } }
+layer { name: "ip" type: "InnerProduct" bottom: "x" top: "h" loss_weight: 0.5
+  inner_product_param { num_output: 2 weight_filler { type: "gaussian" } } }
+layer { name: "euc" type: "EuclideanLoss" bottom: "h" bottom: "t" top: "l" }
+'''
+
+
+def test_a_loss_weighted_top_that_another_layer_reads_gets_both_gradients():
+    """`h` carries loss_weight 0.5 and feeds a EuclideanLoss: Caffe's InsertSplits counts the loss as a
+    use, so a Split's first top (h_ip_0_split_0, a net output) carries the 0.5 and the reader takes
+    h_ip_0_split_1; dL/dh = 0.5 + the Euclidean gradient. Seeding `h` itself with 0.5 overwrote the
+    Euclidean gradient (the weight gradient then missed it): checked here by central differences."""
+    net = Net(net_param(LOSS_WEIGHTED_AND_READ), TRAIN, seed=0, dtype=np.float64)
+    assert net.layer_names == ["in", "ip", "h_ip_0_split", "euc"]
+    assert net.bottom_names[net.layer_names.index("euc")][0] == "h_ip_0_split_1"
+    assert net.output_loss_weights() == {"h_ip_0_split_0": 0.5, "l": 1.0}
+    rng = np.random.default_rng(0)
+    net.blobs["x"].data[...] = rng.standard_normal((2, 3))
+    net.blobs["t"].data[...] = rng.standard_normal((2, 2))
+    w = net.layer("ip").blobs[0].data
+    h = w @ net.blobs["x"].data.T  # (2 outputs, 2 samples), no bias: constant 0
+    expected_loss = 0.5 * h.sum() + ((h.T - net.blobs["t"].data) ** 2).sum() / 4
+    net.clear_param_diffs()
+    assert net.forward() == pytest.approx(expected_loss, rel=1e-12)
+    net.backward()
+    analytic = net.layer("ip").blobs[0].diff.copy()
+    numeric = np.zeros_like(w)
+    for idx in np.ndindex(*w.shape):
+        old = w[idx]
+        w[idx] = old + 1e-6
+        plus = net.forward()
+        w[idx] = old - 1e-6
+        minus = net.forward()
+        w[idx] = old
+        numeric[idx] = (plus - minus) / 2e-6
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-8)

@@ -147,3 +147,29 @@ def test_uncropped_unmirrored_batches_take_one_operation_and_match_caffe(batch, 
         ref = caffe_reference(img, mean_arr if mean == "file" else None,
                               kw.get("mean_value", []), 0.5, 0, 0, 0, False)
         np.testing.assert_array_equal(out[i], ref)
+
+
+@pytest.mark.parametrize("phase", [TEST, TRAIN])
+def test_real_imagenet_mean_is_cropped_at_the_images_offsets(phase, shared_data):
+    """CaffeNet's recipe: the 256x256 ILSVRC-2012 mean (the real binaryproto), crop 227. TEST: offsets
+    (256-227)//2 = 14 for image and mean alike; TRAIN: the mean cut at each image's random offset,
+    mirrored with it. Subtracting the mean's top-left (or its centre in TRAIN) 227x227, or a per-channel
+    average, fails."""
+    path = shared_data / "means" / "imagenet_mean.binaryproto"
+    from datakit.formats.blobproto import read_mean
+    mean = read_mean(path).astype(np.float32)
+    assert mean.shape == (3, 256, 256)
+    img = np.random.default_rng(2).integers(0, 256, size=(3, 3, 256, 256), dtype=np.uint8)
+    t = Transformer(_tp(crop_size=227, mirror=True, mean_file=path.name), phase, base_dir=path.parent)
+    plan = t.plan(3, 256, 256, np.random.default_rng(11))
+    out = t.apply(img, plan)
+    if phase == TEST:
+        assert set(plan.h_off) == {14} and set(plan.w_off) == {14} and not plan.mirror.any()
+    else:
+        assert len(set(plan.h_off)) > 1
+    for i in range(3):
+        h0, w0 = int(plan.h_off[i]), int(plan.w_off[i])
+        want = img[i, :, h0:h0 + 227, w0:w0 + 227].astype(np.float32) - mean[:, h0:h0 + 227, w0:w0 + 227]
+        if plan.mirror[i]:
+            want = want[:, :, ::-1]
+        np.testing.assert_allclose(out[i], want, rtol=0, atol=1e-4)

@@ -220,3 +220,36 @@ def test_compiled_update_step_takes_only_what_it_computes(monkeypatch):
     blob = P(np.ones(4, np.float32), np.ones(4, np.float32))
     HalfSGD([blob], momentum=0.9).apply(1.0, 0)
     assert calls == [] and np.array_equal(blob.data, np.full(4, 0.5, np.float32))
+
+
+def test_clip_gradients_uses_one_norm_over_every_blob():
+    """Caffe's ClipGradients: the L2 norm of all diffs together (here 5) against clip_gradients (2.5),
+    one factor (0.5) for every blob. Clipping each blob by its own norm gives [2.5] and [2.5]."""
+    params = [P(np.zeros(1, np.float32), np.array([3.0], np.float32)),
+              P(np.zeros(1, np.float32), np.array([4.0], np.float32))]
+    make_rule(_solver(clip_gradients=2.5), params).apply(1.0, 0)
+    np.testing.assert_allclose([params[0].data[0], params[1].data[0]], [-1.5, -2.0], rtol=1e-6)
+    params = [P(np.zeros(1, np.float32), np.array([3.0], np.float32)),
+              P(np.zeros(1, np.float32), np.array([4.0], np.float32))]
+    make_rule(_solver(clip_gradients=5.0), params).apply(1.0, 0)  # norm 5 is not above 5: untouched
+    np.testing.assert_allclose([params[0].data[0], params[1].data[0]], [-3.0, -4.0])
+
+
+@pytest.mark.parametrize("regularization,decay_term", [("L2", 0.1 * 2 * 4.0), ("L1", 0.1 * 2 * 1.0)])
+def test_weight_decay_is_added_after_the_iter_size_division_with_decay_mult(regularization, decay_term):
+    """Normalize, then Regularize: g = diff / iter_size + weight_decay * decay_mult * (w or sign w).
+    Decay added before the division would be halved; a missing decay_mult would halve it too."""
+    params = [P(np.array([4.0], np.float32), np.array([6.0], np.float32), 1.0, 2.0)]
+    make_rule(_solver(iter_size=2, weight_decay=0.1, regularization_type=regularization), params).apply(0.5, 0)
+    np.testing.assert_allclose(params[0].data, [4.0 - 0.5 * (3.0 + decay_term)], rtol=1e-6)
+
+
+def test_sgd_uses_lr_mult_and_momentum_history_as_caffe():
+    """v = momentum * v + lr * lr_mult * g; w -= v (Caffe's history is the step itself, lr inside it)."""
+    params = [P(np.array([1.0], np.float32), np.array([2.0], np.float32), 3.0, 0.0)]
+    rule = make_rule(_solver(momentum=0.5), params)
+    rule.apply(0.1, 0)                       # v = 0.6
+    params[0].diff[...] = 1.0
+    rule.apply(0.01, 1)                      # v = 0.3 + 0.03 = 0.33: the old step decays at the new rate's scale
+    np.testing.assert_allclose(rule.history[0], [0.33], rtol=1e-6)
+    np.testing.assert_allclose(params[0].data, [1.0 - 0.6 - 0.33], rtol=1e-6)

@@ -158,10 +158,17 @@ class CaffeLog:
 
     def train_outputs(self, it: int, outputs: Sequence[tuple[str, float, float]]) -> None:
         """``(name, value, loss_weight)`` for each net output, numbered as Caffe does."""
+        counts: dict[str, int] = {}
+        for name, _, _ in outputs:
+            counts[name] = counts.get(name, 0) + 1
+        seen: dict[str, int] = {}
         for k, (name, value, weight) in enumerate(outputs):
             self.info(_output_line("Train", k, name, value, weight))
-            # "output NAME": the net's own output, apart from the averaged "loss" of the line above
-            self.metric(it, "train", f"output {name}", value, sink_phase="train_output", sink_name=name)
+            # "output NAME": the net's own output, apart from the averaged "loss" of the line above;
+            # a vector output's elements get [j], as in test_outputs
+            j = seen[name] = seen.get(name, -1) + 1
+            key = f"{name}[{j}]" if counts[name] > 1 else name
+            self.metric(it, "train", f"output {key}", value, sink_phase="train_output", sink_name=key)
 
     def learning_rate(self, it: int, rate: float) -> None:
         self.info(f"Iteration {it}, lr = {fmt(rate)}")

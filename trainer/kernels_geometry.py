@@ -14,11 +14,17 @@ def conv_out_size(size: int, kernel: int, pad: int, stride: int, dilation: int =
     return (size + 2 * pad - (dilation * (kernel - 1) + 1)) // stride + 1
 
 
-def pool_out_size(size: int, kernel: int, pad: int, stride: int, ceil_mode: bool = True) -> int:
-    """Caffe's pooled size: ceil (or floor) mode, then drop a last window starting in the right pad."""
+def pool_out_size(size: int, kernel: int, pad: int, stride: int, ceil_mode: bool = True, *,
+                  padded: bool | None = None) -> int:
+    """Caffe's pooled size: ceil (or floor) mode, then drop a last window starting in the right pad.
+
+    The drop applies when the layer has any padding (``padded``; Caffe tests ``pad_h || pad_w``, so
+    an axis without pad loses a last window that would start past its end when the other axis is
+    padded). ``padded`` defaults to this axis's ``pad > 0``.
+    """
     span = size + 2 * pad - kernel
     out = (-(-span // stride) if ceil_mode else span // stride) + 1
-    if pad > 0 and (out - 1) * stride >= size + pad:
+    if (pad > 0 if padded is None else padded) and (out - 1) * stride >= size + pad:
         out -= 1
     return out
 

@@ -83,8 +83,9 @@ def pooling(g: Graph, l: Any, bottoms: list[str], tops: list[str]) -> None:
     if l.global_pooling:
         g.node("GlobalMaxPool" if is_max else "GlobalAveragePool", bottoms, tops)
         return
-    oh = kernels.pool_out_size(h, l.kh, l.ph, l.sh, l.ceil_mode)
-    ow = kernels.pool_out_size(w, l.kw, l.pw, l.sw, l.ceil_mode)
+    padded = bool(l.ph or l.pw)
+    oh = kernels.pool_out_size(h, l.kh, l.ph, l.sh, l.ceil_mode, padded=padded)
+    ow = kernels.pool_out_size(w, l.kw, l.pw, l.sw, l.ceil_mode, padded=padded)
     # floor-mode end padding that gives Caffe's output size (never negative: Caffe's windows start inside)
     eh = max(0, (oh - 1) * l.sh + l.kh - h - 2 * l.ph)
     ew = max(0, (ow - 1) * l.sw + l.kw - w - 2 * l.pw)

@@ -112,7 +112,7 @@ class Solver:
             self._repeat = (reason, said)
 
     def rate(self) -> float:
-        return lr_policy.rate_for(self.param, self.iter)
+        return lr_policy.rate_for(self.param, self.iter, getattr(self.net, "dtype", np.float32))
 
     # -- one iteration --------------------------------------------------------------------------
     def _display(self) -> bool:
@@ -148,9 +148,11 @@ class Solver:
             if display:
                 self.log.train_loss(self.iter, smoothed)
                 outs = self.net.outputs()
-                self.log.train_outputs(self.iter, [(name, float(np.asarray(outs[name]).reshape(-1)[0]),
-                                                    self._weights[name]) for name in self.net.output_names
-                                                   if np.asarray(outs[name]).size == 1])
+                # Every element of every output, numbered on across them (Caffe's score_index): a vector
+                # output (Accuracy's per-class top) prints one line per element under its name.
+                self.log.train_outputs(self.iter, [(name, float(v), self._weights[name])
+                                                   for name in self.net.output_names
+                                                   for v in np.asarray(outs[name]).reshape(-1)])
                 # Timed from the end of this run's first iteration: that one compiles the CPU kernels and
                 # allocates every buffer (the demo's "Iteration 0, 0.20 iter/s, 0:16:57 left" for 12 s of work).
                 done = self.iter - start_iter - 1
@@ -162,6 +164,10 @@ class Solver:
             if display:
                 self.log.learning_rate(self.iter, rate)
             self.rule.apply(rate, self.iter)
+            clipped = self.rule.clipped
+            if clipped:  # Caffe's ClipGradients line, at every update it scales
+                self.log.info(f"Gradient clipping: scaling down gradients (L2 norm {fmt(clipped[0])} > "
+                              f"{fmt(self.param.clip_gradients)}) by scale factor {fmt(clipped[1])}")
             self.iter += 1
             if self.iter == start_iter + 1:
                 started = time.perf_counter()  # the speed shown counts from here (see above)
@@ -323,8 +329,10 @@ class Solver:
         if self.param.snapshot_after_train and (not self.param.snapshot or self.iter % self.param.snapshot):
             self.snapshot()
         if self._display():
-            loss = self.net.forward()
-            self.log.train_loss(self.iter, loss)
+            # Caffe's Solve: one more forward, its loss taken into the average (UpdateSmoothedLoss) and the
+            # average printed, as every display line is (the raw loss only equals it at average_loss 1).
+            self.losses.append(float(self.net.forward()))
+            self.log.train_loss(self.iter, sum(self.losses) / len(self.losses))
         if self.test_nets and ((self.param.test_interval and self.iter % self.param.test_interval == 0)
                                or self.final_test):
             if self.test_all() is None:  # a stop during the final test: resuming repeats it

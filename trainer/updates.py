@@ -74,6 +74,8 @@ class UpdateRule:
         self.rms_decay = float(rms_decay)
         self.xp = xp
         self.history = [xp.zeros_like(p.data) for _ in range(self.history_sets) for p in self.params]
+        #: (norm, factor) of the last update's gradient clipping, None when it scaled nothing
+        self.clipped: tuple[float, float] | None = None
 
     # -- the pieces of ApplyUpdate -------------------------------------------------------------
     def active(self) -> list[int]:
@@ -81,13 +83,19 @@ class UpdateRule:
         return [i for i, p in enumerate(self.params) if p.lr_mult != 0]
 
     def clip_gradients(self) -> float:
-        """Rescale every diff when the global L2 norm exceeds ``clip_gradients``; returns the norm."""
+        """Rescale every diff when the global L2 norm exceeds ``clip_gradients``; returns the norm.
+
+        ``clipped`` then holds (norm, factor) of this update, None when nothing was scaled (the
+        solver logs Caffe's "Gradient clipping" line from it).
+        """
+        self.clipped = None
         if self.clip < 0:
             return -1.0
         sumsq = sum(float((self.params[i].diff.astype(np.float64) ** 2).sum()) for i in self.active())
         norm = sumsq ** 0.5
         if norm > self.clip:
             factor = np.float32(self.clip / norm)
+            self.clipped = (norm, float(factor))
             for i in self.active():
                 diff = self.params[i].diff
                 diff *= factor

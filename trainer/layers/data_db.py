@@ -54,7 +54,8 @@ class DataLayer(PrefetchingDataLayer):
             raise DatabaseError(f"{self.source}: the database is empty")
         tp = self.param.transform_param
         self.color = False if tp.force_gray else True if tp.force_color else None
-        self.skip = int(self.rng.integers(0, p.rand_skip + 1)) if p.rand_skip else 0
+        # Caffe: caffe_rng_rand() % rand_skip, so 0 .. rand_skip - 1 records (rand_skip itself never)
+        self.skip = int(self.rng.integers(0, p.rand_skip)) if p.rand_skip else 0
         key, value = next(iter(self.reader.raw_items()))
         first = self._decode(key, value)
         self.first_encoded = parse_datum_fields(value).encoded

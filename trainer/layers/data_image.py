@@ -40,7 +40,8 @@ class ImageDataLayer(PrefetchingDataLayer):
         if not self.entries:
             raise ConfigError(f"{self.list_path}: the image list is empty")
         self.shuffle = bool(p.shuffle)
-        self.skip = int(self.rng.integers(0, p.rand_skip + 1)) if p.rand_skip else 0
+        # Caffe: caffe_rng_rand() % rand_skip, so 0 .. rand_skip - 1 records (rand_skip itself never)
+        self.skip = int(self.rng.integers(0, p.rand_skip)) if p.rand_skip else 0
         self._orders: dict[int, np.ndarray] = {}
         first = self._load(0)
         return first.shape, len(self.entries)

@@ -63,8 +63,9 @@ class PoolingLayer(Layer):
         n, c, h, w = shape
         if self.global_pooling:
             self.kh, self.kw = h, w
-        self.oh = kernels.pool_out_size(h, self.kh, self.ph, self.sh, self.ceil_mode)
-        self.ow = kernels.pool_out_size(w, self.kw, self.pw, self.sw, self.ceil_mode)
+        padded = bool(self.ph or self.pw)  # Caffe's `pad_h || pad_w`: either pad enables the last-window rule
+        self.oh = kernels.pool_out_size(h, self.kh, self.ph, self.sh, self.ceil_mode, padded=padded)
+        self.ow = kernels.pool_out_size(w, self.kw, self.pw, self.sw, self.ceil_mode, padded=padded)
         if self.oh < 1 or self.ow < 1:
             raise self.error(f"input {h}x{w} is too small for kernel {self.kh}x{self.kw}")
         # A stride longer than the kernel can leave a last (ceil-mode) window with no input cell

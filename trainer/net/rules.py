@@ -71,11 +71,18 @@ def insert_splits(layers: list[caffe_pb2.LayerParameter],
                   inserted: set[str] | None = None) -> list[caffe_pb2.LayerParameter]:
     """Caffe's InsertSplits: a Split layer after every top that feeds more than one bottom.
 
+    A top with an explicit non-zero ``loss_weight`` counts as one more use, as in Caffe: when
+    another layer also reads it, the Split's first top (``..._split_0``, then a net output) carries
+    the loss weight and the readers get ``_split_1`` on, so the top's gradient is the loss weight
+    plus what the readers send back (seeding the top itself overwrote the readers' gradient). The
+    producer's weight for that top becomes 0 (Caffe clears all its loss weights, which drops those
+    of its other tops and gives a loss layer its default weight back on top of the Split's).
     The names of the Split layers added are put in ``inserted`` when given.
     """
     last_top: dict[str, tuple[int, int]] = {}
     source_of: dict[tuple[int, int], tuple[int, int]] = {}
     consumers: dict[tuple[int, int], int] = {}
+    loss_of: dict[tuple[int, int], float] = {}
     for i, lp in enumerate(layers):
         for j, name in enumerate(lp.bottom):
             if name not in last_top:
@@ -86,6 +93,10 @@ def insert_splits(layers: list[caffe_pb2.LayerParameter],
             consumers[src] = consumers.get(src, 0) + 1
         for j, name in enumerate(lp.top):
             last_top[name] = (i, j)
+        for j, weight in enumerate(lp.loss_weight[:len(lp.top)]):
+            if weight:
+                loss_of[(i, j)] = float(weight)
+                consumers[(i, j)] = consumers.get((i, j), 0) + 1
     if all(c <= 1 for c in consumers.values()):
         return list(layers)
     out: list[caffe_pb2.LayerParameter] = []
@@ -105,6 +116,10 @@ def insert_splits(layers: list[caffe_pb2.LayerParameter],
                 split = caffe_pb2.LayerParameter(name=f"{name}_{lp.name}_{j}_split", type="Split")
                 split.bottom.append(name)
                 split.top.extend(_split_blob_name(name, lp.name, j, k) for k in range(count))
+                if (i, j) in loss_of:
+                    split.loss_weight.extend([loss_of[(i, j)]] + [0.0] * (count - 1))
+                    new.loss_weight[j] = 0.0
+                    used[(i, j)] = 1  # _split_0 is the loss's: the readers take _split_1 on
                 out.append(split)
                 if inserted is not None:
                     inserted.add(split.name)
