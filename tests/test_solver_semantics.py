@@ -197,3 +197,15 @@ def test_clipping_logs_caffes_line_with_the_norm_of_all_gradients(tmp_path):
     quiet, stream2 = make_solver(tmp_path / "q", max_iter=2, snapshot_after_train=False)
     quiet.solve()
     assert "Gradient clipping" not in stream2.getvalue()
+
+
+def test_test_interval_without_test_iter_trains_without_tests_and_says_so(tmp_path):
+    """Caffe builds no test net without test_iter and trains on, test_interval unused; we refused the solver."""
+    solver, stream = make_solver(tmp_path, max_iter=3, test_interval=2, snapshot_after_train=False)
+    result = solver.solve()
+    assert result.iterations == 3 and result.test_scores == []
+    text = stream.getvalue()
+    assert "Testing net" not in text
+    [warning] = [line for line in text.splitlines() if "test_interval" in line]
+    assert warning.endswith("solver: test_interval is set but there is no test_iter, so no test net: training runs "
+                            "without tests (give test_iter to test the net's TEST phase)")

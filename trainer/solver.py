@@ -70,9 +70,9 @@ class Solver:
             raise ConfigError(f"solver: {len(param.test_iter)} test_iter value(s) for {len(self.test_nets)} "
                               "test net(s); give one test_iter per test net")
         check_test_iter(param)
-        if param.test_interval and not self.test_nets:
-            raise ConfigError("solver: test_interval is set but there is no test net (add TEST-phase layers "
-                              "or test_net)")
+        if param.test_interval and not self.test_nets:  # Caffe trains on without a word
+            self.log.warning("solver: test_interval is set but there is no test_iter, so no test net: training "
+                             "runs without tests (give test_iter to test the net's TEST phase)")
         self.snapshot_prefix = snapshot_prefix or param.snapshot_prefix
         if param.snapshot and not self.snapshot_prefix:
             raise ConfigError("solver: snapshot is set but snapshot_prefix is empty")
