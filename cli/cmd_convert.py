@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
                                       partition_size=args.partition_size)
     except ConvertInterrupted as stop:
         command = resume_command(sys.argv)
-        what = "stopped by SIGTERM" if stopped_by else "interrupted"
+        what = stop.how_stopped("stopped by SIGTERM" if stopped_by else "interrupted", stop.at_once)
         if command is None:
             print(f"datakit: {stop}", file=sys.stderr)
         else:

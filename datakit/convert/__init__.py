@@ -71,17 +71,26 @@ class ConvertInterrupted(KeyboardInterrupt):
     """Ctrl-C (or SIGTERM turned into it) stopped a conversion; what was saved stays for --resume.
 
     `written`: records the progress file claims (all on disk); `partial`: the
-    work folder holding them.
+    work folder holding them. A first Ctrl-C / SIGTERM stops after the record
+    being handled and saves every record so far; `at_once`: a second one
+    stopped the conversion wherever it was, so only the last checkpoint is
+    kept (the message says so).
     """
 
-    def __init__(self, written: int, partial: Path, overwrite: bool = False) -> None:
+    def __init__(self, written: int, partial: Path, overwrite: bool = False, at_once: bool = False) -> None:
         # After --overwrite, "the same command with --resume" would be refused (the two contradict).
         how = "with --resume in place of --overwrite" if overwrite else "with --resume"
-        super().__init__(f"interrupted; {written} records are saved in {partial}: rerun the same command "
-                         f"{how} to finish")
+        super().__init__(f"{self.how_stopped('interrupted', at_once)}; {written} records are saved in {partial}: "
+                         f"rerun the same command {how} to finish")
         self.written = written
         self.partial = partial
         self.overwrite = overwrite
+        self.at_once = at_once
+
+    @staticmethod
+    def how_stopped(what: str, at_once: bool) -> str:
+        """`what` ("interrupted", "stopped by SIGTERM"), saying so when a second signal stopped at once."""
+        return f"{what} at once by a second signal (the last checkpoint is kept)" if at_once else what
 
 
 def _stderr_warn(message: str) -> None:
@@ -170,6 +179,7 @@ def _convert_into(workdir: WorkDir, root: Path, list_path: Path, opts: ConvertOp
     from datakit.convert.pipeline import PipelineSettings, write_records
     from datakit.convert.workdir import RESUME_KEYS, AlreadyComplete, check_resumable
     from datakit.db import BACKENDS
+    from datakit.deferred_stop import StoppedAtOnce
 
     final = workdir.final
     try:
@@ -237,9 +247,10 @@ def _convert_into(workdir: WorkDir, root: Path, list_path: Path, opts: ConvertOp
         how = "--resume in place of --overwrite" if opts.overwrite else "--resume"
         raise DiskFull(f"{full}; the {int(workdir.state.get('written', 0))} records saved so far are kept in "
                        f"{workdir.path}: free some space, then rerun the same command with {how}") from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:  # the pipeline has saved every finished record, unless stopped at once
         writer.close()
-        raise ConvertInterrupted(int(workdir.state.get("written", 0)), workdir.path, opts.overwrite) from None
+        raise ConvertInterrupted(int(workdir.state.get("written", 0)), workdir.path, opts.overwrite,
+                                 at_once=isinstance(stop, StoppedAtOnce)) from None
     except BaseException:
         writer.close()
         raise
