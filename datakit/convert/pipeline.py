@@ -234,6 +234,11 @@ def write_records(entries: list[ListEntry], order: list[int], opts: ConvertOptio
     records = map_ordered(encode_batch, tasks, args=(spec,), workers=workers, batch=settings.batch,
                           max_batch=settings.max_batch, slot_bytes=settings.slot_bytes,
                           spare_slots=settings.spare_for(opts.commit_bytes), arena_factory=settings.arena_factory)
+    def keep_what_is_done() -> None:
+        records.close()  # the workers stop (what they decode after a stop is not wanted)
+        commit(last=True)  # every record counted so far, as a checkpoint: flushed, then the progress saved
+        background.close()
+
     # Ctrl-C / SIGTERM are held back to the end of a record (see the module docstring); the block also
     # covers the cleanup, so that signals after a stop at once do not cut short its wait for the writer
     with DeferredStop() as stop, contextlib.closing(records):
@@ -272,9 +277,10 @@ def write_records(entries: list[ListEntry], order: list[int], opts: ConvertOptio
                     commit()
                 if stop.requested:
                     break  # every record so far is counted and batched: commit them as a checkpoint, below
-            records.close()  # the workers stop (what they decode after a stop is not wanted)
-            commit(last=True)
-            background.close()
+            keep_what_is_done()
+        except ImageError:  # --strict / --check-size / one size: the records before the bad one are kept too
+            keep_what_is_done()
+            raise
         finally:
             background.close(abandon=True)
             if bar is not None:
