@@ -47,9 +47,10 @@ def _slow_encode_batch(spec, items, slot=None):
     return encode_batch(spec, items, slot)
 
 
-def _inputs(tmp_path: Path) -> Path:
+def _inputs(tmp_path: Path, missing: tuple[int, ...] = (MISSING,)) -> Path:
     entries = make_images(tmp_path, N, size=(24, 32))
-    entries[MISSING] = ("sub/not there.png", 0)
+    for i in missing:
+        entries[i] = (f"sub/not there {i}.png", 0)
     return write_list(tmp_path / "list.txt", entries)
 
 
@@ -132,6 +133,26 @@ def test_a_second_ctrl_c_stops_at_once_and_says_only_the_last_checkpoint_is_kept
     assert summary.resumed_at == saved["next_index"] and _content(db, "lmdb") == want
 
 
+def test_a_resumed_conversion_interrupted_again_keeps_its_records_too(tmp_path, monkeypatch):
+    """Ctrl-C, --resume, Ctrl-C again in the resumed run, --resume: each stop keeps what its run finished,
+    counted from the start of the list, and the database is still the uninterrupted run's."""
+    lst = _inputs(tmp_path, missing=(MISSING, 150))
+    want = _reference(tmp_path, lst, "lmdb")
+    monkeypatch.setattr(pipeline, "encode_batch", _slow_encode_batch)
+    db = tmp_path / "db"
+    for resume, at in ((False, MISSING), (True, 150)):
+        warned = threading.Event()
+        with pytest.raises(ConvertInterrupted) as stop, ctrl_c_when(warned.is_set):
+            convert(tmp_path / "img", lst, db, opts(workers=2, resume=resume, **OPTIONS),
+                    warn=lambda message, warned=warned: warned.set())
+        saved = _progress(db)
+        assert stop.value.written == saved["written"] == saved["next_index"] - len(saved["skipped"])
+        assert at < saved["next_index"] < N
+    monkeypatch.undo()
+    summary = convert(tmp_path / "img", lst, db, opts(resume=True, **OPTIONS))
+    assert summary.resumed_at == saved["next_index"] and summary.written == N - 2 and _content(db, "lmdb") == want
+
+
 _DRIVER = ("import sys, datakit.convert.pipeline as p, tests.test_convert_ctrl_c as t; "
            "p.encode_batch = t._slow_encode_batch; from cli.datakit_main import main; "
            "sys.argv = ['datakit', *sys.argv[1:]]; sys.exit(main())")
@@ -152,7 +173,7 @@ def test_the_whole_process_group_signalled_stops_cleanly_with_the_count_saved(tm
                             stdout=subprocess.DEVNULL, start_new_session=True, cwd=ROOT)
     assert proc.stderr is not None
     first = proc.stderr.readline()  # the missing image's warning: MISSING + 1 records handled
-    assert "not there.png" in first and "skipped" in first, first
+    assert f"not there {MISSING}.png" in first and "skipped" in first, first
     os.killpg(proc.pid, getattr(signal, sig))
     rest = proc.stderr.read()
     proc.wait(timeout=60)
