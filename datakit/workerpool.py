@@ -9,7 +9,9 @@ Every worker started here (by :func:`worker_pool` or by
   left); workers that also raised KeyboardInterrupt would only print one
   traceback each, or fail the task the coordinator is waiting for. Workers
   inherit the coordinator's Python handlers at fork, so this is explicit;
-  they end with the pool, or by SIGKILL when the coordinator dies (below);
+  they end with the pool (a pool broken by a worker's crash sends the
+  others SIGTERM, ignored: they end at its sentinel once their task is
+  done), or by SIGKILL when the coordinator dies (below);
 * asks the kernel for SIGKILL when the parent dies (Linux
   ``PR_SET_PDEATHSIG``), and exits at once if the parent is already gone, so
   that a coordinator killed with SIGKILL (or by the OOM killer) leaves no
