@@ -93,8 +93,8 @@ def run(args: argparse.Namespace) -> int:
         if command is None:
             print(f"datakit: {stop}", file=sys.stderr)
         else:
-            print(f"datakit: {what}; {stop.written} records are saved in {stop.partial}: to finish, run: "
-                  f"{command}", file=sys.stderr)
+            print(f"datakit: {what}; {stop.written} records are saved in {stop.partial}{stop.note}: to finish, "
+                  f"run: {command}", file=sys.stderr)
         return 143 if stopped_by else 130
     finally:
         signal.signal(signal.SIGTERM, previous)

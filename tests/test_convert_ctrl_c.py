@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -91,6 +92,10 @@ def test_ctrl_c_keeps_every_record_handled_and_resume_is_identical(tmp_path, bac
     assert f"interrupted; {saved['written']} records are saved in " in str(stop.value)
     if backend == "hdf5":  # durable only as whole shards: the records of the partial shard are redone
         assert saved["written"] % CHUNK == 0 and saved["written"] >= MISSING
+        note = re.search(r" \(HDF5 keeps whole --hdf5-chunk files: the (\d+) records of the unfinished one are "
+                         r"redone\): ", str(stop.value))  # ... as the message says, with how many
+        handled = saved["written"] + (int(note.group(1)) if note else 0)
+        assert MISSING <= handled < saved["written"] + CHUNK
     else:  # the record that warned, and every one before it, are saved (the last checkpoint held none)
         assert saved["next_index"] > MISSING and saved["written"] == saved["next_index"] - 1
         assert [s["index"] for s in saved["skipped"]] == [MISSING]

@@ -77,11 +77,15 @@ class ConvertInterrupted(KeyboardInterrupt):
     kept (the message says so).
     """
 
-    def __init__(self, written: int, partial: Path, overwrite: bool = False, at_once: bool = False) -> None:
+    def __init__(self, written: int, partial: Path, overwrite: bool = False, at_once: bool = False,
+                 unfinished_shard: int = 0) -> None:
         # After --overwrite, "the same command with --resume" would be refused (the two contradict).
         how = "with --resume in place of --overwrite" if overwrite else "with --resume"
-        super().__init__(f"{self.how_stopped('interrupted', at_once)}; {written} records are saved in {partial}: "
-                         f"rerun the same command {how} to finish")
+        #: said after the folder when an HDF5 shard was left unfinished (its records are not on disk for good)
+        self.note = (f" (HDF5 keeps whole --hdf5-chunk files: the {unfinished_shard} records of the unfinished one "
+                     "are redone)") if unfinished_shard else ""
+        super().__init__(f"{self.how_stopped('interrupted', at_once)}; {written} records are saved in {partial}"
+                         f"{self.note}: rerun the same command {how} to finish")
         self.written = written
         self.partial = partial
         self.overwrite = overwrite
@@ -248,9 +252,11 @@ def _convert_into(workdir: WorkDir, root: Path, list_path: Path, opts: ConvertOp
         raise DiskFull(f"{full}; the {int(workdir.state.get('written', 0))} records saved so far are kept in "
                        f"{workdir.path}: free some space, then rerun the same command with {how}") from None
     except KeyboardInterrupt as stop:  # the pipeline has saved every finished record, unless stopped at once
+        at_once = isinstance(stop, StoppedAtOnce)
+        unfinished = 0 if writer.syncs or at_once else int(getattr(writer, "rows", 0))
         writer.close()
         raise ConvertInterrupted(int(workdir.state.get("written", 0)), workdir.path, opts.overwrite,
-                                 at_once=isinstance(stop, StoppedAtOnce)) from None
+                                 at_once=at_once, unfinished_shard=unfinished) from None
     except BaseException:
         writer.close()
         raise
