@@ -158,6 +158,35 @@ def test_a_resumed_conversion_interrupted_again_keeps_its_records_too(tmp_path, 
     assert summary.resumed_at == saved["next_index"] and summary.written == N - 2 and _content(db, "lmdb") == want
 
 
+def test_ctrl_c_in_a_sharded_conversion_counts_every_shard_in_place(tmp_path, monkeypatch):
+    """The sharded path's durable unit is a whole shard. Its count was of the results read so far: with
+    partitions run in this process the shards after the interrupted one were written but not counted. The
+    count is now what is on disk, what --resume keeps; the resumed database equals the local one."""
+    import datakit.convert.partition as partition
+    from datakit.convert.sharded import SHARD_RESULT, convert_sharded
+    from datakit.parallel import InlineExecutor
+
+    lst = _inputs(tmp_path)
+    monkeypatch.setattr(partition, "encode_batch", _slow_encode_batch)
+    db, work = tmp_path / "db", incomplete_path(tmp_path / "db")
+
+    def shards() -> list[Path]:
+        return sorted(work.glob("shard-*")) if work.is_dir() else []
+
+    with pytest.raises(ConvertInterrupted) as stop, ctrl_c_when(lambda: len(shards()) >= 2):
+        convert_sharded(tmp_path / "img", lst, db, opts(commit_every=5), InlineExecutor(), partition_size=8,
+                        warn=lambda message: None)
+    in_place = [json.loads((s / SHARD_RESULT).read_text()) for s in shards()]
+    assert 2 <= len(in_place) < N // 8
+    assert stop.value.written == sum(int(d["count"]) for d in in_place)
+    monkeypatch.undo()
+    summary = convert_sharded(tmp_path / "img", lst, db, opts(commit_every=5, resume=True), InlineExecutor(),
+                              partition_size=8, warn=lambda message: None)
+    assert summary.written == N - 1 and summary.resumed_at == stop.value.written
+    convert(tmp_path / "img", lst, tmp_path / "local", opts(commit_every=5), warn=lambda message: None)
+    assert _content(db, "lmdb") == _content(tmp_path / "local", "lmdb")
+
+
 _DRIVER = ("import sys, datakit.convert.pipeline as p, tests.test_convert_ctrl_c as t; "
            "p.encode_batch = t._slow_encode_batch; from cli.datakit_main import main; "
            "sys.argv = ['datakit', *sys.argv[1:]]; sys.exit(main())")
