@@ -158,6 +158,40 @@ def test_a_resumed_conversion_interrupted_again_keeps_its_records_too(tmp_path, 
     assert summary.resumed_at == saved["next_index"] and summary.written == N - 2 and _content(db, "lmdb") == want
 
 
+def test_a_decoding_worker_killed_mid_run_keeps_the_finished_records_in_one_line(tmp_path, monkeypatch):
+    """A worker killed (the out-of-memory killer's choice, a `kill -9` of the wrong pid) ended the conversion
+    with BrokenProcessPool's traceback, keeping the last checkpoint only. Now: one line naming the records
+    saved, the records finished before it kept, and --resume finishes the database of an uninterrupted run."""
+    import multiprocessing
+
+    from datakit.convert import WorkerDied
+
+    lst = _inputs(tmp_path)
+    want = _reference(tmp_path, lst, "lmdb")
+    monkeypatch.setattr(pipeline, "encode_batch", _slow_encode_batch)
+    db = tmp_path / "db"
+    warned = threading.Event()
+
+    def kill_a_worker() -> None:
+        warned.wait(60)
+        workers = multiprocessing.active_children()
+        assert workers
+        os.kill(workers[0].pid, signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_a_worker, daemon=True)
+    killer.start()
+    with pytest.raises(WorkerDied) as died:
+        convert(tmp_path / "img", lst, db, opts(workers=2, **OPTIONS), warn=lambda message: warned.set())
+    killer.join()
+    saved = _progress(db)
+    assert str(died.value).startswith(f"{lst}: a decoding worker process died ")
+    assert f"; the {saved['written']} records saved so far are kept in {incomplete_path(db)}: rerun " in str(died.value)
+    assert saved["next_index"] > MISSING and saved["written"] == saved["next_index"] - 1
+    monkeypatch.undo()
+    summary = convert(tmp_path / "img", lst, db, opts(resume=True, **OPTIONS))
+    assert summary.resumed_at == saved["next_index"] and _content(db, "lmdb") == want
+
+
 def test_ctrl_c_in_a_sharded_conversion_counts_every_shard_in_place(tmp_path, monkeypatch):
     """The sharded path's durable unit is a whole shard. Its count was of the results read so far: with
     partitions run in this process the shards after the interrupted one were written but not counted. The

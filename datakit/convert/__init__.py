@@ -55,7 +55,7 @@ if TYPE_CHECKING:
     from datakit.imagelist import ListEntry
 
 __all__ = ["ENCODE_TYPES", "ConvertInterrupted", "ConvertOptions", "ConvertSummary", "NothingWritten", "Skipped",
-           "caffe_key", "convert"]
+           "WorkerDied", "caffe_key", "convert"]
 
 
 def caffe_key(index: int, path: str) -> bytes:
@@ -65,6 +65,11 @@ def caffe_key(index: int, path: str) -> bytes:
 
 class NothingWritten(DatabaseError):
     """Every listed image was skipped: an empty database would only hide the mistake."""
+
+
+class WorkerDied(DatabaseError):
+    """A decoding worker process died (killed from outside, the kernel's out-of-memory killer, a crash in a
+    decoder); the records finished before it are kept for --resume."""
 
 
 class ConvertInterrupted(KeyboardInterrupt):
@@ -246,6 +251,12 @@ def _convert_into(workdir: WorkDir, root: Path, list_path: Path, opts: ConvertOp
         raise ImageError(f"{bad}; the {int(workdir.state.get('written', 0))} records saved before it are kept in "
                          f"{workdir.path}: replace or remove that image and rerun with {how}, or change the "
                          "options and rerun with --overwrite to start over") from None
+    except WorkerDied as died:
+        writer.close()
+        how = "--resume in place of --overwrite" if opts.overwrite else "--resume"
+        raise WorkerDied(f"{died}; the {int(workdir.state.get('written', 0))} records saved so far are kept in "
+                         f"{workdir.path}: rerun the same command with {how} (with fewer --workers if memory "
+                         "ran out)") from None
     except DiskFull as full:
         writer.close()
         how = "--resume in place of --overwrite" if opts.overwrite else "--resume"

@@ -33,10 +33,12 @@ import contextlib
 import queue
 import threading
 from collections.abc import Callable
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from datakit.arena import SharedArena
+from datakit.convert import WorkerDied
 from datakit.convert.encode import EncodeSpec, caffe_key, encode_batch
 from datakit.convert.options import ConvertOptions, ConvertSummary, Skipped
 from datakit.convert.workdir import WorkDir
@@ -234,6 +236,7 @@ def write_records(entries: list[ListEntry], order: list[int], opts: ConvertOptio
     records = map_ordered(encode_batch, tasks, args=(spec,), workers=workers, batch=settings.batch,
                           max_batch=settings.max_batch, slot_bytes=settings.slot_bytes,
                           spare_slots=settings.spare_for(opts.commit_bytes), arena_factory=settings.arena_factory)
+
     def keep_what_is_done() -> None:
         records.close()  # the workers stop (what they decode after a stop is not wanted)
         commit(last=True)  # every record counted so far, as a checkpoint: flushed, then the progress saved
@@ -281,6 +284,10 @@ def write_records(entries: list[ListEntry], order: list[int], opts: ConvertOptio
         except ImageError:  # --strict / --check-size / one size: the records before the bad one are kept too
             keep_what_is_done()
             raise
+        except BrokenProcessPool:  # a worker died (killed, out of memory): what was finished is kept as well
+            keep_what_is_done()
+            raise WorkerDied(f"{list_path}: a decoding worker process died (killed from outside or by the "
+                             "kernel's out-of-memory killer, or a crash in a decoder)") from None
         finally:
             background.close(abandon=True)
             if bar is not None:
