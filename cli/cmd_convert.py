@@ -89,12 +89,12 @@ def run(args: argparse.Namespace) -> int:
                                       partition_size=args.partition_size)
     except ConvertInterrupted as stop:
         command = resume_command(sys.argv)
-        what = "stopped by SIGTERM" if stopped_by else "interrupted"
+        what = stop.how_stopped("stopped by SIGTERM" if stopped_by else "interrupted", stop.at_once)
         if command is None:
             print(f"datakit: {stop}", file=sys.stderr)
         else:
-            print(f"datakit: {what}; {stop.written} records are saved in {stop.partial}: to finish, run: "
-                  f"{command}", file=sys.stderr)
+            print(f"datakit: {what}; {stop.written} records are saved in {stop.partial}{stop.note}: to finish, "
+                  f"run: {command}", file=sys.stderr)
         return 143 if stopped_by else 130
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -20,13 +20,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import signal
+
     from cli.common_options import cluster_executor
     from trainer.grid.runner import run_grid
 
+    stopped_by: list[str] = []
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        # `kill PID`, a job scheduler: the same stop as Ctrl-C (the running nets are asked to snapshot, their
+        # state is recorded as interrupted), then exit 143. Left at its default, the runner died at once,
+        # its nets were recorded as "ended without a word" and the exit said nothing of a resume.
+        stopped_by.append("SIGTERM")
+        raise KeyboardInterrupt
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
     executor = cluster_executor(args)  # None: --jobs local threads, each waiting on its net's process
     try:
         result = run_grid(args.grid, jobs=args.jobs, executor=executor, stream=None if args.quiet else sys.stderr)
+    except KeyboardInterrupt:
+        if not stopped_by:
+            raise  # Ctrl-C: "trainer: interrupted", exit 130, as before
+        print(f"trainer: stopped by SIGTERM; `trainer grid run {args.grid}` resumes the grid", file=sys.stderr)
+        return 143
     finally:
+        signal.signal(signal.SIGTERM, previous)
         if executor is not None:
             executor.close()
     failed, skipped = result.count("failed"), result.count("skipped")

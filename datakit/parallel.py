@@ -33,7 +33,7 @@ import multiprocessing
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import Any, Protocol, TypeVar
 
 from datakit.arena import ArenaMarker, ArenaSlot, Lease, MarkerKind, SharedArena
@@ -244,7 +244,8 @@ def _take_from_arena(arena: SharedArena, slot: int | None, results: list) -> tup
 def map_ordered(fn: Callable[..., list], items: Iterable, *, args: tuple = (), workers: int,
                 batch: int = 8, max_batch: int = 128, batch_seconds: float = 0.025, window_per_worker: int = 4,
                 slot_bytes: int = 0, spare_slots: int = 0,
-                arena_factory: Callable[[int, int], SharedArena] = SharedArena) -> Iterator[tuple[Any, Lease | None]]:
+                arena_factory: Callable[[int, int], SharedArena] = SharedArena
+                ) -> Generator[tuple[Any, Lease | None], None, None]:
     """Apply ``fn(*args, chunk, slot)`` to batches of `items` in worker processes; yield results in input order.
 
     `fn` is a module-level function returning a list of result tuples for

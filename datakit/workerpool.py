@@ -3,9 +3,15 @@
 Every worker started here (by :func:`worker_pool` or by
 ``datakit.parallel.LocalExecutor``) runs :func:`start_worker` first, which
 
-* ignores SIGINT: Ctrl-C is the coordinator's to handle (it saves progress
-  and cancels what is left); workers that also raised KeyboardInterrupt
-  would only print one traceback each;
+* ignores SIGINT and SIGTERM: Ctrl-C (the terminal sends it to the whole
+  process group) and a group's SIGTERM (``kill -- -PGID``, a job scheduler)
+  are the coordinator's to handle (it saves progress and cancels what is
+  left); workers that also raised KeyboardInterrupt would only print one
+  traceback each, or fail the task the coordinator is waiting for. Workers
+  inherit the coordinator's Python handlers at fork, so this is explicit;
+  they end with the pool (a pool broken by a worker's crash sends the
+  others SIGTERM, ignored: they end at its sentinel once their task is
+  done), or by SIGKILL when the coordinator dies (below);
 * asks the kernel for SIGKILL when the parent dies (Linux
   ``PR_SET_PDEATHSIG``), and exits at once if the parent is already gone, so
   that a coordinator killed with SIGKILL (or by the OOM killer) leaves no
@@ -95,6 +101,7 @@ class WorkerSetup:
 def start_worker(setup: WorkerSetup, initializer: Callable[..., None] | None, initargs: tuple) -> None:
     """The initializer of every local worker process (see the module docstring)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     exit_with_parent(setup.parent_pid)
     keep_freed_memory()
     if setup.fresh and setup.opencv:  # a spawned interpreter: safe to configure OpenCV here

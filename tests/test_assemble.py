@@ -182,6 +182,26 @@ def test_ctrl_c_exits_cleanly_with_a_summary(tmp_path: Path, demo_rows) -> None:
     assert not (out / "train.txt").exists()
 
 
+def test_sigterm_stops_as_ctrl_c_does_and_the_rerun_keeps_what_finished(tmp_path: Path, demo_rows, cli) -> None:
+    """`kill PID` (a job scheduler) ended the run with no word (exit -15); now: Ctrl-C's summary, exit 143."""
+    out = tmp_path / "d"
+    with serve_mirror(MirrorConfig.from_rows(demo_rows, latency=0.05)) as m:
+        proc = _assemble_proc(out, m.url)
+        _wait_for_files(out / "images", 20, proc)
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=30)
+        assert proc.returncode == 143, stderr
+        assert "Interrupted:" in stdout and "re-run the same command to resume" in stdout
+        assert "Traceback" not in stderr and not (out / "train.txt").exists()
+        finished = {p.name for p in (out / "images").iterdir() if not p.name.startswith(".")}
+        r = cli("datakit", "assemble", "--manifest", "demo", "--mirror", m.url, "--out", str(out), "--images", "400",
+                "--seed", "11", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert f"({len(finished)} already present" in r.stdout
+    want = _expected_lines(demo_rows, 400, 11)
+    assert _lines(out / "train.txt") == want["train"] and _lines(out / "test.txt") == want["test"]
+
+
 HOSTILE = [
     "http://h/a/..%2F..%2Fevil1.jpg", "http://h/a/%2e%2e", "http://h/a/", "http://h/a/..", "http://h/a/%2Fetc%2Fevil2",
     "http://h/a/x%5C..%5Cevil3.jpg", "http://h/a/.hidden.jpg", "http://h/a/na%0Ame.jpg", "http://h/a/nul%00.jpg",

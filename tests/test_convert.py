@@ -211,6 +211,27 @@ def test_a_fatal_image_error_says_what_was_kept_and_how_to_go_on(tmp_path):
     assert summary.written == 40 and summary.resumed_at
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_fatal_image_error_keeps_every_record_before_it_not_just_the_last_checkpoint(tmp_path, workers):
+    """The records before the bad one were decoded and counted, but only the last checkpoint was kept (here
+    none: a checkpoint every 1000 x 4 records): the error said "the 0 records saved before it"."""
+    entries = make_images(tmp_path, 40, size=(24, 32))
+    lst = write_list(tmp_path / "list.txt", entries)
+    good = cv2.imread(str(tmp_path / "img" / entries[0][0]))
+    for i, (path, _) in enumerate(entries):  # one size for all but record 30
+        cv2.imwrite(str(tmp_path / "img" / path), cv2.resize(good, (32, 20 if i == 30 else 24)))
+    with pytest.raises(ImageError) as err:
+        convert(tmp_path / "img", lst, tmp_path / "db", opts(check_size=True, commit_every=4, checkpoint_every=1000,
+                                                             workers=workers))
+    assert "list.txt:31: " in str(err.value) and "the 30 records saved before it are kept in " in str(err.value)
+    progress = json.loads((incomplete_path(tmp_path / "db") / PROGRESS_NAME).read_text())
+    assert progress["written"] == progress["next_index"] == 30
+    cv2.imwrite(str(tmp_path / "img" / entries[30][0]), good)
+    summary = convert(tmp_path / "img", lst, tmp_path / "db", opts(check_size=True, resume=True))
+    assert summary.written == 40 and summary.resumed_at == 30
+    assert [k for k, _ in read_all(tmp_path / "db")] == [caffe_key(i, p) for i, (p, _) in enumerate(entries)]
+
+
 def test_shuffle_is_seeded_and_recorded(tmp_path):
     entries = make_images(tmp_path, 12)
     lst = write_list(tmp_path / "list.txt", entries)

@@ -228,3 +228,29 @@ def test_interrupting_the_runner_stops_its_net_at_a_snapshot_and_resumes(project
     assert 15 <= stopped_at < 150 and (grid / f"half0A/snapshots/net_iter_{stopped_at}.solverstate").is_file()
     ran = trainer("grid", "run", str(grid))
     assert ran.returncode == 0 and f"resumed from iteration {stopped_at}" in ran.stderr
+
+
+def test_sigterm_to_the_runner_stops_its_net_at_a_snapshot_says_so_and_resumes(project, tmp_path):
+    """`kill PID` (a job scheduler's stop) killed the runner at once (exit -15, no word): its net was left
+    "ended without a word". Now it stops as Ctrl-C does: the net snapshots, is recorded as interrupted, and
+    the runner exits 143 naming the command that resumes."""
+    grid = tmp_path / "g"
+    make(project, grid, layers=[1], pairs=["AB"], families=["AnB"], max_iter=150)
+    runner = subprocess.Popen([sys.executable, "-m", "cli.trainer_main", "grid", "run", str(grid)],
+                              env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (grid_status(grid)[0].state == "running" and grid_status(grid)[0].iteration >= 15):
+        assert time.monotonic() < deadline and runner.poll() is None
+        time.sleep(0.05)
+    runner.send_signal(signal.SIGTERM)  # to the runner only
+    _, err = runner.communicate(timeout=120)
+    assert runner.returncode == 143, err
+    assert err.strip().splitlines()[-1] == f"trainer: stopped by SIGTERM; `trainer grid run {grid}` resumes the grid"
+    assert "Traceback" not in err
+    state = json.loads((grid / "half0A/state.json").read_text())
+    assert state["state"] == "interrupted" and state["exit_code"] == 143
+    stopped_at = int(state["reason"].split("iteration ")[1].split()[0])
+    assert 15 <= stopped_at < 150 and (grid / f"half0A/snapshots/net_iter_{stopped_at}.solverstate").is_file()
+    ran = trainer("grid", "run", str(grid))
+    assert ran.returncode == 0 and f"resumed from iteration {stopped_at}" in ran.stderr

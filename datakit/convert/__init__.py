@@ -55,7 +55,7 @@ if TYPE_CHECKING:
     from datakit.imagelist import ListEntry
 
 __all__ = ["ENCODE_TYPES", "ConvertInterrupted", "ConvertOptions", "ConvertSummary", "NothingWritten", "Skipped",
-           "caffe_key", "convert"]
+           "WorkerDied", "caffe_key", "convert"]
 
 
 def caffe_key(index: int, path: str) -> bytes:
@@ -67,21 +67,39 @@ class NothingWritten(DatabaseError):
     """Every listed image was skipped: an empty database would only hide the mistake."""
 
 
+class WorkerDied(DatabaseError):
+    """A decoding worker process died (killed from outside, the kernel's out-of-memory killer, a crash in a
+    decoder); the records finished before it are kept for --resume."""
+
+
 class ConvertInterrupted(KeyboardInterrupt):
     """Ctrl-C (or SIGTERM turned into it) stopped a conversion; what was saved stays for --resume.
 
     `written`: records the progress file claims (all on disk); `partial`: the
-    work folder holding them.
+    work folder holding them. A first Ctrl-C / SIGTERM stops after the record
+    being handled and saves every record so far; `at_once`: a second one
+    stopped the conversion wherever it was, so only the last checkpoint is
+    kept (the message says so).
     """
 
-    def __init__(self, written: int, partial: Path, overwrite: bool = False) -> None:
+    def __init__(self, written: int, partial: Path, overwrite: bool = False, at_once: bool = False,
+                 unfinished_shard: int = 0) -> None:
         # After --overwrite, "the same command with --resume" would be refused (the two contradict).
         how = "with --resume in place of --overwrite" if overwrite else "with --resume"
-        super().__init__(f"interrupted; {written} records are saved in {partial}: rerun the same command "
-                         f"{how} to finish")
+        #: said after the folder when an HDF5 shard was left unfinished (its records are not on disk for good)
+        self.note = (f" (HDF5 keeps whole --hdf5-chunk files: the {unfinished_shard} records of the unfinished one "
+                     "are redone)") if unfinished_shard else ""
+        super().__init__(f"{self.how_stopped('interrupted', at_once)}; {written} records are saved in {partial}"
+                         f"{self.note}: rerun the same command {how} to finish")
         self.written = written
         self.partial = partial
         self.overwrite = overwrite
+        self.at_once = at_once
+
+    @staticmethod
+    def how_stopped(what: str, at_once: bool) -> str:
+        """`what` ("interrupted", "stopped by SIGTERM"), saying so when a second signal stopped at once."""
+        return f"{what} at once by a second signal (the last checkpoint is kept)" if at_once else what
 
 
 def _stderr_warn(message: str) -> None:
@@ -170,6 +188,7 @@ def _convert_into(workdir: WorkDir, root: Path, list_path: Path, opts: ConvertOp
     from datakit.convert.pipeline import PipelineSettings, write_records
     from datakit.convert.workdir import RESUME_KEYS, AlreadyComplete, check_resumable
     from datakit.db import BACKENDS
+    from datakit.deferred_stop import StoppedAtOnce
 
     final = workdir.final
     try:
@@ -232,14 +251,23 @@ def _convert_into(workdir: WorkDir, root: Path, list_path: Path, opts: ConvertOp
         raise ImageError(f"{bad}; the {int(workdir.state.get('written', 0))} records saved before it are kept in "
                          f"{workdir.path}: replace or remove that image and rerun with {how}, or change the "
                          "options and rerun with --overwrite to start over") from None
+    except WorkerDied as died:
+        writer.close()
+        how = "--resume in place of --overwrite" if opts.overwrite else "--resume"
+        raise WorkerDied(f"{died}; the {int(workdir.state.get('written', 0))} records saved so far are kept in "
+                         f"{workdir.path}: rerun the same command with {how} (with fewer --workers if memory "
+                         "ran out)") from None
     except DiskFull as full:
         writer.close()
         how = "--resume in place of --overwrite" if opts.overwrite else "--resume"
         raise DiskFull(f"{full}; the {int(workdir.state.get('written', 0))} records saved so far are kept in "
                        f"{workdir.path}: free some space, then rerun the same command with {how}") from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:  # the pipeline has saved every finished record, unless stopped at once
+        at_once = isinstance(stop, StoppedAtOnce)
+        unfinished = 0 if writer.syncs or at_once else int(getattr(writer, "rows", 0))
         writer.close()
-        raise ConvertInterrupted(int(workdir.state.get("written", 0)), workdir.path, opts.overwrite) from None
+        raise ConvertInterrupted(int(workdir.state.get("written", 0)), workdir.path, opts.overwrite,
+                                 at_once=at_once, unfinished_shard=unfinished) from None
     except BaseException:
         writer.close()
         raise

@@ -16,21 +16,34 @@ that is not on disk, so a killed process (or a crashed machine) resumes from
 the last checkpoint; records written after it are removed by
 ``Writer.resume`` and redone. The figures behind these choices are in
 benchmarks/RESULTS.md (convert).
+
+Ctrl-C and SIGTERM keep every finished record: they are held back
+(datakit.deferred_stop) until the record being handled is counted, then the
+workers stop, the records so far are committed as a last checkpoint (flushed,
+then the progress saved) and only then the interrupt goes on, so the count
+reported is the count the progress bar showed (for HDF5: the records of its
+completed shards, its only durable points). A second Ctrl-C / SIGTERM before
+that stops at once: what the last checkpoint saved is kept (a checkpoint
+already under way may still complete), the rest is redone by ``--resume``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from collections.abc import Callable
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from datakit.arena import SharedArena
+from datakit.convert import WorkerDied
 from datakit.convert.encode import EncodeSpec, caffe_key, encode_batch
 from datakit.convert.options import ConvertOptions, ConvertSummary, Skipped
 from datakit.convert.workdir import WorkDir
 from datakit.db.base import Writer
+from datakit.deferred_stop import DeferredStop
 from datakit.errors import ImageError
 from datakit.imagelist import ListEntry
 from datakit.parallel import default_workers, map_ordered
@@ -84,6 +97,8 @@ class BackgroundWriter:
         self._cond = threading.Condition()
         self.thread = threading.Thread(target=self._loop, name="datakit-convert-writer", daemon=True)
         self.syncer = threading.Thread(target=self._sync_loop, name="datakit-convert-checkpoint", daemon=True)
+        self._ended = False  # the end of the queue was put
+        self._wrote_all, self._synced_all = threading.Event(), threading.Event()  # each thread's last step
         self.closed = False  # the threads start with the first put(): by then the worker pool has forked,
         #                      and a fork with other threads running can leave their locks held in the child
 
@@ -113,8 +128,15 @@ class BackgroundWriter:
             with self._cond:
                 self._done = True
                 self._cond.notify()
+            self._wrote_all.set()
 
     def _sync_loop(self) -> None:
+        try:
+            self._sync_checkpoints()
+        finally:
+            self._synced_all.set()
+
+    def _sync_checkpoints(self) -> None:
         while True:
             with self._cond:
                 while self._checkpoint is None and not self._done:
@@ -146,12 +168,17 @@ class BackgroundWriter:
 
     def close(self, abandon: bool = False) -> None:
         """Wait for every queued commit and checkpoint (and raise an error, unless abandoning after another)."""
-        if not self.closed:
-            self.closed = True
-            if self.thread.ident is not None:  # started
+        self.closed = True
+        if self.thread.ident is not None:  # started
+            if not self._ended:
                 self.queue.put(None)
-                self.thread.join()
-                self.syncer.join()
+                self._ended = True  # only once put: a stop at once may cut short the put, then close() is called again
+            # Not Thread.join: one cut short by a KeyboardInterrupt (a stop at once) can mark a thread that is
+            # still running as stopped (CPython's bpo-45274 handling), and the next join returns at once. An
+            # Event can be waited for again; the commit in flight must end before the writer is closed.
+            self._wrote_all.wait()
+        if self.syncer.ident is not None:
+            self._synced_all.wait()
         if not abandon:
             self._raise()
 
@@ -206,47 +233,64 @@ def write_records(entries: list[ListEntry], order: list[int], opts: ConvertOptio
         handed += len(batch)
         batch, leases, batch_bytes = [], [], 0
 
-    try:
-        for (index, payload, shape, error), lease in map_ordered(
-                encode_batch, tasks, args=(spec,), workers=workers, batch=settings.batch,
-                max_batch=settings.max_batch, slot_bytes=settings.slot_bytes,
-                spare_slots=settings.spare_for(opts.commit_bytes), arena_factory=settings.arena_factory):
-            if lease is not None:
-                leases.append(lease)
-            entry = entries[order[index]]
-            where = f"{list_path}:{entry.line}: {entry.path}"
-            shapes = tally.shapes
-            if error is None and shape is not None and shapes and shape != shapes[0] and one_shape:
-                c, h, w = shapes[0]
-                why = f"{(writer.backend or 'this backend').upper()} needs one size" if writer.one_shape else "--check-size"
-                raise ImageError(f"{where}: size {shape[0]}x{shape[1]}x{shape[2]} differs from the first record's "
-                                 f"{c}x{h}x{w} ({why}; use --resize-height/--resize-width)")
-            if error is not None:
-                if opts.strict:
-                    raise ImageError(f"{where}: {error} (--strict)")
-                tally.skipped.append(Skipped(index, entry.line, entry.path, error))
-                warn(f"{where}: {error}; skipped")  # the caller caps these (datakit.warncap)
-            else:
-                if shape not in shapes and len(shapes) < 100:
-                    shapes.append(shape)
-                if array_records:
-                    batch.append((payload, entry.label))
-                    batch_bytes += payload.size * 4
-                else:
-                    batch.append((caffe_key(index, entry.path), payload))
-                    batch_bytes += len(payload)
-                tally.written += 1
-            tally.next_index = index + 1
-            if bar is None:
-                bar = progress_bar(len(entries), opts.progress, initial=start, unit="img", desc="convert")
-            bar.update(1)
-            if len(batch) >= writer.batch_limit(handed, opts.commit_every) or batch_bytes >= opts.commit_bytes:
-                commit()
-        commit(last=True)
+    records = map_ordered(encode_batch, tasks, args=(spec,), workers=workers, batch=settings.batch,
+                          max_batch=settings.max_batch, slot_bytes=settings.slot_bytes,
+                          spare_slots=settings.spare_for(opts.commit_bytes), arena_factory=settings.arena_factory)
+
+    def keep_what_is_done() -> None:
+        records.close()  # the workers stop (what they decode after a stop is not wanted)
+        commit(last=True)  # every record counted so far, as a checkpoint: flushed, then the progress saved
         background.close()
-    finally:
-        background.close(abandon=True)
-        if bar is not None:
-            bar.close()
+
+    # Ctrl-C / SIGTERM are held back to the end of a record (see the module docstring); the block also
+    # covers the cleanup, so that signals after a stop at once do not cut short its wait for the writer
+    with DeferredStop() as stop, contextlib.closing(records):
+        try:
+            for (index, payload, shape, error), lease in records:
+                if lease is not None:
+                    leases.append(lease)
+                entry = entries[order[index]]
+                where = f"{list_path}:{entry.line}: {entry.path}"
+                shapes = tally.shapes
+                if error is None and shape is not None and shapes and shape != shapes[0] and one_shape:
+                    c, h, w = shapes[0]
+                    why = f"{(writer.backend or 'this backend').upper()} needs one size" if writer.one_shape else "--check-size"
+                    raise ImageError(f"{where}: size {shape[0]}x{shape[1]}x{shape[2]} differs from the first record's "
+                                     f"{c}x{h}x{w} ({why}; use --resize-height/--resize-width)")
+                if error is not None:
+                    if opts.strict:
+                        raise ImageError(f"{where}: {error} (--strict)")
+                    tally.skipped.append(Skipped(index, entry.line, entry.path, error))
+                    warn(f"{where}: {error}; skipped")  # the caller caps these (datakit.warncap)
+                else:
+                    if shape not in shapes and len(shapes) < 100:
+                        shapes.append(shape)
+                    if array_records:
+                        batch.append((payload, entry.label))
+                        batch_bytes += payload.size * 4
+                    else:
+                        batch.append((caffe_key(index, entry.path), payload))
+                        batch_bytes += len(payload)
+                    tally.written += 1
+                tally.next_index = index + 1
+                if bar is None:
+                    bar = progress_bar(len(entries), opts.progress, initial=start, unit="img", desc="convert")
+                bar.update(1)
+                if len(batch) >= writer.batch_limit(handed, opts.commit_every) or batch_bytes >= opts.commit_bytes:
+                    commit()
+                if stop.requested:
+                    break  # every record so far is counted and batched: commit them as a checkpoint, below
+            keep_what_is_done()
+        except ImageError:  # --strict / --check-size / one size: the records before the bad one are kept too
+            keep_what_is_done()
+            raise
+        except BrokenProcessPool:  # a worker died (killed, out of memory): what was finished is kept as well
+            keep_what_is_done()
+            raise WorkerDied(f"{list_path}: a decoding worker process died (killed from outside or by the "
+                             "kernel's out-of-memory killer, or a crash in a decoder)") from None
+        finally:
+            background.close(abandon=True)
+            if bar is not None:
+                bar.close()
     return ConvertSummary("", opts.backend, len(entries), tally.written, tally.skipped, 0.0,
                           [list(s) for s in tally.shapes])

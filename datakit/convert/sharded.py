@@ -104,6 +104,11 @@ def _remove_temporaries(work: Path) -> None:
 def _finished_shards(work: Path) -> dict[int, dict]:
     """The shards already in place (complete by construction); temporaries of killed tasks are removed."""
     _remove_temporaries(work)
+    return _shards_in_place(work)
+
+
+def _shards_in_place(work: Path) -> dict[int, dict]:
+    """The shard results of `work`'s complete shards, touching nothing (a task may still be writing)."""
     found: dict[int, dict] = {}
     for p in work.iterdir():
         if p.name.startswith("shard-") and (p / SHARD_RESULT).is_file():
@@ -165,9 +170,11 @@ def convert_sharded(root: str | os.PathLike, list_path: str | os.PathLike, db_pa
         resumed_at = sum(int(d["count"]) for d in done.values()) or None  # records kept from before
         kwargs = dict(list_name=str(list_path), commit_every=opts.commit_every, strict=opts.strict,
                       check_size=opts.check_size)
-        futures = {executor.submit(write_shard, spec, opts.backend, rows[a:b], str(work), k, **kwargs): k
-                   for k, (a, b) in enumerate(ranges) if k not in done}
-        try:
+        futures: dict = {}
+        try:  # submitting too: a Ctrl-C then is the same stop
+            for k, (a, b) in enumerate(ranges):
+                if k not in done:
+                    futures[executor.submit(write_shard, spec, opts.backend, rows[a:b], str(work), k, **kwargs)] = k
             for future in executor.as_completed(list(futures)):
                 k = futures[future]
                 try:
@@ -181,7 +188,11 @@ def convert_sharded(root: str | os.PathLike, list_path: str | os.PathLike, db_pa
                                         "are kept: rerun with --resume") from None
         except KeyboardInterrupt:
             executor.cancel(list(futures))
-            raise ConvertInterrupted(sum(d["count"] for d in done.values()), workdir.path) from None
+            # every shard in place counts, collected or not: --resume keeps them all (tasks still running
+            # elsewhere may add more); the results read so far could be fewer
+            kept = _shards_in_place(work)
+            raise ConvertInterrupted(sum(int(d["count"]) for d in kept.values()), workdir.path,
+                                     opts.overwrite) from None
         except BaseException:
             executor.cancel(list(futures))
             raise
