@@ -88,17 +88,29 @@ class Executor:
 class InlineExecutor(Executor):
     """Runs each partition in this process, at submit time: deterministic, no pickling, for one worker.
 
-    An exception raised by the partition is kept in its future, as a pool would.
+    An exception raised by the partition is kept in its future, as a pool would. After a Ctrl-C
+    (KeyboardInterrupt) in one partition, the partitions submitted later are not run: their futures
+    hold a KeyboardInterrupt too, as a pool stopped by the Ctrl-C would not start them (they ran to
+    the end, so an interrupted conversion went on writing every shard after the one it stopped in).
     """
 
     name = "inline"
     workers = 1
 
+    def __init__(self) -> None:
+        self.interrupted = False
+
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> TaskFuture:
         future: cf.Future = cf.Future()
+        if self.interrupted:
+            future.set_exception(KeyboardInterrupt())
+            return future
         try:
             future.set_result(fn(*args, **kwargs))
-        except BaseException as err:  # KeyboardInterrupt too: the coordinator sees it at result()
+        except KeyboardInterrupt as err:  # the coordinator sees it at result()
+            self.interrupted = True
+            future.set_exception(err)
+        except BaseException as err:
             future.set_exception(err)
         return future
 

@@ -132,3 +132,24 @@ def test_partitions_report_progress_to_the_coordinator_through_a_shared_counter(
     with InlineExecutor() as ex:  # nothing installed here: the same function runs, counting nothing
         assert run_all(ex, counted, [(5,)]) == [5]
     assert counter.value == 350
+
+
+def test_inline_executor_runs_no_partition_after_a_ctrl_c_in_one():
+    """A Ctrl-C inside one inline partition was kept in its future and the later partitions still ran to
+    the end (an interrupted sharded conversion went on writing every shard after it)."""
+    ran: list[int] = []
+
+    def part(i: int) -> int:
+        ran.append(i)
+        if i == 1:
+            raise KeyboardInterrupt
+        return i
+
+    executor = InlineExecutor()
+    futures = [executor.submit(part, i) for i in range(4)]
+    assert ran == [0, 1] and futures[0].result() == 0
+    for future in futures[1:]:
+        with pytest.raises(KeyboardInterrupt):
+            future.result()
+    other = InlineExecutor()  # a fresh executor runs again; a plain error does not stop the rest
+    assert [f.exception() is None for f in (other.submit(lambda: 1 / 0), other.submit(lambda: 2))] == [False, True]
