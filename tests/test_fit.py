@@ -344,3 +344,21 @@ def test_missing_recipe_files_say_which_fetch_command_makes_them(project, tmp_pa
     assert res.returncode == 1 and error.startswith("trainer: error: ")
     assert ("layer data (Data): imagenet_mean.binaryproto: file not found; `datakit fetch-mean ilsvrc12` downloads "
             "it (relative paths in a net are read from the current directory") in error
+
+
+def test_the_snapshot_prefix_follows_caffe_1_0s_rule(tmp_path, monkeypatch):
+    """Caffe 1.0 (UpgradeSnapshotPrefixProperty): no prefix -> the solver's path without any extension; an
+    existing folder -> folder/<solver stem>. We stripped only .prototxt and wrote folder/_iter_N
+    (folder/.log for the log), as Caffe did before 1.0."""
+    from datakit.formats import caffe_pb2
+    from trainer.fit import default_prefix
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "snaps").mkdir()
+    param = caffe_pb2.SolverParameter
+    assert default_prefix("models/solver.prototxt", param()) == "models/solver"
+    assert default_prefix("models/lenet.solver", param()) == "models/lenet"
+    assert default_prefix("solver", param()) == "solver"
+    assert default_prefix("models/solver.prototxt", param(snapshot_prefix="snaps/")) == "snaps/solver"
+    assert default_prefix("models/solver.prototxt", param(snapshot_prefix="snaps")) == "snaps/solver"
+    assert default_prefix("models/solver.prototxt", param(snapshot_prefix="snaps/run")) == "snaps/run"

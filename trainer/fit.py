@@ -120,11 +120,16 @@ def _source_file(src: str, solver_dir: Path, solver: str) -> str:
 
 
 def default_prefix(solver_path: str, param: caffe_pb2.SolverParameter) -> str:
-    """snapshot_prefix, or (as newer Caffe) the solver file name without .prototxt."""
-    if param.snapshot_prefix:
-        return param.snapshot_prefix
+    """The snapshot prefix as Caffe 1.0 sets it when it reads a solver file: ``snapshot_prefix``; none
+    given, the solver's path without its extension; a prefix that is an existing folder, that folder and
+    the solver file's stem (``snapshots/`` -> ``snapshots/solver_iter_N``; Caffe before 1.0 wrote
+    ``snapshots/_iter_N`` there, and a run resumed from such snapshots names them with --snapshot)."""
     p = Path(solver_path)
-    return str(p.with_suffix("")) if p.suffix == ".prototxt" else str(p)
+    if not param.snapshot_prefix:
+        return str(p.with_suffix(""))
+    if Path(param.snapshot_prefix).is_dir():
+        return str(Path(param.snapshot_prefix) / p.stem)
+    return param.snapshot_prefix
 
 
 def check_earlier_run(prefix: str, opts: FitOptions) -> Snapshots:
