@@ -132,3 +132,21 @@ def test_plot_leaves_a_run_that_fit_writes_alone(tmp_path):
     assert read_board(tmp_path / "runs" / "finetune") == {"train/loss": [(0, 2.0)]}
     assert len(warned) == 1 and "runs/finetune: holds TensorBoard events that trainer plot did not write" in warned[0]
     assert "finetune.log was not added" in warned[0]
+
+
+def test_a_run_resumed_from_an_earlier_snapshot_is_on_the_board_once(project, tmp_path):  # noqa: F811
+    """A run killed after its snapshot at 20 got to 40; resumed from that snapshot it logs 20..40
+    again: the board holds each iteration once, and the same numbers as one uninterrupted run."""
+    fit(opts(project("whole.prototxt", snapshot=20, prefix="snap/whole"), tensorboard=str(tmp_path / "whole")))
+    name = project("resumed.prototxt", snapshot=20, prefix="snap/resumed")
+    fit(opts(name, tensorboard=str(tmp_path / "resumed")))
+    before = read_board(tmp_path / "resumed")
+    fit(opts(name, tensorboard=str(tmp_path / "resumed"), snapshot="snap/resumed_iter_20.solverstate"))
+    board = read_board(tmp_path / "resumed")
+    assert set(board) == set(before)
+    for tag, points in board.items():
+        steps = [s for s, _ in points]
+        assert steps == sorted(set(steps)), tag
+    whole = read_board(tmp_path / "whole")
+    assert {t: [s for s, _ in p] for t, p in board.items()} == {t: [s for s, _ in p] for t, p in whole.items()}
+    assert all(same(v, w) for t in board for (_, v), (_, w) in zip(board[t], whole[t]))

@@ -11,7 +11,10 @@ today and a 2014 Caffe log line up in one board:
   :mod:`trainer.curves` names them).
 
 ``trainer fit --tensorboard DIR`` writes DIR itself (one run; a resumed run adds a new
-event file beside the old ones, which TensorBoard merges by step). ``trainer plot LOG...
+event file beside the old ones). A run resumed from the snapshot of iteration N logs N and
+what follows again, so the scalars at N or later that DIR already holds (a run killed after
+that snapshot got further) are removed first (`drop_steps_from`): TensorBoard would
+otherwise draw them twice. ``trainer plot LOG...
 --tensorboard DIR`` writes one run folder per log (and per restart inside a log):
 ``DIR/<log name>`` then ``DIR/<log name>-run2``...
 
@@ -34,7 +37,8 @@ from pathlib import Path
 
 from datakit.errors import ConfigError
 
-__all__ = ["ScalarWriter", "tag_for", "log_to_tensorboard", "runs_to_tensorboard", "PLOT_SUFFIX"]
+__all__ = ["ScalarWriter", "tag_for", "log_to_tensorboard", "runs_to_tensorboard", "PLOT_SUFFIX",
+           "drop_steps_from"]
 
 #: The end of the event files ``trainer plot`` writes (TensorBoard reads any ``*tfevents*`` file).
 PLOT_SUFFIX = ".trainer-plot"
@@ -85,6 +89,39 @@ class ScalarWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def drop_steps_from(logdir: str | os.PathLike, step: int) -> int:
+    """Remove the scalars of iteration `step` and later from the event files in `logdir`, each
+    rewritten beside itself and renamed over it; returns how many were removed (0: files untouched)."""
+    folder = Path(logdir)
+    if not folder.is_dir():
+        return 0
+    _writer_class()  # the clear error when tensorboard is missing
+    from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+    from tensorboard.compat.proto import event_pb2
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    def later(record: bytes) -> bool:
+        event = event_pb2.Event.FromString(record)
+        return event.HasField("summary") and event.step >= step
+
+    dropped = 0
+    for path in sorted(folder.glob("*tfevents*")):
+        records = list(RawEventFileLoader(str(path)).Load())   # the bytes as written, not re-encoded
+        keep = [r for r in records if not later(r)]
+        if len(keep) == len(records):
+            continue
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as f:
+            writer = RecordWriter(f)
+            for r in keep:
+                writer.write(r)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dropped += len(records) - len(keep)
+    return dropped
 
 
 _NET = re.compile(r"^(.*) \(net #(\d+)\)$")
