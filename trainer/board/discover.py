@@ -12,7 +12,8 @@ database that appears under DIR shows up without a restart. What counts:
   may be a damaged training log, and shows its error;
 * a **grid** is a folder holding ``grid.json`` (``trainer grid``);
 * a **database** is an LMDB folder (``data.mdb``), a LevelDB folder (``CURRENT``), an HDF5
-  folder (``list.txt`` beside ``.h5`` files) or a ``*.incomplete`` folder that ``datakit
+  folder (``list.txt`` beside ``.h5`` files), a sharded database (``shards.json``: one
+  database, not its shards) or a ``*.incomplete`` folder that ``datakit
   convert`` is writing (shown as such); database folders are not searched further;
 * a **model** is a folder holding a ``*deploy*.prototxt`` and at least one ``.caffemodel``.
 
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from datakit.db import INCOMPLETE_SUFFIX, PROGRESS_NAME
+from datakit.db.sharded_backend import SHARDS_NAME
 
 from trainer.board.safety import relative_name
 
@@ -132,6 +134,8 @@ def _database_kind(dirpath: str, dirnames: list[str], filenames: list[str]) -> s
     names = set(filenames)
     if dirpath.endswith(INCOMPLETE_SUFFIX) and PROGRESS_NAME in names:
         return "incomplete"
+    if SHARDS_NAME in names:   # `datakit convert --cluster`: its shards are one database, as inspect reads it
+        return "sharded"
     if "data.mdb" in names:
         return "lmdb"
     if "CURRENT" in names and any(n.startswith("MANIFEST-") or n.endswith(".ldb") or n == "LOG" for n in names):
