@@ -69,3 +69,17 @@ def test_grid_run_cli_on_a_local_cluster(project, tmp_path):  # noqa: F811
     assert "3 nets done this run, 0 failed, 0 skipped" in ran.stdout
     bad = trainer("grid", "run", str(grid), "--resources", "GPU=1")
     assert bad.returncode != 0 and "--scheduler or --cluster" in bad.stderr
+
+
+def test_a_relative_grid_on_workers_started_elsewhere(project, tmp_path, monkeypatch):  # noqa: F811
+    """`trainer grid run g --scheduler ...` from a folder the workers were not started in: each net's
+    folder is handed to them as an absolute path (a relative one was looked for in their folder)."""
+    grid = tmp_path / "g"
+    make(project, grid, layers=[1], pairs=["AB"], families=["AnB"], max_iter=20)
+    ex = open_executor(cluster="local:1")     # its worker starts in this (the tests') folder
+    try:
+        monkeypatch.chdir(tmp_path)
+        result = run_grid("g", executor=ex, stream=None)
+    finally:
+        ex.close()
+    assert [o.state for o in result.outcomes] == ["done"] * 3, [o.reason for o in result.outcomes]

@@ -333,3 +333,14 @@ def test_a_careless_list_on_the_cluster_warns_as_locally(tmp_path, dask2):
     assert "... and 14 more list warnings (24 in all" in " ".join(cluster)
     assert "... and 4 more skipped images (14 in all" in " ".join(cluster)
     assert len(summary.warnings) == 24 and len(summary.skipped) == 14
+
+
+def test_a_relative_root_on_workers_started_elsewhere(tmp_path, dask2, monkeypatch):
+    """A relative ROOT from a client in another folder than the workers (`dask worker` started
+    elsewhere): every image was 'file not found' on the workers and nothing was written."""
+    entries = make_images(tmp_path, 10, size=(12, 16))
+    write_list(tmp_path / "list.txt", entries)
+    monkeypatch.chdir(tmp_path)
+    summary = convert_sharded("img", "list.txt", "db", _opts(), dask2, partition_size=4, warn=lambda m: None)
+    assert summary.written == 10 and not summary.skipped
+    assert (tmp_path / "db" / "shards.json").is_file()

@@ -162,7 +162,8 @@ def convert_sharded(root: str | os.PathLike, list_path: str | os.PathLike, db_pa
         order = list(range(len(entries)))
         if opts.shuffle:
             random.Random(seed).shuffle(order)
-        spec = EncodeSpec(str(root), BACKENDS[opts.backend].record_kind, opts.resize_height, opts.resize_width,
+        # absolute: a Dask worker started in another folder resolves a relative ROOT against its own
+        spec = EncodeSpec(os.path.abspath(root), BACKENDS[opts.backend].record_kind, opts.resize_height, opts.resize_width,
                           opts.gray, opts.encoded, opts.encode_type.lower(), opts.allow_absolute, opts.max_pixels)
         rows = [(i, entries[order[i]].line, entries[order[i]].path, entries[order[i]].label) for i in range(len(order))]
         ranges = plan_partitions(len(rows), partition_size)

@@ -228,7 +228,8 @@ def run_grid(grid_dir: str | os.PathLike, jobs: int = 1, executor=None,
                 ready = []
             for spec in ready[:max(0, executor.workers - len(running))]:
                 state[spec.name] = "running"
-                running[executor.submit(run_net, str(root / spec.name))] = spec.name
+                # absolute: a Dask worker started in another folder would look for a relative grid there
+                running[executor.submit(run_net, os.path.abspath(root / spec.name))] = spec.name
                 status.running[spec.name] = spec.max_iter
                 status.event(f"{spec.name}: started" + (f" (copies layers 1..{spec.n} of {spec.needs})" if spec.needs else ""))
             if not running:
