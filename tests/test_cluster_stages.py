@@ -344,3 +344,19 @@ def test_a_relative_root_on_workers_started_elsewhere(tmp_path, dask2, monkeypat
     summary = convert_sharded("img", "list.txt", "db", _opts(), dask2, partition_size=4, warn=lambda m: None)
     assert summary.written == 10 and not summary.skipped
     assert (tmp_path / "db" / "shards.json").is_file()
+
+
+def test_mean_of_a_relative_database_on_workers_started_elsewhere(tmp_path, dask2, monkeypatch):
+    """`datakit mean train_lmdb mean.binaryproto --scheduler ...` from another folder than the
+    workers': the key ranges were read from a relative path there ("cannot open LMDB")."""
+    from datakit.db.lmdb_backend import LmdbWriter
+    from datakit.formats.datum import encode_datum
+    rng = np.random.default_rng(0)
+    writer = LmdbWriter(tmp_path / "train_lmdb")
+    writer.write([(f"{i:08d}_{i}.png".encode(), encode_datum(rng.integers(0, 256, (3, 4, 5), dtype=np.uint8), 0))
+                  for i in range(600)])    # enough for key ranges on the workers (below, the client reads)
+    writer.close()
+    monkeypatch.chdir(tmp_path)
+    here = compute_mean("train_lmdb", workers=1, progress=False)
+    there = compute_mean("train_lmdb", executor=dask2, progress=False)
+    assert there.count == 600 and np.array_equal(there.mean, here.mean)
