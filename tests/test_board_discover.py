@@ -84,9 +84,16 @@ def test_only_training_logs_are_runs(tmp_path):
     (tmp_path / "2014.o12.gz").write_bytes(gzip.compress(b"I0403 06:46:22.569109 23304 solver.cpp:217] Iteration 20, lr = 0.01\n"))
     (tmp_path / "cut.log.gz").write_bytes(gzip.compress(b"x" * 5000)[:30])   # unreadable: listed, with its error
     (tmp_path / "junk.log").write_bytes(bytes(range(128, 256)) * 10)      # binary: a damaged log, listed
+    # an SGE job's preamble (the 2014 netbase log has 107 lines of it) before Caffe's first line, one
+    # crossing the 16 KiB pieces the head is read in; past TRAINING_HEAD, a line no longer counts
+    preamble = "".join(f"  Script line {i}: setting up the job environment\n" for i in range(300))
+    preamble += "#" * (2 * 16384 - 50 - len(preamble) - 1) + "\n"   # "Starting" crosses the second piece's end
+    (tmp_path / "sge.log").write_text(preamble + "I0311 23:50:56.204687 24248 train_net.cpp:26] Starting Optimization\n")
+    (tmp_path / "late.log").write_text("x" * (300 * 1024) + "\nI0101 00:00:00.0 1 solver.cpp:1] Iteration 0, loss = 1\n")
     sniffer = LogSniffer()
     found = scan(tmp_path, sniffer=sniffer)
-    assert sorted(found.runs) == ["2014.o12.gz", "caffe.INFO", "cut.log.gz", "failed.log", "junk.log", "ours.log"]
+    assert sorted(found.runs) == ["2014.o12.gz", "caffe.INFO", "cut.log.gz", "failed.log", "junk.log", "ours.log",
+                                  "sge.log"]
     # the empty log trainer fit has just opened is a run once its first line is written
     CaffeLog(tmp_path / "empty.log", stream=None).run_header("fresh start")
     assert "empty.log" in scan(tmp_path, sniffer=sniffer).runs

@@ -48,6 +48,7 @@ Stamp = tuple[int, int]
 
 #: How much of a log (decompressed) is looked at for a line of training.
 TRAINING_HEAD = 256 * 1024
+_CHUNK = 16 * 1024
 # Lines that only a training run writes: ours ("trainer fit run N: ...", "Using CPU (NumPy);
 # random_seed 1"), Caffe's ("Initializing solver from parameters", "Solving CaffeNet", 2014's
 # "Starting Optimization" / "Creating training net") and the iteration lines of both.
@@ -81,16 +82,21 @@ class LogSniffer:
 
 
 def _sniff(path: Path) -> bool:
+    head = b""
     try:
         with open(path, "rb") as f:
-            head = f.read(TRAINING_HEAD)
-        if head[:2] == b"\x1f\x8b":
-            with gzip.open(path, "rb") as g:
-                head = g.read(TRAINING_HEAD)
+            gz = f.read(2) == b"\x1f\x8b"
+        with (gzip.open(path, "rb") if gz else open(path, "rb")) as f:
+            while len(head) < TRAINING_HEAD:   # a training log says so in its first lines: read on only if not
+                chunk = f.read(_CHUNK)
+                if not chunk:
+                    break
+                seen = max(0, len(head) - 256)   # a line cut by the last piece's end is searched again
+                head += chunk
+                if _TRAINING_LINE.search(head, seen):
+                    return True
     except (OSError, EOFError, zlib.error):
         return True          # unreadable (a cut or corrupt gzip): listed, its card says why
-    if _TRAINING_LINE.search(head):
-        return True
     if not head:
         return False         # nothing written yet: trainer fit writes its header at once
     try:
