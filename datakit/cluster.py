@@ -81,6 +81,10 @@ class _Future:
     def done(self) -> bool:
         return bool(self.inner.done())
 
+    def cancelled(self) -> bool:
+        """Whether it was cancelled before it ran (assemble counts those after a stop)."""
+        return bool(self.inner.cancelled())
+
 
 class DaskExecutor(Executor):
     """Partitions as tasks of a Dask cluster (a scheduler address or an in-process LocalCluster).

@@ -147,3 +147,12 @@ def test_a_local_cluster_beside_another_dask_cluster_starts_without_a_warning():
         assert not [w for w in caught if "already in use" in str(w.message)]
     finally:
         holder.close()
+
+
+def test_cancelled_tasks_say_so(dask2):
+    """After a stop, assemble counts the partitions it cancelled by asking each future `cancelled()`
+    (the futures the executor hands out must answer it, as Dask's own do)."""
+    futures = [dask2.submit(time.sleep, 1.0) for _ in range(4)]   # 2 workers: two of them wait
+    assert not any(f.cancelled() for f in futures)
+    dask2.cancel(futures)
+    assert all(f.cancelled() for f in futures)
