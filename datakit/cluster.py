@@ -10,15 +10,23 @@ workers die ``retries`` + Dask's ``allowed-failures`` times fails with
 ``KilledWorker``, which the coordinator reports naming its partition. Tasks are
 submitted with ``pure=False`` so that two partitions with equal arguments
 (re-runs) are never merged into one.
+
+Data errors: a task that raises a ``DatakitError`` (a bad image under ``--strict``,
+a corrupt record: one line naming the list line or record) would fail the same
+way on any worker, so it is not retried: the task returns the error as a value
+and its future raises it on the client. Dask's retries were running such a
+partition three times, and each worker printed a "Compute Failed" traceback
+into the user's terminal before the one line.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from datakit.errors import ConfigError
+from datakit.errors import ConfigError, DatakitError
 from datakit.parallel import Executor, InlineExecutor, LocalExecutor, TaskFuture
 
 _LOCAL = re.compile(r"^local:(\d+)$")
@@ -30,6 +38,52 @@ def _distributed() -> Any:
     except ImportError:
         raise ConfigError("a Dask cluster needs the dist extra: pip install 'datakit[dist]'") from None
     return distributed
+
+
+class _DataError:
+    """A DatakitError raised by a task, carried back as its result (see the module docstring)."""
+
+    def __init__(self, error: DatakitError) -> None:
+        self.error = error
+
+
+class _Attempt:
+    """``fn`` run on a worker, with a DatakitError returned as a `_DataError` instead of raised."""
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+        self.__name__ = getattr(fn, "__name__", "task")  # the task's name on the dashboard (write_shard-...)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return self.fn(*args, **kwargs)
+        except DatakitError as err:
+            return _DataError(err)
+
+
+class _Future:
+    """A Dask future whose ``result()`` raises the DatakitError its task returned."""
+
+    __slots__ = ("inner",)
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def result(self, timeout: float | None = None) -> Any:
+        out = self.inner.result(timeout=timeout)
+        if isinstance(out, _DataError):
+            raise out.error
+        return out
+
+    def cancel(self) -> bool:
+        return bool(self.inner.cancel())
+
+    def done(self) -> bool:
+        return bool(self.inner.done())
+
+    def cancelled(self) -> bool:
+        """Whether it was cancelled before it ran (assemble counts those after a stop)."""
+        return bool(self.inner.cancelled())
 
 
 class DaskExecutor(Executor):
@@ -53,9 +107,16 @@ class DaskExecutor(Executor):
             if local_workers is not None:
                 # the local workers offer the resources asked for (`--cluster local:1 --resources GPU=1` on a
                 # one-GPU machine); otherwise no worker would have them and the tasks would wait for ever
+                # The scheduler serves its HTTP routes even without a dashboard, on 8787 unless told:
+                # a free port on loopback, so another Dask cluster on this machine (a notebook's) does
+                # not make every command print "Port 8787 is already in use" (a UserWarning) first.
+                # The workers print into this terminal: only their errors, not Dask's warnings about
+                # its own bookkeeping (a task cancelled by Ctrl-C or by a failed sibling "ended with
+                # CancelledError"); what matters comes back to the client as one line.
                 self._cluster = distributed.LocalCluster(
                     n_workers=local_workers, threads_per_worker=1, processes=True,
-                    host="127.0.0.1", dashboard_address=None, resources=self.resources)
+                    host="127.0.0.1", dashboard_address=None, resources=self.resources,
+                    scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}, silence_logs=logging.ERROR)
                 client = distributed.Client(self._cluster, timeout=timeout)
             elif scheduler:
                 try:
@@ -79,16 +140,17 @@ class DaskExecutor(Executor):
         return dict(self.client.run(os.getpid))
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> TaskFuture:
-        return self.client.submit(fn, *args, pure=False, retries=self.retries,
-                                  resources=self.resources, **kwargs)
+        return _Future(self.client.submit(_Attempt(fn), *args, pure=False, retries=self.retries,
+                                          resources=self.resources, **kwargs))
 
     def as_completed(self, futures: Iterable[TaskFuture]) -> Iterator[TaskFuture]:
-        return iter(self._as_completed(list(futures)))
+        ours = {f.inner: f for f in futures}  # type: ignore[attr-defined]
+        return (ours[inner] for inner in self._as_completed(list(ours)))
 
     def cancel(self, futures: Iterable[TaskFuture]) -> None:
-        futures = list(futures)
-        if futures:
-            self.client.cancel(futures)
+        inner = [f.inner for f in futures]  # type: ignore[attr-defined]
+        if inner:
+            self.client.cancel(inner)
 
     def close(self) -> None:
         if self._owns_client and self.client is not None:

@@ -169,6 +169,28 @@ async def test_database_card_summary_histogram_and_sheet(tmp_path, aiohttp_clien
     assert card["lines"][0].startswith("data/train_lmdb: lmdb, 9 records")
 
 
+async def test_a_sharded_database_is_one_card(tmp_path, aiohttp_client):
+    """`datakit convert --cluster` writes DB/shards.json and DB/shard-NNNNN/: the board shows one
+    database (inspect's summary of all its records), not one card per shard."""
+    from datakit.convert import ConvertOptions
+    from datakit.convert.sharded import convert_sharded
+    from datakit.parallel import InlineExecutor
+    from tests.test_convert import make_images, write_list
+    entries = make_images(tmp_path / "src", 10, size=(12, 16))
+    listing = write_list(tmp_path / "src" / "list.txt", entries)
+    convert_sharded(tmp_path / "src" / "img", listing, tmp_path / "data" / "train_db",
+                    ConvertOptions(workers=1, progress=False, resize_height=12, resize_width=16),
+                    InlineExecutor(), partition_size=4, warn=lambda m: None)
+    assert len(list((tmp_path / "data" / "train_db").glob("shard-*"))) == 3
+    client = await aiohttp_client(make_app(tmp_path))
+    overview = await (await client.get("/api/overview")).json()
+    assert overview["databases"] == ["data/train_db"]
+    card = await (await client.get("/api/db", params={"path": "data/train_db"})).json()
+    assert card["error"] is None and card["lines"][0].startswith("data/train_db: sharded, 10 records")
+    r = await client.get("/api/db/sheet", params={"path": "data/train_db"})
+    assert r.status == 200 and r.headers["Content-Type"] == "image/png"
+
+
 async def test_half_written_and_corrupt_databases_are_errors_on_their_cards(tmp_path, aiohttp_client):
     part = tmp_path / "val_lmdb.incomplete"
     _lmdb(part, [0, 1])

@@ -361,6 +361,48 @@ def test_cli_prints_the_url_with_its_token_and_enforces_it(tmp_path):
     assert proc.returncode == 0 and "board: stopped" in out
 
 
+def test_the_boards_own_output_in_its_folder_is_not_a_run(tmp_path):
+    """`trainer board DIR > DIR/board.log`: the board's output is no run (nor a card), while a run
+    that started training and then failed stays listed as failed."""
+    import json
+    import subprocess
+    import sys
+    import urllib.error
+    import urllib.request
+
+    from trainer.caffelog import CaffeLog
+    failed = start_run(tmp_path / "lenet", iterations=30)
+    failed.line("loss is NaN at iteration 20, first produced by layer conv1", severity="E")
+    failed.close()
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    with open(tmp_path / "board.log", "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "cli.trainer_main", "board", str(tmp_path), "--port", "0",
+                                 "--poll", "0.1"], stdout=out, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        for _ in range(200):
+            m = re.search(r"at http://127\.0\.0\.1:(\d+)/", (tmp_path / "board.log").read_text())
+            if m or proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert m, (tmp_path / "board.log").read_text()
+        base = f"http://127.0.0.1:{m.group(1)}"
+        with urllib.request.urlopen(base + "/api/overview", timeout=10) as r:
+            rows = {row["path"]: row for row in json.load(r)["runs"]}
+        assert list(rows) == ["lenet/train.log"] and rows["lenet/train.log"]["state"] == "failed"
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(base + "/api/run?path=board.log", timeout=10)
+        assert err.value.code == 404
+        # a run started in the same folder later shows up beside it
+        log = CaffeLog(tmp_path / "later.log", stream=None)
+        log.run_header("fresh start")
+        log.close()
+        with urllib.request.urlopen(base + "/api/overview", timeout=10) as r:
+            assert sorted(row["path"] for row in json.load(r)["runs"]) == ["later.log", "lenet/train.log"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
 def test_cli_refuses_a_missing_folder(tmp_path, cli):
     r = cli("trainer", "board", str(tmp_path / "nope"))
     assert r.returncode != 0 and "nope: not a folder" in r.stderr

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from datakit.errors import ConfigError
+from datakit.errors import ConfigError, ImageError
 from datakit.parallel import InlineExecutor, LocalExecutor, run_all
 
 distributed = pytest.importorskip("distributed", reason="the dist extra (dask.distributed) is not installed")
@@ -51,6 +51,27 @@ def test_dask_executor_gives_the_same_results_as_inline(dask2):
 def test_a_failing_partition_raises_its_own_error_on_the_cluster(dask2):
     with pytest.raises(ValueError, match="partition 4 has a bad record"):
         run_all(dask2, refuse_four, [(i,) for i in range(6)])
+
+
+def count_and_fail(marker: str, kind: str) -> None:
+    """Append one line per attempt to `marker`, then fail: with a data error or with a bug."""
+    with open(marker, "a") as f:
+        f.write("attempt\n")
+    if kind == "data":
+        raise ImageError("list.txt:7: a.jpg: cannot be decoded as an image (--strict)")
+    raise RuntimeError("a bug")
+
+
+def test_a_data_error_on_a_worker_is_raised_once_and_not_retried(dask2, tmp_path):
+    """A bad record fails the same way on every worker: it comes back as its own error at once,
+    whereas any other exception is still retried (a flaky worker, a full local disk)."""
+    data, bug = tmp_path / "data", tmp_path / "bug"
+    with pytest.raises(ImageError, match=r"^list.txt:7: a.jpg: cannot be decoded"):
+        dask2.submit(count_and_fail, str(data), "data").result(timeout=60)
+    assert data.read_text().count("attempt") == 1
+    with pytest.raises(RuntimeError, match="a bug"):
+        dask2.submit(count_and_fail, str(bug), "bug").result(timeout=60)
+    assert bug.read_text().count("attempt") == 1 + dask2.retries
 
 
 def test_a_worker_killed_mid_task_has_the_task_rerun_elsewhere(dask2, tmp_path):
@@ -101,3 +122,37 @@ def test_a_local_cluster_offers_the_resources_its_tasks_ask_for():
         assert ex.resources == {"GPU": 1.0}
         assert run_all(ex, cube_and_pid, [(2,), (3,)])[1][0] == 27
         assert all(w["resources"] == {"GPU": 1.0} for w in ex.client.scheduler_info()["workers"].values())
+
+
+def test_a_local_cluster_beside_another_dask_cluster_starts_without_a_warning():
+    """`--cluster local:N` while a notebook's Dask cluster holds port 8787: no 'Port 8787 is already
+    in use' warning printed before every command (the scheduler's HTTP routes take a free port)."""
+    import socket
+    import warnings
+
+    holder = socket.socket()
+    try:
+        try:
+            holder.bind(("127.0.0.1", 8787))
+            holder.listen()
+        except OSError:
+            pass            # already held (another cluster runs here): the same situation
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ex = open_executor(cluster="local:1")
+            try:
+                assert run_all(ex, cube_and_pid, [(3,)])[0][0] == 27
+            finally:
+                ex.close()
+        assert not [w for w in caught if "already in use" in str(w.message)]
+    finally:
+        holder.close()
+
+
+def test_cancelled_tasks_say_so(dask2):
+    """After a stop, assemble counts the partitions it cancelled by asking each future `cancelled()`
+    (the futures the executor hands out must answer it, as Dask's own do)."""
+    futures = [dask2.submit(time.sleep, 1.0) for _ in range(4)]   # 2 workers: two of them wait
+    assert not any(f.cancelled() for f in futures)
+    dask2.cancel(futures)
+    assert all(f.cancelled() for f in futures)

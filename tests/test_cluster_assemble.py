@@ -130,3 +130,16 @@ def test_assemble_cli_on_a_local_cluster_writes_the_local_lists(tmp_path, demo_r
         assert a.returncode == b.returncode == 0, b.stderr
         assert _files(tmp_path / "a", m.url) == _files(tmp_path / "b", m.url)
     assert a.stdout.splitlines()[-1].split(", ")[:3] == b.stdout.splitlines()[-1].split(", ")[:3]
+
+
+def test_a_relative_out_on_workers_started_elsewhere_lands_in_the_clients_folder(tmp_path, dask2, demo_rows,
+                                                                                monkeypatch):
+    """`datakit assemble --out data/x --scheduler ...` with workers started in another folder (here the
+    cluster's, started before the client moved to tmp_path): the images were written under the workers'
+    folder while the client's lists named files that were not there."""
+    monkeypatch.chdir(tmp_path)
+    with serve_mirror(MirrorConfig.from_rows(demo_rows, seed=5)) as m:
+        result = assemble(_cfg(Path("rel"), m.url, images=60), log=lambda s: None, executor=dask2)
+    listed = [line.split()[0] for name in ("train.txt", "test.txt") for line in (tmp_path / "rel" / name).read_text().splitlines()]
+    assert result.report.failed == 0 and len(listed) == 60
+    assert all((tmp_path / "rel" / path).is_file() for path in listed)

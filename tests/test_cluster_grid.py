@@ -3,6 +3,7 @@ has that net retried from its last snapshot."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -69,3 +70,62 @@ def test_grid_run_cli_on_a_local_cluster(project, tmp_path):  # noqa: F811
     assert "3 nets done this run, 0 failed, 0 skipped" in ran.stdout
     bad = trainer("grid", "run", str(grid), "--resources", "GPU=1")
     assert bad.returncode != 0 and "--scheduler or --cluster" in bad.stderr
+
+
+def test_a_relative_grid_on_workers_started_elsewhere(project, tmp_path, monkeypatch):  # noqa: F811
+    """`trainer grid run g --scheduler ...` from a folder the workers were not started in: each net's
+    folder is handed to them as an absolute path (a relative one was looked for in their folder)."""
+    grid = tmp_path / "g"
+    make(project, grid, layers=[1], pairs=["AB"], families=["AnB"], max_iter=20)
+    ex = open_executor(cluster="local:1")     # its worker starts in this (the tests') folder
+    try:
+        monkeypatch.chdir(tmp_path)
+        result = run_grid("g", executor=ex, stream=None)
+    finally:
+        ex.close()
+    assert [o.state for o in result.outcomes] == ["done"] * 3, [o.reason for o in result.outcomes]
+
+
+class _RemoteWorkers:
+    """The executor seam as a cluster of other machines looks from the client: a submitted net
+    starts there (its running.json names that host and a pid of that machine), and the user's
+    Ctrl-C arrives while the client waits for it."""
+
+    workers = 1
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.cancelled: list = []
+
+    def submit(self, fn, folder):
+        Path(folder, "running.json").write_text(json.dumps({"pid": self.pid, "started": 0, "host": "gpu-node-7"}))
+        return object()
+
+    def as_completed(self, futures):
+        raise KeyboardInterrupt
+
+    def cancel(self, futures):
+        self.cancelled += list(futures)
+
+
+def test_ctrl_c_never_signals_a_local_process_with_a_remote_nets_pid(project, tmp_path):  # noqa: F811
+    """Ctrl-C of `trainer grid run --scheduler ...`: a net running on another machine has a pid of
+    that machine; the runner sent SIGTERM to whatever process has that pid here."""
+    import io
+    import subprocess
+    import sys
+
+    grid = tmp_path / "g"
+    make(project, grid, layers=[1], pairs=["AB"], families=["AnB"])
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])   # has "that pid" here
+    try:
+        ex = _RemoteWorkers(bystander.pid)
+        out = io.StringIO()
+        with pytest.raises(KeyboardInterrupt):
+            run_grid(grid, executor=ex, stream=out)
+        time.sleep(0.5)
+        assert bystander.poll() is None, "a process on the client's machine was sent SIGTERM"
+        assert ex.cancelled and "half0A: running on gpu-node-7, where it finishes" in out.getvalue()
+    finally:
+        bystander.kill()
+        bystander.wait()

@@ -301,3 +301,62 @@ def test_ctrl_c_cancels_the_shards_left_and_resume_finishes(tmp_path, dask2, ima
     assert summary.written == 60 and summary.resumed_at
     convert(root, lst, tmp_path / "local", _opts(), warn=lambda m: None)
     assert _records(db) == _records(tmp_path / "local")
+
+
+def test_a_bad_image_under_strict_on_a_local_cluster_is_one_line(tmp_path, cli):
+    """`datakit convert --strict --cluster local:2`: the bad image's list line, once, as locally:
+    no worker traceback or Dask warning (about the sibling partition it cancels) in the terminal,
+    and the database left as .incomplete for --resume."""
+    entries = make_images(tmp_path, 40, size=(120, 160))
+    (tmp_path / "img" / entries[1][0]).write_bytes(b"not an image at all")
+    listing = write_list(tmp_path / "list.txt", entries)
+    r = cli("datakit", "convert", str(tmp_path / "img"), str(listing), str(tmp_path / "db"), "--strict",
+            "--no-progress", "--cluster", "local:2", "--partition-size", "4")
+    assert r.returncode == 1
+    assert r.stderr.splitlines() == [f"datakit: error: {listing}:2: {entries[1][0]}: cannot be decoded as "
+                                     "an image (--strict)"], r.stderr
+    assert (tmp_path / "db.incomplete").is_dir() and not (tmp_path / "db").exists()
+
+
+def test_a_careless_list_on_the_cluster_warns_as_locally(tmp_path, dask2):
+    """Thousands of duplicate lines and missing files: the cluster's terminal shows what the local
+    run shows (the first few of each kind, then a count), and its summary keeps every list warning."""
+    entries = make_images(tmp_path, 6, size=(12, 16))
+    careless = entries * 5 + [(f"sub/gone {i}.png", 0) for i in range(14)]
+    listing = write_list(tmp_path / "list.txt", careless)
+    local: list[str] = []
+    convert(tmp_path / "img", listing, tmp_path / "local", _opts(), warn=local.append)
+    cluster: list[str] = []
+    summary = convert_sharded(tmp_path / "img", listing, tmp_path / "db", _opts(), dask2, partition_size=8,
+                              warn=cluster.append)
+    assert cluster == local and len(cluster) < 30
+    assert "... and 14 more list warnings (24 in all" in " ".join(cluster)
+    assert "... and 4 more skipped images (14 in all" in " ".join(cluster)
+    assert len(summary.warnings) == 24 and len(summary.skipped) == 14
+
+
+def test_a_relative_root_on_workers_started_elsewhere(tmp_path, dask2, monkeypatch):
+    """A relative ROOT from a client in another folder than the workers (`dask worker` started
+    elsewhere): every image was 'file not found' on the workers and nothing was written."""
+    entries = make_images(tmp_path, 10, size=(12, 16))
+    write_list(tmp_path / "list.txt", entries)
+    monkeypatch.chdir(tmp_path)
+    summary = convert_sharded("img", "list.txt", "db", _opts(), dask2, partition_size=4, warn=lambda m: None)
+    assert summary.written == 10 and not summary.skipped
+    assert (tmp_path / "db" / "shards.json").is_file()
+
+
+def test_mean_of_a_relative_database_on_workers_started_elsewhere(tmp_path, dask2, monkeypatch):
+    """`datakit mean train_lmdb mean.binaryproto --scheduler ...` from another folder than the
+    workers': the key ranges were read from a relative path there ("cannot open LMDB")."""
+    from datakit.db.lmdb_backend import LmdbWriter
+    from datakit.formats.datum import encode_datum
+    rng = np.random.default_rng(0)
+    writer = LmdbWriter(tmp_path / "train_lmdb")
+    writer.write([(f"{i:08d}_{i}.png".encode(), encode_datum(rng.integers(0, 256, (3, 4, 5), dtype=np.uint8), 0))
+                  for i in range(600)])    # enough for key ranges on the workers (below, the client reads)
+    writer.close()
+    monkeypatch.chdir(tmp_path)
+    here = compute_mean("train_lmdb", workers=1, progress=False)
+    there = compute_mean("train_lmdb", executor=dask2, progress=False)
+    assert there.count == 600 and np.array_equal(there.mean, here.mean)

@@ -298,3 +298,29 @@ def test_a_mean_with_other_channels_is_named_as_such(tmp_path):
         preprocessing(np.zeros((3, 256, 256), np.float32), None, (1, 1, 28, 28))
     with pytest.raises(ConfigError, match="at least that large"):
         preprocessing(np.zeros((1, 20, 20), np.float32), None, (1, 1, 28, 28))
+
+
+def test_stochastic_pooling_is_its_test_phase_weighted_average(tmp_path):
+    """STOCHASTIC pooling at test time is Σx²/(FLT_MIN + Σx): it was exported as an average pool
+    (0.7 off on ReLU outputs); windows ignore pad and one past the map gives 0, global too."""
+    text = ('name: "s" input: "data" input_shape { dim: 2 dim: 3 dim: 7 dim: 7 } '
+            'layer { name: "relu" type: "ReLU" bottom: "data" top: "relu" } '
+            'layer { name: "s2" type: "Pooling" bottom: "relu" top: "s2" pooling_param { pool: STOCHASTIC kernel_size: 2 stride: 2 } } '
+            'layer { name: "s3" type: "Pooling" bottom: "relu" top: "s3" pooling_param { pool: STOCHASTIC kernel_size: 3 stride: 2 pad: 1 } } '
+            'layer { name: "sg" type: "Pooling" bottom: "relu" top: "sg" pooling_param { pool: STOCHASTIC global_pooling: true } }')
+    _, ours, theirs = check_export(tmp_path, text, seed=3)
+    assert ours["s3"].shape == (2, 3, 4, 4) and ours["sg"].shape == (2, 3, 1, 1)
+    assert (theirs["s2"] > 0).any() and (theirs["s3"] == 0).any()   # a window wholly in the zeros gives 0
+
+
+def test_inner_product_from_a_later_axis_keeps_a_free_batch(tmp_path):
+    """InnerProduct with axis 2 (one product per (n, c)): the Reshape after the Gemm copied the
+    Gemm's first axis (N·C) as the batch, so ONNX Runtime refused every input."""
+    text = ('name: "ip" input: "data" input_shape { dim: 2 dim: 4 dim: 3 dim: 5 } '
+            'layer { name: "ip2" type: "InnerProduct" bottom: "data" top: "ip2" inner_product_param { num_output: 6 axis: 2 } } '
+            'layer { name: "ip3" type: "InnerProduct" bottom: "data" top: "ip3" inner_product_param { num_output: 2 axis: 3 transpose: true } }')
+    _, ours, _ = check_export(tmp_path, text, seed=5)
+    assert ours["ip2"].shape == (2, 4, 6) and ours["ip3"].shape == (2, 4, 3, 2)
+    sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    ip2, ip3 = sess.run(["ip2", "ip3"], {"data": np.ones((5, 4, 3, 5), np.float32)})
+    assert ip2.shape == (5, 4, 6) and ip3.shape == (5, 4, 3, 2)

@@ -97,3 +97,56 @@ def test_tag_scheme_matches_fit_and_logs():
     assert tag_for("train", "output loss") == "train_output/loss"
     assert tag_for("test", "accuracy") == "test/accuracy"
     assert tag_for("test", "accuracy (net #1)") == "test1/accuracy"
+
+
+def test_plotting_a_growing_log_again_replaces_its_run(tmp_path, cli):
+    """`trainer plot LOG --tensorboard DIR` run again as the log grows: one copy of each point
+    (a second event file of the whole log made TensorBoard draw, and smooth, every point twice)."""
+    from tests.board_fixtures import loss_points, start_run, write_iterations
+    log = start_run(tmp_path, "lenet.log", iterations=100)
+    for more in (False, True):
+        if more:
+            write_iterations(log, 100, 200)
+        r = cli("trainer", "plot", str(tmp_path / "lenet.log"), "--tensorboard", str(tmp_path / "tb"))
+        assert r.returncode == 0, r.stderr
+        board = read_board(tmp_path / "tb" / "lenet")
+        steps = [s for s, _ in board["train/loss"]]
+        assert steps == sorted(set(steps)) and len(steps) == loss_points(200 if more else 100)
+        assert len(list((tmp_path / "tb" / "lenet").glob("*tfevents*"))) == 1
+    log.close()
+
+
+def test_plot_leaves_a_run_that_fit_writes_alone(tmp_path):
+    """The README's example: `trainer fit --tensorboard runs/finetune`, then `trainer plot old.log
+    finetune.log --tensorboard runs/`: the live run is not doubled; the other log is converted."""
+    from tests.board_fixtures import start_run
+    from trainer.tensorboard import ScalarWriter, log_to_tensorboard
+    with ScalarWriter(tmp_path / "runs" / "finetune") as live:       # what fit --tensorboard writes
+        live.scalar("train/loss", 2.0, 0)
+    start_run(tmp_path, "finetune.log").close()
+    start_run(tmp_path, "old.log").close()
+    warned: list[str] = []
+    written = log_to_tensorboard([tmp_path / "finetune.log", tmp_path / "old.log"], tmp_path / "runs",
+                                 warn=warned.append)
+    assert [folder.name for folder, _ in written] == ["old"]
+    assert read_board(tmp_path / "runs" / "finetune") == {"train/loss": [(0, 2.0)]}
+    assert len(warned) == 1 and "runs/finetune: holds TensorBoard events that trainer plot did not write" in warned[0]
+    assert "finetune.log was not added" in warned[0]
+
+
+def test_a_run_resumed_from_an_earlier_snapshot_is_on_the_board_once(project, tmp_path):  # noqa: F811
+    """A run killed after its snapshot at 20 got to 40; resumed from that snapshot it logs 20..40
+    again: the board holds each iteration once, and the same numbers as one uninterrupted run."""
+    fit(opts(project("whole.prototxt", snapshot=20, prefix="snap/whole"), tensorboard=str(tmp_path / "whole")))
+    name = project("resumed.prototxt", snapshot=20, prefix="snap/resumed")
+    fit(opts(name, tensorboard=str(tmp_path / "resumed")))
+    before = read_board(tmp_path / "resumed")
+    fit(opts(name, tensorboard=str(tmp_path / "resumed"), snapshot="snap/resumed_iter_20.solverstate"))
+    board = read_board(tmp_path / "resumed")
+    assert set(board) == set(before)
+    for tag, points in board.items():
+        steps = [s for s, _ in points]
+        assert steps == sorted(set(steps)), tag
+    whole = read_board(tmp_path / "whole")
+    assert {t: [s for s, _ in p] for t, p in board.items()} == {t: [s for s, _ in p] for t, p in whole.items()}
+    assert all(same(v, w) for t in board for (_, v), (_, w) in zip(board[t], whole[t]))

@@ -274,7 +274,12 @@ def _fit_locked(opts: FitOptions) -> SolveResult:
     solver, log, _ = build(opts)
     board = None
     if opts.tensorboard:
-        from trainer.tensorboard import ScalarWriter
+        from trainer.tensorboard import ScalarWriter, drop_steps_from
+        if opts.snapshot and solver.iter > 0:   # resumed: iterations >= solver.iter are logged again
+            dropped = drop_steps_from(opts.tensorboard, solver.iter)
+            if dropped:
+                log.info(f"Removed {dropped} TensorBoard scalars of iteration {solver.iter} and later from "
+                         f"{opts.tensorboard}: this run writes them again")
         board = ScalarWriter(opts.tensorboard)
         log.sinks.append(board.metric)
         log.info(f"Writing TensorBoard scalars to {opts.tensorboard}")

@@ -15,6 +15,7 @@ Caffe details that matter:
   then excludes only the extra end padding (``count_include_pad=0``).
 * LRN ACROSS_CHANNELS is ONNX's LRN (both divide alpha by local_size); WITHIN_CHANNEL
   is ``x · (1 + alpha · avepool(x²))^-beta`` with every window counted whole.
+* STOCHASTIC pooling is its TEST form, the activation-weighted average Σx² / (FLT_MIN + Σx).
 * InnerProduct flattens from ``axis``; BatchNorm in TEST uses the stored sums divided by
   the scale factor; Dropout is the identity at test time (Caffe scales while training).
 """
@@ -80,6 +81,9 @@ def pooling(g: Graph, l: Any, bottoms: list[str], tops: list[str]) -> None:
         raise unsupported(l, "the MAX mask top (Caffe's flat argmax indices) has no ONNX equivalent")
     n, c, h, w = g.shape(l.param.bottom[0])
     is_max = l.method == caffe_pb2.PoolingParameter.MAX
+    if l.method == caffe_pb2.PoolingParameter.STOCHASTIC:
+        _stochastic_test(g, l, bottoms, tops, h, w)
+        return
     if l.global_pooling:
         g.node("GlobalMaxPool" if is_max else "GlobalAveragePool", bottoms, tops)
         return
@@ -99,6 +103,29 @@ def pooling(g: Graph, l: Any, bottoms: list[str], tops: list[str]) -> None:
         x = g.node("Pad", [x, pads], [g.fresh(f"{l.name}/padded")], mode="constant")
     g.node("AveragePool", [x], tops, kernel_shape=[l.kh, l.kw], strides=[l.sh, l.sw],
            pads=[0, 0, eh, ew], count_include_pad=0)
+
+
+def _stochastic_test(g: Graph, l: Any, bottoms: list[str], tops: list[str], h: int, w: int) -> None:
+    """STOCHASTIC pooling as the trainer (and Caffe) compute it at test time: Σx² / (FLT_MIN + Σx)
+    over windows that start at p·stride and ignore ``pad`` (it only counts in the output size),
+    zeros where a window leaves the map; each sum is an average pool of the zero-padded map
+    times the window's size."""
+    from trainer.layers.pool_stochastic import FLT_MIN
+    eh = max(0, (l.oh - 1) * l.sh + l.kh - h)
+    ew = max(0, (l.ow - 1) * l.sw + l.kw - w)
+    x = bottoms[0]
+    if eh or ew:   # explicit: ONNX pools refuse end padding as large as the kernel
+        pads = g.const(g.fresh(f"{l.name}/pads"), np.array([0, 0, 0, 0, 0, 0, eh, ew], np.int64))
+        x = g.node("Pad", [x, pads], [g.fresh(f"{l.name}/padded")], mode="constant")
+    sq = g.node("Mul", [x, x], [g.fresh(f"{l.name}/sq")])
+
+    def window_sum(v: str, what: str) -> str:
+        avg = g.node("AveragePool", [v], [g.fresh(f"{l.name}/{what}_avg")], kernel_shape=[l.kh, l.kw],
+                     strides=[l.sh, l.sw])
+        return g.node("Mul", [avg, g.scalar(float(l.kh * l.kw))], [g.fresh(f"{l.name}/{what}")])
+
+    den = g.node("Add", [window_sum(x, "sum"), g.scalar(FLT_MIN)], [g.fresh(f"{l.name}/den")])
+    g.node("Div", [window_sum(sq, "sum_sq"), den], tops)
 
 
 @converts("LRN")
@@ -163,7 +190,11 @@ def inner_product(g: Graph, l: Any, bottoms: list[str], tops: list[str]) -> None
         g.node("Gemm", inputs, tops, transB=0 if l.transpose else 1)
         return
     y = g.node("Gemm", inputs, [g.fresh(f"{l.name}/gemm")], transB=0 if l.transpose else 1)
-    g.node("Reshape", [y, g.shape_const(l.name, out_shape, g.shape(l.param.bottom[0]))], tops)
+    # y is (batch·the axes before `axis`, num_output): a 0 in the target would copy that product,
+    # not the batch, so a free batch is inferred (-1) from the other axes, all fixed
+    keeps_batch = out_shape[:1] == g.shape(l.param.bottom[0])[:1]
+    target = [-1, *out_shape[1:]] if keeps_batch else list(out_shape)
+    g.node("Reshape", [y, g.const(g.fresh(f"{l.name}/shape"), np.array(target, np.int64))], tops)
 
 
 @converts("Flatten", "Reshape")

@@ -11,21 +11,37 @@ today and a 2014 Caffe log line up in one board:
   :mod:`trainer.curves` names them).
 
 ``trainer fit --tensorboard DIR`` writes DIR itself (one run; a resumed run adds a new
-event file beside the old ones, which TensorBoard merges by step). ``trainer plot LOG...
+event file beside the old ones). A run resumed from the snapshot of iteration N logs N and
+what follows again, so the scalars at N or later that DIR already holds (a run killed after
+that snapshot got further) are removed first (`drop_steps_from`): TensorBoard would
+otherwise draw them twice. ``trainer plot LOG...
 --tensorboard DIR`` writes one run folder per log (and per restart inside a log):
 ``DIR/<log name>`` then ``DIR/<log name>-run2``...
+
+A log is converted whole each time, so ``trainer plot`` replaces the event file it wrote
+before in a run folder (its files end in PLOT_SUFFIX) instead of adding a second copy of
+every point, which TensorBoard would draw twice (and smooth across the jump back). A run
+folder holding other event files (``trainer fit --tensorboard`` writing the same run live,
+the README's own example) is left as it is, with a warning: adding the log's copy would
+double that run too.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from datakit.errors import ConfigError
 
-__all__ = ["ScalarWriter", "tag_for", "log_to_tensorboard", "runs_to_tensorboard"]
+__all__ = ["ScalarWriter", "tag_for", "log_to_tensorboard", "runs_to_tensorboard", "PLOT_SUFFIX",
+           "drop_steps_from"]
+
+#: The end of the event files ``trainer plot`` writes (TensorBoard reads any ``*tfevents*`` file).
+PLOT_SUFFIX = ".trainer-plot"
 
 
 def _writer_class():
@@ -43,10 +59,12 @@ class ScalarWriter:
     log conversion adds tens of thousands in a row and wants a long one.
     """
 
-    def __init__(self, logdir: str | os.PathLike, *, flush_secs: float = 10, max_queue: int = 10) -> None:
+    def __init__(self, logdir: str | os.PathLike, *, flush_secs: float = 10, max_queue: int = 10,
+                 filename_suffix: str = "") -> None:
         self.logdir = Path(logdir)
         self.logdir.mkdir(parents=True, exist_ok=True)
-        self._writer = _writer_class()(str(self.logdir), max_queue_size=max_queue, flush_secs=flush_secs)
+        self._writer = _writer_class()(str(self.logdir), max_queue_size=max_queue, flush_secs=flush_secs,
+                                       filename_suffix=filename_suffix)
         self.count = 0
 
     def scalar(self, tag: str, value: float, step: int, wall_time: float | None = None) -> None:
@@ -73,6 +91,39 @@ class ScalarWriter:
         self.close()
 
 
+def drop_steps_from(logdir: str | os.PathLike, step: int) -> int:
+    """Remove the scalars of iteration `step` and later from the event files in `logdir`, each
+    rewritten beside itself and renamed over it; returns how many were removed (0: files untouched)."""
+    folder = Path(logdir)
+    if not folder.is_dir():
+        return 0
+    _writer_class()  # the clear error when tensorboard is missing
+    from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+    from tensorboard.compat.proto import event_pb2
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    def later(record: bytes) -> bool:
+        event = event_pb2.Event.FromString(record)
+        return event.HasField("summary") and event.step >= step
+
+    dropped = 0
+    for path in sorted(folder.glob("*tfevents*")):
+        records = list(RawEventFileLoader(str(path)).Load())   # the bytes as written, not re-encoded
+        keep = [r for r in records if not later(r)]
+        if len(keep) == len(records):
+            continue
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as f:
+            writer = RecordWriter(f)
+            for r in keep:
+                writer.write(r)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dropped += len(records) - len(keep)
+    return dropped
+
+
 _NET = re.compile(r"^(.*) \(net #(\d+)\)$")
 
 
@@ -96,8 +147,17 @@ def _run_folder(name: str) -> str:
 _BULK_QUEUE = 1 << 16
 
 
-def runs_to_tensorboard(runs: list, logdir: str | os.PathLike) -> list[tuple[Path, int]]:
-    """Write parsed runs (:func:`trainer.curves.parse_log`) to ``logdir``; (run folder, scalars) each."""
+def _stderr_warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def runs_to_tensorboard(runs: list, logdir: str | os.PathLike, *,
+                        warn: Callable[[str], None] = _stderr_warn) -> list[tuple[Path, int]]:
+    """Write parsed runs (:func:`trainer.curves.parse_log`) to ``logdir``; (run folder, scalars) each.
+
+    A run folder's earlier ``trainer plot`` event file is replaced (removed once the new one is
+    closed); a folder with other event files is skipped with a `warn` line (module docstring).
+    """
     written = []
     used: set[str] = set()
     for run in runs:
@@ -105,18 +165,29 @@ def runs_to_tensorboard(runs: list, logdir: str | os.PathLike) -> list[tuple[Pat
         while folder in used:
             folder += "_"
         used.add(folder)
-        with ScalarWriter(Path(logdir) / folder, max_queue=_BULK_QUEUE) as w:
+        target = Path(logdir) / folder
+        events = sorted(target.glob("*tfevents*")) if target.is_dir() else []
+        others = [f for f in events if not f.name.endswith(PLOT_SUFFIX)]
+        if others:
+            warn(f"{target}: holds TensorBoard events that trainer plot did not write ({others[0].name}, from "
+                 f"trainer fit --tensorboard?); {run.source} was not added there, as TensorBoard would draw "
+                 "that run twice: give --tensorboard another folder to convert the log")
+            continue
+        with ScalarWriter(target, max_queue=_BULK_QUEUE, filename_suffix=PLOT_SUFFIX) as w:
             for kind, series in (("train", run.train), ("test", run.test)):
                 for name, points in series.items():
                     tag = tag_for(kind, name)
                     for it, value in points:
                         w.scalar(tag, value, it)
-            written.append((w.logdir, w.count))
+        for old in events:   # listed before the new file was made: superseded by the whole log just written
+            old.unlink(missing_ok=True)
+        written.append((w.logdir, w.count))
     return written
 
 
-def log_to_tensorboard(logs: list[str | os.PathLike], logdir: str | os.PathLike) -> list[tuple[Path, int]]:
+def log_to_tensorboard(logs: list[str | os.PathLike], logdir: str | os.PathLike, *,
+                       warn: Callable[[str], None] = _stderr_warn) -> list[tuple[Path, int]]:
     """Convert Caffe-format logs (ours or Caffe's own, plain or .gz) into TensorBoard runs."""
     from trainer.curves import parse_log
     runs = [run for log in logs for run in parse_log(log)]
-    return runs_to_tensorboard(runs, logdir)
+    return runs_to_tensorboard(runs, logdir, warn=warn)

@@ -33,11 +33,13 @@ Policy, all of it here and none in the partitions:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from datakit.assemble.planner import Partition, Plan
-from datakit.download.outcome import Outcome
+from datakit.download.outcome import FetchJob, Outcome
 from datakit.download.partition import PartitionResult, run_partition
 from datakit.errors import DatakitError, DownloadError
 from datakit.parallel import Executor, InlineExecutor, TaskFuture
@@ -144,7 +146,7 @@ def _run_elsewhere(plan: Plan, executor: Executor,
             window = 1 if todo and todo[-1].probe else ahead
             while todo and len(running) < window:
                 part = todo.pop()
-                running[executor.submit(run_partition, part.jobs, options, part.index)] = part
+                running[executor.submit(run_partition, _absolute(part.jobs), options, part.index)] = part
                 record.submitted += 1
             take(next(iter(executor.as_completed(list(running)))))
             if record.stopped is None and _dead(plan, attempted, succeeded):
@@ -158,6 +160,13 @@ def _run_elsewhere(plan: Plan, executor: Executor,
         _wind_down(executor, running, record)
     record.never_started = len(todo) + record.cancelled
     return record
+
+
+def _absolute(jobs: list[FetchJob]) -> list[FetchJob]:
+    """The jobs with absolute destinations: a Dask worker started in another folder would resolve
+    a relative ``--out`` against its own (the images landed there while the lists, written here,
+    named files that were not here). Outcomes are filed by name, so nothing else changes."""
+    return [replace(j, dest=Path(os.path.abspath(j.dest))) for j in jobs]
 
 
 def _wind_down(executor: Executor, running: dict[TaskFuture, Partition], record: RunRecord) -> None:

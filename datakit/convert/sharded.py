@@ -41,12 +41,12 @@ from datakit.db import BACKENDS
 from datakit.db.sharded_backend import FORMAT, SHARDS_NAME, shard_name
 from datakit.errors import ConfigError, DatabaseError, DatakitError, ImageError
 from datakit.parallel import Executor, opencv_one_thread
+from datakit.warncap import WarningCap, missing_under_root
 from datakit.workerpool import keep_freed_memory
 
 __all__ = ["SHARD_RESULT", "convert_sharded", "write_shard"]
 
 SHARD_RESULT = "shard.json"
-WARN_AT_MOST = 50
 
 
 def _stderr_warn(message: str) -> None:
@@ -134,7 +134,8 @@ def convert_sharded(root: str | os.PathLike, list_path: str | os.PathLike, db_pa
         raise ConfigError(f"--partition-size {partition_size}: must be positive")
     started = time.perf_counter()
     root, list_path, final = Path(root), Path(list_path), Path(db_path)
-    fingerprint, entries = read_inputs(root, list_path, final, opts.allow_absolute, warn)
+    list_warnings: list[str] = []
+    fingerprint, entries = read_inputs(root, list_path, final, opts.allow_absolute, list_warnings.append)
     workdir = WorkDir(final)
     try:  # workdir.open takes the output's lock; released however the conversion ends
         try:
@@ -142,6 +143,11 @@ def convert_sharded(root: str | os.PathLike, list_path: str | os.PathLike, db_pa
         except AlreadyComplete as complete:
             check_resumable(complete.progress, opts, fingerprint, final, finished=True)
             return ConvertSummary.from_progress(str(final), complete.progress)
+        # as the local conversion: the first few list warnings of a careless list, then a count
+        list_cap = WarningCap(warn, "list warnings", where_all="the summary's warnings and --report")
+        for message in list_warnings:
+            list_cap(message)
+        list_cap.finish()
         seed = opts.seed
         if prior is not None:
             check_resumable(prior, opts, fingerprint, workdir.path)
@@ -161,7 +167,8 @@ def convert_sharded(root: str | os.PathLike, list_path: str | os.PathLike, db_pa
         order = list(range(len(entries)))
         if opts.shuffle:
             random.Random(seed).shuffle(order)
-        spec = EncodeSpec(str(root), BACKENDS[opts.backend].record_kind, opts.resize_height, opts.resize_width,
+        # absolute: a Dask worker started in another folder resolves a relative ROOT against its own
+        spec = EncodeSpec(os.path.abspath(root), BACKENDS[opts.backend].record_kind, opts.resize_height, opts.resize_width,
                           opts.gray, opts.encoded, opts.encode_type.lower(), opts.allow_absolute, opts.max_pixels)
         rows = [(i, entries[order[i]].line, entries[order[i]].path, entries[order[i]].label) for i in range(len(order))]
         ranges = plan_partitions(len(rows), partition_size)
@@ -196,8 +203,10 @@ def convert_sharded(root: str | os.PathLike, list_path: str | os.PathLike, db_pa
         except BaseException:
             executor.cancel(list(futures))
             raise
-        return _finish(workdir, [done[k] for k in range(len(ranges))], opts, entries, list_path, root, seed,
-                       started, resumed_at, warn)
+        summary = _finish(workdir, [done[k] for k in range(len(ranges))], opts, entries, list_path, root, seed,
+                          started, resumed_at, warn)
+        summary.warnings = list_cap.messages
+        return summary
     finally:
         workdir.release()
 
@@ -217,15 +226,19 @@ def _finish(workdir: WorkDir, shards: list[dict], opts: ConvertOptions, entries:
         first = next(s for s in shards if s["shapes"] and s["shapes"][0] != shapes[0])
         raise ImageError(f"{list_path}: records of {first['name']} are {'x'.join(map(str, first['shapes'][0]))}, "
                          f"the first record is {'x'.join(map(str, shapes[0]))} (--check-size)")
-    for n, s in enumerate(skipped):
-        if n < WARN_AT_MOST:
-            warn(f"{list_path}:{s.line}: {s.path}: {s.reason}; skipped")
-        elif n == WARN_AT_MOST:
-            warn("more images skipped; see the summary and --report")
+    skip_cap = WarningCap(warn, "skipped images", where_all="the summary's skipped list and --report")
+    for s in skipped:   # the local conversion's lines and limit (the CLI's closing count relies on it)
+        skip_cap(f"{list_path}:{s.line}: {s.path}: {s.reason}; skipped")
+    skip_cap.finish()
+    wrong_root = missing_under_root(sum(1 for s in skipped if s.reason.startswith("file not found")),
+                                    len(entries), root, "the image root")
     if written == 0 and entries:
         workdir.discard()
         raise NothingWritten(f"{list_path}: none of its {len(entries)} images could be read, so no "
-                             f"database was written (list paths are relative to the root {root})")
+                             f"database was written (" + (wrong_root or
+                             f"list paths are relative to the root {root}") + ")")
+    if wrong_root is not None:
+        warn(wrong_root)
     index = {"format": FORMAT, "version": 1, "backend": opts.backend, "count": written,
              "shards": [{k: s[k] for k in ("name", "first_index", "next_index", "count", "first_key", "last_key")}
                         for s in shards]}

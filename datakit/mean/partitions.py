@@ -17,6 +17,7 @@ workers' shared counter; an interrupt cancels the partitions not yet run.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -87,7 +88,9 @@ def sum_partitions(reader: Reader, acc: RecordSum, color: bool | None, workers: 
     reader.close()  # each partition opens its own reader
     counter = ProgressCounter()
     with _executor(executor, workers, counter) as ex:
-        futures = [ex.submit(sum_range, str(reader.path), reader.backend, a, b, color) for a, b in ranges]
+        # absolute: a Dask worker started in another folder resolves a relative path against its own
+        where = os.path.abspath(reader.path)
+        futures = [ex.submit(sum_range, where, reader.backend, a, b, color) for a, b in ranges]
         states = _gather(ex, futures, n, progress, counter)
     for state in states:  # in key order, whatever order they finished in: float sums repeat exactly
         acc.merge(state)

@@ -41,8 +41,11 @@ def files_outside(root: Path, path: Path) -> list[str]:
     from datakit.db.hdf5_backend import hdf5_files
 
     files = [p for p in path.iterdir()] if path.is_dir() else [path]
-    if path.is_dir() and detect_backend(path) == "hdf5":
+    kind = detect_backend(path) if path.is_dir() else None
+    if kind == "hdf5":
         files += hdf5_files(path)
+    elif kind == "sharded":    # and each shard's own files
+        files += [p for shard in files if shard.is_dir() and not shard.is_symlink() for p in shard.iterdir()]
     out = []
     for f in files:
         real = f.resolve()

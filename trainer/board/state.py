@@ -43,6 +43,7 @@ class Board:
         self.grid = grid                      # an object shaped like trainer.grid (tests); None: import it
         self.max_entries = max_entries
         self.found = discover.Found()
+        self.sniffer = discover.LogSniffer()  # which logs are training logs, read once per change
         self.version = 0
         self.closing = False                  # set at shutdown: event streams end at once
         self.changed = asyncio.Event()
@@ -71,7 +72,8 @@ class Board:
         return text.replace(str(self.root) + "/", "").replace(str(self.root), ".")
 
     async def rescan(self) -> bool:
-        found = await asyncio.to_thread(discover.scan, self.root, max_entries=self.max_entries)
+        found = await asyncio.to_thread(discover.scan, self.root, max_entries=self.max_entries,
+                                        sniffer=self.sniffer)
         changed = found.fingerprint() != self.found.fingerprint()
         self.found = found
         if changed:

@@ -228,7 +228,8 @@ def run_grid(grid_dir: str | os.PathLike, jobs: int = 1, executor=None,
                 ready = []
             for spec in ready[:max(0, executor.workers - len(running))]:
                 state[spec.name] = "running"
-                running[executor.submit(run_net, str(root / spec.name))] = spec.name
+                # absolute: a Dask worker started in another folder would look for a relative grid there
+                running[executor.submit(run_net, os.path.abspath(root / spec.name))] = spec.name
                 status.running[spec.name] = spec.max_iter
                 status.event(f"{spec.name}: started" + (f" (copies layers 1..{spec.n} of {spec.needs})" if spec.needs else ""))
             if not running:
@@ -248,9 +249,14 @@ def run_grid(grid_dir: str | os.PathLike, jobs: int = 1, executor=None,
     except KeyboardInterrupt:
         result.interrupted = True
         executor.cancel(list(running))
+        here = os.uname().nodename
         for name in running.values():  # a terminal's Ctrl-C reached them too; a `kill -INT` of the runner did not
             doc = read_json(root / name / RUNNING_FILE)
-            if doc and doc.get("pid") and pid_alive(int(doc["pid"])):
+            if not doc or not doc.get("pid"):
+                continue
+            if doc.get("host", here) != here:   # its pid is another machine's: here it is some other process
+                status.event(f"{name}: running on {doc['host']}, where it finishes (Dask cannot stop a running task)")
+            elif pid_alive(int(doc["pid"])):
                 os.kill(int(doc["pid"]), signal.SIGTERM)  # trainer fit snapshots, then exits
         status.event("grid: interrupted; the running nets snapshot and stop; `trainer grid run` resumes them")
         raise
