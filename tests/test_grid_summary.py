@@ -23,19 +23,11 @@ TESTING = re.compile(r"Iteration (\d+), Testing net")
 def naive_tests(folder: Path) -> dict[int, float]:
     """An independent reading: logs in job-number order, line by line, a later test line overwrites."""
     logs = sorted(folder.glob("*.o*"), key=lambda p: int(re.search(r"\.o(\d+)", p.name).group(1)))
-    tests: dict[int, float] = {}
+    texts = []
     for log in logs:
-        at = None
-        for line in gzip.open(log, "rt", errors="replace"):
-            m = TESTING.search(line)
-            if m:
-                at = int(m.group(1))
-                continue
-            m = SCORE.search(line)
-            if m and at is not None:
-                tests[at] = float(m.group(1))
-                at = None
-    return tests
+        with gzip.open(log, "rt", errors="replace") as f:
+            texts.append(f.readlines())
+    return naive_tests_of(texts)
 
 
 def top10(tests: dict[int, float]) -> float:

@@ -54,6 +54,17 @@ def test_split_inserted_and_outputs():
     assert "ip_ip_0_split" in net_test.layer_names
 
 
+def _central_difference(net, values, at, step: float = 1e-6) -> float:
+    """d(loss)/d(values[at]) by central differences; values[at] is restored."""
+    old = values[at]
+    values[at] = old + step
+    plus = net.forward()
+    values[at] = old - step
+    minus = net.forward()
+    values[at] = old
+    return (plus - minus) / (2 * step)
+
+
 def test_net_gradients_through_split_inplace_concat():
     net = Net(net_param("force_backward: true\n" + BRANCHY), TRAIN, seed=0, dtype=np.float64)
     _fill_inputs(net)
@@ -66,13 +77,7 @@ def test_net_gradients_through_split_inplace_concat():
     for what, blob, analytic in targets:
         flat = blob.data.reshape(-1)
         for i in rng.choice(flat.size, size=min(15, flat.size), replace=False):
-            old = flat[i]
-            flat[i] = old + 1e-6
-            plus = net.forward()
-            flat[i] = old - 1e-6
-            minus = net.forward()
-            flat[i] = old
-            numeric = (plus - minus) / 2e-6
+            numeric = _central_difference(net, flat, i)
             a = analytic.reshape(-1)[i]
             assert abs(a - numeric) <= 1e-5 * max(1, abs(a)), f"{what}[{i}]: {a} vs {numeric}"
 
@@ -299,11 +304,5 @@ def test_a_loss_weighted_top_that_another_layer_reads_gets_both_gradients():
     analytic = net.layer("ip").blobs[0].diff.copy()
     numeric = np.zeros_like(w)
     for idx in np.ndindex(*w.shape):
-        old = w[idx]
-        w[idx] = old + 1e-6
-        plus = net.forward()
-        w[idx] = old - 1e-6
-        minus = net.forward()
-        w[idx] = old
-        numeric[idx] = (plus - minus) / 2e-6
+        numeric[idx] = _central_difference(net, w, idx)
     np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-8)
