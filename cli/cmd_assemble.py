@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import signal
 from pathlib import Path
 
 from cli.common_options import add_cluster_flags, add_progress_flags, cluster_executor
+from cli.sigterm import EXIT_SIGTERM, sigterm_as_ctrl_c
 from datakit.assemble import AssembleConfig, assemble
 from datakit.download import DownloadOptions
 
@@ -65,25 +65,16 @@ def run(args: argparse.Namespace) -> int:
         url_column=args.url_column, label_column=args.label_column, split_column=args.split_column,
         cache_dir=args.cache_dir, progress=args.progress, options=options)
     cfg.validate()  # before a cluster is started or reached
-    stopped_by: list[str] = []
-
-    def on_sigterm(signum: int, frame: object) -> None:
-        # `kill PID`, a job scheduler: the same stop as Ctrl-C (finished images kept, failures filed, the
-        # summary printed), then exit 143. Left at its default, SIGTERM ended the run with no word.
-        stopped_by.append("SIGTERM")
-        if signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, signal.SIG_DFL, None):
-            raise KeyboardInterrupt  # Ctrl-C ignored here (a background job): the coordinator's own stop
-        signal.raise_signal(signal.SIGINT)  # to whichever handler Ctrl-C has now (the download loop's)
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
-    executor = cluster_executor(args)  # None: partitions in this process, as always
-    try:
-        result = assemble(cfg, executor=executor)  # validates cfg (DownloadOptions.validate too) before anything
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        if executor is not None:
-            executor.close()
+    # SIGTERM: the same stop as Ctrl-C (finished images kept, failures filed, the summary printed), exit 143
+    with sigterm_as_ctrl_c(to_sigint_handler=True) as term:
+        executor = cluster_executor(args)  # None: partitions in this process, as always
+        try:
+            result = assemble(cfg, executor=executor)  # validates cfg (DownloadOptions.validate too) first
+        finally:
+            if executor is not None:
+                executor.close()
     assert result.report is not None  # finish() always sets it; None only in a result built by hand
     print(result.report.line())
     if result.stopped == "interrupted":
-        return 143 if stopped_by else 130
+        return EXIT_SIGTERM if term.seen else 130
     return 0

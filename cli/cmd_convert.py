@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 
 from cli.common_options import add_backend_flag, add_cluster_flags, add_progress_flags
+from cli.sigterm import EXIT_SIGTERM, sigterm_as_ctrl_c
 from datakit.convert.options import ENCODE_TYPES
 
 HELP = ("Convert a Caffe image list into an LMDB, LevelDB or HDF5 database of Datums "
@@ -74,32 +74,26 @@ def run(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every, strict=args.strict, resume=args.resume,
         overwrite=args.overwrite, progress=args.progress)
     executor = cluster_executor(args)  # None: the local pipeline, as always
-    stopped_by: list[str] = []
-
-    def on_sigterm(signum: int, frame: object) -> None:  # `kill PID`, a job scheduler: as Ctrl-C, then 143
-        stopped_by.append("SIGTERM")
-        raise KeyboardInterrupt
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
-    try:
-        if executor is None:
-            summary = convert(args.root, args.list, args.db, options)
-        else:
-            from datakit.convert.sharded import convert_sharded
-            summary = convert_sharded(args.root, args.list, args.db, options, executor,
-                                      partition_size=args.partition_size)
-    except ConvertInterrupted as stop:
-        command = resume_command(sys.argv)
-        what = stop.how_stopped("stopped by SIGTERM" if stopped_by else "interrupted", stop.at_once)
-        if command is None:
-            print(f"datakit: {stop}", file=sys.stderr)
-        else:
-            print(f"datakit: {what}; {stop.written} records are saved in {stop.partial}{stop.note}: to finish, "
-                  f"run: {command}", file=sys.stderr)
-        return 143 if stopped_by else 130
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        if executor is not None:
-            executor.close()
+    with sigterm_as_ctrl_c() as term:  # `kill PID`, a job scheduler: as Ctrl-C, then exit 143
+        try:
+            if executor is None:
+                summary = convert(args.root, args.list, args.db, options)
+            else:
+                from datakit.convert.sharded import convert_sharded
+                summary = convert_sharded(args.root, args.list, args.db, options, executor,
+                                          partition_size=args.partition_size)
+        except ConvertInterrupted as stop:
+            command = resume_command(sys.argv)
+            what = stop.how_stopped("stopped by SIGTERM" if term.seen else "interrupted", stop.at_once)
+            if command is None:
+                print(f"datakit: {stop}", file=sys.stderr)
+            else:
+                print(f"datakit: {what}; {stop.written} records are saved in {stop.partial}{stop.note}: to "
+                      f"finish, run: {command}", file=sys.stderr)
+            return EXIT_SIGTERM if term.seen else 130
+        finally:
+            if executor is not None:
+                executor.close()
     if summary.already_complete:
         print(f"{args.db}: already complete ({summary.written} records); nothing to resume")
     else:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from cli.common_options import add_backend_flag, add_cluster_flags, add_progress_flags
+from cli.sigterm import EXIT_SIGTERM, sigterm_as_ctrl_c
 
 HELP = ("Per-pixel mean image of a database (compute_image_mean) as .binaryproto and/or .npy; "
         "--convert IN OUT between the two formats.")
@@ -35,13 +37,20 @@ def run(args: argparse.Namespace) -> int:
         mean = convert_mean(args.source, args.out)
         print(f"{args.source} -> {args.out}: {'x'.join(map(str, mean.shape))}")
         return 0
-    executor = cluster_executor(args)  # None: local processes, as always
-    try:
-        result = compute_mean(args.source, args.backend, workers=args.workers, progress=args.progress,
-                              executor=executor)
-    finally:
-        if executor is not None:
-            executor.close()
+    # SIGTERM (`kill PID`, a job scheduler) stops as Ctrl-C does: nothing is written, exit 143, not a silent -15
+    with sigterm_as_ctrl_c() as term:
+        executor = cluster_executor(args)  # None: local processes, as always
+        try:
+            result = compute_mean(args.source, args.backend, workers=args.workers, progress=args.progress,
+                                  executor=executor)
+        except KeyboardInterrupt:
+            if not term.seen:
+                raise  # Ctrl-C: "datakit: interrupted", exit 130
+            print("datakit: stopped by SIGTERM; no mean was written", file=sys.stderr)
+            return EXIT_SIGTERM
+        finally:
+            if executor is not None:
+                executor.close()
     paths = save_mean(result, args.out, also_npy=args.npy)
     for c, value in enumerate(result.per_channel):
         print(f"mean_value channel [{c}]: {value:.6g}")

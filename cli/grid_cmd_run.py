@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from cli.common_options import add_cluster_flags
+from cli.sigterm import EXIT_SIGTERM, sigterm_as_ctrl_c
 
 HELP = ("Train a grid's nets in dependency order, N at a time as local processes (or as tasks of a Dask "
         "cluster); resumes a half-done grid (done nets skipped, interrupted ones continue from their last "
@@ -20,32 +21,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import signal
-
     from cli.common_options import cluster_executor
     from trainer.grid.runner import run_grid
 
-    stopped_by: list[str] = []
-
-    def on_sigterm(signum: int, frame: object) -> None:
-        # `kill PID`, a job scheduler: the same stop as Ctrl-C (the running nets are asked to snapshot, their
-        # state is recorded as interrupted), then exit 143. Left at its default, the runner died at once,
-        # its nets were recorded as "ended without a word" and the exit said nothing of a resume.
-        stopped_by.append("SIGTERM")
-        raise KeyboardInterrupt
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
-    executor = cluster_executor(args)  # None: --jobs local threads, each waiting on its net's process
-    try:
-        result = run_grid(args.grid, jobs=args.jobs, executor=executor, stream=None if args.quiet else sys.stderr)
-    except KeyboardInterrupt:
-        if not stopped_by:
-            raise  # Ctrl-C: "trainer: interrupted", exit 130, as before
-        print(f"trainer: stopped by SIGTERM; `trainer grid run {args.grid}` resumes the grid", file=sys.stderr)
-        return 143
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        if executor is not None:
-            executor.close()
+    # SIGTERM: the same stop as Ctrl-C (the running nets are asked to snapshot, their state is recorded as
+    # interrupted), then exit 143; at its default the nets were recorded as "ended without a word"
+    with sigterm_as_ctrl_c() as term:
+        executor = cluster_executor(args)  # None: --jobs local threads, each waiting on its net's process
+        try:
+            result = run_grid(args.grid, jobs=args.jobs, executor=executor, stream=None if args.quiet else sys.stderr)
+        except KeyboardInterrupt:
+            if not term.seen:
+                raise  # Ctrl-C: "trainer: interrupted", exit 130, as before
+            print(f"trainer: stopped by SIGTERM; `trainer grid run {args.grid}` resumes the grid", file=sys.stderr)
+            return EXIT_SIGTERM
+        finally:
+            if executor is not None:
+                executor.close()
     failed, skipped = result.count("failed"), result.count("skipped")
     print(f"{args.grid}: {result.count('done')} nets done this run, {failed} failed, {skipped} skipped"
           + ("; interrupted: `trainer grid run` again resumes" if result.interrupted else ""))

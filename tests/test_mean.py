@@ -163,3 +163,43 @@ def test_cli_prints_per_channel_means(tmp_path, cli):
     assert (tmp_path / "out.npy").exists()
     r = cli("datakit", "mean", str(tmp_path / "nope"), str(tmp_path / "x.npy"))
     assert r.returncode != 0 and "nope: database not found" in r.stderr
+
+
+_SLOW_MEAN = """
+import sys, time
+import datakit.mean.sums as sums
+add = sums.RecordSum.add_u8
+def slow(self, *args, **kwargs):
+    print("summing a record", file=sys.stderr, flush=True)
+    time.sleep(0.05)
+    return add(self, *args, **kwargs)
+sums.RecordSum.add_u8 = slow
+from cli.datakit_main import main
+sys.argv = ["datakit", *sys.argv[1:]]
+sys.exit(main())
+"""
+
+
+@pytest.mark.parametrize("sig, code, line", [("SIGTERM", 143, "datakit: stopped by SIGTERM; no mean was written"),
+                                             ("SIGINT", 130, "datakit: interrupted")])
+def test_a_stopped_mean_says_so_in_one_line_and_writes_nothing(tmp_path, sig, code, line):
+    """`kill PID` (a job scheduler) ended `datakit mean` with no word (exit -15); Ctrl-C said 'interrupted'."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    db = _kv(tmp_path / "db", "lmdb", [encode_datum(im, 0) for im in _images(400)])
+    out = tmp_path / "mean.binaryproto"
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_MEAN, "mean", str(db), str(out), "--workers", "1",
+                             "--no-progress"], cwd=root, env=dict(os.environ, PYTHONPATH=str(root)),
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    assert proc.stderr is not None
+    assert proc.stderr.readline() == "summing a record\n"
+    proc.send_signal(getattr(signal, sig))
+    rest = [text for text in proc.stderr.read().splitlines() if text != "summing a record"]
+    assert proc.wait(timeout=60) == code
+    assert rest == [line]
+    assert not out.exists()
