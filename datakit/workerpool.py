@@ -3,15 +3,20 @@
 Every worker started here (by :func:`worker_pool` or by
 ``datakit.parallel.LocalExecutor``) runs :func:`start_worker` first, which
 
-* ignores SIGINT and SIGTERM: Ctrl-C (the terminal sends it to the whole
-  process group) and a group's SIGTERM (``kill -- -PGID``, a job scheduler)
-  are the coordinator's to handle (it saves progress and cancels what is
-  left); workers that also raised KeyboardInterrupt would only print one
-  traceback each, or fail the task the coordinator is waiting for. Workers
-  inherit the coordinator's Python handlers at fork, so this is explicit;
-  they end with the pool (a pool broken by a worker's crash sends the
-  others SIGTERM, ignored: they end at its sentinel once their task is
-  done), or by SIGKILL when the coordinator dies (below);
+* ignores SIGINT, and SIGTERM from anyone but the coordinator. Workers
+  inherit the coordinator's Python handlers at fork, and workers that
+  raised KeyboardInterrupt would only print one traceback each, or fail the
+  task the coordinator is waiting for: Ctrl-C (the terminal sends it to the
+  whole process group) and a group's SIGTERM (``kill -- -PGID``, a job
+  scheduler) are the coordinator's to handle (it saves progress and closes
+  the pool). The coordinator's own SIGTERM must end a worker: a pool broken
+  by a worker's crash ends the others with it, and a worker killed while it
+  held the result queue's lock leaves the others blocked on that lock for
+  good (with SIGTERM ignored, a conversion hung there). So SIGTERM is
+  blocked and a thread takes it with ``sigwaitinfo``, ending the worker when
+  the sender is the coordinator (where ``sigwaitinfo`` is missing, macOS,
+  SIGTERM keeps its default). Workers also end with the pool, or by SIGKILL
+  when the coordinator dies (below);
 * asks the kernel for SIGKILL when the parent dies (Linux
   ``PR_SET_PDEATHSIG``), and exits at once if the parent is already gone, so
   that a coordinator killed with SIGKILL (or by the OOM killer) leaves no
@@ -31,6 +36,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -101,7 +107,7 @@ class WorkerSetup:
 def start_worker(setup: WorkerSetup, initializer: Callable[..., None] | None, initargs: tuple) -> None:
     """The initializer of every local worker process (see the module docstring)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    end_on_sigterm_from(setup.parent_pid)
     exit_with_parent(setup.parent_pid)
     keep_freed_memory()
     if setup.fresh and setup.opencv:  # a spawned interpreter: safe to configure OpenCV here
@@ -109,6 +115,21 @@ def start_worker(setup: WorkerSetup, initializer: Callable[..., None] | None, in
         cv2.setNumThreads(1)
     if initializer is not None:
         initializer(*initargs)
+
+
+def end_on_sigterm_from(sender: int) -> None:
+    """End this process at a SIGTERM sent by process `sender` only; others are dropped (module docstring)."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if not hasattr(signal, "sigwaitinfo"):
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # before any other thread: they inherit it
+
+    def take() -> None:
+        while True:
+            if signal.sigwaitinfo({signal.SIGTERM}).si_pid == sender:
+                os._exit(128 + signal.SIGTERM)
+
+    threading.Thread(target=take, name="datakit-worker-sigterm", daemon=True).start()
 
 
 @contextlib.contextmanager

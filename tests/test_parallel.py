@@ -153,3 +153,37 @@ def test_inline_executor_runs_no_partition_after_a_ctrl_c_in_one():
             future.result()
     other = InlineExecutor()  # a fresh executor runs again; a plain error does not stop the rest
     assert [f.exception() is None for f in (other.submit(lambda: 1 / 0), other.submit(lambda: 2))] == [False, True]
+
+
+def _own_pid(_: int) -> int:
+    return os.getpid()
+
+
+def test_a_worker_ends_on_sigterm_so_a_broken_pool_can_end_the_others():
+    """A pool broken by a killed worker ends the others with SIGTERM. A worker killed while it held the
+    result queue's lock leaves the others blocked on that lock, so SIGTERM is the only way they end: with
+    SIGTERM ignored in workers, `datakit convert` hung there for good (seen in a full test run). A SIGTERM
+    from any other process is dropped: ended by a group's SIGTERM, workers broke the pool under a
+    coordinator that was stopping cleanly (CPython 3.11 then printed an InvalidStateError traceback)."""
+    import concurrent.futures as cf
+    import signal
+    import time
+
+    from datakit.workerpool import worker_pool
+
+    import subprocess
+
+    with worker_pool(1) as pool:
+        pid = pool.submit(_own_pid, 0).result(timeout=60)
+        # from another process (a group's SIGTERM, a job scheduler): dropped, the coordinator handles it
+        subprocess.run(["kill", "-TERM", str(pid)], check=True)
+        time.sleep(0.2)
+        assert pool.submit(_own_pid, 0).result(timeout=30) == pid
+        os.kill(pid, signal.SIGTERM)  # from the coordinator, as a broken pool ends its other workers
+        deadline = time.monotonic() + 30
+        with pytest.raises(cf.process.BrokenProcessPool):
+            while time.monotonic() < deadline:  # the pool notices the death at its next task
+                pool.submit(_own_pid, 0).result(timeout=30)
+                time.sleep(0.05)
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)

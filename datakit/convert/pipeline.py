@@ -286,8 +286,9 @@ def write_records(entries: list[ListEntry], order: list[int], opts: ConvertOptio
             raise
         except BrokenProcessPool:  # a worker died (killed, out of memory): what was finished is kept as well
             keep_what_is_done()
-            raise WorkerDied(f"{list_path}: a decoding worker process died (killed from outside or by the "
-                             "kernel's out-of-memory killer, or a crash in a decoder)") from None
+            if not stop.requested:  # else a group's SIGTERM ended the workers too: the stop is delivered below
+                raise WorkerDied(f"{list_path}: a decoding worker process died (killed from outside or by the "
+                                 "kernel's out-of-memory killer, or a crash in a decoder)") from None
         finally:
             background.close(abandon=True)
             if bar is not None:
