@@ -169,28 +169,18 @@ def test_sigkill_then_rerun_loses_nothing_and_refetches_nothing(tmp_path: Path, 
     assert _lines(out / "train.txt") == want["train"] and _lines(out / "test.txt") == want["test"]
 
 
-def test_ctrl_c_exits_cleanly_with_a_summary(tmp_path: Path, demo_rows) -> None:
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_and_sigterm_stop_with_a_summary_and_the_rerun_keeps_what_finished(tmp_path: Path, demo_rows, cli,
+                                                                                   sig, code) -> None:
+    """Ctrl-C prints the summary and exits 130. `kill PID` (a job scheduler) ended the run with no word
+    (exit -15); it now stops as Ctrl-C does, exit 143. Either way the rerun keeps the finished images."""
     out = tmp_path / "d"
     with serve_mirror(MirrorConfig.from_rows(demo_rows, latency=0.05)) as m:
         proc = _assemble_proc(out, m.url)
         _wait_for_files(out / "images", 20, proc)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         stdout, stderr = proc.communicate(timeout=30)
-    assert proc.returncode == 130, stderr
-    assert "Interrupted:" in stdout and "re-run the same command to resume" in stdout
-    assert "Traceback" not in stderr
-    assert not (out / "train.txt").exists()
-
-
-def test_sigterm_stops_as_ctrl_c_does_and_the_rerun_keeps_what_finished(tmp_path: Path, demo_rows, cli) -> None:
-    """`kill PID` (a job scheduler) ended the run with no word (exit -15); now: Ctrl-C's summary, exit 143."""
-    out = tmp_path / "d"
-    with serve_mirror(MirrorConfig.from_rows(demo_rows, latency=0.05)) as m:
-        proc = _assemble_proc(out, m.url)
-        _wait_for_files(out / "images", 20, proc)
-        proc.send_signal(signal.SIGTERM)
-        stdout, stderr = proc.communicate(timeout=30)
-        assert proc.returncode == 143, stderr
+        assert proc.returncode == code, stderr
         assert "Interrupted:" in stdout and "re-run the same command to resume" in stdout
         assert "Traceback" not in stderr and not (out / "train.txt").exists()
         finished = {p.name for p in (out / "images").iterdir() if not p.name.startswith(".")}
