@@ -225,6 +225,7 @@ def _convert_into(workdir: WorkDir, root: Path, list_path: Path, opts: ConvertOp
     # of disk for it refused small jobs on a nearly full disk
     writer = backend.open_writer(workdir.path, shard_records=min(opts.hdf5_chunk, max(1, len(entries))))
     skip_cap = WarningCap(warn, "skipped images", where_all="the summary's skipped list and --report")
+    how = "--resume in place of --overwrite" if opts.overwrite else "--resume"  # what a stopped run is rerun with
     try:
         writer.resume(workdir.state)
         _check_resumed_count(writer, workdir)
@@ -247,19 +248,16 @@ def _convert_into(workdir: WorkDir, root: Path, list_path: Path, opts: ConvertOp
         raise
     except ImageError as bad:  # --strict / --check-size / one size for HDF5: the work so far stays
         writer.close()
-        how = "--resume in place of --overwrite" if opts.overwrite else "--resume"
         raise ImageError(f"{bad}; the {int(workdir.state.get('written', 0))} records saved before it are kept in "
                          f"{workdir.path}: replace or remove that image and rerun with {how}, or change the "
                          "options and rerun with --overwrite to start over") from None
     except WorkerDied as died:
         writer.close()
-        how = "--resume in place of --overwrite" if opts.overwrite else "--resume"
         raise WorkerDied(f"{died}; the {int(workdir.state.get('written', 0))} records saved so far are kept in "
                          f"{workdir.path}: rerun the same command with {how} (with fewer --workers if memory "
                          "ran out)") from None
     except DiskFull as full:
         writer.close()
-        how = "--resume in place of --overwrite" if opts.overwrite else "--resume"
         raise DiskFull(f"{full}; the {int(workdir.state.get('written', 0))} records saved so far are kept in "
                        f"{workdir.path}: free some space, then rerun the same command with {how}") from None
     except KeyboardInterrupt as stop:  # the pipeline has saved every finished record, unless stopped at once
